@@ -1,0 +1,133 @@
+//! The pure diff: desired state against observed state gives the operations that turn one into the other.
+//!
+//! Order matters to traffic: everything new is added (or replaced in place) before anything stale is deleted, and
+//! a route is only added after the neighbour and FDB entry it resolves through. Both inputs must cover the same
+//! [`Scope`](crate::model::Scope); objects outside it are never touched because they are never observed.
+
+use std::fmt;
+
+use crate::model::{render_link, render_route, Address, FdbEntry, KernelState, Link, Neighbour, Route};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateLink(Link),
+    /// Change MAC, MTU or up state in place.
+    UpdateLink(Link),
+    DeleteLink(String),
+    AddAddress(Address),
+    DeleteAddress(Address),
+    ReplaceNeighbour(Neighbour),
+    DeleteNeighbour(Neighbour),
+    ReplaceFdb(FdbEntry),
+    DeleteFdb(FdbEntry),
+    ReplaceRoute(Route),
+    DeleteRoute(Route),
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::CreateLink(l) => write!(f, "create {}", render_link(l)),
+            Op::UpdateLink(l) => write!(f, "update {}", render_link(l)),
+            Op::DeleteLink(name) => write!(f, "delete link {name}"),
+            Op::AddAddress(a) => write!(f, "add addr {} dev {}", a.addr, a.device),
+            Op::DeleteAddress(a) => write!(f, "delete addr {} dev {}", a.addr, a.device),
+            Op::ReplaceNeighbour(n) => write!(f, "replace neigh {} lladdr {} dev {}", n.ip, n.mac, n.device),
+            Op::DeleteNeighbour(n) => write!(f, "delete neigh {} dev {}", n.ip, n.device),
+            Op::ReplaceFdb(e) => write!(f, "replace fdb {} dev {} dst {}", e.mac, e.device, e.dst),
+            Op::DeleteFdb(e) => write!(f, "delete fdb {} dev {} dst {}", e.mac, e.device, e.dst),
+            Op::ReplaceRoute(r) => write!(f, "replace {}", render_route(r)),
+            Op::DeleteRoute(r) => write!(f, "delete {}", render_route(r)),
+        }
+    }
+}
+
+impl Op {
+    /// A short name for the kind of operation, used as a metric label and in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateLink(_) => "create_link",
+            Op::UpdateLink(_) => "update_link",
+            Op::DeleteLink(_) => "delete_link",
+            Op::AddAddress(_) => "add_address",
+            Op::DeleteAddress(_) => "delete_address",
+            Op::ReplaceNeighbour(_) => "replace_neighbour",
+            Op::DeleteNeighbour(_) => "delete_neighbour",
+            Op::ReplaceFdb(_) => "replace_fdb",
+            Op::DeleteFdb(_) => "delete_fdb",
+            Op::ReplaceRoute(_) => "replace_route",
+            Op::DeleteRoute(_) => "delete_route",
+        }
+    }
+}
+
+/// The operations that make `observed` equal to `desired`. Applying them to a kernel that holds `observed` and
+/// observing again yields `desired`, so a second diff is empty.
+pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
+    let mut observed = observed.clone();
+    let mut ops = Vec::new();
+
+    // Links first: a device that must be re-created takes everything on it along, so the rest of the diff
+    // works against the observation as it will be once the device is gone.
+    for (name, want) in &desired.links {
+        match observed.links.get(name) {
+            Some(have) if have == want => {}
+            Some(have) if have.same_kind(want) => ops.push(Op::UpdateLink(want.clone())),
+            Some(_) => {
+                ops.push(Op::DeleteLink(name.clone()));
+                observed.remove_device(name);
+                ops.push(Op::CreateLink(want.clone()));
+            }
+            None => {
+                observed.remove_device(name);
+                ops.push(Op::CreateLink(want.clone()));
+            }
+        }
+    }
+
+    // Additions and in-place replacements, in dependency order.
+    for a in desired.addresses.difference(&observed.addresses) {
+        ops.push(Op::AddAddress(a.clone()));
+    }
+    for (key, n) in &desired.neighbours {
+        if observed.neighbours.get(key) != Some(n) {
+            ops.push(Op::ReplaceNeighbour(n.clone()));
+        }
+    }
+    for (key, e) in &desired.fdb {
+        if observed.fdb.get(key) != Some(e) {
+            ops.push(Op::ReplaceFdb(e.clone()));
+        }
+    }
+    for (dst, r) in &desired.routes {
+        if observed.routes.get(dst) != Some(r) {
+            ops.push(Op::ReplaceRoute(r.clone()));
+        }
+    }
+
+    // Deletions of what is no longer wanted, in reverse dependency order.
+    for (dst, r) in &observed.routes {
+        if !desired.routes.contains_key(dst) {
+            ops.push(Op::DeleteRoute(r.clone()));
+        }
+    }
+    for (key, e) in &observed.fdb {
+        if !desired.fdb.contains_key(key) {
+            ops.push(Op::DeleteFdb(e.clone()));
+        }
+    }
+    for (key, n) in &observed.neighbours {
+        if !desired.neighbours.contains_key(key) {
+            ops.push(Op::DeleteNeighbour(n.clone()));
+        }
+    }
+    for a in observed.addresses.difference(&desired.addresses) {
+        ops.push(Op::DeleteAddress(a.clone()));
+    }
+    for name in observed.links.keys() {
+        if !desired.links.contains_key(name) {
+            ops.push(Op::DeleteLink(name.clone()));
+        }
+    }
+    ops
+}

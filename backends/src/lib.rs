@@ -1,0 +1,140 @@
+//! weft's data plane.
+//!
+//! A backend turns our lease and the other hosts' leases into the complete [`model::KernelState`] it wants; the
+//! pure [`diff::diff`] compares that with what a [`kernel::Kernel`] observes and yields the operations to apply.
+//! [`netlink::NetlinkKernel`] talks to Linux; [`fake::FakeKernel`] stands in for it in tests.
+
+pub mod diff;
+pub mod fake;
+pub mod kernel;
+pub mod model;
+pub mod netlink;
+pub mod vxlan;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+/// An IP address family. v4 and v6 go through the same code; this says which half of a lease is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The prefix length of a single address (32 or 128).
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    pub fn of(addr: IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// A host's lease as a backend sees it: which subnets, where its tunnel endpoint is, and the opaque data its
+/// backend published.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub subnet: Option<IpNetwork>,
+    pub ipv6_subnet: Option<IpNetwork>,
+    pub public_ip: Option<IpAddr>,
+    pub public_ipv6: Option<IpAddr>,
+    pub backend_type: String,
+    pub backend_data: Option<Value>,
+    pub backend_v6_data: Option<Value>,
+}
+
+impl Peer {
+    pub fn subnet(&self, family: Family) -> Option<IpNetwork> {
+        match family {
+            Family::V4 => self.subnet,
+            Family::V6 => self.ipv6_subnet,
+        }
+    }
+    pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.public_ip,
+            Family::V6 => self.public_ipv6,
+        }
+    }
+    pub fn backend_data(&self, family: Family) -> Option<&Value> {
+        match family {
+            Family::V4 => self.backend_data.as_ref(),
+            Family::V6 => self.backend_v6_data.as_ref(),
+        }
+    }
+}
+
+/// The host interface that carries encapsulated traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    /// The interface's own addresses with their prefixes (the VTEP's local address comes from here).
+    pub addresses: Vec<IpNetwork>,
+    /// The addresses other hosts reach us at, when they differ from the interface's (NAT); published in the lease.
+    pub public_ipv4: Option<IpAddr>,
+    pub public_ipv6: Option<IpAddr>,
+}
+
+impl Underlay {
+    /// The interface's first global address of `family`.
+    pub fn address(&self, family: Family) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .map(|n| n.ip())
+            .find(|ip| Family::of(*ip) == family && !is_link_local(*ip))
+    }
+
+    /// The address published in our lease for `family`.
+    pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.public_ipv4,
+            Family::V6 => self.public_ipv6,
+        }
+        .or_else(|| self.address(family))
+    }
+
+    /// Whether `ip` is on one of the interface's connected subnets (same L2, reachable without a gateway).
+    pub fn is_directly_connected(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|n| n.contains(ip) && n.prefix() < Family::of(ip).host_prefix())
+    }
+}
+
+pub fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("invalid network config field {field}: {msg}")]
+    Config { field: String, msg: String },
+    #[error("interface {interface} has no {family} address for the VXLAN endpoint")]
+    NoUnderlayAddress { interface: String, family: Family },
+    #[error("unsupported backend type {0:?}: this build supports \"vxlan\"")]
+    UnsupportedType(String),
+}

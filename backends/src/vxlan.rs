@@ -1,0 +1,295 @@
+//! The kernel VXLAN backend, wire-compatible with flannel's: device `flannel.<VNI>` (`flannel-v6.<VNI>` for IPv6),
+//! UDP port 8472, learning off, and per remote host one permanent neighbour, one FDB entry and one onlink route.
+//!
+//! Everything here is pure: the backend turns configuration, the underlay and the lease set into a
+//! [`KernelState`]; the reconcile loop does the rest.
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, VxlanAttrs};
+use crate::{BackendError, Family, Peer, Underlay};
+
+/// The lease's BackendType for this backend.
+pub const BACKEND_TYPE: &str = "vxlan";
+/// Linux's IANA-predating VXLAN port, which flannel uses ("0 = kernel default").
+pub const DEFAULT_PORT: u16 = 8472;
+pub const DEFAULT_VNI: u32 = 1;
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). flannel uses the same figure for an IPv6 underlay.
+pub const OVERHEAD: u32 = 50;
+
+/// The `Backend` object of the network config, for `"Type": "vxlan"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+    /// Underlay MTU to assume instead of the interface's (flannel's `MTU` option); the overlay gets this minus 50.
+    pub mtu: Option<u32>,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig { vni: DEFAULT_VNI, port: DEFAULT_PORT, gbp: false, learning: false, direct_routing: false, mtu: None }
+    }
+}
+
+impl VxlanConfig {
+    /// Parses the backend object. Field names match case-insensitively, as Go's JSON decoder does for flannel.
+    pub fn from_json(backend: &Value) -> Result<VxlanConfig, BackendError> {
+        let mut cfg = VxlanConfig::default();
+        let Some(obj) = backend.as_object() else {
+            return Ok(cfg);
+        };
+        for (key, value) in obj {
+            let field = |msg: &str| BackendError::Config { field: format!("Backend.{key}"), msg: msg.to_string() };
+            match key.to_ascii_lowercase().as_str() {
+                "type" => {}
+                "vni" => {
+                    let vni = value.as_u64().ok_or_else(|| field("must be a whole number"))?;
+                    if vni == 0 || vni > 0x00ff_ffff {
+                        return Err(field(&format!("{vni} is outside 1..16777215")));
+                    }
+                    cfg.vni = vni as u32;
+                }
+                "port" => {
+                    let port = value.as_u64().ok_or_else(|| field("must be a whole number"))?;
+                    cfg.port = match port {
+                        0 => DEFAULT_PORT,
+                        1..=65535 => port as u16,
+                        _ => return Err(field(&format!("{port} is not a UDP port"))),
+                    };
+                }
+                "mtu" => {
+                    let mtu = value.as_u64().ok_or_else(|| field("must be a whole number"))?;
+                    cfg.mtu = match mtu {
+                        0 => None,
+                        m if m < 68 + u64::from(OVERHEAD) => {
+                            return Err(field(&format!("{m} leaves less than 68 bytes after the 50-byte VXLAN overhead")))
+                        }
+                        m if m > 65535 => return Err(field(&format!("{m} is larger than 65535"))),
+                        m => Some(m as u32),
+                    };
+                }
+                "gbp" => cfg.gbp = value.as_bool().ok_or_else(|| field("must be true or false"))?,
+                "learning" => cfg.learning = value.as_bool().ok_or_else(|| field("must be true or false"))?,
+                "directrouting" => {
+                    cfg.direct_routing = value.as_bool().ok_or_else(|| field("must be true or false"))?
+                }
+                // flannel's Windows-only options: accepted so a shared config parses, ignored on Linux.
+                "macprefix" => {}
+                _ => return Err(field("is not a vxlan backend option (VNI, Port, MTU, GBP, Learning, DirectRouting)")),
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The device name flannel uses for a family.
+pub fn device_name(family: Family, vni: u32) -> String {
+    match family {
+        Family::V4 => format!("flannel.{vni}"),
+        Family::V6 => format!("flannel-v6.{vni}"),
+    }
+}
+
+/// The lease's BackendData (or BackendV6Data) for a VTEP, byte-compatible with flannel's `{"VNI":1,"VtepMAC":".."}`.
+pub fn lease_data(vni: u32, mac: MacAddr) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("VNI".into(), Value::from(vni));
+    map.insert("VtepMAC".into(), Value::String(mac.to_string()));
+    Value::Object(map)
+}
+
+/// Reads a peer's VtepMAC out of its BackendData.
+pub fn parse_lease_data(data: &Value) -> Result<MacAddr, String> {
+    let mac = data
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC")))
+        .map(|(_, v)| v)
+        .ok_or("BackendData has no VtepMAC")?;
+    let text = mac.as_str().ok_or("BackendData.VtepMAC is not a string")?;
+    let mac: MacAddr = text.parse().map_err(|e: crate::model::InvalidMac| e.to_string())?;
+    if mac.is_zero() || mac.0[0] & 1 == 1 {
+        return Err(format!("BackendData.VtepMAC {mac} is not a unicast address"));
+    }
+    Ok(mac)
+}
+
+/// One VXLAN device of the backend (one per enabled address family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vtep {
+    pub family: Family,
+    pub link: Link,
+}
+
+/// The prepared backend: its devices are known, and so is what goes into our lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanBackend {
+    pub config: VxlanConfig,
+    pub underlay: Underlay,
+    pub vteps: Vec<Vtep>,
+    pub route_protocol: u8,
+}
+
+impl VxlanBackend {
+    /// Chooses the devices' attributes. A VTEP MAC is taken from the device if it exists already (so a restart, or
+    /// a switch from flanneld, changes nothing on the wire); otherwise it is derived from the public IP and VNI,
+    /// so a re-created device gets the same MAC again.
+    pub fn prepare(
+        config: VxlanConfig,
+        underlay: Underlay,
+        families: &[Family],
+        existing: &KernelState,
+        route_protocol: u8,
+    ) -> Result<VxlanBackend, BackendError> {
+        let underlay_mtu = config.mtu.unwrap_or(underlay.mtu);
+        let mtu = underlay_mtu.checked_sub(OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| BackendError::Config {
+            field: "Backend.MTU".into(),
+            msg: format!("underlay MTU {underlay_mtu} is too small for VXLAN's {OVERHEAD}-byte overhead"),
+        })?;
+        let mut vteps = Vec::new();
+        for &family in families {
+            let local = underlay.address(family).ok_or_else(|| BackendError::NoUnderlayAddress {
+                interface: underlay.name.clone(),
+                family,
+            })?;
+            let public = underlay.public_ip(family).unwrap_or(local);
+            let name = device_name(family, config.vni);
+            let mac = existing
+                .links
+                .get(&name)
+                .map(|l| l.mac)
+                .filter(|m| !m.is_zero())
+                .unwrap_or_else(|| MacAddr::derived_from(&format!("weft-vtep/{public}/{}", config.vni)));
+            let link = Link {
+                name,
+                kind: LinkKind::Vxlan(VxlanAttrs {
+                    vni: config.vni,
+                    local,
+                    underlay_index: underlay.index,
+                    port: config.port,
+                    learning: config.learning,
+                    gbp: config.gbp,
+                }),
+                mac,
+                mtu,
+                up: true,
+            };
+            vteps.push(Vtep { family, link });
+        }
+        Ok(VxlanBackend { config, underlay, vteps, route_protocol })
+    }
+
+    /// The MTU containers should use (FLANNEL_MTU).
+    pub fn mtu(&self) -> u32 {
+        self.vteps.first().map(|v| v.link.mtu).unwrap_or(self.underlay.mtu - OVERHEAD)
+    }
+
+    pub fn vtep(&self, family: Family) -> Option<&Vtep> {
+        self.vteps.iter().find(|v| v.family == family)
+    }
+
+    /// BackendData for our lease (None when the family is not enabled).
+    pub fn lease_data(&self, family: Family) -> Option<Value> {
+        self.vtep(family).map(|v| lease_data(self.config.vni, v.link.mac))
+    }
+
+    /// The devices, addresses and routes weft owns for this backend.
+    pub fn scope(&self) -> crate::model::Scope {
+        crate::model::Scope {
+            links: self.vteps.iter().map(|v| v.link.name.clone()).collect(),
+            route_protocol: self.route_protocol,
+        }
+    }
+
+    /// The complete kernel state for our lease (`own`) and the other hosts' leases. Peers that cannot be used
+    /// (another backend type, a malformed VtepMAC, a VNI that differs) are left out and reported.
+    pub fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+        let mut state = KernelState::default();
+        let mut skipped = Vec::new();
+        for vtep in &self.vteps {
+            let family = vtep.family;
+            let device = &vtep.link.name;
+            state.add_link(vtep.link.clone());
+            if let Some(own_subnet) = own.subnet(family) {
+                let base = IpNetwork::new(own_subnet.network(), family.host_prefix()).expect("host prefix is valid");
+                state.add_address(Address { device: device.clone(), addr: base });
+            }
+            for peer in peers {
+                let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
+                    continue;
+                };
+                if own.subnet(family) == Some(subnet) {
+                    continue;
+                }
+                if peer.backend_type != BACKEND_TYPE {
+                    skipped.push(SkippedPeer {
+                        subnet,
+                        reason: format!("BackendType is {:?}, not \"vxlan\"", peer.backend_type),
+                    });
+                    continue;
+                }
+                if self.config.direct_routing && self.underlay.is_directly_connected(public_ip) {
+                    state.add_route(Route {
+                        dst: subnet,
+                        gateway: public_ip,
+                        device: self.underlay.name.clone(),
+                        onlink: false,
+                        protocol: self.route_protocol,
+                    });
+                    continue;
+                }
+                let mac = match peer.backend_data(family).ok_or_else(|| "lease has no BackendData".to_string()) {
+                    Ok(data) => check_vni(data, self.config.vni).and_then(|()| parse_lease_data(data)),
+                    Err(e) => Err(e),
+                };
+                let mac = match mac {
+                    Ok(mac) => mac,
+                    Err(reason) => {
+                        skipped.push(SkippedPeer { subnet, reason });
+                        continue;
+                    }
+                };
+                let gateway = subnet.network();
+                state.add_neighbour(Neighbour { device: device.clone(), ip: gateway, mac });
+                state.add_fdb(FdbEntry { device: device.clone(), mac, dst: public_ip });
+                state.add_route(Route {
+                    dst: subnet,
+                    gateway,
+                    device: device.clone(),
+                    onlink: true,
+                    protocol: self.route_protocol,
+                });
+            }
+        }
+        Desired { state, skipped }
+    }
+}
+
+fn check_vni(data: &Value, vni: u32) -> Result<(), String> {
+    let theirs = data
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("VNI")))
+        .and_then(|(_, v)| v.as_u64());
+    match theirs {
+        Some(v) if v != u64::from(vni) => Err(format!("BackendData.VNI is {v}, ours is {vni}")),
+        _ => Ok(()),
+    }
+}
+
+/// A peer lease the backend could not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedPeer {
+    pub subnet: IpNetwork,
+    pub reason: String,
+}
+
+/// What [`VxlanBackend::desired`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub state: KernelState,
+    pub skipped: Vec<SkippedPeer>,
+}

@@ -1,0 +1,47 @@
+//! weftctl: the operator CLI. All logic lives in the library (`weft::ctl`, `weft::lab`).
+
+use clap::{Parser, Subcommand};
+use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "weftctl", version, about = "weft operator CLI: network config, leases, and the multi-host lab")]
+struct Cli {
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The network config in etcd
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Subnet leases and reservations in etcd
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// A multi-host lab in network namespaces with a real etcd
+    #[command(subcommand)]
+    Lab(weft::lab::cli::LabCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Lab(cmd) => weft::lab::cli::run(cmd.clone()).map_err(|e| e.to_string()),
+        Command::Config(cmd) => block_on(ctl::config(&cli.etcd, cmd)),
+        Command::Lease(cmd) => block_on(ctl::lease(&cli.etcd, cmd)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = Result<(), ctl::CtlError>>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(fut).map_err(|e| e.to_string())
+}

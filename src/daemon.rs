@@ -1,0 +1,252 @@
+//! weftd from start to stop.
+//!
+//! Startup: network config from etcd -> interface -> backend devices prepared -> lease acquired -> kernel state for
+//! the current peers -> subnet file written. Then the lease keeper, the lease-set watcher and the reconcile loop
+//! run side by side. Shutdown leaves the kernel state and the lease in place, so a restart changes nothing on the
+//! wire.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+use weft_backends::kernel::Kernel;
+use weft_backends::model::WEFT_ROUTE_PROTOCOL;
+use weft_backends::netlink::{self, NetlinkKernel};
+use weft_backends::vxlan::{self, VxlanBackend, VxlanConfig};
+use weft_backends::{Family, Underlay};
+
+use crate::config::NetworkConfig;
+use crate::controller::{Controller, Trigger};
+use crate::etcd::EtcdStore;
+use crate::flags::DaemonArgs;
+use crate::iface::{self, HostFacts, IfaceOptions};
+use crate::lease::LeaseAttrs;
+use crate::own_lease::LeaseManager;
+use crate::registry::{self, Backoff, LeaseSet};
+use crate::subnet_file::SubnetFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] crate::etcd::StoreError),
+    #[error(transparent)]
+    Iface(#[from] iface::IfaceError),
+    #[error(transparent)]
+    Backend(#[from] weft_backends::BackendError),
+    #[error(transparent)]
+    Kernel(#[from] weft_backends::kernel::KernelError),
+    #[error(transparent)]
+    SubnetFile(#[from] crate::subnet_file::SubnetFileError),
+    #[error("netlink socket: {0}")]
+    Netlink(std::io::Error),
+    #[error("--ip-masq is not supported by this weftd yet (it installs no masquerade rules); drop the flag, or masquerade with the CNI plugin's ipMasq")]
+    IpMasqUnsupported,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns an error only for problems an operator must fix first.
+pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
+    if args.ip_masq {
+        return Err(StartupError::IpMasqUnsupported);
+    }
+    let (shutdown_tx, mut shutdown) = watch::channel(false);
+    tokio::spawn(wait_for_signal(shutdown_tx));
+
+    let user = args.etcd_username.clone().zip(args.etcd_password.clone());
+    let store = EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, user).await?;
+    info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
+
+    let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
+    let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
+    let identity_family = if config.ipv4.is_some() { Family::V4 } else { Family::V6 };
+    let underlay = pick_underlay(&mut kernel, &args, identity_family).await?;
+    let address = underlay.address(identity_family).map_or("-".to_string(), |a| a.to_string());
+    info!(interface = %underlay.name, %address, mtu = underlay.mtu, "using interface");
+
+    let families = config.families();
+    let existing = kernel
+        .observe(&weft_backends::model::Scope {
+            links: families.iter().map(|f| vxlan::device_name(*f, backend_config.vni)).collect(),
+            route_protocol: WEFT_ROUTE_PROTOCOL,
+        })
+        .await?;
+    let backend = VxlanBackend::prepare(backend_config, underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
+    for vtep in &backend.vteps {
+        info!(device = %vtep.link.name, vtep_mac = %vtep.link.mac, mtu = vtep.link.mtu, "VXLAN device prepared");
+    }
+
+    let attrs = LeaseAttrs {
+        public_ip: underlay.public_ip(Family::V4).filter(|_| config.ipv4.is_some()).and_then(v4),
+        public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.ipv6.is_some()).and_then(v6),
+        backend_type: vxlan::BACKEND_TYPE.to_string(),
+        backend_data: backend.lease_data(Family::V4),
+        backend_v6_data: backend.lease_data(Family::V6),
+    };
+    let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| f.subnet_key());
+    let manager = Arc::new(LeaseManager { store: store.clone(), config: config.clone(), attrs, ttl: args.subnet_lease_ttl });
+    let Some(own) = manager.acquire(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
+
+    // Program the current peers before announcing readiness, so the first container has a working network.
+    let listing = list_with_retry(&store, &mut shutdown).await;
+    let Some(listing) = listing else { return Ok(()) };
+    let mtu = backend.mtu();
+    let mut controller = Controller::new(kernel, backend);
+    match controller.pass(&own, &LeaseSet::from_listing(&listing), Trigger::Startup).await {
+        Ok(report) if report.is_clean() => {}
+        Ok(_) => warn!("some kernel operations failed at startup; the reconcile loop retries them"),
+        Err(e) => warn!(error = %e, "could not program the kernel at startup; the reconcile loop retries"),
+    }
+    let subnet_file = SubnetFile::new(&config, &own.key, mtu, args.ip_masq);
+    subnet_file.write(&args.subnet_file)?;
+    info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
+
+    let (own_tx, own_rx) = watch::channel(own.clone());
+    let (leases_tx, leases_rx) = watch::channel(Arc::new(LeaseSet::from_listing(&listing)));
+    let kernel_events = netlink::watch_deletions(controller.scope()).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot subscribe to netlink notifications; drift is repaired on the periodic resync only");
+        mpsc::unbounded_channel().1
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(registry::run(store.clone(), listing, leases_tx, shutdown.clone()));
+    tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
+    tasks.spawn(rewrite_subnet_file_on_change(config.clone(), args.clone(), mtu, own_rx.clone(), shutdown.clone()));
+    tasks.spawn(controller.run(own_rx, leases_rx, kernel_events, args.resync_interval, shutdown.clone()));
+    while tasks.join_next().await.is_some() {}
+    info!("weftd stopped; kernel state and lease left in place for the next start");
+    Ok(())
+}
+
+fn v4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6(ip: IpAddr) -> Option<std::net::Ipv6Addr> {
+    match ip {
+        IpAddr::V6(v) => Some(v),
+        IpAddr::V4(_) => None,
+    }
+}
+
+async fn wait_for_signal(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!("{name} received; shutting down");
+    let _ = tx.send(true);
+}
+
+/// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
+/// daemon that stays up picks the fix up without a restart loop.
+async fn wait_for_config(
+    store: &EtcdStore,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(NetworkConfig, VxlanConfig)> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+    let mut last_complaint = String::new();
+    loop {
+        let complaint = match store.get_config().await {
+            Ok(Some(text)) => match NetworkConfig::parse(&text).map_err(|e| e.to_string()).and_then(|c| {
+                let backend = backend_config(&c)?;
+                Ok((c, backend))
+            }) {
+                Ok((config, backend)) => {
+                    for w in &config.warnings {
+                        warn!("network config: {w}");
+                    }
+                    info!(config = %text.trim(), "network config loaded");
+                    return Some((config, backend));
+                }
+                Err(e) => format!("{e}; fix it with: weftctl config set '<json>' (key {})", store.config_key()),
+            },
+            Ok(None) => format!(
+                "no network config at {key}; write one, e.g. etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}' or weftctl config set",
+                key = store.config_key()
+            ),
+            Err(e) => format!("cannot read the network config: {e}"),
+        };
+        if complaint != last_complaint {
+            warn!("{complaint}; waiting");
+            last_complaint = complaint;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+fn backend_config(config: &NetworkConfig) -> Result<VxlanConfig, String> {
+    if config.backend.kind != vxlan::BACKEND_TYPE {
+        return Err(weft_backends::BackendError::UnsupportedType(config.backend.kind.clone()).to_string());
+    }
+    VxlanConfig::from_json(&config.backend.raw).map_err(|e| e.to_string())
+}
+
+async fn pick_underlay(kernel: &mut NetlinkKernel, args: &DaemonArgs, family: Family) -> Result<Underlay, StartupError> {
+    let interfaces = kernel.interfaces().await?;
+    let default_route_index = kernel.default_route_interface(family).await?;
+    let can_reach_source = match args.iface_can_reach {
+        Some(target) => Some(iface::source_address_towards(target).map_err(|_| {
+            iface::IfaceError::CannotReach(target, target)
+        })?),
+        None => None,
+    };
+    let opts = IfaceOptions {
+        ifaces: args.iface.clone(),
+        regexes: args.iface_regex.clone(),
+        can_reach: args.iface_can_reach,
+        public_ipv4: args.public_ip.map(IpAddr::V4),
+        public_ipv6: args.public_ipv6.map(IpAddr::V6),
+    };
+    let facts = HostFacts { interfaces: &interfaces, default_route_index, can_reach_source };
+    Ok(iface::select(&opts, &facts, family)?)
+}
+
+async fn list_with_retry(store: &EtcdStore, shutdown: &mut watch::Receiver<bool>) -> Option<crate::etcd::Listing> {
+    let mut backoff = Backoff::etcd();
+    loop {
+        match store.list_leases().await {
+            Ok(listing) => return Some(listing),
+            Err(e) => warn!(error = %e, "cannot list leases; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Keeps the subnet file in step with our lease when it had to be re-acquired.
+async fn rewrite_subnet_file_on_change(
+    config: NetworkConfig,
+    args: DaemonArgs,
+    mtu: u32,
+    mut own: watch::Receiver<crate::lease::Lease>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = own.changed() => {
+                if changed.is_err() { return; }
+                let key = own.borrow_and_update().key;
+                let file = SubnetFile::new(&config, &key, mtu, args.ip_masq);
+                match file.write(&args.subnet_file) {
+                    Ok(()) => info!(subnet = %key, file = %args.subnet_file.display(), "subnet file updated"),
+                    Err(e) => error!(error = %e, "cannot update the subnet file"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `weftctl lab up|status|down`.
+
+use std::path::PathBuf;
+
+use super::{Lab, LabError, LabSpec, DEFAULT_BACKEND, DEFAULT_NETWORK, DEFAULT_STATE_ROOT};
+
+/// Which lab a command is about.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabRef {
+    /// Lab name: letters, digits and '-', at most 16 characters
+    #[arg(long, default_value = "lab")]
+    pub name: String,
+    /// Directory holding the state of all labs
+    #[arg(long, env = "WEFT_LAB_STATE_ROOT", default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
+}
+
+/// A multi-host lab in network namespaces, with etcd and one weftd per host
+/// (needs root).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LabCommand {
+    /// Create namespaces, start etcd and weftd on every host, attach one
+    /// container per host
+    Up {
+        #[command(flatten)]
+        lab: LabRef,
+        /// Number of hosts (1-200)
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Backend type written to the network config
+        #[arg(long, default_value = DEFAULT_BACKEND)]
+        backend: String,
+        /// Overlay network written to the network config
+        #[arg(long, default_value = DEFAULT_NETWORK)]
+        network: String,
+        /// weftd binary [default: the weftd next to this weftctl]
+        #[arg(long)]
+        weftd: Option<PathBuf>,
+        /// Only build namespaces and etcd: start no weftd, attach no containers
+        #[arg(long)]
+        no_weftd: bool,
+        /// Extra weftd arguments, after `--`
+        #[arg(last = true)]
+        weftd_args: Vec<String>,
+    },
+    /// Show hosts, weftd processes, subnets, leases and a ping matrix
+    Status {
+        #[command(flatten)]
+        lab: LabRef,
+        /// Skip the ping matrix
+        #[arg(long)]
+        no_ping: bool,
+        /// Exit with an error unless every container reaches every other
+        #[arg(long, conflicts_with = "no_ping")]
+        check: bool,
+    },
+    /// Stop the lab's processes and delete its namespaces and state
+    Down {
+        #[command(flatten)]
+        lab: LabRef,
+    },
+}
+
+/// Runs a `weftctl lab` subcommand, printing to stdout.
+pub fn run(command: LabCommand) -> Result<(), LabError> {
+    match command {
+        LabCommand::Up {
+            lab,
+            hosts,
+            backend,
+            network,
+            weftd,
+            no_weftd,
+            weftd_args,
+        } => {
+            let spec = LabSpec {
+                hosts,
+                backend,
+                network,
+                weftd: weftd.map_or_else(default_weftd, Ok)?,
+                state_root: lab.state_root,
+                extra_weftd_args: weftd_args,
+                start_weftd: !no_weftd,
+                ..LabSpec::new(lab.name, hosts, PathBuf::new())
+            };
+            up(spec)
+        }
+        LabCommand::Status {
+            lab,
+            no_ping,
+            check,
+        } => status(&lab, no_ping, check),
+        LabCommand::Down { lab } => {
+            Lab::load(&lab.state_root, &lab.name)?.down()?;
+            println!("lab {} is down", lab.name);
+            Ok(())
+        }
+    }
+}
+
+fn up(spec: LabSpec) -> Result<(), LabError> {
+    let lab = Lab::up(spec)?;
+    print!("{}", lab.quick_status()?);
+    println!();
+    if let Some(ip) = (lab.hosts() > 1).then(|| lab.container_ip(2)).flatten() {
+        println!(
+            "try: ip netns exec {} ping -c 3 {ip}",
+            lab.container_ns(1)
+        );
+    }
+    println!(
+        "check: weftctl lab status --name {0}; remove: weftctl lab down --name {0}",
+        lab.name()
+    );
+    Ok(())
+}
+
+fn status(lab: &LabRef, no_ping: bool, check: bool) -> Result<(), LabError> {
+    let lab = Lab::load(&lab.state_root, &lab.name)?;
+    let status = if no_ping {
+        lab.quick_status()?
+    } else {
+        lab.status()?
+    };
+    print!("{status}");
+    match (&status.connectivity, check) {
+        (Some(c), true) if !c.all_connected() => Err(LabError::Disconnected {
+            failed: c.failures().len(),
+            total: c.tested(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The weftd installed next to the running weftctl.
+fn default_weftd() -> Result<PathBuf, LabError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| LabError::io("finding the weftctl executable", e))?;
+    let weftd = exe.with_file_name("weftd");
+    if weftd.is_file() {
+        Ok(weftd)
+    } else {
+        Err(LabError::InvalidSpec(format!(
+            "no weftd next to weftctl ({} does not exist); pass --weftd <path>",
+            weftd.display()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    #[test]
+    fn parses_up_with_trailing_weftd_args() {
+        let cli = Cli::try_parse_from([
+            "weftctl", "up", "--name", "demo", "--hosts", "5", "--weftd", "/bin/w", "--",
+            "--ip-masq", "-v",
+        ])
+        .unwrap();
+        let LabCommand::Up {
+            lab,
+            hosts,
+            weftd,
+            weftd_args,
+            no_weftd,
+            ..
+        } = cli.lab
+        else {
+            panic!("not up: {:?}", cli.lab);
+        };
+        assert_eq!(lab.name, "demo");
+        assert_eq!(hosts, 5);
+        assert_eq!(weftd, Some(PathBuf::from("/bin/w")));
+        assert_eq!(weftd_args, ["--ip-masq", "-v"]);
+        assert!(!no_weftd);
+    }
+
+    #[test]
+    fn parses_status_and_down() {
+        let cli = Cli::try_parse_from(["weftctl", "status", "--no-ping"]).unwrap();
+        assert!(matches!(cli.lab, LabCommand::Status { no_ping: true, .. }));
+        let cli = Cli::try_parse_from(["weftctl", "down", "--name", "x"]).unwrap();
+        assert!(matches!(cli.lab, LabCommand::Down { lab } if lab.name == "x"));
+        assert!(Cli::try_parse_from(["weftctl", "status", "--no-ping", "--check"]).is_err());
+    }
+}

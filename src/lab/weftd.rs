@@ -1,0 +1,125 @@
+//! One weftd per host.
+
+use std::time::{Duration, Instant};
+
+use super::addr::etcd_endpoint;
+use super::cmd::in_netns;
+use super::process::{self, is_our_daemon, log_marker, log_tail, Daemon};
+use super::topology::netns_file;
+use super::{Lab, LabError, Result, SubnetEnv, STOP_GRACE};
+
+/// Lines of weftd's log quoted in errors.
+const LOG_TAIL_LINES: usize = 40;
+
+impl Lab {
+    fn weftd_daemon(&self, host: usize) -> Daemon {
+        Daemon {
+            what: format!("weftd on host {host}"),
+            // The subnet file path is unique to this lab and host.
+            cmdline_marker: self.subnet_file(host).display().to_string(),
+            netns_file: netns_file(&self.host_ns(host)),
+        }
+    }
+
+    /// weftd's arguments on host `host` (after the binary).
+    pub fn weftd_args(&self, host: usize) -> Vec<String> {
+        let mut args = vec![
+            "--etcd-endpoints".to_string(),
+            etcd_endpoint(),
+            "--iface".to_string(),
+            "eth0".to_string(),
+            "--subnet-file".to_string(),
+            self.subnet_file(host).display().to_string(),
+        ];
+        args.extend(self.spec.extra_weftd_args.iter().cloned());
+        args
+    }
+
+    /// Starts weftd in host `host`'s namespace, its output appended to
+    /// [`Lab::weftd_log`]; returns its pid. Does not wait for subnet.env.
+    pub fn start_weftd(&self, host: usize) -> Result<u32> {
+        self.check_host(host)?;
+        if let Some(pid) = self.weftd_pid(host).filter(|_| self.weftd_running(host)) {
+            return Err(LabError::AlreadyRunning {
+                what: format!("weftd on host {host}"),
+                pid,
+            });
+        }
+        let mut command = in_netns(&self.host_ns(host), &self.spec.weftd)?;
+        command.args(self.weftd_args(host));
+        let log = self.weftd_log(host);
+        log_marker(&log, "starting weftd")?;
+        let pid = process::spawn_daemon(command, &log)?;
+        self.update(|rt| rt.hosts[host - 1].weftd_pid = Some(pid))?;
+        process::settle(pid, &self.weftd_daemon(host));
+        Ok(pid)
+    }
+
+    /// Stops host `host`'s weftd: SIGTERM, then SIGKILL after
+    /// [`STOP_GRACE`]. A no-op when it is not running.
+    pub fn stop_weftd(&self, host: usize) -> Result<()> {
+        self.check_host(host)?;
+        let Some(pid) = self.weftd_pid(host) else {
+            return Ok(());
+        };
+        process::terminate(pid, &self.weftd_daemon(host), STOP_GRACE)?;
+        self.update(|rt| rt.hosts[host - 1].weftd_pid = None)
+    }
+
+    /// Stops and starts host `host`'s weftd; returns the new pid.
+    pub fn restart_weftd(&self, host: usize) -> Result<u32> {
+        self.stop_weftd(host)?;
+        self.start_weftd(host)
+    }
+
+    /// True if host `host`'s recorded weftd is alive.
+    pub fn weftd_running(&self, host: usize) -> bool {
+        self.weftd_pid(host)
+            .is_some_and(|pid| is_our_daemon(pid, &self.weftd_daemon(host)))
+    }
+
+    /// Host `host`'s subnet.env as it is now.
+    pub fn subnet_env(&self, host: usize) -> Result<SubnetEnv> {
+        self.check_host(host)?;
+        SubnetEnv::read(&self.subnet_file(host))
+    }
+
+    /// Waits until host `host`'s subnet.env exists and parses. Note that a
+    /// restarted weftd finds its previous file in place.
+    pub fn wait_for_subnet_env(&self, host: usize, timeout: Duration) -> Result<SubnetEnv> {
+        self.check_host(host)?;
+        self.subnet_env_by(host, Instant::now() + timeout)
+    }
+
+    /// Polls for host `host`'s subnet.env until `deadline`, failing early
+    /// if weftd is not running; errors quote the end of weftd's log.
+    pub(crate) fn subnet_env_by(&self, host: usize, deadline: Instant) -> Result<SubnetEnv> {
+        let started = Instant::now();
+        loop {
+            let last_error = match self.subnet_env(host) {
+                Ok(env) => return Ok(env),
+                Err(e) => e.to_string(),
+            };
+            // Checked after reading: weftd may write the file and exit.
+            let alive = self.weftd_pid(host).is_some_and(process::is_alive);
+            let reason = if !alive {
+                Some("weftd is not running".to_string())
+            } else if Instant::now() >= deadline {
+                Some(format!("timed out; last problem: {last_error}"))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(LabError::WeftdNotReady {
+                    host,
+                    reason,
+                    subnet_file: self.subnet_file(host),
+                    waited: started.elapsed(),
+                    log: self.weftd_log(host),
+                    tail: log_tail(&self.weftd_log(host), LOG_TAIL_LINES),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

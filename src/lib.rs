@@ -1,0 +1,18 @@
+//! weft's control plane: network config, subnet leases in etcd (flannel's schema), the subnet file, interface
+//! selection and the reconcile loop that drives a data-plane backend from `weft-backends`.
+
+pub mod alloc;
+pub mod config;
+pub mod controller;
+pub mod ctl;
+pub mod daemon;
+pub mod etcd;
+pub mod flags;
+pub mod iface;
+pub mod ipmath;
+pub mod lab;
+pub mod lease;
+pub mod logging;
+pub mod own_lease;
+pub mod registry;
+pub mod subnet_file;

@@ -1,0 +1,164 @@
+//! Shared harness for the integration tests: labs that tear themselves
+//! down, a root/tool check that never skips silently, and a polling helper.
+//!
+//! Use from a test file with `mod common;`.
+
+// Each test binary uses only part of the harness.
+#![allow(dead_code)]
+
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use weft::lab::{self, Lab, LabSpec};
+
+/// The weftd built by cargo for this test run. (CARGO_BIN_EXE_* is set
+/// when integration tests are compiled, and this module is compiled as
+/// part of each of them.)
+pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+
+/// Lines of each log shown when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+
+/// Panics unless the tests run as root with `ip`, `etcd`, `etcdctl`,
+/// `sysctl` and `ping` installed. CI runs as root: a lab test that cannot
+/// run must fail loudly, never pass by skipping.
+#[track_caller]
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test builds network namespaces and must run as root (euid is {euid}); \
+         run e.g. `sudo -E cargo test` — lab tests never skip"
+    );
+    if let Err(e) = lab::check_tools() {
+        panic!("this test needs a tool that is missing: {e}");
+    }
+}
+
+/// A lab for one test, removed when dropped (also when the test panics,
+/// in which case the end of every weftd log and of etcd's log is printed
+/// first, so the test output shows what the daemons said).
+pub struct TestLab(Lab);
+
+impl TestLab {
+    /// A running lab with `hosts` hosts, weftd on each and one container
+    /// per host.
+    #[track_caller]
+    pub fn new(hosts: usize) -> TestLab {
+        TestLab::from_spec(TestLab::spec(hosts))
+    }
+
+    /// A lab with namespaces and etcd only: no weftd, no containers (see
+    /// `Lab::start_weftd` and `Lab::attach_container`).
+    #[track_caller]
+    pub fn without_weftd(hosts: usize) -> TestLab {
+        TestLab::from_spec(LabSpec {
+            start_weftd: false,
+            ..TestLab::spec(hosts)
+        })
+    }
+
+    /// The spec `new` uses: a unique name (`t<pid>-<n>`, so parallel tests
+    /// and concurrent test runs never collide), state under the system temp
+    /// dir, and cargo's weftd. Adjust it and pass it to `from_spec`:
+    /// `TestLab::from_spec(LabSpec { backend: "host-gw".into(), ..TestLab::spec(2) })`.
+    pub fn spec(hosts: usize) -> LabSpec {
+        let name = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        LabSpec {
+            state_root: state_root(),
+            ..LabSpec::new(name, hosts, WEFTD)
+        }
+    }
+
+    /// Builds the lab described by `spec`, panicking with the reason (which
+    /// includes the end of weftd's log when weftd is what failed).
+    #[track_caller]
+    pub fn from_spec(spec: LabSpec) -> TestLab {
+        require_root();
+        match Lab::up(spec) {
+            Ok(lab) => TestLab(lab),
+            Err(e) => panic!("lab up failed: {e}"),
+        }
+    }
+
+    /// The end of etcd's log and of every host's weftd log.
+    pub fn log_tails(&self) -> String {
+        let mut text = format!(
+            "===== {} (last {LOG_TAIL_LINES} lines) =====\n{}\n",
+            self.etcd_log().display(),
+            lab::log_tail(&self.etcd_log(), LOG_TAIL_LINES)
+        );
+        for host in 1..=self.hosts() {
+            let log = self.weftd_log(host);
+            text += &format!(
+                "===== h{host}: {} (last {LOG_TAIL_LINES} lines) =====\n{}\n",
+                log.display(),
+                lab::log_tail(&log, LOG_TAIL_LINES)
+            );
+        }
+        text
+    }
+}
+
+impl Deref for TestLab {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        &self.0
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!(
+                "test failed; logs of lab {}:\n{}",
+                self.name(),
+                self.log_tails()
+            );
+        }
+        if let Err(e) = self.0.down() {
+            // A second panic while unwinding would abort the whole run.
+            if panicking {
+                eprintln!("lab teardown failed too: {e}");
+            } else {
+                panic!("lab teardown failed: {e}");
+            }
+        }
+    }
+}
+
+/// Where test labs keep their state.
+fn state_root() -> PathBuf {
+    std::env::temp_dir().join("weft-lab-tests")
+}
+
+/// Calls `check` every `interval` until it returns Ok; panics with its last
+/// error once `timeout` has passed.
+#[track_caller]
+pub fn eventually(timeout: Duration, interval: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let started = Instant::now();
+    loop {
+        let error = match check() {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if started.elapsed() >= timeout {
+            panic!(
+                "condition still not met after {:?}: {error}",
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(interval);
+    }
+}
