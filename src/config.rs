@@ -412,6 +412,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let c = NetworkConfig::parse(include_str!("../deploy/network-config.json")).unwrap();
+        assert_eq!(c.backend.kind, "vxlan");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
     fn admits_checks_length_and_range() {
         let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
         let f = v4(&c);

@@ -37,10 +37,15 @@ pub enum LeaseCommand {
         json: bool,
     },
     /// Delete a lease (its host re-acquires; weftd prefers the same subnet)
-    Delete { subnet: IpNetwork },
+    Delete {
+        /// the leased subnet, e.g. 10.244.9.0/24
+        subnet: IpNetwork,
+    },
     /// Reserve a subnet for a host: a lease without TTL that never expires
     Reserve {
+        /// the subnet, e.g. 10.244.9.0/24 (its length must be the config's SubnetLen)
         subnet: IpNetwork,
+        /// the public IP of the host that gets it (weftd matches its own public IP)
         #[arg(long)]
         public_ip: Ipv4Addr,
     },
@@ -132,9 +137,9 @@ pub async fn lease(etcd: &EtcdArgs, cmd: &LeaseCommand) -> Result<(), CtlError> 
             }
         }
         LeaseCommand::Reserve { subnet, public_ip } => {
+            let key = key_for(*subnet)?;
             let config = store.get_config().await?.ok_or_else(|| CtlError::NoConfig(store.config_key()))?;
             let config = NetworkConfig::parse(&config)?;
-            let key = key_for(*subnet)?;
             if !crate::alloc::fits(&config, &key) {
                 return Err(CtlError::Invalid(format!(
                     "{subnet} does not fit the network config (wrong length, or outside SubnetMin..SubnetMax)"

@@ -340,3 +340,48 @@ fn a_short_lease_ttl_is_kept_alive() {
     let ttl = lab.etcdctl_ok(["lease", "timetolive", &id]).unwrap();
     assert!(ttl.contains("granted with TTL(3s)"), "{ttl}");
 }
+
+#[test]
+fn weftctl_manages_config_leases_and_reservations() {
+    let lab = TestLab::new(2);
+    let ctl = |args: &[&str]| -> String {
+        let mut full = vec![env!("CARGO_BIN_EXE_weftctl")];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--etcd-endpoints", "http://127.0.0.1:2379"]);
+        sh(&lab, &lab.underlay_ns(), &full)
+    };
+    let config = ctl(&["config", "get"]);
+    assert!(config.contains("\"Network\":\"10.244.0.0/16\""), "{config}");
+
+    let list = ctl(&["lease", "list", "--json"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    for h in 1..=2 {
+        let ip = lab.host_ip(h).to_string();
+        assert!(list.lines().any(|l| l.contains(&lease_key(&lab, h)) && l.contains(&ip)), "{list}");
+    }
+    let table = ctl(&["lease", "list"]);
+    assert!(table.starts_with("SUBNET") && table.contains(&vtep_mac(&lab, 1)), "{table}");
+
+    ctl(&["lease", "reserve", "10.244.250.0/24", "--public-ip", "198.18.0.50"]);
+    let fields = lab.etcdctl_ok(["get", "-w", "fields", &format!("{SUBNETS}10.244.250.0-24")]).unwrap();
+    assert!(fields.contains("\"Lease\" : 0"), "{fields}");
+    assert!(ctl(&["lease", "list"]).contains("never (reservation)"));
+
+    // Deleting a live host's lease through weftctl: the host takes its subnet back.
+    let key2 = lease_key(&lab, 2);
+    let subnet2 = format!("{}/24", key2.trim_end_matches("-24"));
+    ctl(&["lease", "delete", &subnet2]);
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        etcd_get(&lab, &format!("{SUBNETS}{key2}")).map(|_| ()).ok_or("h2 has not re-acquired".into())
+    });
+}
+
+#[test]
+fn a_dead_etcd_endpoint_in_the_list_does_not_matter() {
+    // 198.18.0.253 is inside the lab's underlay but nobody answers there.
+    let lab = TestLab::from_spec(weft::lab::LabSpec {
+        extra_weftd_args: vec!["--etcd-endpoints".into(), "http://198.18.0.253:2379".into()],
+        ..TestLab::spec(2)
+    });
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
+}

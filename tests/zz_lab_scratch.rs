@@ -10,10 +10,7 @@ use weft::lab::{Lab, LabError, LabSpec};
 const FAKE: &str = "/tmp/weft-lab-scratch/fake-weftd";
 
 fn fake_spec(hosts: usize) -> LabSpec {
-    LabSpec {
-        weftd: FAKE.into(),
-        ..TestLab::spec(hosts)
-    }
+    LabSpec { weftd: FAKE.into(), ..TestLab::spec(hosts) }
 }
 
 fn ns_exists(ns: &str) -> bool {
@@ -26,9 +23,7 @@ fn add_host_gw_routes(lab: &Lab) {
             if n != m {
                 let dst = format!("10.244.{m}.0/24");
                 let via = lab.host_ip(m).to_string();
-                let out = lab
-                    .exec_in(&lab.host_ns(n), ["ip", "route", "replace", &dst, "via", &via])
-                    .unwrap();
+                let out = lab.exec_in(&lab.host_ns(n), ["ip", "route", "replace", &dst, "via", &via]).unwrap();
                 assert!(out.status.success(), "{out:?}");
             }
         }
@@ -46,12 +41,8 @@ fn without_weftd_builds_underlay_and_etcd() {
     let cfg = lab.etcdctl_ok(["get", "/coreos.com/network/config"]).unwrap();
     assert!(cfg.contains(r#""Network":"10.244.0.0/16""#), "{cfg}");
     // etcd reachable from a host over the underlay.
-    let out = lab
-        .exec_in(
-            &lab.host_ns(2),
-            ["etcdctl", "--endpoints", &lab.etcd_endpoint(), "endpoint", "health"],
-        )
-        .unwrap();
+    let out =
+        lab.exec_in(&lab.host_ns(2), ["etcdctl", "--endpoints", &lab.etcd_endpoint(), "endpoint", "health"]).unwrap();
     assert!(out.status.success(), "{out:?}");
     // host to host over br0
     let out = lab.exec_in(&lab.host_ns(1), ["ping", "-c1", "-W1", "198.18.0.3"]).unwrap();
@@ -96,7 +87,11 @@ fn fake_weftd_containers_and_host_gw_connectivity() {
     add_host_gw_routes(&lab);
     eventually(Duration::from_secs(5), Duration::from_millis(100), || {
         let s = lab.status().map_err(|e| e.to_string())?;
-        if s.all_connected() { Ok(()) } else { Err(s.to_string()) }
+        if s.all_connected() {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
     });
     println!("{}", lab.status().unwrap());
     // restart
@@ -123,10 +118,8 @@ fn fake_weftd_containers_and_host_gw_connectivity() {
 
 #[test]
 fn stubborn_weftd_is_killed() {
-    let lab = TestLab::from_spec(LabSpec {
-        extra_weftd_args: vec!["--fake-mode".into(), "stubborn".into()],
-        ..fake_spec(1)
-    });
+    let lab =
+        TestLab::from_spec(LabSpec { extra_weftd_args: vec!["--fake-mode".into(), "stubborn".into()], ..fake_spec(1) });
     let pid = lab.weftd_pid(1).unwrap();
     let t = Instant::now();
     lab.stop_weftd(1).unwrap();
@@ -139,10 +132,7 @@ fn stubborn_weftd_is_killed() {
 #[test]
 fn failing_weftd_makes_up_fail_with_log_and_cleans_up() {
     require_root();
-    let spec = LabSpec {
-        extra_weftd_args: vec!["--fake-mode".into(), "fail".into()],
-        ..fake_spec(2)
-    };
+    let spec = LabSpec { extra_weftd_args: vec!["--fake-mode".into(), "fail".into()], ..fake_spec(2) };
     let name = spec.name.clone();
     let dir = spec.state_root.join(&name);
     let err = Lab::up(spec).unwrap_err();

@@ -101,10 +101,7 @@ pub struct Underlay {
 impl Underlay {
     /// The interface's first global address of `family`.
     pub fn address(&self, family: Family) -> Option<IpAddr> {
-        self.addresses
-            .iter()
-            .map(|n| n.ip())
-            .find(|ip| Family::of(*ip) == family && !is_link_local(*ip))
+        self.addresses.iter().map(|n| n.ip()).find(|ip| Family::of(*ip) == family && !is_link_local(*ip))
     }
 
     /// The address published in our lease for `family`.

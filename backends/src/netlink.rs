@@ -21,15 +21,12 @@ use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
@@ -38,9 +35,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::diff::Op;
 use crate::kernel::{Kernel, KernelError};
-use crate::model::{
-    Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs,
-};
+use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
 use crate::{is_link_local, Family};
 
 /// The main routing table; the only one weft reads or writes.
@@ -86,10 +81,7 @@ impl NetlinkKernel {
     fn from_socket(socket: Socket) -> io::Result<NetlinkKernel> {
         let (connection, handle, _) = rtnetlink::from_socket(into_tokio(socket)?);
         tokio::spawn(connection);
-        Ok(NetlinkKernel {
-            handle,
-            indexes: HashMap::new(),
-        })
+        Ok(NetlinkKernel { handle, indexes: HashMap::new() })
     }
 
     /// Every interface with its addresses, ordered by ifindex.
@@ -121,10 +113,7 @@ impl NetlinkKernel {
     }
 
     /// The output interface of the main table's default route for `family` with the lowest metric, if any.
-    pub async fn default_route_interface(
-        &mut self,
-        family: Family,
-    ) -> Result<Option<u32>, KernelError> {
+    pub async fn default_route_interface(&mut self, family: Family) -> Result<Option<u32>, KernelError> {
         let routes = self.dump_routes(family).await?;
         let best = routes
             .iter()
@@ -140,10 +129,7 @@ impl NetlinkKernel {
 
     async fn dump_links(&mut self) -> Result<Vec<LinkMessage>, KernelError> {
         let links = dump(self.handle.link().get().execute(), "links").await?;
-        self.indexes = links
-            .iter()
-            .filter_map(|m| Some((link_name(m)?.to_string(), m.header.index)))
-            .collect();
+        self.indexes = links.iter().filter_map(|m| Some((link_name(m)?.to_string(), m.header.index))).collect();
         Ok(links)
     }
 
@@ -157,24 +143,9 @@ impl NetlinkKernel {
         dump(self.handle.route().get(request).execute(), "routes").await
     }
 
-    async fn dump_neighbours(
-        &self,
-        family: AddressFamily,
-    ) -> Result<Vec<NeighbourMessage>, KernelError> {
-        let what = if family == AddressFamily::Bridge {
-            "fdb"
-        } else {
-            "neighbours"
-        };
-        dump(
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute(),
-            what,
-        )
-        .await
+    async fn dump_neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>, KernelError> {
+        let what = if family == AddressFamily::Bridge { "fdb" } else { "neighbours" };
+        dump(self.handle.neighbours().get().set_address_family(family).execute(), what).await
     }
 
     /// The ifindex of `name`, or None when no such device exists.
@@ -205,9 +176,7 @@ impl NetlinkKernel {
 
     /// The ifindex of a device an op removes something from; None means the device, and so the object, is gone.
     async fn optional_index(&mut self, op: &Op, name: &str) -> Result<Option<u32>, KernelError> {
-        self.index_of(name)
-            .await
-            .map_err(|e| KernelError::apply(op, e))
+        self.index_of(name).await.map_err(|e| KernelError::apply(op, e))
     }
 
     async fn current_mac(&mut self, op: &Op, index: u32) -> Result<Option<MacAddr>, KernelError> {
@@ -231,18 +200,11 @@ impl NetlinkKernel {
                     return Ok(());
                 };
                 self.indexes.remove(name);
-                outcome(
-                    op,
-                    self.handle.link().del(index).execute().await,
-                    &[libc::ENODEV],
-                )
+                outcome(op, self.handle.link().del(index).execute().await, &[libc::ENODEV])
             }
             Op::AddAddress(a) => {
                 let index = self.require_index(op, &a.device).await?;
-                let request = self
-                    .handle
-                    .address()
-                    .add(index, a.addr.ip(), a.addr.prefix());
+                let request = self.handle.address().add(index, a.addr.ip(), a.addr.prefix());
                 outcome(op, request.execute().await, &[libc::EEXIST])
             }
             Op::DeleteAddress(a) => {
@@ -250,11 +212,7 @@ impl NetlinkKernel {
                     return Ok(());
                 };
                 let request = self.handle.address().del(address_message(index, a.addr));
-                outcome(
-                    op,
-                    request.execute().await,
-                    &[libc::EADDRNOTAVAIL, libc::ENOENT],
-                )
+                outcome(op, request.execute().await, &[libc::EADDRNOTAVAIL, libc::ENOENT])
             }
             Op::ReplaceNeighbour(n) => {
                 let index = self.require_index(op, &n.device).await?;
@@ -297,23 +255,14 @@ impl NetlinkKernel {
             Op::ReplaceRoute(r) => {
                 let index = self.require_index(op, &r.device).await?;
                 let message = route_message(r, index).map_err(|e| KernelError::apply(op, e))?;
-                outcome(
-                    op,
-                    self.handle.route().add(message).replace().execute().await,
-                    &[],
-                )
+                outcome(op, self.handle.route().add(message).replace().execute().await, &[])
             }
             Op::DeleteRoute(r) => {
                 let Some(index) = self.optional_index(op, &r.device).await? else {
                     return Ok(());
                 };
-                let message =
-                    route_delete_message(r, index).map_err(|e| KernelError::apply(op, e))?;
-                outcome(
-                    op,
-                    self.handle.route().del(message).execute().await,
-                    &[libc::ESRCH],
-                )
+                let message = route_delete_message(r, index).map_err(|e| KernelError::apply(op, e))?;
+                outcome(op, self.handle.route().del(message).execute().await, &[libc::ESRCH])
             }
         }
     }
@@ -327,26 +276,17 @@ impl NetlinkKernel {
             change = change.address(link.mac.0.to_vec());
         }
         let change = if link.up { change.up() } else { change.down() };
-        outcome(
-            op,
-            self.handle.link().change(change.build()).execute().await,
-            &[],
-        )
+        outcome(op, self.handle.link().change(change.build()).execute().await, &[])
     }
 }
 
 impl Kernel for NetlinkKernel {
     async fn observe(&mut self, scope: &Scope) -> Result<KernelState, KernelError> {
         let links = self.dump_links().await?;
-        let names: HashMap<u32, String> = links
-            .iter()
-            .filter_map(|m| Some((m.header.index, link_name(m)?.to_string())))
-            .collect();
-        let owned: HashMap<u32, String> = names
-            .iter()
-            .filter(|(_, name)| scope.links.contains(name))
-            .map(|(i, n)| (*i, n.clone()))
-            .collect();
+        let names: HashMap<u32, String> =
+            links.iter().filter_map(|m| Some((m.header.index, link_name(m)?.to_string()))).collect();
+        let owned: HashMap<u32, String> =
+            names.iter().filter(|(_, name)| scope.links.contains(name)).map(|(i, n)| (*i, n.clone())).collect();
 
         let mut state = KernelState::default();
         for msg in links.iter().filter(|m| owned.contains_key(&m.header.index)) {
@@ -354,8 +294,7 @@ impl Kernel for NetlinkKernel {
         }
         for family in [Family::V4, Family::V6] {
             for msg in self.dump_routes(family).await? {
-                if let Some(route) = route_from_message(&msg, &names, &owned, scope.route_protocol)
-                {
+                if let Some(route) = route_from_message(&msg, &names, &owned, scope.route_protocol) {
                     state.add_route(route);
                 }
             }
@@ -403,11 +342,7 @@ impl Kernel for NetlinkKernel {
 fn require_runtime() -> io::Result<()> {
     tokio::runtime::Handle::try_current()
         .map(|_| ())
-        .map_err(|e| {
-            io::Error::other(format!(
-                "netlink connections must be opened inside a tokio runtime: {e}"
-            ))
-        })
+        .map_err(|e| io::Error::other(format!("netlink connections must be opened inside a tokio runtime: {e}")))
 }
 
 /// A NETLINK_ROUTE socket, subscribed to the `groups` bitmask (RTMGRP_*) when it is not 0.
@@ -426,20 +361,13 @@ fn in_netns<T: Send + 'static>(
     open: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let path = netns_path.to_path_buf();
-    let worker = std::thread::Builder::new()
-        .name("weft-netns".into())
-        .spawn(move || {
-            let described = |e: io::Error| {
-                io::Error::new(e.kind(), format!("entering netns {}: {e}", path.display()))
-            };
-            let netns = File::open(&path).map_err(described)?;
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| described(e.into()))?;
-            open()
-        })?;
-    worker
-        .join()
-        .map_err(|_| io::Error::other("the netns thread panicked"))?
+    let worker = std::thread::Builder::new().name("weft-netns".into()).spawn(move || {
+        let described = |e: io::Error| io::Error::new(e.kind(), format!("entering netns {}: {e}", path.display()));
+        let netns = File::open(&path).map_err(described)?;
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| described(e.into()))?;
+        open()
+    })?;
+    worker.join().map_err(|_| io::Error::other("the netns thread panicked"))?
 }
 
 fn into_tokio(socket: Socket) -> io::Result<TokioSocket> {
@@ -468,11 +396,7 @@ fn to_io(e: rtnetlink::Error) -> io::Error {
 
 /// The result of `op`, with the listed errnos counted as success: they mean the kernel is already in the state
 /// the op asks for.
-fn outcome(
-    op: &Op,
-    result: Result<(), rtnetlink::Error>,
-    benign: &[i32],
-) -> Result<(), KernelError> {
+fn outcome(op: &Op, result: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), KernelError> {
     match result {
         Err(e) if errno(&e).is_some_and(|code| benign.contains(&code)) => Ok(()),
         other => other.map_err(|e| KernelError::apply(op, to_io(e))),
@@ -483,13 +407,7 @@ async fn dump<T>(
     stream: impl Stream<Item = Result<T, rtnetlink::Error>>,
     what: &'static str,
 ) -> Result<Vec<T>, KernelError> {
-    stream
-        .try_collect()
-        .await
-        .map_err(|e| KernelError::Observe {
-            what,
-            source: to_io(e),
-        })
+    stream.try_collect().await.map_err(|e| KernelError::Observe { what, source: to_io(e) })
 }
 
 // ---- reading messages ----
@@ -502,16 +420,7 @@ fn link_name(msg: &LinkMessage) -> Option<&str> {
 }
 
 fn link_mtu(msg: &LinkMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|a| {
-            if let LinkAttribute::Mtu(mtu) = a {
-                Some(*mtu)
-            } else {
-                None
-            }
-        })
-        .unwrap_or(0)
+    msg.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(mtu) = a { Some(*mtu) } else { None }).unwrap_or(0)
 }
 
 fn link_mac(msg: &LinkMessage) -> Option<MacAddr> {
@@ -522,18 +431,11 @@ fn link_mac(msg: &LinkMessage) -> Option<MacAddr> {
 }
 
 fn link_from_message(msg: &LinkMessage) -> Result<Link, KernelError> {
-    let name = link_name(msg)
-        .ok_or_else(|| KernelError::Netlink(format!("link #{} has no name", msg.header.index)))?;
+    let name = link_name(msg).ok_or_else(|| KernelError::Netlink(format!("link #{} has no name", msg.header.index)))?;
     let kind = msg
         .attributes
         .iter()
-        .find_map(|a| {
-            if let LinkAttribute::LinkInfo(info) = a {
-                vxlan_attrs(info)
-            } else {
-                None
-            }
-        })
+        .find_map(|a| if let LinkAttribute::LinkInfo(info) = a { vxlan_attrs(info) } else { None })
         .unwrap_or_else(foreign_kind);
     Ok(Link {
         name: name.to_string(),
@@ -559,24 +461,12 @@ fn foreign_kind() -> VxlanAttrs {
 
 /// The VXLAN attributes in IFLA_LINKINFO, or None when the device is not a VXLAN device.
 fn vxlan_attrs(info: &[LinkInfo]) -> Option<VxlanAttrs> {
-    if !info
-        .iter()
-        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)))
-    {
+    if !info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))) {
         return None;
     }
     // The kernel omits IFLA_VXLAN_LOCAL when no local address is set; the rest it always reports.
-    let mut attrs = VxlanAttrs {
-        learning: true,
-        ..foreign_kind()
-    };
-    let data = info.iter().filter_map(|i| {
-        if let LinkInfo::Data(InfoData::Vxlan(d)) = i {
-            Some(d)
-        } else {
-            None
-        }
-    });
+    let mut attrs = VxlanAttrs { learning: true, ..foreign_kind() };
+    let data = info.iter().filter_map(|i| if let LinkInfo::Data(InfoData::Vxlan(d)) = i { Some(d) } else { None });
     for attr in data.flatten() {
         match attr {
             InfoVxlan::Id(vni) => attrs.vni = *vni,
@@ -614,37 +504,19 @@ fn address_from_message(msg: &AddressMessage, owned: &HashMap<u32, String>) -> O
         // The kernel adds an fe80:: address to every device by itself.
         return None;
     }
-    Some(Address {
-        device: device.clone(),
-        addr,
-    })
+    Some(Address { device: device.clone(), addr })
 }
 
 /// The table a route is in: IFLA_RTA_TABLE when present (tables above 255 only fit there), else the header's.
 fn route_table(msg: &RouteMessage) -> u32 {
     msg.attributes
         .iter()
-        .find_map(|a| {
-            if let RouteAttribute::Table(t) = a {
-                Some(*t)
-            } else {
-                None
-            }
-        })
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
         .unwrap_or(u32::from(msg.header.table))
 }
 
 fn route_metric(msg: &RouteMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|a| {
-            if let RouteAttribute::Priority(p) = a {
-                Some(*p)
-            } else {
-                None
-            }
-        })
-        .unwrap_or(0)
+    msg.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None }).unwrap_or(0)
 }
 
 /// The output interface; for a multipath route, the first next hop's.
@@ -668,13 +540,7 @@ fn route_destination(msg: &RouteMessage) -> Option<IpNetwork> {
     let ip = msg
         .attributes
         .iter()
-        .find_map(|a| {
-            if let RouteAttribute::Destination(d) = a {
-                route_address(d)
-            } else {
-                None
-            }
-        })
+        .find_map(|a| if let RouteAttribute::Destination(d) = a { route_address(d) } else { None })
         .or(match msg.header.address_family {
             // A default route carries no destination attribute.
             AddressFamily::Inet => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -693,30 +559,16 @@ fn route_from_message(
     protocol: u8,
 ) -> Option<Route> {
     let header = &msg.header;
-    if route_table(msg) != MAIN_TABLE
-        || header.kind != RouteType::Unicast
-        || header.protocol == RouteProtocol::Kernel
-    {
+    if route_table(msg) != MAIN_TABLE || header.kind != RouteType::Unicast || header.protocol == RouteProtocol::Kernel {
         return None;
     }
-    let oif = msg.attributes.iter().find_map(|a| {
-        if let RouteAttribute::Oif(i) = a {
-            Some(*i)
-        } else {
-            None
-        }
-    })?;
+    let oif = msg.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })?;
     let ours = u8::from(header.protocol) == protocol || owned.contains_key(&oif);
     if !ours {
         return None;
     }
-    let gateway = msg.attributes.iter().find_map(|a| {
-        if let RouteAttribute::Gateway(g) = a {
-            route_address(g)
-        } else {
-            None
-        }
-    })?;
+    let gateway =
+        msg.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_address(g) } else { None })?;
     Some(Route {
         dst: route_destination(msg)?,
         gateway,
@@ -755,24 +607,14 @@ fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-fn neighbour_from_message(
-    msg: &NeighbourMessage,
-    owned: &HashMap<u32, String>,
-) -> Option<Neighbour> {
+fn neighbour_from_message(msg: &NeighbourMessage, owned: &HashMap<u32, String>) -> Option<Neighbour> {
     let device = owned.get(&msg.header.ifindex)?;
     // Without IPv6 in the kernel an AF_INET6 dump falls back to all families, FDB entries included.
-    let arp_or_ndp = matches!(
-        msg.header.family,
-        AddressFamily::Inet | AddressFamily::Inet6
-    );
+    let arp_or_ndp = matches!(msg.header.family, AddressFamily::Inet | AddressFamily::Inet6);
     if !arp_or_ndp || msg.header.state != NeighbourState::Permanent {
         return None;
     }
-    Some(Neighbour {
-        device: device.clone(),
-        ip: neighbour_destination(msg)?,
-        mac: neighbour_lladdr(msg)?,
-    })
+    Some(Neighbour { device: device.clone(), ip: neighbour_destination(msg)?, mac: neighbour_lladdr(msg)? })
 }
 
 /// A permanent FDB entry of the device itself (NTF_SELF); entries a bridge master keeps for the device as its
@@ -786,20 +628,14 @@ fn fdb_from_message(msg: &NeighbourMessage, owned: &HashMap<u32, String>) -> Opt
     {
         return None;
     }
-    Some(FdbEntry {
-        device: device.clone(),
-        mac: neighbour_lladdr(msg)?,
-        dst: neighbour_destination(msg)?,
-    })
+    Some(FdbEntry { device: device.clone(), mac: neighbour_lladdr(msg)?, dst: neighbour_destination(msg)? })
 }
 
 // ---- building requests ----
 
 fn vxlan_message(link: &Link) -> LinkMessage {
     let LinkKind::Vxlan(v) = &link.kind;
-    let mut builder = LinkVxlan::new(&link.name, v.vni)
-        .port(v.port)
-        .learning(v.learning);
+    let mut builder = LinkVxlan::new(&link.name, v.vni).port(v.port).learning(v.learning);
     builder = match v.local {
         IpAddr::V4(ip) => builder.local(ip),
         IpAddr::V6(ip) => builder.local6(ip),
@@ -820,28 +656,17 @@ fn vxlan_message(link: &Link) -> LinkMessage {
 
 fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
     match addr.ip() {
-        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(ip, addr.prefix())
-            .build(),
-        IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
-            .index(index)
-            .address(ip, addr.prefix())
-            .build(),
+        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(ip, addr.prefix()).build(),
+        IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(ip, addr.prefix()).build(),
     }
 }
 
 /// What identifies an ARP/NDP entry to the kernel: device and IP.
 fn neighbour_key(index: u32, ip: IpAddr) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = if ip.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
+    msg.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     msg.header.ifindex = index;
-    msg.attributes
-        .push(NeighbourAttribute::Destination(ip.into()));
+    msg.attributes.push(NeighbourAttribute::Destination(ip.into()));
     msg
 }
 
@@ -853,8 +678,7 @@ fn fdb_key(index: u32, mac: MacAddr) -> NeighbourMessage {
     msg.header.ifindex = index;
     msg.header.flags = NeighbourFlags::Own;
     msg.header.state = NeighbourState::Permanent;
-    msg.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     msg
 }
 
@@ -876,22 +700,14 @@ fn route_builder(route: &Route, index: u32) -> io::Result<RouteMessageBuilder<Ip
 
 fn route_message(route: &Route, index: u32) -> io::Result<RouteMessage> {
     let builder = route_builder(route, index)?.protocol(RouteProtocol::from(route.protocol));
-    Ok(if route.onlink {
-        builder.onlink()
-    } else {
-        builder
-    }
-    .build())
+    Ok(if route.onlink { builder.onlink() } else { builder }.build())
 }
 
 /// The kernel matches a delete against every field that is set, and the builder presets proto static and scope
 /// universe. Unspec/NoWhere are wildcards (what `ip route del` sends); gateway and device stay, so only the route
 /// that was observed can match, never a foreign one to the same prefix.
 fn route_delete_message(route: &Route, index: u32) -> io::Result<RouteMessage> {
-    Ok(route_builder(route, index)?
-        .protocol(RouteProtocol::Unspec)
-        .scope(RouteScope::NoWhere)
-        .build())
+    Ok(route_builder(route, index)?.protocol(RouteProtocol::Unspec).scope(RouteScope::NoWhere).build())
 }
 
 // ---- change notifications ----
@@ -906,10 +722,7 @@ pub fn watch_deletions(scope: Scope) -> io::Result<UnboundedReceiver<String>> {
 }
 
 /// [`watch_deletions`] for the network namespace at `netns_path`.
-pub fn watch_deletions_in_netns(
-    netns_path: &Path,
-    scope: Scope,
-) -> io::Result<UnboundedReceiver<String>> {
+pub fn watch_deletions_in_netns(netns_path: &Path, scope: Scope) -> io::Result<UnboundedReceiver<String>> {
     require_runtime()?;
     start_watch(in_netns(netns_path, || route_socket(WATCH_GROUPS))?, scope)
 }
@@ -958,9 +771,7 @@ async fn watch(
         let description = match message.payload {
             NetlinkPayload::InnerMessage(event) => state.describe(&event),
             // The socket buffer overflowed and notifications were lost: anything may have changed.
-            NetlinkPayload::Overrun(_) => {
-                Some("netlink notifications were lost (overrun)".to_string())
-            }
+            NetlinkPayload::Overrun(_) => Some("netlink notifications were lost (overrun)".to_string()),
             _ => None,
         };
         if let Some(text) = description {
@@ -979,10 +790,7 @@ struct WatchState {
 
 impl WatchState {
     fn new(scope: Scope) -> WatchState {
-        WatchState {
-            scope,
-            links: HashMap::new(),
-        }
+        WatchState { scope, links: HashMap::new() }
     }
 
     fn in_scope(&self, name: &str) -> bool {
@@ -993,10 +801,9 @@ impl WatchState {
     fn link_seen(&mut self, msg: &LinkMessage) -> Option<(String, bool)> {
         let index = msg.header.index;
         match link_name(msg) {
-            Some(name) if self.in_scope(name) => self.links.insert(
-                index,
-                (name.to_string(), msg.header.flags.contains(LinkFlags::Up)),
-            ),
+            Some(name) if self.in_scope(name) => {
+                self.links.insert(index, (name.to_string(), msg.header.flags.contains(LinkFlags::Up)))
+            }
             _ => self.links.remove(&index),
         }
     }
@@ -1013,19 +820,13 @@ impl WatchState {
                 let now = self.links.get(&msg.header.index);
                 match (before, now) {
                     (Some((old, _)), None) => Some(format!("link {old} renamed")),
-                    (Some((_, true)) | None, Some((name, false))) => {
-                        Some(format!("link {name} went down"))
-                    }
+                    (Some((_, true)) | None, Some((name, false))) => Some(format!("link {name} went down")),
                     _ => None,
                 }
             }
             RouteNetlinkMessage::DelLink(msg) => {
                 let known = self.links.remove(&msg.header.index).map(|(name, _)| name);
-                let name = known.or_else(|| {
-                    link_name(msg)
-                        .filter(|n| self.in_scope(n))
-                        .map(str::to_string)
-                })?;
+                let name = known.or_else(|| link_name(msg).filter(|n| self.in_scope(n)).map(str::to_string))?;
                 Some(format!("link {name} deleted"))
             }
             RouteNetlinkMessage::DelRoute(msg) => {
@@ -1053,15 +854,9 @@ fn describe_route(msg: &RouteMessage) -> String {
 fn describe_neighbour(msg: &NeighbourMessage, device: &str) -> String {
     let text = |x: Option<String>| x.unwrap_or_else(|| "?".to_string());
     if msg.header.family == AddressFamily::Bridge {
-        format!(
-            "fdb entry {} dev {device} deleted",
-            text(neighbour_lladdr(msg).map(|m| m.to_string()))
-        )
+        format!("fdb entry {} dev {device} deleted", text(neighbour_lladdr(msg).map(|m| m.to_string())))
     } else {
-        format!(
-            "neighbour {} dev {device} deleted",
-            text(neighbour_destination(msg).map(|ip| ip.to_string()))
-        )
+        format!("neighbour {} dev {device} deleted", text(neighbour_destination(msg).map(|ip| ip.to_string())))
     }
 }
 
@@ -1079,68 +874,33 @@ mod tests {
 
     #[test]
     fn decodes_raw_ip_bytes() {
-        assert_eq!(
-            decode_ip(&[198, 18, 0, 2]),
-            Some("198.18.0.2".parse().unwrap())
-        );
+        assert_eq!(decode_ip(&[198, 18, 0, 2]), Some("198.18.0.2".parse().unwrap()));
         let v6: Ipv6Addr = "fd00::2".parse().unwrap();
         assert_eq!(decode_ip(&v6.octets()), Some(IpAddr::V6(v6)));
         assert_eq!(decode_ip(&[1, 2, 3]), None);
         assert_eq!(decode_ip(&[]), None);
     }
 
-    fn fdb_message(
-        index: u32,
-        dst: Vec<u8>,
-        state: NeighbourState,
-        flags: NeighbourFlags,
-    ) -> NeighbourMessage {
+    fn fdb_message(index: u32, dst: Vec<u8>, state: NeighbourState, flags: NeighbourFlags) -> NeighbourMessage {
         let mut msg = fdb_key(index, mac());
         msg.header.state = state;
         msg.header.flags = flags;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
-                dst,
-            )));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Other(dst)));
         msg
     }
 
     #[test]
     fn reads_fdb_entries_of_the_device_itself() {
         let owned = owned(7, "flannel.1");
-        let msg = fdb_message(
-            7,
-            vec![198, 18, 0, 2],
-            NeighbourState::Permanent,
-            NeighbourFlags::Own,
-        );
-        let want = FdbEntry {
-            device: "flannel.1".into(),
-            mac: mac(),
-            dst: "198.18.0.2".parse().unwrap(),
-        };
+        let msg = fdb_message(7, vec![198, 18, 0, 2], NeighbourState::Permanent, NeighbourFlags::Own);
+        let want = FdbEntry { device: "flannel.1".into(), mac: mac(), dst: "198.18.0.2".parse().unwrap() };
         assert_eq!(fdb_from_message(&msg, &owned), Some(want));
 
-        let by_master = fdb_message(
-            7,
-            vec![198, 18, 0, 2],
-            NeighbourState::Permanent,
-            NeighbourFlags::Controller,
-        );
+        let by_master = fdb_message(7, vec![198, 18, 0, 2], NeighbourState::Permanent, NeighbourFlags::Controller);
         assert_eq!(fdb_from_message(&by_master, &owned), None);
-        let learned = fdb_message(
-            7,
-            vec![198, 18, 0, 2],
-            NeighbourState::Reachable,
-            NeighbourFlags::Own,
-        );
+        let learned = fdb_message(7, vec![198, 18, 0, 2], NeighbourState::Reachable, NeighbourFlags::Own);
         assert_eq!(fdb_from_message(&learned, &owned), None);
-        let elsewhere = fdb_message(
-            8,
-            vec![198, 18, 0, 2],
-            NeighbourState::Permanent,
-            NeighbourFlags::Own,
-        );
+        let elsewhere = fdb_message(8, vec![198, 18, 0, 2], NeighbourState::Permanent, NeighbourFlags::Own);
         assert_eq!(fdb_from_message(&elsewhere, &owned), None);
     }
 
@@ -1149,27 +909,13 @@ mod tests {
         let owned = owned(7, "flannel.1");
         let mut msg = neighbour_key(7, "10.244.2.0".parse().unwrap());
         msg.header.state = NeighbourState::Permanent;
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac().0.to_vec()));
-        let want = Neighbour {
-            device: "flannel.1".into(),
-            ip: "10.244.2.0".parse().unwrap(),
-            mac: mac(),
-        };
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac().0.to_vec()));
+        let want = Neighbour { device: "flannel.1".into(), ip: "10.244.2.0".parse().unwrap(), mac: mac() };
         assert_eq!(neighbour_from_message(&msg, &owned), Some(want));
         msg.header.state = NeighbourState::Stale;
         assert_eq!(neighbour_from_message(&msg, &owned), None);
-        let fdb = fdb_message(
-            7,
-            vec![198, 18, 0, 2],
-            NeighbourState::Permanent,
-            NeighbourFlags::Own,
-        );
-        assert_eq!(
-            neighbour_from_message(&fdb, &owned),
-            None,
-            "an FDB entry is not a neighbour"
-        );
+        let fdb = fdb_message(7, vec![198, 18, 0, 2], NeighbourState::Permanent, NeighbourFlags::Own);
+        assert_eq!(neighbour_from_message(&fdb, &owned), None, "an FDB entry is not a neighbour");
     }
 
     fn route(dst: &str, gateway: Option<&str>, oif: u32, protocol: u8) -> RouteMessage {
@@ -1198,16 +944,10 @@ mod tests {
             onlink: true,
             protocol: 87,
         };
-        assert_eq!(
-            route_from_message(&on_device, &names, &owned, 87),
-            Some(want)
-        );
+        assert_eq!(route_from_message(&on_device, &names, &owned, 87), Some(want));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(
-            route_from_message(&direct, &names, &owned, 87).map(|r| r.device),
-            Some("u0".to_string())
-        );
+        assert_eq!(route_from_message(&direct, &names, &owned, 87).map(|r| r.device), Some("u0".to_string()));
 
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
         assert_eq!(route_from_message(&foreign, &names, &owned, 87), None);
@@ -1227,9 +967,7 @@ mod tests {
 
     #[test]
     fn default_route_has_an_unspecified_destination() {
-        let mut msg = RouteMessageBuilder::<Ipv6Addr>::new()
-            .output_interface(3)
-            .build();
+        let mut msg = RouteMessageBuilder::<Ipv6Addr>::new().output_interface(3).build();
         msg.header.destination_prefix_length = 0;
         assert_eq!(route_destination(&msg), Some("::/0".parse().unwrap()));
     }
@@ -1262,12 +1000,8 @@ mod tests {
     #[test]
     fn a_device_of_another_kind_reads_as_never_desired() {
         let mut msg = LinkMessage::default();
-        msg.attributes
-            .push(LinkAttribute::IfName("flannel.1".into()));
-        msg.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-                InfoKind::Bridge,
-            )]));
+        msg.attributes.push(LinkAttribute::IfName("flannel.1".into()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
         let link = link_from_message(&msg).unwrap();
         assert_eq!(link.kind, LinkKind::Vxlan(foreign_kind()));
     }
@@ -1298,10 +1032,7 @@ mod tests {
         let op = Op::DeleteLink("flannel.1".into());
         assert!(outcome(&op, Err(nack(libc::ENODEV)), &[libc::ENODEV]).is_ok());
         let err = outcome(&op, Err(nack(libc::EPERM)), &[libc::ENODEV]).unwrap_err();
-        assert!(
-            err.to_string().starts_with("delete link flannel.1: "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("delete link flannel.1: "), "{err}");
         match err {
             KernelError::Apply { source, .. } => {
                 assert_eq!(source.raw_os_error(), Some(libc::EPERM))
@@ -1311,10 +1042,7 @@ mod tests {
     }
 
     fn scope() -> Scope {
-        Scope {
-            links: vec!["flannel.1".into()],
-            route_protocol: 87,
-        }
+        Scope { links: vec!["flannel.1".into()], route_protocol: 87 }
     }
 
     fn link(index: u32, name: &str, up: bool) -> LinkMessage {
@@ -1334,60 +1062,36 @@ mod tests {
 
         let ours = route("10.244.2.0/24", Some("10.244.2.0"), 2, 87);
         assert_eq!(
-            state
-                .describe(&RouteNetlinkMessage::DelRoute(ours))
-                .as_deref(),
+            state.describe(&RouteNetlinkMessage::DelRoute(ours)).as_deref(),
             Some("route 10.244.2.0/24 deleted")
         );
         let on_device = route("10.244.5.0/24", Some("10.244.5.0"), 7, 4);
-        assert!(state
-            .describe(&RouteNetlinkMessage::DelRoute(on_device))
-            .is_some());
+        assert!(state.describe(&RouteNetlinkMessage::DelRoute(on_device)).is_some());
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
-        assert_eq!(
-            state.describe(&RouteNetlinkMessage::DelRoute(foreign)),
-            None
-        );
+        assert_eq!(state.describe(&RouteNetlinkMessage::DelRoute(foreign)), None);
 
         let neigh = neighbour_key(7, "10.244.2.0".parse().unwrap());
         assert_eq!(
-            state
-                .describe(&RouteNetlinkMessage::DelNeighbour(neigh))
-                .as_deref(),
+            state.describe(&RouteNetlinkMessage::DelNeighbour(neigh)).as_deref(),
             Some("neighbour 10.244.2.0 dev flannel.1 deleted")
         );
         let fdb = fdb_key(7, mac());
         assert_eq!(
-            state
-                .describe(&RouteNetlinkMessage::DelNeighbour(fdb))
-                .as_deref(),
+            state.describe(&RouteNetlinkMessage::DelNeighbour(fdb)).as_deref(),
             Some("fdb entry 0e:2a:4f:00:12:9c dev flannel.1 deleted")
         );
 
+        assert_eq!(state.describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", true))), None);
         assert_eq!(
-            state.describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", true))),
-            None
-        );
-        assert_eq!(
-            state
-                .describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", false)))
-                .as_deref(),
+            state.describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", false))).as_deref(),
             Some("link flannel.1 went down")
         );
         // Still down: no news.
+        assert_eq!(state.describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", false))), None);
         assert_eq!(
-            state.describe(&RouteNetlinkMessage::NewLink(link(7, "flannel.1", false))),
-            None
-        );
-        assert_eq!(
-            state
-                .describe(&RouteNetlinkMessage::DelLink(link(7, "flannel.1", false)))
-                .as_deref(),
+            state.describe(&RouteNetlinkMessage::DelLink(link(7, "flannel.1", false))).as_deref(),
             Some("link flannel.1 deleted")
         );
-        assert_eq!(
-            state.describe(&RouteNetlinkMessage::DelLink(link(3, "eth0", true))),
-            None
-        );
+        assert_eq!(state.describe(&RouteNetlinkMessage::DelLink(link(3, "eth0", true))), None);
     }
 }

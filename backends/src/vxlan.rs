@@ -32,7 +32,14 @@ pub struct VxlanConfig {
 
 impl Default for VxlanConfig {
     fn default() -> Self {
-        VxlanConfig { vni: DEFAULT_VNI, port: DEFAULT_PORT, gbp: false, learning: false, direct_routing: false, mtu: None }
+        VxlanConfig {
+            vni: DEFAULT_VNI,
+            port: DEFAULT_PORT,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        }
     }
 }
 
@@ -67,7 +74,9 @@ impl VxlanConfig {
                     cfg.mtu = match mtu {
                         0 => None,
                         m if m < 68 + u64::from(OVERHEAD) => {
-                            return Err(field(&format!("{m} leaves less than 68 bytes after the 50-byte VXLAN overhead")))
+                            return Err(field(&format!(
+                                "{m} leaves less than 68 bytes after the 50-byte VXLAN overhead"
+                            )))
                         }
                         m if m > 65535 => return Err(field(&format!("{m} is larger than 65535"))),
                         m => Some(m as u32),
@@ -152,10 +161,9 @@ impl VxlanBackend {
         })?;
         let mut vteps = Vec::new();
         for &family in families {
-            let local = underlay.address(family).ok_or_else(|| BackendError::NoUnderlayAddress {
-                interface: underlay.name.clone(),
-                family,
-            })?;
+            let local = underlay
+                .address(family)
+                .ok_or_else(|| BackendError::NoUnderlayAddress { interface: underlay.name.clone(), family })?;
             let public = underlay.public_ip(family).unwrap_or(local);
             let name = device_name(family, config.vni);
             let mac = existing

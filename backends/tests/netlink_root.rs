@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use weft_backends::diff::Op;
 use weft_backends::kernel::{reconcile, Kernel, KernelError};
-use weft_backends::model::{
-    KernelState, Link, LinkKind, MacAddr, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL,
-};
+use weft_backends::model::{KernelState, Link, LinkKind, MacAddr, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL};
 use weft_backends::netlink::{watch_deletions, watch_deletions_in_netns, Interface, NetlinkKernel};
 use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
 use weft_backends::{Family, Peer, Underlay};
@@ -21,10 +19,7 @@ use weft_backends::{Family, Peer, Underlay};
 fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "netlink_root tests create network namespaces and must run as root (euid is {euid})"
-    );
+    assert_eq!(euid, 0, "netlink_root tests create network namespaces and must run as root (euid is {euid})");
 }
 
 /// A network namespace owned by this test process; deleted on drop, so also when the test panics.
@@ -61,34 +56,19 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(out.status.success(), "{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Trimmed, non-empty lines, sorted, for comparing command output.
 fn lines(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let mut out: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
     out.sort();
     out
 }
@@ -142,12 +122,7 @@ impl Node {
         )
         .unwrap();
         let scope = backend.scope();
-        Node {
-            ns,
-            kernel,
-            backend,
-            scope,
-        }
+        Node { ns, kernel, backend, scope }
     }
 
     /// Desired state for host 1 with the given remote hosts.
@@ -165,27 +140,18 @@ impl Node {
 
     /// Reconciles until clean and checks that the kernel then shows exactly `desired` and needs nothing more.
     async fn converge(&mut self, desired: &KernelState) -> Vec<Op> {
-        let report = reconcile(&mut self.kernel, &self.scope, desired)
-            .await
-            .unwrap();
+        let report = reconcile(&mut self.kernel, &self.scope, desired).await.unwrap();
         assert!(report.is_clean(), "failed ops: {:#?}", report.failed);
         assert_eq!(self.observe().await.render(), desired.render());
-        let again = reconcile(&mut self.kernel, &self.scope, desired)
-            .await
-            .unwrap();
-        assert!(
-            again.applied.is_empty() && again.is_clean(),
-            "second pass was not empty: {again:#?}"
-        );
+        let again = reconcile(&mut self.kernel, &self.scope, desired).await.unwrap();
+        assert!(again.applied.is_empty() && again.is_clean(), "second pass was not empty: {again:#?}");
         report.applied
     }
 }
 
 async fn interface(kernel: &mut NetlinkKernel, name: &str) -> Interface {
     let all = kernel.interfaces().await.unwrap();
-    all.into_iter()
-        .find(|i| i.name == name)
-        .unwrap_or_else(|| panic!("no interface {name}"))
+    all.into_iter().find(|i| i.name == name).unwrap_or_else(|| panic!("no interface {name}"))
 }
 
 #[tokio::test]
@@ -193,11 +159,7 @@ async fn converges_to_exactly_what_flannel_configures() {
     let mut node = Node::new("flannel").await;
     let desired = node.desired(&[2, 3]);
     let ops = node.converge(&desired).await;
-    assert_eq!(
-        ops.len(),
-        1 + 1 + 3 * 2,
-        "link, address, and neigh+fdb+route per peer: {ops:#?}"
-    );
+    assert_eq!(ops.len(), 1 + 1 + 3 * 2, "link, address, and neigh+fdb+route per peer: {ops:#?}");
 
     let ns = &node.ns;
     assert_eq!(
@@ -210,19 +172,11 @@ async fn converges_to_exactly_what_flannel_configures() {
     );
     assert_eq!(
         lines(&ns.ip("neigh show dev flannel.1")),
-        lines(&format!(
-            "10.244.2.0 lladdr {} PERMANENT\n10.244.3.0 lladdr {} PERMANENT",
-            vtep_mac(2),
-            vtep_mac(3)
-        ))
+        lines(&format!("10.244.2.0 lladdr {} PERMANENT\n10.244.3.0 lladdr {} PERMANENT", vtep_mac(2), vtep_mac(3)))
     );
     assert_eq!(
         lines(&ns.bridge("fdb show dev flannel.1")),
-        lines(&format!(
-            "{} dst 198.18.0.2 self permanent\n{} dst 198.18.0.3 self permanent",
-            vtep_mac(2),
-            vtep_mac(3)
-        ))
+        lines(&format!("{} dst 198.18.0.2 self permanent\n{} dst 198.18.0.3 self permanent", vtep_mac(2), vtep_mac(3)))
     );
     let link = ns.ip("-d link show flannel.1");
     let vtep = &node.backend.vteps[0].link;
@@ -236,9 +190,7 @@ async fn converges_to_exactly_what_flannel_configures() {
         assert!(link.contains(want), "ip -d link lacks {want:?}:\n{link}");
     }
     assert!(!link.contains("gbp"), "{link}");
-    assert!(ns
-        .ip("-4 addr show dev flannel.1")
-        .contains("inet 10.244.1.0/32 "));
+    assert!(ns.ip("-4 addr show dev flannel.1").contains("inet 10.244.1.0/32 "));
 }
 
 #[tokio::test]
@@ -262,48 +214,25 @@ async fn repairs_what_was_changed_by_hand() {
     ];
     for command in drifts {
         node.ns.ip(command);
-        assert_ne!(
-            node.observe().await.render(),
-            expected,
-            "observe did not notice `ip {command}`"
-        );
+        assert_ne!(node.observe().await.render(), expected, "observe did not notice `ip {command}`");
         node.converge(&desired).await;
-        assert_eq!(
-            node.observe().await.render(),
-            expected,
-            "after `ip {command}`"
-        );
+        assert_eq!(node.observe().await.render(), expected, "after `ip {command}`");
     }
 
-    node.ns
-        .bridge(&format!("fdb del {mac2} dev flannel.1 dst 198.18.0.2"));
-    assert!(!node
-        .observe()
-        .await
-        .render()
-        .contains(&format!("fdb {mac2} ")));
+    node.ns.bridge(&format!("fdb del {mac2} dev flannel.1 dst 198.18.0.2"));
+    assert!(!node.observe().await.render().contains(&format!("fdb {mac2} ")));
     let ops = node.converge(&desired).await;
     assert!(matches!(ops.as_slice(), [Op::ReplaceFdb(_)]), "{ops:#?}");
 
     // A device with an attribute that can only be set at creation (here the port) is re-created.
     node.ns.ip("link del flannel.1");
-    node.ns
-        .ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 4789 nolearning");
+    node.ns.ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 4789 nolearning");
     let seen = node.observe().await;
     let LinkKind::Vxlan(attrs) = &seen.links["flannel.1"].kind;
-    assert_eq!(
-        attrs.port, 4789,
-        "the port must read back in host byte order"
-    );
+    assert_eq!(attrs.port, 4789, "the port must read back in host byte order");
     let ops = node.converge(&desired).await;
-    assert!(
-        matches!(ops.as_slice(), [Op::DeleteLink(_), Op::CreateLink(_), ..]),
-        "{ops:#?}"
-    );
-    assert!(node
-        .ns
-        .ip("-d link show flannel.1")
-        .contains(&format!("link/ether {} ", node.backend.vteps[0].link.mac)));
+    assert!(matches!(ops.as_slice(), [Op::DeleteLink(_), Op::CreateLink(_), ..]), "{ops:#?}");
+    assert!(node.ns.ip("-d link show flannel.1").contains(&format!("link/ether {} ", node.backend.vteps[0].link.mac)));
 }
 
 #[tokio::test]
@@ -313,23 +242,12 @@ async fn removes_departed_peers_and_stale_routes_but_never_foreign_ones() {
 
     let foreign = "10.244.9.0/24 via 198.18.0.9 dev u0 proto static";
     node.ns.ip(&format!("route add {foreign}"));
-    node.ns
-        .ip("route add 10.244.8.0/24 via 198.18.0.8 dev u0 proto 87");
-    node.ns
-        .ip("route add 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto static");
+    node.ns.ip("route add 10.244.8.0/24 via 198.18.0.8 dev u0 proto 87");
+    node.ns.ip("route add 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto static");
     let seen = node.observe().await.render();
-    assert!(
-        seen.contains("route 10.244.8.0/24 via 198.18.0.8 dev u0 proto 87"),
-        "{seen}"
-    );
-    assert!(
-        seen.contains("route 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto 4"),
-        "{seen}"
-    );
-    assert!(
-        !seen.contains("10.244.9.0"),
-        "a foreign route was observed:\n{seen}"
-    );
+    assert!(seen.contains("route 10.244.8.0/24 via 198.18.0.8 dev u0 proto 87"), "{seen}");
+    assert!(seen.contains("route 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto 4"), "{seen}");
+    assert!(!seen.contains("10.244.9.0"), "a foreign route was observed:\n{seen}");
 
     let desired = node.desired(&[2]);
     let ops = node.converge(&desired).await;
@@ -344,22 +262,12 @@ async fn removes_departed_peers_and_stale_routes_but_never_foreign_ones() {
              198.18.0.0/24 dev u0 proto kernel scope link src 198.18.0.1\n{foreign}"
         ))
     );
-    assert!(!node
-        .ns
-        .ip("neigh show dev flannel.1")
-        .contains("10.244.3.0"));
-    assert!(!node
-        .ns
-        .bridge("fdb show dev flannel.1")
-        .contains(&vtep_mac(3)));
+    assert!(!node.ns.ip("neigh show dev flannel.1").contains("10.244.3.0"));
+    assert!(!node.ns.bridge("fdb show dev flannel.1").contains(&vtep_mac(3)));
 
     // Nothing left to do: the foreign route stays as it is.
     node.converge(&KernelState::default()).await;
-    assert!(node
-        .ns
-        .ip("link show")
-        .lines()
-        .all(|l| !l.contains("flannel.1")));
+    assert!(node.ns.ip("link show").lines().all(|l| !l.contains("flannel.1")));
     assert_eq!(
         lines(&node.ns.ip("route show 10.244.9.0/24")),
         lines("10.244.9.0/24 via 198.18.0.9 dev u0 proto static")
@@ -379,78 +287,34 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
         other => panic!("expected NoSuchDevice, got {other:?}"),
     }
     // Removing things from a device that does not exist is already done.
-    kernel
-        .apply(&Op::DeleteLink("flannel.1".into()))
-        .await
-        .unwrap();
-    kernel
-        .apply(&Op::DeleteNeighbour(neighbour.clone()))
-        .await
-        .unwrap();
+    kernel.apply(&Op::DeleteLink("flannel.1".into())).await.unwrap();
+    kernel.apply(&Op::DeleteNeighbour(neighbour.clone())).await.unwrap();
 
     kernel.apply(&Op::CreateLink(vtep.clone())).await.unwrap();
-    let err = kernel
-        .apply(&Op::CreateLink(vtep.clone()))
-        .await
-        .unwrap_err();
+    let err = kernel.apply(&Op::CreateLink(vtep.clone())).await.unwrap_err();
     let text = err.to_string();
-    assert!(
-        text.starts_with("create link flannel.1 vxlan id 1"),
-        "{text}"
-    );
+    assert!(text.starts_with("create link flannel.1 vxlan id 1"), "{text}");
     assert!(text.contains("os error 17"), "{text}");
 
     let address = desired.addresses.iter().next().unwrap().clone();
-    kernel
-        .apply(&Op::AddAddress(address.clone()))
-        .await
-        .unwrap();
-    kernel
-        .apply(&Op::AddAddress(address.clone()))
-        .await
-        .unwrap();
-    kernel
-        .apply(&Op::DeleteAddress(address.clone()))
-        .await
-        .unwrap();
+    kernel.apply(&Op::AddAddress(address.clone())).await.unwrap();
+    kernel.apply(&Op::AddAddress(address.clone())).await.unwrap();
+    kernel.apply(&Op::DeleteAddress(address.clone())).await.unwrap();
     kernel.apply(&Op::DeleteAddress(address)).await.unwrap();
-    kernel
-        .apply(&Op::DeleteNeighbour(neighbour.clone()))
-        .await
-        .unwrap();
-    kernel
-        .apply(&Op::DeleteFdb(desired.fdb.values().next().unwrap().clone()))
-        .await
-        .unwrap();
-    kernel
-        .apply(&Op::DeleteRoute(
-            desired.routes.values().next().unwrap().clone(),
-        ))
-        .await
-        .unwrap();
+    kernel.apply(&Op::DeleteNeighbour(neighbour.clone())).await.unwrap();
+    kernel.apply(&Op::DeleteFdb(desired.fdb.values().next().unwrap().clone())).await.unwrap();
+    kernel.apply(&Op::DeleteRoute(desired.routes.values().next().unwrap().clone())).await.unwrap();
 
     // The device is re-created by hand behind the index cache's back: ops still find it by name.
     kernel.observe(&node.scope).await.unwrap();
     node.ns.ip("link del flannel.1");
-    node.ns
-        .ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 8472 nolearning");
-    kernel
-        .apply(&Op::ReplaceNeighbour(neighbour.clone()))
-        .await
-        .unwrap();
+    node.ns.ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 8472 nolearning");
+    kernel.apply(&Op::ReplaceNeighbour(neighbour.clone())).await.unwrap();
     assert!(node.ns.ip("neigh show dev flannel.1").contains("PERMANENT"));
 
     // Everything UpdateLink can change, then a device with the non-default attributes.
-    let changed = Link {
-        mac: "0e:00:00:00:00:aa".parse().unwrap(),
-        mtu: 1400,
-        up: false,
-        ..vtep.clone()
-    };
-    kernel
-        .apply(&Op::UpdateLink(changed.clone()))
-        .await
-        .unwrap();
+    let changed = Link { mac: "0e:00:00:00:00:aa".parse().unwrap(), mtu: 1400, up: false, ..vtep.clone() };
+    kernel.apply(&Op::UpdateLink(changed.clone())).await.unwrap();
     let u0 = vtep_underlay(&vtep);
     let gbp = Link {
         name: "weft-gbp".into(),
@@ -467,33 +331,15 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
         up: true,
     };
     kernel.apply(&Op::CreateLink(gbp.clone())).await.unwrap();
-    let scope = Scope {
-        links: vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()],
-        route_protocol: 87,
-    };
+    let scope = Scope { links: vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()], route_protocol: 87 };
     let seen = kernel.observe(&scope).await.unwrap();
-    assert_eq!(
-        seen.links.values().cloned().collect::<Vec<_>>(),
-        vec![changed, gbp]
-    );
+    assert_eq!(seen.links.values().cloned().collect::<Vec<_>>(), vec![changed, gbp]);
     let shown = node.ns.ip("-d link show weft-gbp");
-    assert!(
-        shown.contains("vxlan id 42 local 198.18.0.1 dev u0 ") && shown.contains("dstport 4789 "),
-        "{shown}"
-    );
-    assert!(
-        shown.contains(" gbp ") && !shown.contains("nolearning"),
-        "{shown}"
-    );
+    assert!(shown.contains("vxlan id 42 local 198.18.0.1 dev u0 ") && shown.contains("dstport 4789 "), "{shown}");
+    assert!(shown.contains(" gbp ") && !shown.contains("nolearning"), "{shown}");
 
-    node.kernel
-        .apply(&Op::DeleteLink("weft-gbp".into()))
-        .await
-        .unwrap();
-    node.kernel
-        .apply(&Op::DeleteLink("weft-gbp".into()))
-        .await
-        .unwrap();
+    node.kernel.apply(&Op::DeleteLink("weft-gbp".into())).await.unwrap();
+    node.kernel.apply(&Op::DeleteLink("weft-gbp".into())).await.unwrap();
 }
 
 fn vtep_underlay(link: &Link) -> u32 {
@@ -505,39 +351,21 @@ fn vtep_underlay(link: &Link) -> u32 {
 async fn lists_interfaces_and_finds_the_default_route() {
     let mut node = Node::new("host").await;
     node.ns.ip("addr add 198.18.1.1/24 dev u1");
-    node.ns
-        .ip("route add default via 198.18.0.254 dev u0 metric 200");
-    node.ns
-        .ip("route add default via 198.18.1.254 dev u1 metric 50");
+    node.ns.ip("route add default via 198.18.0.254 dev u0 metric 200");
+    node.ns.ip("route add default via 198.18.1.254 dev u1 metric 50");
     let kernel = &mut node.kernel;
 
     let u0 = interface(kernel, "u0").await;
     let u1 = interface(kernel, "u1").await;
     assert!(u0.up && u0.mtu == 1500 && u0.mac.is_some(), "{u0:?}");
-    assert!(
-        u0.addresses.contains(&"198.18.0.1/24".parse().unwrap()),
-        "{u0:?}"
-    );
+    assert!(u0.addresses.contains(&"198.18.0.1/24".parse().unwrap()), "{u0:?}");
     let lo = interface(kernel, "lo").await;
-    assert_eq!(
-        (lo.index, lo.up),
-        (1, false),
-        "a new namespace's loopback is down"
-    );
+    assert_eq!((lo.index, lo.up), (1, false), "a new namespace's loopback is down");
 
-    assert_eq!(
-        kernel.default_route_interface(Family::V4).await.unwrap(),
-        Some(u1.index)
-    );
-    assert_eq!(
-        kernel.default_route_interface(Family::V6).await.unwrap(),
-        None
-    );
+    assert_eq!(kernel.default_route_interface(Family::V4).await.unwrap(), Some(u1.index));
+    assert_eq!(kernel.default_route_interface(Family::V6).await.unwrap(), None);
     node.ns.ip("route del default via 198.18.1.254 dev u1");
-    assert_eq!(
-        kernel.default_route_interface(Family::V4).await.unwrap(),
-        Some(u0.index)
-    );
+    assert_eq!(kernel.default_route_interface(Family::V4).await.unwrap(), Some(u0.index));
 }
 
 /// Waits for a notification containing `want`, skipping others.
@@ -559,30 +387,19 @@ async fn expect_note(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want
 async fn watch_reports_deletions_in_a_namespace() {
     let mut node = Node::new("watch").await;
     node.converge(&node.desired(&[2, 3])).await;
-    node.ns
-        .ip("route add 10.244.9.0/24 via 198.18.0.9 dev u0 proto static");
+    node.ns.ip("route add 10.244.9.0/24 via 198.18.0.9 dev u0 proto static");
     let mut rx = watch_deletions_in_netns(&node.ns.path(), node.scope.clone()).unwrap();
 
     // The foreign route goes first; the first note must still be about ours.
     node.ns.ip("route del 10.244.9.0/24");
     node.ns.ip("route del 10.244.2.0/24");
-    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(first, "route 10.244.2.0/24 deleted");
 
     node.ns.ip("neigh del 10.244.3.0 dev flannel.1");
     expect_note(&mut rx, "neighbour 10.244.3.0 dev flannel.1 deleted").await;
-    node.ns.bridge(&format!(
-        "fdb del {} dev flannel.1 dst 198.18.0.3",
-        vtep_mac(3)
-    ));
-    expect_note(
-        &mut rx,
-        &format!("fdb entry {} dev flannel.1 deleted", vtep_mac(3)),
-    )
-    .await;
+    node.ns.bridge(&format!("fdb del {} dev flannel.1 dst 198.18.0.3", vtep_mac(3)));
+    expect_note(&mut rx, &format!("fdb entry {} dev flannel.1 deleted", vtep_mac(3))).await;
     node.ns.ip("link set flannel.1 down");
     expect_note(&mut rx, "link flannel.1 went down").await;
     node.ns.ip("link del flannel.1");
@@ -607,54 +424,31 @@ fn current_namespace_handles_work_from_a_thread_inside_it() {
     let inside = std::thread::spawn(move || {
         let netns = std::fs::File::open(&path).unwrap();
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let mut kernel = NetlinkKernel::connect().unwrap();
-            let names: Vec<String> = kernel
-                .interfaces()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|i| i.name)
-                .collect();
-            let scope = Scope {
-                links: vec!["flannel.1".into()],
-                route_protocol: WEFT_ROUTE_PROTOCOL,
-            };
+            let names: Vec<String> = kernel.interfaces().await.unwrap().into_iter().map(|i| i.name).collect();
+            let scope = Scope { links: vec!["flannel.1".into()], route_protocol: WEFT_ROUTE_PROTOCOL };
             let mut rx = watch_deletions(scope.clone()).unwrap();
             let seen = kernel.observe(&scope).await.unwrap();
             let deleted = seen.routes.values().next().cloned().map(Op::DeleteRoute);
             if let Some(op) = &deleted {
                 kernel.apply(op).await.unwrap();
             }
-            let note = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .ok()
-                .flatten();
+            let note = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten();
             (names, deleted.map(|op| op.to_string()), note)
         })
     });
     let (names, deleted, note) = inside.join().unwrap();
-    assert!(
-        names.contains(&"u0".to_string()),
-        "not inside the test namespace: {names:?}"
-    );
-    assert_eq!(
-        deleted.as_deref(),
-        Some("delete route 10.244.5.0/24 via 198.18.0.5 dev u0 proto 87")
-    );
+    assert!(names.contains(&"u0".to_string()), "not inside the test namespace: {names:?}");
+    assert_eq!(deleted.as_deref(), Some("delete route 10.244.5.0/24 via 198.18.0.5 dev u0 proto 87"));
     assert_eq!(note.as_deref(), Some("route 10.244.5.0/24 deleted"));
     assert_eq!(ns.ip("route show proto 87"), "");
 }
 
 #[test]
 fn connecting_outside_a_runtime_is_an_error_not_a_panic() {
-    let err = NetlinkKernel::connect()
-        .err()
-        .expect("connect outside a runtime must fail");
+    let err = NetlinkKernel::connect().err().expect("connect outside a runtime must fail");
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
 
@@ -662,16 +456,10 @@ fn connecting_outside_a_runtime_is_an_error_not_a_panic() {
 fn many_peer(n: u16) -> Peer {
     let [hi, lo] = n.to_be_bytes();
     Peer {
-        subnet: Some(
-            format!("10.244.{}.{}/30", n / 64, (n % 64) * 4)
-                .parse()
-                .unwrap(),
-        ),
+        subnet: Some(format!("10.244.{}.{}/30", n / 64, (n % 64) * 4).parse().unwrap()),
         public_ip: Some(format!("198.18.{hi}.{lo}").parse().unwrap()),
         backend_type: "vxlan".into(),
-        backend_data: Some(
-            serde_json::json!({"VNI": 1, "VtepMAC": format!("0e:00:00:00:{hi:02x}:{lo:02x}")}),
-        ),
+        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0e:00:00:00:{hi:02x}:{lo:02x}")})),
         ..Peer::default()
     }
 }
@@ -680,10 +468,7 @@ fn many_peer(n: u16) -> Peer {
 /// the count (up to 16383).
 #[tokio::test]
 async fn converges_with_thousands_of_peers() {
-    let count: u16 = std::env::var("WEFT_SCALE_PEERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let count: u16 = std::env::var("WEFT_SCALE_PEERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
     let mut node = Node::new("scale").await;
     let own = many_peer(1);
     let leases: Vec<Peer> = (1..=count).map(many_peer).collect();
@@ -700,8 +485,5 @@ async fn converges_with_thousands_of_peers() {
     let observed = started.elapsed();
     assert_eq!(seen.object_count(), desired.object_count());
     eprintln!("{count} peers: first reconcile + 2 checks {converged:?}, one observe {observed:?}");
-    assert!(
-        observed < Duration::from_secs(5),
-        "observe took {observed:?}"
-    );
+    assert!(observed < Duration::from_secs(5), "observe took {observed:?}");
 }

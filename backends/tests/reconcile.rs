@@ -38,7 +38,10 @@ fn own() -> Peer {
 }
 
 fn two_peers() -> Vec<Peer> {
-    vec![peer("10.244.2.0/24", "198.18.0.2", "0e:00:00:00:00:02"), peer("10.244.3.0/24", "198.18.0.3", "0e:00:00:00:00:03")]
+    vec![
+        peer("10.244.2.0/24", "198.18.0.2", "0e:00:00:00:00:02"),
+        peer("10.244.3.0/24", "198.18.0.3", "0e:00:00:00:00:03"),
+    ]
 }
 
 /// Reconciles and checks the second pass is a no-op; returns the ops of the first pass.
@@ -177,7 +180,10 @@ async fn stale_state_of_an_earlier_run_is_removed_and_foreign_routes_kept() {
     let foreign = Route { dst: "192.0.2.0/24".parse().unwrap(), protocol: 4, ..stale.clone() };
     kernel.state.add_route(stale);
     kernel.state.add_route(foreign.clone());
-    kernel.state.add_address(weft_backends::model::Address { device: "flannel.1".into(), addr: "10.244.77.0/32".parse().unwrap() });
+    kernel.state.add_address(weft_backends::model::Address {
+        device: "flannel.1".into(),
+        addr: "10.244.77.0/32".parse().unwrap(),
+    });
 
     let ops = converge(&mut kernel, &b, &two_peers()).await;
     let text: Vec<String> = ops.iter().map(ToString::to_string).collect();
@@ -195,7 +201,10 @@ async fn unusable_peers_are_skipped_with_a_reason() {
     host_gw.backend_type = "host-gw".into();
     let mut bad_mac = peer("10.244.5.0/24", "198.18.0.5", "zz");
     bad_mac.backend_data = Some(json!({"VNI": 1, "VtepMAC": "not-a-mac"}));
-    let other_vni = Peer { backend_data: Some(json!({"VNI": 7, "VtepMAC": "0e:00:00:00:00:06"})), ..peer("10.244.6.0/24", "198.18.0.6", "") };
+    let other_vni = Peer {
+        backend_data: Some(json!({"VNI": 7, "VtepMAC": "0e:00:00:00:00:06"})),
+        ..peer("10.244.6.0/24", "198.18.0.6", "")
+    };
     let no_data = Peer { backend_data: None, ..peer("10.244.7.0/24", "198.18.0.7", "") };
     let multicast = peer("10.244.8.0/24", "198.18.0.8", "01:00:5e:00:00:01");
     let desired = b.desired(&own(), &[host_gw, bad_mac, other_vni, no_data, multicast, two_peers()[0].clone()]);
@@ -275,7 +284,9 @@ fn mtu_follows_the_interface_or_the_backend_option() {
     assert_eq!(b.mtu(), 1450);
     let b = backend(VxlanConfig { mtu: Some(9001), ..Default::default() }, &KernelState::default());
     assert_eq!(b.mtu(), 8951);
-    let config = VxlanConfig::from_json(&json!({"Type": "vxlan", "VNI": 42, "Port": 0, "MTU": 1400, "DirectRouting": true})).unwrap();
+    let config =
+        VxlanConfig::from_json(&json!({"Type": "vxlan", "VNI": 42, "Port": 0, "MTU": 1400, "DirectRouting": true}))
+            .unwrap();
     assert_eq!((config.vni, config.port, config.mtu, config.direct_routing), (42, 8472, Some(1400), true));
     for (bad, field) in [
         (json!({"VNI": 0}), "Backend.VNI"),

@@ -6,8 +6,6 @@ use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "weft operator CLI: network config, leases, and the multi-host lab")]
 struct Cli {
-    #[command(flatten)]
-    etcd: EtcdArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -15,11 +13,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The network config in etcd
-    #[command(subcommand)]
-    Config(ConfigCommand),
+    Config {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Subnet leases and reservations in etcd
-    #[command(subcommand)]
-    Lease(LeaseCommand),
+    Lease {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
     /// A multi-host lab in network namespaces with a real etcd
     #[command(subcommand)]
     Lab(weft::lab::cli::LabCommand),
@@ -29,8 +35,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Lab(cmd) => weft::lab::cli::run(cmd.clone()).map_err(|e| e.to_string()),
-        Command::Config(cmd) => block_on(ctl::config(&cli.etcd, cmd)),
-        Command::Lease(cmd) => block_on(ctl::lease(&cli.etcd, cmd)),
+        Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
+        Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

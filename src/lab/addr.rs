@@ -22,12 +22,7 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// Checks that `name` can be embedded in namespace names: 1 to 16 letters,
 /// digits or '-', starting with a letter or digit.
 pub fn validate_name(name: &str) -> Result<(), LabError> {
-    let reject = |reason: &str| {
-        Err(LabError::InvalidName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let reject = |reason: &str| Err(LabError::InvalidName { name: name.to_string(), reason: reason.to_string() });
     if name.is_empty() {
         return reject("it is empty");
     }
@@ -64,16 +59,12 @@ pub(crate) fn container_ns(name: &str, host: usize) -> String {
 /// True if `ns` is one of the namespace names of lab `name` with `hosts`
 /// hosts. An exact match, so lab "a" never claims lab "a-b"'s namespaces.
 pub(crate) fn is_lab_namespace(name: &str, hosts: usize, ns: &str) -> bool {
-    ns == underlay_ns(name)
-        || (1..=hosts).any(|host| ns == host_ns(name, host) || ns == container_ns(name, host))
+    ns == underlay_ns(name) || (1..=hosts).any(|host| ns == host_ns(name, host) || ns == container_ns(name, host))
 }
 
 /// Underlay address of host `host` (1-based): 198.18.0.<host>.
 pub fn host_ip(host: usize) -> Ipv4Addr {
-    assert!(
-        (1..=MAX_HOSTS).contains(&host),
-        "host index {host} is outside 1..={MAX_HOSTS}"
-    );
+    assert!((1..=MAX_HOSTS).contains(&host), "host index {host} is outside 1..={MAX_HOSTS}");
     Ipv4Addr::new(198, 18, 0, host as u8)
 }
 
@@ -95,16 +86,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for name in [
-            "",
-            "-lab",
-            "a_b",
-            "a.b",
-            "a b",
-            "a/b",
-            "0123456789abcdefg",
-            "läb",
-        ] {
+        for name in ["", "-lab", "a_b", "a.b", "a b", "a/b", "0123456789abcdefg", "läb"] {
             let err = validate_name(name).unwrap_err().to_string();
             assert!(err.contains("invalid lab name"), "{name}: {err}");
         }

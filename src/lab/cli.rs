@@ -64,15 +64,7 @@ pub enum LabCommand {
 /// Runs a `weftctl lab` subcommand, printing to stdout.
 pub fn run(command: LabCommand) -> Result<(), LabError> {
     match command {
-        LabCommand::Up {
-            lab,
-            hosts,
-            backend,
-            network,
-            weftd,
-            no_weftd,
-            weftd_args,
-        } => {
+        LabCommand::Up { lab, hosts, backend, network, weftd, no_weftd, weftd_args } => {
             let spec = LabSpec {
                 hosts,
                 backend,
@@ -85,11 +77,7 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
             };
             up(spec)
         }
-        LabCommand::Status {
-            lab,
-            no_ping,
-            check,
-        } => status(&lab, no_ping, check),
+        LabCommand::Status { lab, no_ping, check } => status(&lab, no_ping, check),
         LabCommand::Down { lab } => {
             Lab::load(&lab.state_root, &lab.name)?.down()?;
             println!("lab {} is down", lab.name);
@@ -103,39 +91,27 @@ fn up(spec: LabSpec) -> Result<(), LabError> {
     print!("{}", lab.quick_status()?);
     println!();
     if let Some(ip) = (lab.hosts() > 1).then(|| lab.container_ip(2)).flatten() {
-        println!(
-            "try: ip netns exec {} ping -c 3 {ip}",
-            lab.container_ns(1)
-        );
+        println!("try: ip netns exec {} ping -c 3 {ip}", lab.container_ns(1));
     }
-    println!(
-        "check: weftctl lab status --name {0}; remove: weftctl lab down --name {0}",
-        lab.name()
-    );
+    println!("check: weftctl lab status --name {0}; remove: weftctl lab down --name {0}", lab.name());
     Ok(())
 }
 
 fn status(lab: &LabRef, no_ping: bool, check: bool) -> Result<(), LabError> {
     let lab = Lab::load(&lab.state_root, &lab.name)?;
-    let status = if no_ping {
-        lab.quick_status()?
-    } else {
-        lab.status()?
-    };
+    let status = if no_ping { lab.quick_status()? } else { lab.status()? };
     print!("{status}");
     match (&status.connectivity, check) {
-        (Some(c), true) if !c.all_connected() => Err(LabError::Disconnected {
-            failed: c.failures().len(),
-            total: c.tested(),
-        }),
+        (Some(c), true) if !c.all_connected() => {
+            Err(LabError::Disconnected { failed: c.failures().len(), total: c.tested() })
+        }
         _ => Ok(()),
     }
 }
 
 /// The weftd installed next to the running weftctl.
 fn default_weftd() -> Result<PathBuf, LabError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| LabError::io("finding the weftctl executable", e))?;
+    let exe = std::env::current_exe().map_err(|e| LabError::io("finding the weftctl executable", e))?;
     let weftd = exe.with_file_name("weftd");
     if weftd.is_file() {
         Ok(weftd)
@@ -161,19 +137,20 @@ mod tests {
     #[test]
     fn parses_up_with_trailing_weftd_args() {
         let cli = Cli::try_parse_from([
-            "weftctl", "up", "--name", "demo", "--hosts", "5", "--weftd", "/bin/w", "--",
-            "--ip-masq", "-v",
+            "weftctl",
+            "up",
+            "--name",
+            "demo",
+            "--hosts",
+            "5",
+            "--weftd",
+            "/bin/w",
+            "--",
+            "--ip-masq",
+            "-v",
         ])
         .unwrap();
-        let LabCommand::Up {
-            lab,
-            hosts,
-            weftd,
-            weftd_args,
-            no_weftd,
-            ..
-        } = cli.lab
-        else {
+        let LabCommand::Up { lab, hosts, weftd, weftd_args, no_weftd, .. } = cli.lab else {
             panic!("not up: {:?}", cli.lab);
         };
         assert_eq!(lab.name, "demo");

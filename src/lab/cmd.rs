@@ -49,10 +49,7 @@ impl Tool {
         let slot = &RESOLVED[Tool::ALL.iter().position(|t| *t == self).unwrap_or(0)];
         slot.get_or_init(|| find_program(self.name()))
             .as_deref()
-            .ok_or(LabError::MissingTool {
-                tool: self.name(),
-                package: self.package(),
-            })
+            .ok_or(LabError::MissingTool { tool: self.name(), package: self.package() })
     }
 }
 
@@ -77,9 +74,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// `ip netns exec <ns> <program>`, ready for more arguments.
@@ -101,10 +96,7 @@ pub(crate) fn describe(command: &Command) -> String {
 /// Runs `command` to completion, collecting its output whatever its status.
 pub(crate) fn output(mut command: Command) -> Result<Output, LabError> {
     command.stdin(Stdio::null());
-    command.output().map_err(|source| LabError::Spawn {
-        command: describe(&command),
-        source,
-    })
+    command.output().map_err(|source| LabError::Spawn { command: describe(&command), source })
 }
 
 /// Runs `command` and fails unless it exits successfully.
@@ -144,23 +136,12 @@ pub(crate) fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), LabE
     if let Some(ns) = netns {
         command.args(["-n", ns]);
     }
-    command
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let text = format!("{} <<< '{}'", describe(&command), lines.join("; "));
-    let spawn_error = |source| LabError::Spawn {
-        command: text.clone(),
-        source,
-    };
+    let spawn_error = |source| LabError::Spawn { command: text.clone(), source };
     let mut child = command.spawn().map_err(spawn_error)?;
     let script = lines.join("\n") + "\n";
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(script.as_bytes()))
-        .unwrap_or(Ok(()));
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(script.as_bytes())).unwrap_or(Ok(()));
     let out = child.wait_with_output().map_err(spawn_error)?;
     // A failed command makes ip stop reading, so its status and stderr
     // explain a broken pipe better than the write error does.

@@ -17,14 +17,13 @@ pub enum LabError {
     #[error("the lab must run as root: creating network namespaces needs CAP_SYS_ADMIN and CAP_NET_ADMIN")]
     NotRoot,
 
-    #[error("`{tool}` not found in PATH (or /usr/sbin, /sbin, /usr/bin, /bin); install it with `apt-get install {package}`")]
-    MissingTool {
-        tool: &'static str,
-        package: &'static str,
-    },
+    #[error(
+        "`{tool}` not found in PATH (or /usr/sbin, /sbin, /usr/bin, /bin); install it with `apt-get install {package}`"
+    )]
+    MissingTool { tool: &'static str, package: &'static str },
 
-    #[error("a lab named {name:?} already exists ({dir}); tear it down first with `weftctl lab down --name {name}`")]
-    AlreadyExists { name: String, dir: PathBuf },
+    #[error("a lab named {name:?} already exists ({}); tear it down first with `weftctl lab down --name {name} --state-root {}`", .dir.display(), .state_root.display())]
+    AlreadyExists { name: String, dir: PathBuf, state_root: PathBuf },
 
     #[error("network namespace {0} already exists but belongs to no lab recorded here; if it is a leftover, remove it with `ip netns del {0}`")]
     NamespaceExists(String),
@@ -49,11 +48,7 @@ pub enum LabError {
     },
 
     #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    CommandFailed { command: String, status: String, stderr: String },
 
     #[error("{context}: {source}")]
     Io {
@@ -63,22 +58,10 @@ pub enum LabError {
     },
 
     #[error("etcd in the lab is not ready ({reason}) after {waited:?}; last lines of {log}:\n{tail}")]
-    EtcdNotReady {
-        reason: String,
-        waited: Duration,
-        log: PathBuf,
-        tail: String,
-    },
+    EtcdNotReady { reason: String, waited: Duration, log: PathBuf, tail: String },
 
     #[error("weftd on host {host} did not write a valid {subnet_file} ({reason}) after {waited:?}; last lines of {log}:\n{tail}")]
-    WeftdNotReady {
-        host: usize,
-        reason: String,
-        subnet_file: PathBuf,
-        waited: Duration,
-        log: PathBuf,
-        tail: String,
-    },
+    WeftdNotReady { host: usize, reason: String, subnet_file: PathBuf, waited: Duration, log: PathBuf, tail: String },
 
     #[error("{path}: {reason}")]
     SubnetEnv { path: PathBuf, reason: String },
@@ -96,18 +79,12 @@ pub enum LabError {
     Teardown { name: String, problems: Vec<String> },
 
     #[error("{error}\nand the teardown after that failure was incomplete too: {teardown}")]
-    UpAndTeardownFailed {
-        error: Box<LabError>,
-        teardown: Box<LabError>,
-    },
+    UpAndTeardownFailed { error: Box<LabError>, teardown: Box<LabError> },
 }
 
 impl LabError {
     /// Wraps an I/O error with what was being done to which path.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> LabError {
-        LabError::Io {
-            context: context.into(),
-            source,
-        }
+        LabError::Io { context: context.into(), source }
     }
 }

@@ -60,10 +60,7 @@ impl Lab {
     /// stop/start) and waits until it reports healthy.
     pub fn start_etcd(&self) -> Result<()> {
         if let Some(pid) = self.etcd_pid().filter(|&pid| is_our_daemon(pid, &self.etcd_daemon())) {
-            return Err(LabError::AlreadyRunning {
-                what: "etcd".to_string(),
-                pid,
-            });
+            return Err(LabError::AlreadyRunning { what: "etcd".to_string(), pid });
         }
         let mut command = in_netns(&self.underlay_ns(), Tool::Etcd.path()?)?;
         command.args(etcd_args(&self.etcd_data_dir()));
@@ -86,18 +83,14 @@ impl Lab {
 
     /// True if the recorded etcd process is alive.
     pub fn etcd_running(&self) -> bool {
-        self.etcd_pid()
-            .is_some_and(|pid| is_our_daemon(pid, &self.etcd_daemon()))
+        self.etcd_pid().is_some_and(|pid| is_our_daemon(pid, &self.etcd_daemon()))
     }
 
     /// Runs `etcdctl` (API v3) against the lab's etcd from inside the
     /// underlay namespace and returns its output whatever its exit status.
     pub fn etcdctl<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Result<Output> {
         let mut command = in_netns(&self.underlay_ns(), Tool::Etcdctl.path()?)?;
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", local_client_url()))
-            .args(args);
+        command.env("ETCDCTL_API", "3").arg(format!("--endpoints={}", local_client_url())).args(args);
         cmd::output(command)
     }
 
@@ -118,8 +111,7 @@ impl Lab {
 
     pub(crate) fn put_network_config(&self) -> Result<()> {
         let config = network_config(&self.spec.network, &self.spec.backend);
-        self.etcdctl_ok(["put", NETWORK_CONFIG_KEY, config.as_str()])
-            .map(drop)
+        self.etcdctl_ok(["put", NETWORK_CONFIG_KEY, config.as_str()]).map(drop)
     }
 
     fn etcd_healthy(&self) -> bool {
@@ -158,27 +150,14 @@ mod tests {
     fn etcd_listens_on_the_bridge_and_loopback() {
         let args = etcd_args(Path::new("/x/etcd-data")).join(" ");
         assert!(args.contains("--data-dir /x/etcd-data"), "{args}");
-        assert!(
-            args.contains("--listen-client-urls http://198.18.0.254:2379,http://127.0.0.1:2379"),
-            "{args}"
-        );
-        assert!(
-            args.contains("--advertise-client-urls http://198.18.0.254:2379"),
-            "{args}"
-        );
-        assert!(
-            args.contains("--initial-cluster lab=http://127.0.0.1:2380"),
-            "{args}"
-        );
+        assert!(args.contains("--listen-client-urls http://198.18.0.254:2379,http://127.0.0.1:2379"), "{args}");
+        assert!(args.contains("--advertise-client-urls http://198.18.0.254:2379"), "{args}");
+        assert!(args.contains("--initial-cluster lab=http://127.0.0.1:2380"), "{args}");
     }
 
     #[test]
     fn network_config_is_flannel_json() {
-        let value: serde_json::Value =
-            serde_json::from_str(&network_config("10.244.0.0/16", "vxlan")).unwrap();
-        assert_eq!(
-            value,
-            serde_json::json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
-        );
+        let value: serde_json::Value = serde_json::from_str(&network_config("10.244.0.0/16", "vxlan")).unwrap();
+        assert_eq!(value, serde_json::json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}));
     }
 }

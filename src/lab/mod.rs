@@ -121,25 +121,16 @@ impl LabSpec {
         validate_name(&self.name)?;
         let invalid = |msg: String| Err(LabError::InvalidSpec(msg));
         if !(1..=MAX_HOSTS).contains(&self.hosts) {
-            return invalid(format!(
-                "hosts must be in 1..={MAX_HOSTS}, got {}",
-                self.hosts
-            ));
+            return invalid(format!("hosts must be in 1..={MAX_HOSTS}, got {}", self.hosts));
         }
         if let Err(e) = Ipv4Network::from_str(&self.network) {
-            return invalid(format!(
-                "network {:?} is not an IPv4 CIDR: {e}",
-                self.network
-            ));
+            return invalid(format!("network {:?} is not an IPv4 CIDR: {e}", self.network));
         }
         if self.backend.trim().is_empty() {
             return invalid("backend type is empty".to_string());
         }
         if self.start_weftd && !self.weftd.is_file() {
-            return invalid(format!(
-                "weftd binary {} does not exist",
-                self.weftd.display()
-            ));
+            return invalid(format!("weftd binary {} does not exist", self.weftd.display()));
         }
         Ok(())
     }
@@ -167,10 +158,9 @@ impl Lab {
             Ok(()) => Ok(lab),
             Err(error) => match lab.down() {
                 Ok(()) => Err(error),
-                Err(teardown) => Err(LabError::UpAndTeardownFailed {
-                    error: Box::new(error),
-                    teardown: Box::new(teardown),
-                }),
+                Err(teardown) => {
+                    Err(LabError::UpAndTeardownFailed { error: Box::new(error), teardown: Box::new(teardown) })
+                }
             },
         }
     }
@@ -180,11 +170,7 @@ impl Lab {
         validate_name(name)?;
         let dir = state_root.as_ref().join(name);
         let (spec, runtime) = state::load(&dir, name)?;
-        Ok(Lab {
-            spec,
-            dir,
-            runtime: Mutex::new(runtime),
-        })
+        Ok(Lab { spec, dir, runtime: Mutex::new(runtime) })
     }
 
     /// Stops every recorded weftd and etcd, deletes every recorded
@@ -192,12 +178,7 @@ impl Lab {
     /// after individual failures and reports them all, keeping the state
     /// file so that a retry knows what is left.
     pub fn down(&self) -> Result<()> {
-        let mut problems = Vec::new();
-        for host in 1..=self.spec.hosts {
-            if let Err(e) = self.stop_weftd(host) {
-                problems.push(e.to_string());
-            }
-        }
+        let mut problems = self.stop_weftds_collecting_errors();
         if let Err(e) = self.stop_etcd() {
             problems.push(e.to_string());
         }
@@ -208,16 +189,12 @@ impl Lab {
             }
         }
         if !problems.is_empty() {
-            return Err(LabError::Teardown {
-                name: self.spec.name.clone(),
-                problems,
-            });
+            return Err(LabError::Teardown { name: self.spec.name.clone(), problems });
         }
         match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LabError::io(
-                format!("removing {}", self.dir.display()),
-                e,
-            )),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(LabError::io(format!("removing {}", self.dir.display()), e))
+            }
             _ => Ok(()),
         }
     }
@@ -225,15 +202,13 @@ impl Lab {
     /// Creates the state directory, which claims the lab name.
     fn claim(mut spec: LabSpec) -> Result<Lab> {
         let root = &spec.state_root;
-        std::fs::create_dir_all(root)
-            .map_err(|e| LabError::io(format!("creating {}", root.display()), e))?;
+        std::fs::create_dir_all(root).map_err(|e| LabError::io(format!("creating {}", root.display()), e))?;
         // Absolute paths keep working for a later process in another cwd.
-        spec.state_root = std::fs::canonicalize(root)
-            .map_err(|e| LabError::io(format!("resolving {}", root.display()), e))?;
+        spec.state_root =
+            std::fs::canonicalize(root).map_err(|e| LabError::io(format!("resolving {}", root.display()), e))?;
         if spec.start_weftd || spec.weftd.exists() {
-            spec.weftd = std::fs::canonicalize(&spec.weftd).map_err(|e| {
-                LabError::io(format!("resolving {}", spec.weftd.display()), e)
-            })?;
+            spec.weftd = std::fs::canonicalize(&spec.weftd)
+                .map_err(|e| LabError::io(format!("resolving {}", spec.weftd.display()), e))?;
         }
         let dir = spec.state_root.join(&spec.name);
         match std::fs::create_dir(&dir) {
@@ -241,16 +216,14 @@ impl Lab {
                 return Err(LabError::AlreadyExists {
                     name: spec.name.clone(),
                     dir,
+                    state_root: spec.state_root.clone(),
                 })
             }
             Err(e) => return Err(LabError::io(format!("creating {}", dir.display()), e)),
             Ok(()) => {}
         }
         let lab = Lab {
-            runtime: Mutex::new(Runtime {
-                hosts: vec![Default::default(); spec.hosts],
-                ..Default::default()
-            }),
+            runtime: Mutex::new(Runtime { hosts: vec![Default::default(); spec.hosts], ..Default::default() }),
             spec,
             dir,
         };
@@ -266,9 +239,8 @@ impl Lab {
     /// A namespace with one of our names but no state means an earlier lab
     /// lost its state; never adopt or delete it, ask the user instead.
     fn refuse_leftover_namespaces(&self) -> Result<()> {
-        let names = std::iter::once(self.underlay_ns()).chain(
-            (1..=self.spec.hosts).flat_map(|h| [self.host_ns(h), self.container_ns(h)]),
-        );
+        let names = std::iter::once(self.underlay_ns())
+            .chain((1..=self.spec.hosts).flat_map(|h| [self.host_ns(h), self.container_ns(h)]));
         for ns in names {
             if topology::netns_file(&ns).exists() {
                 return Err(LabError::NamespaceExists(ns));
@@ -278,17 +250,13 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
-        let t = Instant::now();
         self.create_underlay()?;
         for host in 1..=self.spec.hosts {
             self.create_host(host)?;
         }
-        eprintln!("TIMING hosts {:?}", t.elapsed());
         self.connect_hosts_to_underlay()?;
-        eprintln!("TIMING connect {:?}", t.elapsed());
         self.start_etcd()?;
         self.put_network_config()?;
-        eprintln!("TIMING etcd {:?}", t.elapsed());
         if self.spec.start_weftd {
             self.start_all_weftds_and_attach()?;
         }
@@ -297,17 +265,14 @@ impl Lab {
 
     fn start_all_weftds_and_attach(&self) -> Result<()> {
         // Start them all first so that they come up in parallel.
-        let t = Instant::now();
         for host in 1..=self.spec.hosts {
             self.start_weftd(host)?;
         }
-        eprintln!("TIMING start weftds {:?}", t.elapsed());
         let deadline = Instant::now() + SUBNET_ENV_TIMEOUT;
         for host in 1..=self.spec.hosts {
             let env = self.subnet_env_by(host, deadline)?;
             self.attach_container_with(host, &env)?;
         }
-        eprintln!("TIMING attach {:?}", t.elapsed());
         Ok(())
     }
 
@@ -401,31 +366,18 @@ impl Lab {
     /// Runs `args` inside namespace `ns` (`ip netns exec <ns> ...`) and
     /// returns its output whatever its exit status. `ns` must be one of
     /// this lab's namespaces.
-    pub fn exec_in<S: AsRef<OsStr>>(
-        &self,
-        ns: &str,
-        args: impl IntoIterator<Item = S>,
-    ) -> Result<Output> {
+    pub fn exec_in<S: AsRef<OsStr>>(&self, ns: &str, args: impl IntoIterator<Item = S>) -> Result<Output> {
         self.command_in(ns, args).and_then(cmd::output)
     }
 
     /// The `Command` that [`Lab::exec_in`] would run, for callers that
     /// need to spawn it in the background or feed it stdin.
-    pub fn command_in<S: AsRef<OsStr>>(
-        &self,
-        ns: &str,
-        args: impl IntoIterator<Item = S>,
-    ) -> Result<Command> {
+    pub fn command_in<S: AsRef<OsStr>>(&self, ns: &str, args: impl IntoIterator<Item = S>) -> Result<Command> {
         if !addr::is_lab_namespace(&self.spec.name, self.spec.hosts, ns) {
-            return Err(LabError::ForeignNamespace {
-                ns: ns.to_string(),
-                lab: self.spec.name.clone(),
-            });
+            return Err(LabError::ForeignNamespace { ns: ns.to_string(), lab: self.spec.name.clone() });
         }
         let mut args = args.into_iter();
-        let program = args.next().ok_or_else(|| {
-            LabError::InvalidSpec(format!("no command given to run in {ns}"))
-        })?;
+        let program = args.next().ok_or_else(|| LabError::InvalidSpec(format!("no command given to run in {ns}")))?;
         let mut command = cmd::in_netns(ns, program)?;
         command.args(args);
         Ok(command)
@@ -465,10 +417,7 @@ impl Lab {
         if (1..=self.spec.hosts).contains(&host) {
             Ok(())
         } else {
-            Err(LabError::NoSuchHost {
-                index: host,
-                hosts: self.spec.hosts,
-            })
+            Err(LabError::NoSuchHost { index: host, hosts: self.spec.hosts })
         }
     }
 
@@ -520,10 +469,7 @@ mod tests {
     use super::*;
 
     fn spec() -> LabSpec {
-        LabSpec {
-            start_weftd: false,
-            ..LabSpec::new("unit", 3, "/nonexistent/weftd")
-        }
+        LabSpec { start_weftd: false, ..LabSpec::new("unit", 3, "/nonexistent/weftd") }
     }
 
     #[test]
@@ -540,26 +486,11 @@ mod tests {
         assert!(spec().validate().is_ok());
         let bad = [
             LabSpec { hosts: 0, ..spec() },
-            LabSpec {
-                hosts: MAX_HOSTS + 1,
-                ..spec()
-            },
-            LabSpec {
-                network: "10.244.0.0/33".into(),
-                ..spec()
-            },
-            LabSpec {
-                backend: " ".into(),
-                ..spec()
-            },
-            LabSpec {
-                name: "bad name".into(),
-                ..spec()
-            },
-            LabSpec {
-                start_weftd: true,
-                ..spec()
-            },
+            LabSpec { hosts: MAX_HOSTS + 1, ..spec() },
+            LabSpec { network: "10.244.0.0/33".into(), ..spec() },
+            LabSpec { backend: " ".into(), ..spec() },
+            LabSpec { name: "bad name".into(), ..spec() },
+            LabSpec { start_weftd: true, ..spec() },
         ];
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");
@@ -582,16 +513,9 @@ mod tests {
 
     #[test]
     fn exec_in_refuses_other_namespaces() {
-        let lab = Lab {
-            spec: spec(),
-            dir: PathBuf::from("/nonexistent"),
-            runtime: Mutex::new(Runtime::default()),
-        };
+        let lab = Lab { spec: spec(), dir: PathBuf::from("/nonexistent"), runtime: Mutex::new(Runtime::default()) };
         for ns in ["", "underlay", "wl-unit-h4", "wl-other-u"] {
-            assert!(matches!(
-                lab.exec_in(ns, ["true"]),
-                Err(LabError::ForeignNamespace { .. })
-            ));
+            assert!(matches!(lab.exec_in(ns, ["true"]), Err(LabError::ForeignNamespace { .. })));
         }
     }
 }

@@ -53,15 +53,8 @@ pub(crate) fn state_file(dir: &Path) -> PathBuf {
 pub(crate) fn save(dir: &Path, spec: &LabSpec, runtime: &Runtime) -> Result<(), LabError> {
     let path = state_file(dir);
     let tmp = dir.join("state.json.tmp");
-    let json = serde_json::to_vec_pretty(&StateFileRef {
-        format: FORMAT,
-        spec,
-        runtime,
-    })
-    .map_err(|e| LabError::BadState {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let json = serde_json::to_vec_pretty(&StateFileRef { format: FORMAT, spec, runtime })
+        .map_err(|e| LabError::BadState { path: path.clone(), reason: e.to_string() })?;
     std::fs::write(&tmp, json)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
@@ -73,17 +66,11 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<(LabSpec, Runtime), LabErro
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(LabError::NotFound {
-                name: name.to_string(),
-                path,
-            })
+            return Err(LabError::NotFound { name: name.to_string(), path })
         }
         Err(e) => return Err(LabError::io(format!("reading {}", path.display()), e)),
     };
-    let bad = |reason: String| LabError::BadState {
-        path: path.clone(),
-        reason,
-    };
+    let bad = |reason: String| LabError::BadState { path: path.clone(), reason };
     let file: StateFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     check(&file, name).map_err(bad)?;
     Ok((file.spec, file.runtime))
@@ -92,30 +79,15 @@ pub(crate) fn load(dir: &Path, name: &str) -> Result<(LabSpec, Runtime), LabErro
 /// Refuses files that would make the lab touch things outside itself.
 fn check(file: &StateFile, name: &str) -> Result<(), String> {
     if file.format != FORMAT {
-        return Err(format!(
-            "format {} is not the supported format {FORMAT}",
-            file.format
-        ));
+        return Err(format!("format {} is not the supported format {FORMAT}", file.format));
     }
     if file.spec.name != name {
-        return Err(format!(
-            "it describes lab {:?}, not {name:?}",
-            file.spec.name
-        ));
+        return Err(format!("it describes lab {:?}, not {name:?}", file.spec.name));
     }
     if file.runtime.hosts.len() != file.spec.hosts {
-        return Err(format!(
-            "it lists {} hosts but the spec says {}",
-            file.runtime.hosts.len(),
-            file.spec.hosts
-        ));
+        return Err(format!("it lists {} hosts but the spec says {}", file.runtime.hosts.len(), file.spec.hosts));
     }
-    match file
-        .runtime
-        .namespaces
-        .iter()
-        .find(|ns| !is_lab_namespace(name, file.spec.hosts, ns))
-    {
+    match file.runtime.namespaces.iter().find(|ns| !is_lab_namespace(name, file.spec.hosts, ns)) {
         Some(foreign) => Err(format!("namespace {foreign:?} is not one of this lab's")),
         None => Ok(()),
     }
@@ -170,10 +142,7 @@ mod tests {
     #[test]
     fn missing_state_is_not_found() {
         let dir = temp_dir("missing");
-        assert!(matches!(
-            load(&dir, "missing"),
-            Err(LabError::NotFound { .. })
-        ));
+        assert!(matches!(load(&dir, "missing"), Err(LabError::NotFound { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -80,10 +80,7 @@ impl Connectivity {
 
     /// Host pairs (from, to) whose ping failed.
     pub fn failures(&self) -> Vec<(usize, usize)> {
-        self.pairs()
-            .filter(|&(_, _, ok)| !ok)
-            .map(|(from, to, _)| (from, to))
-            .collect()
+        self.pairs().filter(|&(_, _, ok)| !ok).map(|(from, to, _)| (from, to)).collect()
     }
 
     /// Number of pings made.
@@ -98,9 +95,10 @@ impl Connectivity {
 
     fn pairs(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
         self.reachable.iter().enumerate().flat_map(move |(row, cells)| {
-            cells.iter().enumerate().filter_map(move |(col, cell)| {
-                cell.map(|ok| (self.hosts[row], self.hosts[col], ok))
-            })
+            cells
+                .iter()
+                .enumerate()
+                .filter_map(move |(col, cell)| cell.map(|ok| (self.hosts[row], self.hosts[col], ok)))
         })
     }
 }
@@ -108,9 +106,7 @@ impl Connectivity {
 impl LabStatus {
     /// True if pings were made and every container reached every other.
     pub fn all_connected(&self) -> bool {
-        self.connectivity
-            .as_ref()
-            .is_some_and(Connectivity::all_connected)
+        self.connectivity.as_ref().is_some_and(Connectivity::all_connected)
     }
 }
 
@@ -154,13 +150,7 @@ impl Lab {
 
     /// The subnet leases currently in etcd.
     pub fn leases(&self) -> Result<Vec<Lease>> {
-        let out = self.etcdctl_ok([
-            "--dial-timeout=1s",
-            "--command-timeout=3s",
-            "get",
-            "--prefix",
-            SUBNETS_PREFIX,
-        ])?;
+        let out = self.etcdctl_ok(["--dial-timeout=1s", "--command-timeout=3s", "get", "--prefix", SUBNETS_PREFIX])?;
         Ok(parse_key_values(&out))
     }
 
@@ -201,10 +191,7 @@ fn parse_key_values(text: &str) -> Vec<Lease> {
         if key.is_empty() {
             continue;
         }
-        leases.push(Lease {
-            key: key.to_string(),
-            value: lines.next().unwrap_or_default().to_string(),
-        });
+        leases.push(Lease { key: key.to_string(), value: lines.next().unwrap_or_default().to_string() });
     }
     leases
 }
@@ -213,21 +200,12 @@ fn parse_key_values(text: &str) -> Vec<Lease> {
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
         .collect();
     rows.iter()
         .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
-                .collect();
+            let cells: Vec<String> =
+                row.iter().enumerate().map(|(c, cell)| format!("{cell:<width$}", width = widths[c])).collect();
             cells.join("  ").trim_end().to_string() + "\n"
         })
         .collect()
@@ -297,10 +275,8 @@ impl LabStatus {
             Ok(leases) if leases.is_empty() => writeln!(f, "leases ({SUBNETS_PREFIX}): none"),
             Ok(leases) => {
                 writeln!(f, "leases ({SUBNETS_PREFIX}):")?;
-                let rows: Vec<Vec<String>> = leases
-                    .iter()
-                    .map(|l| vec![format!("  {}", l.key), l.value.clone()])
-                    .collect();
+                let rows: Vec<Vec<String>> =
+                    leases.iter().map(|l| vec![format!("  {}", l.key), l.value.clone()]).collect();
                 f.write_str(&table(&rows))
             }
         }
@@ -327,18 +303,9 @@ impl fmt::Display for Connectivity {
         if self.tested() == 0 {
             return writeln!(f, "no pings made");
         }
-        writeln!(
-            f,
-            "{} of {} pings succeeded",
-            self.tested() - failures.len(),
-            self.tested()
-        )?;
+        writeln!(f, "{} of {} pings succeeded", self.tested() - failures.len(), self.tested())?;
         if !failures.is_empty() && self.hosts.len() > MAX_DRAWN_MATRIX {
-            let shown: Vec<String> = failures
-                .iter()
-                .take(20)
-                .map(|(a, b)| format!("h{a}->h{b}"))
-                .collect();
+            let shown: Vec<String> = failures.iter().take(20).map(|(a, b)| format!("h{a}->h{b}")).collect();
             writeln!(f, "failed: {}", shown.join(" "))?;
         }
         Ok(())
@@ -378,29 +345,19 @@ mod tests {
     }
 
     fn matrix(attached: Vec<bool>, reachable: Vec<Vec<Option<bool>>>) -> Connectivity {
-        Connectivity {
-            hosts: (1..=attached.len()).collect(),
-            attached,
-            reachable,
-        }
+        Connectivity { hosts: (1..=attached.len()).collect(), attached, reachable }
     }
 
     #[test]
     fn connectivity_summary() {
-        let all_ok = matrix(
-            vec![true, true],
-            vec![vec![None, Some(true)], vec![Some(true), None]],
-        );
+        let all_ok = matrix(vec![true, true], vec![vec![None, Some(true)], vec![Some(true), None]]);
         assert!(all_ok.all_connected());
         assert_eq!(all_ok.tested(), 2);
         assert_eq!(all_ok.reachable(1, 2), Some(true));
         assert_eq!(all_ok.reachable(1, 1), None);
         assert_eq!(all_ok.reachable(1, 9), None);
 
-        let one_way = matrix(
-            vec![true, true],
-            vec![vec![None, Some(true)], vec![Some(false), None]],
-        );
+        let one_way = matrix(vec![true, true], vec![vec![None, Some(true)], vec![Some(false), None]]);
         assert!(!one_way.all_connected());
         assert_eq!(one_way.failures(), vec![(2, 1)]);
         let drawn = one_way.to_string();

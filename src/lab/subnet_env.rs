@@ -56,12 +56,8 @@ impl SubnetEnv {
 
     /// Reads and parses the file at `path`.
     pub fn read(path: &Path) -> Result<SubnetEnv, LabError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
-        SubnetEnv::parse(&text).map_err(|reason| LabError::SubnetEnv {
-            path: path.to_path_buf(),
-            reason,
-        })
+        let text = std::fs::read_to_string(path).map_err(|e| LabError::io(format!("reading {}", path.display()), e))?;
+        SubnetEnv::parse(&text).map_err(|reason| LabError::SubnetEnv { path: path.to_path_buf(), reason })
     }
 
     /// The host's gateway address on cni0 (FLANNEL_SUBNET's address).
@@ -76,26 +72,18 @@ impl SubnetEnv {
             .checked_add(1)
             .map(Ipv4Addr::from)
             .ok_or("the gateway is the last IPv4 address")?;
-        let usable = self.subnet.contains(candidate)
-            && candidate != self.subnet.broadcast()
-            && self.subnet.prefix() < 31;
+        let usable =
+            self.subnet.contains(candidate) && candidate != self.subnet.broadcast() && self.subnet.prefix() < 31;
         if usable {
             Ok(candidate)
         } else {
-            Err(format!(
-                "subnet {} has no room for a container after gateway {}",
-                self.subnet,
-                self.gateway()
-            ))
+            Err(format!("subnet {} has no room for a container after gateway {}", self.subnet, self.gateway()))
         }
     }
 }
 
 fn unquote(value: &str) -> &str {
-    value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(value)
+    value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value)
 }
 
 /// Old flannel versions wrote comma-separated lists; the first entry counts.
@@ -115,7 +103,8 @@ fn parse_mtu(value: &str) -> Result<u32, String> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    const SAMPLE: &str =
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
 
     #[test]
     fn parses_flannel_sample() {
@@ -125,10 +114,7 @@ mod tests {
         assert_eq!(env.gateway(), Ipv4Addr::new(10, 244, 3, 1));
         assert_eq!(env.mtu, 1450);
         assert_eq!(env.ipmasq, Some(false));
-        assert_eq!(
-            env.first_container_ip().unwrap(),
-            Ipv4Addr::new(10, 244, 3, 2)
-        );
+        assert_eq!(env.first_container_ip().unwrap(), Ipv4Addr::new(10, 244, 3, 2));
     }
 
     #[test]
@@ -156,16 +142,8 @@ mod tests {
 
     #[test]
     fn container_ip_must_fit_in_the_subnet() {
-        let env = |subnet: &str| SubnetEnv {
-            network: None,
-            subnet: subnet.parse().unwrap(),
-            mtu: 1450,
-            ipmasq: None,
-        };
-        assert_eq!(
-            env("10.244.7.1/24").first_container_ip().unwrap(),
-            Ipv4Addr::new(10, 244, 7, 2)
-        );
+        let env = |subnet: &str| SubnetEnv { network: None, subnet: subnet.parse().unwrap(), mtu: 1450, ipmasq: None };
+        assert_eq!(env("10.244.7.1/24").first_container_ip().unwrap(), Ipv4Addr::new(10, 244, 7, 2));
         assert!(env("10.244.7.254/24").first_container_ip().is_err());
         assert!(env("10.244.7.1/32").first_container_ip().is_err());
         assert!(env("10.244.7.0/31").first_container_ip().is_err());

@@ -59,18 +59,14 @@ impl Lab {
     /// route between cni0 and the overlay).
     pub(crate) fn create_host(&self, host: usize) -> Result<()> {
         let dir = self.host_dir(host);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
         let ns = self.host_ns(host);
         self.create_namespace(&ns)?;
         let sysctl = Tool::Sysctl.path()?.display().to_string();
         ip_batch(
             None,
             &[
-                format!(
-                    "link add eth0 netns {ns} type veth peer name veth{host} netns {}",
-                    self.underlay_ns()
-                ),
+                format!("link add eth0 netns {ns} type veth peer name veth{host} netns {}", self.underlay_ns()),
                 format!("netns exec {ns} {sysctl} -qw net.ipv4.ip_forward=1"),
             ],
         )?;
@@ -78,10 +74,7 @@ impl Lab {
             Some(&ns),
             &[
                 "link set lo up".to_string(),
-                format!(
-                    "addr add {}/{UNDERLAY_PREFIX_LEN} dev eth0",
-                    self.host_ip(host)
-                ),
+                format!("addr add {}/{UNDERLAY_PREFIX_LEN} dev eth0", self.host_ip(host)),
                 "link set eth0 up".to_string(),
             ],
         )
@@ -89,9 +82,8 @@ impl Lab {
 
     /// Plugs every host's cable into br0, in one `ip` run.
     pub(crate) fn connect_hosts_to_underlay(&self) -> Result<()> {
-        let lines: Vec<String> = (1..=self.spec.hosts)
-            .map(|host| format!("link set veth{host} master br0 up"))
-            .collect();
+        let lines: Vec<String> =
+            (1..=self.spec.hosts).map(|host| format!("link set veth{host} master br0 up")).collect();
         ip_batch(Some(&self.underlay_ns()), &lines)
     }
 
@@ -109,12 +101,8 @@ impl Lab {
     /// can be swapped for the CNI plugin later.
     pub(crate) fn attach_container_with(&self, host: usize, env: &SubnetEnv) -> Result<Ipv4Addr> {
         self.detach_container(host)?;
-        let ip = env
-            .first_container_ip()
-            .map_err(|reason| LabError::SubnetEnv {
-                path: self.subnet_file(host),
-                reason,
-            })?;
+        let ip =
+            env.first_container_ip().map_err(|reason| LabError::SubnetEnv { path: self.subnet_file(host), reason })?;
         let (host_ns, container_ns) = (self.host_ns(host), self.container_ns(host));
         let (gateway, len, mtu) = (env.gateway(), env.subnet.prefix(), env.mtu);
         let peer = container_peer(host);
@@ -129,13 +117,20 @@ impl Lab {
         )?;
         self.create_namespace(&container_ns)?;
         cmd::ip([
-            "link", "add", "eth0", "netns", &container_ns, "type", "veth", "peer", "name", &peer,
-            "netns", &host_ns,
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &container_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &host_ns,
         ])?;
-        ip_batch(
-            Some(&host_ns),
-            &[format!("link set {peer} mtu {mtu} master cni0 up")],
-        )?;
+        ip_batch(Some(&host_ns), &[format!("link set {peer} mtu {mtu} master cni0 up")])?;
         ip_batch(
             Some(&container_ns),
             &[

@@ -40,10 +40,7 @@ impl Lab {
     pub fn start_weftd(&self, host: usize) -> Result<u32> {
         self.check_host(host)?;
         if let Some(pid) = self.weftd_pid(host).filter(|_| self.weftd_running(host)) {
-            return Err(LabError::AlreadyRunning {
-                what: format!("weftd on host {host}"),
-                pid,
-            });
+            return Err(LabError::AlreadyRunning { what: format!("weftd on host {host}"), pid });
         }
         let mut command = in_netns(&self.host_ns(host), &self.spec.weftd)?;
         command.args(self.weftd_args(host));
@@ -66,6 +63,32 @@ impl Lab {
         self.update(|rt| rt.hosts[host - 1].weftd_pid = None)
     }
 
+    /// Stops every host's weftd, all at once (see [`Lab::stop_weftd`]).
+    pub fn stop_all_weftds(&self) -> Result<()> {
+        let problems = self.stop_weftds_collecting_errors();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown { name: self.spec.name.clone(), problems })
+        }
+    }
+
+    /// Stops every recorded weftd in parallel and returns what went wrong.
+    pub(crate) fn stop_weftds_collecting_errors(&self) -> Vec<String> {
+        let targets: Vec<(usize, u32)> =
+            (1..=self.spec.hosts).filter_map(|host| self.weftd_pid(host).map(|pid| (host, pid))).collect();
+        let daemons: Vec<(u32, Daemon)> = targets.iter().map(|&(host, pid)| (pid, self.weftd_daemon(host))).collect();
+        let results = process::terminate_all(&daemons, STOP_GRACE);
+        let mut problems = Vec::new();
+        for (&(host, _), result) in targets.iter().zip(results) {
+            let forgotten = result.and_then(|_| self.update(|rt| rt.hosts[host - 1].weftd_pid = None));
+            if let Err(e) = forgotten {
+                problems.push(e.to_string());
+            }
+        }
+        problems
+    }
+
     /// Stops and starts host `host`'s weftd; returns the new pid.
     pub fn restart_weftd(&self, host: usize) -> Result<u32> {
         self.stop_weftd(host)?;
@@ -74,8 +97,7 @@ impl Lab {
 
     /// True if host `host`'s recorded weftd is alive.
     pub fn weftd_running(&self, host: usize) -> bool {
-        self.weftd_pid(host)
-            .is_some_and(|pid| is_our_daemon(pid, &self.weftd_daemon(host)))
+        self.weftd_pid(host).is_some_and(|pid| is_our_daemon(pid, &self.weftd_daemon(host)))
     }
 
     /// Host `host`'s subnet.env as it is now.

@@ -57,10 +57,7 @@ impl TestLab {
     /// `Lab::start_weftd` and `Lab::attach_container`).
     #[track_caller]
     pub fn without_weftd(hosts: usize) -> TestLab {
-        TestLab::from_spec(LabSpec {
-            start_weftd: false,
-            ..TestLab::spec(hosts)
-        })
+        TestLab::from_spec(LabSpec { start_weftd: false, ..TestLab::spec(hosts) })
     }
 
     /// The spec `new` uses: a unique name (`t<pid>-<n>`, so parallel tests
@@ -68,15 +65,8 @@ impl TestLab {
     /// dir, and cargo's weftd. Adjust it and pass it to `from_spec`:
     /// `TestLab::from_spec(LabSpec { backend: "host-gw".into(), ..TestLab::spec(2) })`.
     pub fn spec(hosts: usize) -> LabSpec {
-        let name = format!(
-            "t{}-{}",
-            std::process::id(),
-            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-        );
-        LabSpec {
-            state_root: state_root(),
-            ..LabSpec::new(name, hosts, WEFTD)
-        }
+        let name = format!("t{}-{}", std::process::id(), NEXT_LAB.fetch_add(1, Ordering::Relaxed));
+        LabSpec { state_root: state_root(), ..LabSpec::new(name, hosts, WEFTD) }
     }
 
     /// Builds the lab described by `spec`, panicking with the reason (which
@@ -121,11 +111,7 @@ impl Drop for TestLab {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
         if panicking {
-            eprintln!(
-                "test failed; logs of lab {}:\n{}",
-                self.name(),
-                self.log_tails()
-            );
+            eprintln!("test failed; logs of lab {}:\n{}", self.name(), self.log_tails());
         }
         if let Err(e) = self.0.down() {
             // A second panic while unwinding would abort the whole run.
@@ -154,10 +140,7 @@ pub fn eventually(timeout: Duration, interval: Duration, mut check: impl FnMut()
             Err(e) => e,
         };
         if started.elapsed() >= timeout {
-            panic!(
-                "condition still not met after {:?}: {error}",
-                started.elapsed()
-            );
+            panic!("condition still not met after {:?}: {error}", started.elapsed());
         }
         std::thread::sleep(interval);
     }

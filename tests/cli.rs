@@ -1,0 +1,87 @@
+//! Bad input on the command line and in the environment: a clear error that names the input, and a non-zero exit.
+//! These need no root and no etcd: every case fails before weftd or weftctl would connect anywhere.
+
+use std::process::{Command, Output};
+
+const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
+
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_malformed_flag_names_the_flag() {
+    let out = run(WEFTD, &["--subnet-lease-ttl", "forever"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("--subnet-lease-ttl") && err.contains("\"forever\" is not a duration"), "{err}");
+}
+
+#[test]
+fn a_malformed_environment_variable_is_rejected_whichever_name_it_uses() {
+    for var in ["WEFTD_RESYNC_INTERVAL", "FLANNELD_RESYNC_INTERVAL"] {
+        let out = run(WEFTD, &[], &[(var, "often")]);
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = stderr(&out);
+        assert!(err.contains("--resync-interval") && err.contains("\"often\" is not a duration"), "{var}: {err}");
+    }
+    let out = run(WEFTD, &[], &[("FLANNELD_PUBLIC_IP", "10.0.0.300")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--public-ip"), "{}", stderr(&out));
+}
+
+#[test]
+fn weftd_names_the_weftd_variable_over_flannels() {
+    // WEFTD_ wins when both are set: the valid flannel value is ignored and the bad weft one reported.
+    let out = run(WEFTD, &[], &[("WEFTD_LOG_FORMAT", "xml"), ("FLANNELD_LOG_FORMAT", "json")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("'xml'"), "{}", stderr(&out));
+}
+
+#[test]
+fn ip_masq_is_refused_rather_than_silently_ignored() {
+    let out = run(WEFTD, &["--ip-masq", "--etcd-endpoints", "http://127.0.0.1:1"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--ip-masq is not supported"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bad_log_filter_is_named() {
+    let out = run(WEFTD, &["--log-level", "weft=loud"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--log-level \"weft=loud\""), "{}", stderr(&out));
+}
+
+#[test]
+fn a_bad_etcd_endpoint_is_named() {
+    let out = run(WEFTD, &["--etcd-endpoints", "127.0.0.1:2379"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("invalid etcd endpoint \"127.0.0.1:2379\""), "{}", stderr(&out));
+}
+
+#[test]
+fn weftctl_validates_a_config_before_storing_it() {
+    let out = run(WEFTCTL, &["config", "set", "--etcd-endpoints", "http://127.0.0.1:1", r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("field SubnetLen: 33 is longer than /30"), "{}", stderr(&out));
+    let out = run(WEFTCTL, &["config", "set", "@/nonexistent/net.json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reading /nonexistent/net.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn weftctl_rejects_a_subnet_with_host_bits() {
+    let out = run(WEFTCTL, &["lease", "reserve", "10.244.9.1/24", "--public-ip", "10.0.0.7", "--etcd-endpoints", "http://127.0.0.1:1"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("10.244.9.1/24 has host bits set; use 10.244.9.0/24"), "{}", stderr(&out));
+}
