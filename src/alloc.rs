@@ -221,7 +221,11 @@ mod tests {
     #[test]
     fn exhaustion_is_a_clear_error() {
         let c = config(r#"{"Network":"10.1.0.0/26"}"#);
-        let leases = [lease("10.1.0.16-28", "198.18.0.2", 5), lease("10.1.0.32-28", "198.18.0.3", 5), lease("10.1.0.48-28", "198.18.0.4", 0)];
+        let leases = [
+            lease("10.1.0.16-28", "198.18.0.2", 5),
+            lease("10.1.0.32-28", "198.18.0.3", 5),
+            lease("10.1.0.48-28", "198.18.0.4", 0),
+        ];
         let err = plan(&c, &leases, &me("198.18.0.1"), &mut rng()).unwrap_err().to_string();
         assert!(err.starts_with("out of subnets: every /28 between 10.1.0.16 and 10.1.0.48 in 10.1.0.0/26"), "{err}");
     }
@@ -232,7 +236,10 @@ mod tests {
         // A hand-made /27 reservation covers two /28s.
         let leases = [lease("10.1.0.32-27", "198.18.0.9", 0)];
         for seed in 0..50 {
-            assert_eq!(claimed(plan(&c, &leases, &me("198.18.0.1"), &mut StdRng::seed_from_u64(seed)).unwrap()), "10.1.0.16-28");
+            assert_eq!(
+                claimed(plan(&c, &leases, &me("198.18.0.1"), &mut StdRng::seed_from_u64(seed)).unwrap()),
+                "10.1.0.16-28"
+            );
         }
     }
 
@@ -250,7 +257,7 @@ mod tests {
     fn a_reservation_for_our_ip_is_honoured() {
         let c = config(r#"{"Network":"10.244.0.0/16"}"#);
         let reserved = lease("10.244.200.0-24", "198.18.0.1", 0);
-        let p = plan(&c, &[reserved.clone()], &me("198.18.0.1"), &mut rng()).unwrap();
+        let p = plan(&c, std::slice::from_ref(&reserved), &me("198.18.0.1"), &mut rng()).unwrap();
         assert_eq!(p.choice, Choice::Renew(reserved));
     }
 
@@ -265,7 +272,7 @@ mod tests {
     fn an_incompatible_own_lease_is_stale() {
         let c = config(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
         let old = lease("10.244.7.0-24", "198.18.0.1", 42);
-        let p = plan(&c, &[old.clone()], &me("198.18.0.1"), &mut rng()).unwrap();
+        let p = plan(&c, std::slice::from_ref(&old), &me("198.18.0.1"), &mut rng()).unwrap();
         assert_eq!(p.stale, vec![old]);
         assert!(matches!(p.choice, Choice::Claim(k) if k.ipv4.unwrap().prefix() == 25));
     }

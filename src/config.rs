@@ -93,16 +93,8 @@ impl NetworkConfig {
         if !enable_v4 && !enable_v6 {
             return Err(field_error("EnableIPv4", "both EnableIPv4 and EnableIPv6 are false: nothing to lease"));
         }
-        let ipv4 = if enable_v4 {
-            Some(family_config(&fields, &V4_FIELDS, &mut warnings)?)
-        } else {
-            None
-        };
-        let ipv6 = if enable_v6 {
-            Some(family_config(&fields, &V6_FIELDS, &mut warnings)?)
-        } else {
-            None
-        };
+        let ipv4 = if enable_v4 { Some(family_config(&fields, &V4_FIELDS, &mut warnings)?) } else { None };
+        let ipv6 = if enable_v6 { Some(family_config(&fields, &V6_FIELDS, &mut warnings)?) } else { None };
         Ok(NetworkConfig {
             ipv4,
             ipv6,
@@ -231,7 +223,8 @@ fn backend_config(backend: Option<&Value>) -> Result<BackendConfig, ConfigError>
     let Some(raw) = backend else {
         return Ok(BackendConfig { kind: "vxlan".into(), raw: Value::Object(Map::new()) });
     };
-    let obj = raw.as_object().ok_or_else(|| field_error("Backend", "must be an object such as {\"Type\":\"vxlan\"}"))?;
+    let obj =
+        raw.as_object().ok_or_else(|| field_error("Backend", "must be an object such as {\"Type\":\"vxlan\"}"))?;
     let kind = Fields::new(obj)
         .get("Type")
         .map(|t| t.as_str().ok_or_else(|| field_error("Backend.Type", "must be a string")))
@@ -392,11 +385,17 @@ mod tests {
         assert!(err(r#"{"Network":"10.244.0.0"}"#).contains("field Network: \"10.244.0.0\" is not a CIDR"));
         assert!(err(r#"{"Network":"fc00::/64"}"#).contains("not an IPv4 network"));
         assert!(err(r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#).contains("field SubnetLen: 31 is longer than /30"));
-        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#).contains("field SubnetLen: /17 must be at least /18"));
-        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#).contains("field SubnetLen: \"24\" is not a whole number"));
-        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#).contains("field SubnetMin: 10.245.0.0 is not inside"));
-        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.7"}"#).contains("field SubnetMax: 10.244.3.7 is not on a /24 boundary"));
-        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#).contains("is above SubnetMax"));
+        assert!(
+            err(r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#).contains("field SubnetLen: /17 must be at least /18")
+        );
+        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#)
+            .contains("field SubnetLen: \"24\" is not a whole number"));
+        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#)
+            .contains("field SubnetMin: 10.245.0.0 is not inside"));
+        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.7"}"#)
+            .contains("field SubnetMax: 10.244.3.7 is not on a /24 boundary"));
+        assert!(err(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#)
+            .contains("is above SubnetMax"));
         assert!(err(r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#).contains("field Backend: must be an object"));
         assert!(err(r#"{"Network":"10.244.0.0/16","Backend":{"VNI":2}}"#).contains("field Backend.Type: is missing"));
         assert!(err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).contains("field IPv6Network: is required"));

@@ -84,7 +84,9 @@ impl<K: Kernel> Controller<K> {
     fn log_peer_changes(&mut self, peers: &BTreeMap<SubnetKey, Lease>) {
         for (key, lease) in peers {
             match self.known_peers.get(key) {
-                None => info!(subnet = %key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added"),
+                None => {
+                    info!(subnet = %key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added")
+                }
                 Some(old) if old.attrs != lease.attrs => {
                     info!(subnet = %key, public_ip = %public_ip(lease), "peer changed")
                 }

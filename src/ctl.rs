@@ -104,7 +104,11 @@ fn read_argument(arg: &str) -> Result<String, CtlError> {
 
 fn key_for(subnet: IpNetwork) -> Result<SubnetKey, CtlError> {
     if subnet.ip() != subnet.network() {
-        return Err(CtlError::Invalid(format!("{subnet} has host bits set; use {}/{}", subnet.network(), subnet.prefix())));
+        return Err(CtlError::Invalid(format!(
+            "{subnet} has host bits set; use {}/{}",
+            subnet.network(),
+            subnet.prefix()
+        )));
     }
     Ok(match subnet {
         IpNetwork::V4(_) => SubnetKey::new(Some(subnet), None),
@@ -177,13 +181,7 @@ pub fn lease_json(l: &Lease) -> String {
 pub fn lease_table(leases: &[Lease]) -> String {
     let mut out = format!("{:<36} {:<16} {:<8} {:<18} {}\n", "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES");
     for l in leases {
-        let mac = l
-            .attrs
-            .backend_data
-            .as_ref()
-            .and_then(|d| d.get("VtepMAC"))
-            .and_then(|m| m.as_str())
-            .unwrap_or("-");
+        let mac = l.attrs.backend_data.as_ref().and_then(|d| d.get("VtepMAC")).and_then(|m| m.as_str()).unwrap_or("-");
         let ip = l.attrs.public_ip.map(IpAddr::V4).or(l.attrs.public_ipv6.map(IpAddr::V6));
         out.push_str(&format!(
             "{:<36} {:<16} {:<8} {:<18} {}\n",
@@ -191,7 +189,11 @@ pub fn lease_table(leases: &[Lease]) -> String {
             ip.map_or("-".to_string(), |i| i.to_string()),
             if l.attrs.backend_type.is_empty() { "-" } else { &l.attrs.backend_type },
             mac,
-            if l.is_reservation() { "never (reservation)".to_string() } else { format!("etcd lease {:x}", l.etcd_lease) },
+            if l.is_reservation() {
+                "never (reservation)".to_string()
+            } else {
+                format!("etcd lease {:x}", l.etcd_lease)
+            },
         ));
     }
     out

@@ -84,7 +84,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         backend_v6_data: backend.lease_data(Family::V6),
     };
     let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| f.subnet_key());
-    let manager = Arc::new(LeaseManager { store: store.clone(), config: config.clone(), attrs, ttl: args.subnet_lease_ttl });
+    let manager =
+        Arc::new(LeaseManager { store: store.clone(), config: config.clone(), attrs, ttl: args.subnet_lease_ttl });
     let Some(own) = manager.acquire(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
 
     // Program the current peers before announcing readiness, so the first container has a working network.
@@ -193,13 +194,17 @@ fn backend_config(config: &NetworkConfig) -> Result<VxlanConfig, String> {
     VxlanConfig::from_json(&config.backend.raw).map_err(|e| e.to_string())
 }
 
-async fn pick_underlay(kernel: &mut NetlinkKernel, args: &DaemonArgs, family: Family) -> Result<Underlay, StartupError> {
+async fn pick_underlay(
+    kernel: &mut NetlinkKernel,
+    args: &DaemonArgs,
+    family: Family,
+) -> Result<Underlay, StartupError> {
     let interfaces = kernel.interfaces().await?;
     let default_route_index = kernel.default_route_interface(family).await?;
     let can_reach_source = match args.iface_can_reach {
-        Some(target) => Some(iface::source_address_towards(target).map_err(|_| {
-            iface::IfaceError::CannotReach(target, target)
-        })?),
+        Some(target) => {
+            Some(iface::source_address_towards(target).map_err(|_| iface::IfaceError::CannotReach(target, target))?)
+        }
         None => None,
     };
     let opts = IfaceOptions {

@@ -135,7 +135,7 @@ impl EtcdStore {
             match self.parse_kv(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
                 Ok(lease) => listing.leases.push(lease),
                 Err(problem) => {
-                    listing.leases.extend(problem.placeholder);
+                    listing.leases.extend(problem.placeholder.map(|l| *l));
                     listing.problems.push(problem.msg);
                 }
             }
@@ -153,7 +153,7 @@ impl EtcdStore {
         let attrs = LeaseAttrs::from_json(&text).map_err(|e| KvProblem {
             // A key whose value is malformed still holds its subnet: keep it, with empty attributes, so the subnet
             // is never handed out twice; with no public IP it is never programmed as a peer.
-            placeholder: Some(Lease { key: subnet, attrs: LeaseAttrs::default(), etcd_lease, mod_revision }),
+            placeholder: Some(Box::new(Lease { key: subnet, attrs: LeaseAttrs::default(), etcd_lease, mod_revision })),
             msg: format!("lease {key}: {e} (value {text:?})"),
         })?;
         Ok(Lease { key: subnet, attrs, etcd_lease, mod_revision })
@@ -183,7 +183,12 @@ impl EtcdStore {
 
     /// Writes new attributes into an existing lease we own, keeping its etcd lease (or none, for a reservation),
     /// as long as nobody changed it since we listed it. Returns None when it changed or vanished meanwhile.
-    pub async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<Option<Lease>, StoreError> {
+    pub async fn renew_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
         let mut client = self.client.clone();
         let etcd_lease = if lease.is_reservation() {
             0
@@ -242,17 +247,22 @@ fn ttl_secs(ttl: Duration) -> i64 {
 
 /// A key/value pair that could not be parsed.
 struct KvProblem {
-    /// The lease to keep in its place when only the value is bad.
-    placeholder: Option<Lease>,
+    /// The lease to keep in its place when only the value is bad (boxed: problems are rare, leases are large).
+    placeholder: Option<Box<Lease>>,
     msg: String,
 }
 
 /// What a watch yields next.
 #[derive(Debug)]
 pub enum WatchBatch {
-    Changes { changes: Vec<Change>, revision: i64 },
+    Changes {
+        changes: Vec<Change>,
+        revision: i64,
+    },
     /// The start revision was compacted away: relist and watch again from the listing's revision.
-    Compacted { compact_revision: i64 },
+    Compacted {
+        compact_revision: i64,
+    },
 }
 
 pub struct LeaseWatch {
@@ -284,15 +294,13 @@ impl LeaseWatch {
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
-                    EventType::Put => {
-                        match self.store.parse_kv(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
-                            Ok(lease) => changes.push(Change::Put(lease)),
-                            Err(problem) => {
-                                changes.extend(problem.placeholder.map(Change::Put));
-                                changes.push(Change::Problem(problem.msg));
-                            }
+                    EventType::Put => match self.store.parse_kv(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
+                        Ok(lease) => changes.push(Change::Put(lease)),
+                        Err(problem) => {
+                            changes.extend(problem.placeholder.map(|l| Change::Put(*l)));
+                            changes.push(Change::Problem(problem.msg));
                         }
-                    }
+                    },
                     EventType::Delete => {
                         let key = String::from_utf8_lossy(kv.key());
                         let name = key.strip_prefix(&self.store.subnets_prefix()).unwrap_or(&key);

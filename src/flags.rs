@@ -16,7 +16,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weftd", version, about = "weft host daemon: leases a subnet from etcd and joins this host to the overlay")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft host daemon: leases a subnet from etcd and joins this host to the overlay"
+)]
 pub struct DaemonArgs {
     /// etcd endpoints, comma-separated; requests fail over between them
     #[arg(long, env = "WEFTD_ETCD_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINTS)]

@@ -81,7 +81,9 @@ pub fn select(opts: &IfaceOptions, facts: &HostFacts, family: Family) -> Result<
                         return Ok(underlay(i, ip, opts));
                     }
                 }
-                if let Some(addr) = i.addresses.iter().find(|a| Family::of(a.ip()) == family && re.is_match(&a.ip().to_string())) {
+                if let Some(addr) =
+                    i.addresses.iter().find(|a| Family::of(a.ip()) == family && re.is_match(&a.ip().to_string()))
+                {
                     return Ok(underlay(i, addr.ip(), opts));
                 }
             }

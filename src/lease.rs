@@ -159,7 +159,8 @@ impl LeaseAttrs {
         let public_ip = match text_field("PublicIP")? {
             None => None,
             Some(s) => {
-                let ip: Ipv4Addr = s.parse().map_err(|_| InvalidAttrs(format!("PublicIP {s:?} is not an IPv4 address")))?;
+                let ip: Ipv4Addr =
+                    s.parse().map_err(|_| InvalidAttrs(format!("PublicIP {s:?} is not an IPv4 address")))?;
                 (!ip.is_unspecified()).then_some(ip)
             }
         };
@@ -220,8 +221,7 @@ mod tests {
     use super::*;
 
     /// A value exactly as flanneld v0.28 writes it for a vxlan host.
-    const FLANNEL_VXLAN: &str =
-        r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+    const FLANNEL_VXLAN: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
 
     #[test]
     fn flannel_lease_json_round_trips_byte_for_byte() {

@@ -48,7 +48,8 @@ impl LeaseManager {
     pub async fn acquire_once(&self, preferred: &[SubnetKey]) -> Result<Lease, AcquireError> {
         for _ in 0..RACE_RETRIES {
             let listing = self.store.list_leases().await?;
-            let plan = alloc::plan(&self.config, &listing.leases, &self.identity(preferred.to_vec()), &mut rand::rng())?;
+            let plan =
+                alloc::plan(&self.config, &listing.leases, &self.identity(preferred.to_vec()), &mut rand::rng())?;
             for stale in &plan.stale {
                 info!(subnet = %stale.key, "deleting our old lease: it no longer fits the network config");
                 self.store.delete_lease(&stale.key).await?;

@@ -23,10 +23,7 @@ pub struct LeaseSet {
 
 impl LeaseSet {
     pub fn from_listing(listing: &Listing) -> LeaseSet {
-        LeaseSet {
-            leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(),
-            revision: listing.revision,
-        }
+        LeaseSet { leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(), revision: listing.revision }
     }
 
     fn apply(&mut self, changes: &[Change], revision: i64) {
@@ -191,12 +188,8 @@ mod tests {
 
     #[test]
     fn changes_apply_in_order() {
-        let lease = |k: &str| Lease {
-            key: k.parse().unwrap(),
-            attrs: Default::default(),
-            etcd_lease: 1,
-            mod_revision: 1,
-        };
+        let lease =
+            |k: &str| Lease { key: k.parse().unwrap(), attrs: Default::default(), etcd_lease: 1, mod_revision: 1 };
         let mut set = LeaseSet::default();
         set.apply(&[Change::Put(lease("10.244.1.0-24")), Change::Put(lease("10.244.2.0-24"))], 5);
         set.apply(&[Change::Delete("10.244.1.0-24".parse().unwrap()), Change::Problem("x".into())], 6);

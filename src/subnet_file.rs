@@ -47,7 +47,8 @@ pub enum SubnetFileError {
 
 impl SubnetFile {
     pub fn new(config: &NetworkConfig, key: &SubnetKey, mtu: u32, ipmasq: bool) -> SubnetFile {
-        let first_usable = |family| key.subnet(family).map(|s| IpNetwork::new(ipmath::nth(s, 1), s.prefix()).expect("prefix"));
+        let first_usable =
+            |family| key.subnet(family).map(|s| IpNetwork::new(ipmath::nth(s, 1), s.prefix()).expect("prefix"));
         SubnetFile {
             network: config.ipv4.as_ref().map(|c| c.network),
             subnet: config.ipv4.as_ref().and(first_usable(Family::V4)),
@@ -79,7 +80,8 @@ impl SubnetFile {
 
     /// Parses the file. Unknown variables are ignored; comma-separated lists (a legacy form) use the first entry.
     pub fn parse(path: &Path, text: &str) -> Result<SubnetFile, SubnetFileError> {
-        let mut file = SubnetFile { network: None, subnet: None, ipv6_network: None, ipv6_subnet: None, mtu: 0, ipmasq: false };
+        let mut file =
+            SubnetFile { network: None, subnet: None, ipv6_network: None, ipv6_subnet: None, mtu: 0, ipmasq: false };
         let mut saw_mtu = false;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -107,13 +109,18 @@ impl SubnetFile {
             }
         }
         if !saw_mtu {
-            return Err(SubnetFileError::Parse { path: path.to_path_buf(), line: 0, msg: "FLANNEL_MTU is missing".into() });
+            return Err(SubnetFileError::Parse {
+                path: path.to_path_buf(),
+                line: 0,
+                msg: "FLANNEL_MTU is missing".into(),
+            });
         }
         Ok(file)
     }
 
     pub fn read(path: &Path) -> Result<SubnetFile, SubnetFileError> {
-        let text = fs::read_to_string(path).map_err(|source| SubnetFileError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            fs::read_to_string(path).map_err(|source| SubnetFileError::Io { path: path.to_path_buf(), source })?;
         SubnetFile::parse(path, &text)
     }
 
@@ -153,13 +160,17 @@ mod tests {
         let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
         let key: SubnetKey = "10.244.3.0-24".parse().unwrap();
         let file = SubnetFile::new(&config, &key, 1450, false);
-        assert_eq!(file.render(), "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n");
+        assert_eq!(
+            file.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
         assert_eq!(file.subnet_key(), Some(key));
     }
 
     #[test]
     fn dual_stack_adds_the_ipv6_pair() {
-        let config = NetworkConfig::parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd42::/56"}"#).unwrap();
+        let config =
+            NetworkConfig::parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd42::/56"}"#).unwrap();
         let key: SubnetKey = "10.42.5.0-24&fd42:0:0:5::-64".parse().unwrap();
         let text = SubnetFile::new(&config, &key, 1450, true).render();
         assert_eq!(
@@ -174,7 +185,8 @@ mod tests {
     #[test]
     fn parse_errors_name_file_and_line() {
         let p = Path::new("/run/flannel/subnet.env");
-        let e = SubnetFile::parse(p, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n").unwrap_err();
+        let e =
+            SubnetFile::parse(p, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n").unwrap_err();
         assert_eq!(e.to_string(), "subnet file /run/flannel/subnet.env line 2: FLANNEL_SUBNET=\"nope\" is not a CIDR");
         let e = SubnetFile::parse(p, "FLANNEL_SUBNET=10.244.3.1/24\n").unwrap_err();
         assert!(e.to_string().contains("FLANNEL_MTU is missing"));

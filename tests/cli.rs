@@ -71,7 +71,11 @@ fn a_bad_etcd_endpoint_is_named() {
 
 #[test]
 fn weftctl_validates_a_config_before_storing_it() {
-    let out = run(WEFTCTL, &["config", "set", "--etcd-endpoints", "http://127.0.0.1:1", r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#], &[]);
+    let out = run(
+        WEFTCTL,
+        &["config", "set", "--etcd-endpoints", "http://127.0.0.1:1", r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("field SubnetLen: 33 is longer than /30"), "{}", stderr(&out));
     let out = run(WEFTCTL, &["config", "set", "@/nonexistent/net.json"], &[]);
@@ -81,7 +85,11 @@ fn weftctl_validates_a_config_before_storing_it() {
 
 #[test]
 fn weftctl_rejects_a_subnet_with_host_bits() {
-    let out = run(WEFTCTL, &["lease", "reserve", "10.244.9.1/24", "--public-ip", "10.0.0.7", "--etcd-endpoints", "http://127.0.0.1:1"], &[]);
+    let out = run(
+        WEFTCTL,
+        &["lease", "reserve", "10.244.9.1/24", "--public-ip", "10.0.0.7", "--etcd-endpoints", "http://127.0.0.1:1"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("10.244.9.1/24 has host bits set; use 10.244.9.0/24"), "{}", stderr(&out));
 }

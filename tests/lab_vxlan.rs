@@ -100,7 +100,10 @@ fn containers_reach_each_other_and_leases_are_flannels() {
         assert_eq!(route, format!("{subnet} via {base} dev flannel.1 proto 87 onlink"));
     }
     let link = host(&lab, 1, &["ip", "-d", "link", "show", "flannel.1"]);
-    assert!(link.contains("vxlan id 1 local 198.18.0.1 dev eth0") && link.contains("dstport 8472 nolearning"), "{link}");
+    assert!(
+        link.contains("vxlan id 1 local 198.18.0.1 dev eth0") && link.contains("dstport 8472 nolearning"),
+        "{link}"
+    );
     assert!(link.contains("mtu 1450"), "{link}");
 }
 
@@ -134,7 +137,11 @@ fn restart_keeps_subnet_and_vtep_mac_and_drops_no_packets() {
     assert_eq!(vtep_mac(&lab, 2), mac, "same VTEP MAC after restart");
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let now = etcd_get(&lab, &format!("{SUBNETS}{key}"));
-        if now.as_deref() == Some(lease.as_str()) { Ok(()) } else { Err(format!("lease is now {now:?}, was {lease}")) }
+        if now.as_deref() == Some(lease.as_str()) {
+            Ok(())
+        } else {
+            Err(format!("lease is now {now:?}, was {lease}"))
+        }
     });
     assert!(lab.weftd_running(2));
 }
@@ -185,14 +192,22 @@ fn routes_and_the_device_deleted_by_hand_come_back() {
     host(&lab, 1, &["ip", "route", "del", &subnet2]);
     eventually(Duration::from_secs(5), Duration::from_millis(50), || {
         let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
-        if now == before { Ok(()) } else { Err(format!("routes now:\n{now}")) }
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("routes now:\n{now}"))
+        }
     });
 
     host(&lab, 1, &["ip", "neigh", "del", subnet2.trim_end_matches("/24"), "dev", "flannel.1"]);
     host(&lab, 1, &["ip", "link", "del", "flannel.1"]);
     eventually(Duration::from_secs(5), Duration::from_millis(50), || {
         let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
-        if now == before { Ok(()) } else { Err(format!("routes now:\n{now}")) }
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("routes now:\n{now}"))
+        }
     });
     assert_eq!(vtep_mac(&lab, 1), mac, "a re-created device keeps its VTEP MAC, so peers' entries stay right");
     eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
@@ -208,9 +223,7 @@ fn traffic_flows_through_a_20_second_etcd_outage_and_weftd_reconnects() {
 
     // 20 s without etcd, at 4 pings a second between two hosts' containers: none may be lost.
     let target = lab.container_ip(3).unwrap().to_string();
-    let out = lab
-        .exec_in(&lab.container_ns(1), ["ping", "-q", "-i", "0.25", "-c", "80", "-W", "1", &target])
-        .unwrap();
+    let out = lab.exec_in(&lab.container_ns(1), ["ping", "-q", "-i", "0.25", "-c", "80", "-W", "1", &target]).unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("80 received, 0% packet loss"), "{summary}");
     for h in 1..=3 {
@@ -233,7 +246,11 @@ fn traffic_flows_through_a_20_second_etcd_outage_and_weftd_reconnects() {
     for on in 1..=3 {
         eventually(Duration::from_secs(10), Duration::from_millis(100), || {
             let (_, _, route) = triple(&lab, on, "10.244.250.0/24");
-            if route.is_empty() { Err(format!("h{on} has no route to the new lease")) } else { Ok(()) }
+            if route.is_empty() {
+                Err(format!("h{on} has no route to the new lease"))
+            } else {
+                Ok(())
+            }
         });
     }
 }
@@ -283,7 +300,12 @@ fn malformed_etcd_values_are_reported_and_never_crash_or_get_allocated() {
         .unwrap();
     lab.etcdctl_ok(["put", &format!("{SUBNETS}10.244.0.16-28"), "{not json"]).unwrap();
     lab.etcdctl_ok(["put", &format!("{SUBNETS}garbage-key"), "{}"]).unwrap();
-    lab.etcdctl_ok(["put", &format!("{SUBNETS}10.244.0.32-28"), r#"{"PublicIP":"198.18.0.66","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"nope"}}"#]).unwrap();
+    lab.etcdctl_ok([
+        "put",
+        &format!("{SUBNETS}10.244.0.32-28"),
+        r#"{"PublicIP":"198.18.0.66","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"nope"}}"#,
+    ])
+    .unwrap();
     lab.start_weftd(1).unwrap();
     let env = lab.wait_for_subnet_env(1, Duration::from_secs(15)).unwrap();
     assert_eq!(env.subnet.to_string(), "10.244.0.49/28", "the only subnet left: garbage values still hold theirs");
@@ -314,10 +336,15 @@ fn waits_for_a_missing_config_then_honours_a_reservation() {
     lab.start_weftd(1).unwrap();
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
-        if log.contains("no network config at /coreos.com/network/config; write one") { Ok(()) } else { Err(log) }
+        if log.contains("no network config at /coreos.com/network/config; write one") {
+            Ok(())
+        } else {
+            Err(log)
+        }
     });
     // A reservation for this host's IP: a key without an etcd lease.
-    lab.etcdctl_ok(["put", &format!("{SUBNETS}10.244.77.0-24"), r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#]).unwrap();
+    lab.etcdctl_ok(["put", &format!("{SUBNETS}10.244.77.0-24"), r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#])
+        .unwrap();
     lab.etcdctl_ok(["put", "/coreos.com/network/config", r#"{"Network":"10.244.0.0/16"}"#]).unwrap();
     let env = lab.wait_for_subnet_env(1, Duration::from_secs(15)).unwrap();
     assert_eq!(env.subnet.to_string(), "10.244.77.1/24");

@@ -1,6 +1,7 @@
 //! `weftctl lab up|status|down`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use super::{Lab, LabError, LabSpec, DEFAULT_BACKEND, DEFAULT_NETWORK, DEFAULT_STATE_ROOT};
 
@@ -80,27 +81,39 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         LabCommand::Status { lab, no_ping, check } => status(&lab, no_ping, check),
         LabCommand::Down { lab } => {
             Lab::load(&lab.state_root, &lab.name)?.down()?;
-            println!("lab {} is down", lab.name);
-            Ok(())
+            emit(&format!("lab {} is down\n", lab.name))
         }
     }
 }
 
 fn up(spec: LabSpec) -> Result<(), LabError> {
     let lab = Lab::up(spec)?;
-    print!("{}", lab.quick_status()?);
-    println!();
+    let mut text = format!("{}\n", lab.quick_status()?);
     if let Some(ip) = (lab.hosts() > 1).then(|| lab.container_ip(2)).flatten() {
-        println!("try: ip netns exec {} ping -c 3 {ip}", lab.container_ns(1));
+        text += &format!("try: ip netns exec {} ping -c 3 {ip}\n", lab.container_ns(1));
     }
-    println!("check: weftctl lab status --name {0}; remove: weftctl lab down --name {0}", lab.name());
-    Ok(())
+    let mut lab_args = format!("--name {}", lab.name());
+    if lab.spec().state_root != Path::new(DEFAULT_STATE_ROOT) {
+        lab_args += &format!(" --state-root {}", lab.spec().state_root.display());
+    }
+    text += &format!("check: weftctl lab status {lab_args}\nremove: weftctl lab down {lab_args}\n");
+    emit(&text)
+}
+
+/// Prints to stdout; a closed pipe (`weftctl lab status | head`) is not
+/// an error worth a panic.
+fn emit(text: &str) -> Result<(), LabError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(LabError::io("writing to stdout", e)),
+        _ => Ok(()),
+    }
 }
 
 fn status(lab: &LabRef, no_ping: bool, check: bool) -> Result<(), LabError> {
     let lab = Lab::load(&lab.state_root, &lab.name)?;
     let status = if no_ping { lab.quick_status()? } else { lab.status()? };
-    print!("{status}");
+    emit(&status.to_string())?;
     match (&status.connectivity, check) {
         (Some(c), true) if !c.all_connected() => {
             Err(LabError::Disconnected { failed: c.failures().len(), total: c.tested() })

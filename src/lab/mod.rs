@@ -50,8 +50,9 @@ use serde::{Deserialize, Serialize};
 pub use addr::{validate_name, ETCD_IP, MAX_HOSTS, MAX_NAME_LEN};
 pub use cmd::check_tools;
 pub use error::LabError;
+pub use etcd::NETWORK_CONFIG_KEY;
 pub use process::log_tail;
-pub use status::{Connectivity, HostStatus, LabStatus, Lease};
+pub use status::{Connectivity, HostStatus, LabStatus, Lease, SUBNETS_PREFIX};
 pub use subnet_env::SubnetEnv;
 
 use cmd::Tool;
@@ -169,6 +170,8 @@ impl Lab {
     pub fn load(state_root: impl AsRef<Path>, name: &str) -> Result<Lab> {
         validate_name(name)?;
         let dir = state_root.as_ref().join(name);
+        // Absolute, so that paths handed to a restarted weftd stay valid.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let (spec, runtime) = state::load(&dir, name)?;
         Ok(Lab { spec, dir, runtime: Mutex::new(runtime) })
     }
@@ -495,6 +498,12 @@ mod tests {
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn lab_can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Lab>();
     }
 
     #[test]

@@ -20,11 +20,18 @@ fn container_peer(host: usize) -> String {
 }
 
 impl Lab {
-    /// Creates namespace `ns` and records it (only after it was created, so
-    /// that a name clash never makes the lab delete someone else's).
+    /// Creates namespace `ns`, recording it first: if this process dies
+    /// right after `ip netns add`, a later `down` still finds it. Names
+    /// are unique to the lab and none of them existed when the lab claimed
+    /// its name, so a recorded name can only be ours. If `ip netns add`
+    /// fails (say, a clash), the name is forgotten again and left alone.
     fn create_namespace(&self, ns: &str) -> Result<()> {
-        cmd::ip(["netns", "add", ns])?;
-        self.update(|rt| rt.namespaces.push(ns.to_string()))
+        self.update(|rt| rt.namespaces.push(ns.to_string()))?;
+        if let Err(e) = cmd::ip(["netns", "add", ns]) {
+            self.update(|rt| rt.namespaces.retain(|known| known != ns))?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Deletes a namespace the lab recorded and forgets it.

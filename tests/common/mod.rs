@@ -18,8 +18,10 @@ use weft::lab::{self, Lab, LabSpec};
 /// part of each of them.)
 pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
 
-/// Lines of each log shown when a test fails.
+/// Lines of each weftd log shown when a test fails.
 const LOG_TAIL_LINES: usize = 60;
+/// Lines of etcd's log shown when a test fails (mostly start-up noise).
+const ETCD_LOG_TAIL_LINES: usize = 20;
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 
@@ -83,9 +85,9 @@ impl TestLab {
     /// The end of etcd's log and of every host's weftd log.
     pub fn log_tails(&self) -> String {
         let mut text = format!(
-            "===== {} (last {LOG_TAIL_LINES} lines) =====\n{}\n",
+            "===== {} (last {ETCD_LOG_TAIL_LINES} lines) =====\n{}\n",
             self.etcd_log().display(),
-            lab::log_tail(&self.etcd_log(), LOG_TAIL_LINES)
+            lab::log_tail(&self.etcd_log(), ETCD_LOG_TAIL_LINES)
         );
         for host in 1..=self.hosts() {
             let log = self.weftd_log(host);
