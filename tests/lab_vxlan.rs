@@ -29,9 +29,7 @@ fn vtep_mac(lab: &TestLab, h: usize) -> String {
 
 /// The lease key (below the subnets prefix) of host `h`, from its subnet file.
 fn lease_key(lab: &TestLab, h: usize) -> String {
-    let env = lab.subnet_env(h).unwrap();
-    let base = env.subnet.network();
-    format!("{base}-{}", env.subnet.prefix())
+    lab.subnet_env(h).unwrap().subnet_key().expect("subnet file has a subnet").to_string()
 }
 
 fn etcd_get(lab: &TestLab, key: &str) -> Option<String> {
@@ -50,6 +48,14 @@ fn all_ping(lab: &TestLab) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Ok once `on` has no neighbour, FDB entry (for `mac`) or route left for `peer_subnet`.
+fn peer_state_gone(lab: &TestLab, on: usize, peer_subnet: &str, mac: &str) -> Result<(), String> {
+    match triple(lab, on, peer_subnet) {
+        (n, f, r) if n.is_empty() && !f.contains(mac) && r.is_empty() => Ok(()),
+        other => Err(format!("h{on} still has state for {peer_subnet}: {other:?}")),
+    }
 }
 
 /// The triple weftd programs on `on` for the host `peer`: (neighbour line, fdb line, route line), each possibly empty.
@@ -79,7 +85,7 @@ fn containers_reach_each_other_and_leases_are_flannels() {
         assert_eq!(LeaseAttrs::from_json(&raw).unwrap().to_json(), raw);
 
         let env = std::fs::read_to_string(lab.subnet_file(h)).unwrap();
-        let subnet = lab.subnet_env(h).unwrap().subnet;
+        let subnet = lab.subnet_env(h).unwrap().subnet.unwrap();
         assert_eq!(
             env,
             format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
@@ -158,10 +164,7 @@ fn a_deleted_lease_removes_the_peer_everywhere_and_its_owner_takes_it_back() {
     lab.etcdctl_ok(["del", &format!("{SUBNETS}{key3}")]).unwrap();
     let mac3 = vtep_mac(&lab, 3);
     for on in [1, 2] {
-        eventually(Duration::from_secs(10), Duration::from_millis(100), || match triple(&lab, on, &subnet3) {
-            (n, f, r) if n.is_empty() && !f.contains(&mac3) && r.is_empty() => Ok(()),
-            other => Err(format!("h{on} still has state for {subnet3}: {other:?}")),
-        });
+        eventually(Duration::from_secs(10), Duration::from_millis(100), || peer_state_gone(&lab, on, &subnet3, &mac3));
     }
 
     // The host comes back and gets the same subnet (its subnet file remembers it).
@@ -285,9 +288,8 @@ fn a_lease_written_by_flanneld_is_programmed_exactly_like_flannel_does() {
     }
     lab.etcdctl_ok(["del", &format!("{SUBNETS}10.244.200.0-24")]).unwrap();
     for on in 1..=2 {
-        eventually(Duration::from_secs(10), Duration::from_millis(100), || match triple(&lab, on, "10.244.200.0/24") {
-            (n, f, r) if n.is_empty() && !f.contains("0e:66:77:88:99:aa") && r.is_empty() => Ok(()),
-            other => Err(format!("h{on} still programs the deleted lease: {other:?}")),
+        eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+            peer_state_gone(&lab, on, "10.244.200.0/24", "0e:66:77:88:99:aa")
         });
     }
 }
@@ -308,7 +310,11 @@ fn malformed_etcd_values_are_reported_and_never_crash_or_get_allocated() {
     .unwrap();
     lab.start_weftd(1).unwrap();
     let env = lab.wait_for_subnet_env(1, Duration::from_secs(15)).unwrap();
-    assert_eq!(env.subnet.to_string(), "10.244.0.49/28", "the only subnet left: garbage values still hold theirs");
+    assert_eq!(
+        env.subnet.unwrap().to_string(),
+        "10.244.0.49/28",
+        "the only subnet left: garbage values still hold theirs"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(lab.weftd_running(1));
     let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
@@ -347,7 +353,7 @@ fn waits_for_a_missing_config_then_honours_a_reservation() {
         .unwrap();
     lab.etcdctl_ok(["put", "/coreos.com/network/config", r#"{"Network":"10.244.0.0/16"}"#]).unwrap();
     let env = lab.wait_for_subnet_env(1, Duration::from_secs(15)).unwrap();
-    assert_eq!(env.subnet.to_string(), "10.244.77.1/24");
+    assert_eq!(env.subnet.unwrap().to_string(), "10.244.77.1/24");
     let fields = lab.etcdctl_ok(["get", "-w", "fields", &format!("{SUBNETS}10.244.77.0-24")]).unwrap();
     assert!(fields.contains("\"Lease\" : 0"), "a reservation stays without TTL:\n{fields}");
     assert!(fields.contains(r#"\"BackendType\":\"vxlan\""#), "our backend data was written into it:\n{fields}");

@@ -32,7 +32,6 @@ mod etcd;
 mod process;
 mod state;
 mod status;
-mod subnet_env;
 mod topology;
 mod weftd;
 
@@ -53,7 +52,6 @@ pub use error::LabError;
 pub use etcd::NETWORK_CONFIG_KEY;
 pub use process::log_tail;
 pub use status::{Connectivity, HostStatus, LabStatus, Lease, SUBNETS_PREFIX};
-pub use subnet_env::SubnetEnv;
 
 use cmd::Tool;
 use state::Runtime;

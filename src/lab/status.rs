@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::{Lab, Result, SubnetEnv};
+use super::{Lab, Result};
+use crate::subnet_file::SubnetFile;
 
 /// Prefix of the subnet leases in etcd.
 pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
@@ -44,7 +45,7 @@ pub struct HostStatus {
     pub weftd_pid: Option<u32>,
     pub weftd_running: bool,
     /// The parsed subnet.env, or why there is none.
-    pub subnet: std::result::Result<SubnetEnv, String>,
+    pub subnet: std::result::Result<SubnetFile, String>,
     pub container_namespace: String,
     /// Set when the container is attached.
     pub container_ip: Option<Ipv4Addr>,
@@ -249,7 +250,7 @@ impl LabStatus {
                 _ => "stopped".to_string(),
             };
             let (subnet, mtu) = match &host.subnet {
-                Ok(env) => (env.subnet.to_string(), env.mtu.to_string()),
+                Ok(env) => (env.subnet.map_or("-".to_string(), |s| s.to_string()), env.mtu.to_string()),
                 Err(_) => ("-".to_string(), "-".to_string()),
             };
             let container = match host.container_ip {

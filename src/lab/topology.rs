@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use super::addr::{ETCD_IP, UNDERLAY_PREFIX_LEN};
 use super::cmd::{self, ip_batch, Tool};
-use super::{Lab, LabError, Result, SubnetEnv};
+use super::{Lab, LabError, Result};
+use crate::subnet_file::SubnetFile;
 
 /// The file `ip netns add` bind-mounts for a named namespace.
 pub(crate) fn netns_file(ns: &str) -> PathBuf {
@@ -106,12 +107,12 @@ impl Lab {
     /// The one place that knows how a container is attached (a bridge
     /// cni0 on the host, a veth into the container namespace), so that it
     /// can be swapped for the CNI plugin later.
-    pub(crate) fn attach_container_with(&self, host: usize, env: &SubnetEnv) -> Result<Ipv4Addr> {
+    pub(crate) fn attach_container_with(&self, host: usize, env: &SubnetFile) -> Result<Ipv4Addr> {
         self.detach_container(host)?;
-        let ip =
-            env.first_container_ip().map_err(|reason| LabError::SubnetEnv { path: self.subnet_file(host), reason })?;
+        let (gateway, len, ip) =
+            container_address(env).map_err(|reason| LabError::SubnetEnv { path: self.subnet_file(host), reason })?;
         let (host_ns, container_ns) = (self.host_ns(host), self.container_ns(host));
-        let (gateway, len, mtu) = (env.gateway(), env.subnet.prefix(), env.mtu);
+        let mtu = env.mtu;
         let peer = container_peer(host);
         ip_batch(
             Some(&host_ns),
@@ -172,5 +173,41 @@ impl Lab {
         let mut command = std::process::Command::new(Tool::Ip.path()?);
         command.args(["-n", ns, "link", "show", "dev", link]);
         Ok(cmd::output(command)?.status.success())
+    }
+}
+
+/// The host's gateway on cni0 (FLANNEL_SUBNET's address), its prefix length, and the address of the host's one
+/// container: the address after the gateway, which must still be a host address of the subnet.
+pub(crate) fn container_address(env: &SubnetFile) -> std::result::Result<(Ipv4Addr, u8, Ipv4Addr), String> {
+    let Some(ipnetwork::IpNetwork::V4(subnet)) = env.subnet else {
+        return Err("FLANNEL_SUBNET is missing or not IPv4".into());
+    };
+    let gateway = subnet.ip();
+    let container =
+        u32::from(gateway).checked_add(1).map(Ipv4Addr::from).ok_or("the gateway is the last IPv4 address")?;
+    if subnet.contains(container) && container != subnet.broadcast() && subnet.prefix() < 31 {
+        Ok((gateway, subnet.prefix(), container))
+    } else {
+        Err(format!("subnet {subnet} has no room for a container after gateway {gateway}"))
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    fn file(subnet: &str) -> SubnetFile {
+        let text = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\n");
+        SubnetFile::parse(std::path::Path::new("subnet.env"), &text).unwrap()
+    }
+
+    #[test]
+    fn the_container_takes_the_address_after_the_gateway() {
+        assert_eq!(
+            container_address(&file("10.244.3.1/24")).unwrap(),
+            ("10.244.3.1".parse().unwrap(), 24, "10.244.3.2".parse().unwrap())
+        );
+        assert!(container_address(&file("10.244.3.254/24")).unwrap_err().contains("no room"));
+        assert!(container_address(&file("10.244.3.1/31")).is_err());
     }
 }

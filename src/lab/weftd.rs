@@ -6,7 +6,8 @@ use super::addr::etcd_endpoint;
 use super::cmd::in_netns;
 use super::process::{self, is_our_daemon, log_marker, log_tail, Daemon};
 use super::topology::netns_file;
-use super::{Lab, LabError, Result, SubnetEnv, STOP_GRACE};
+use super::{Lab, LabError, Result, STOP_GRACE};
+use crate::subnet_file::SubnetFile;
 
 /// Lines of weftd's log quoted in errors.
 const LOG_TAIL_LINES: usize = 40;
@@ -101,21 +102,22 @@ impl Lab {
     }
 
     /// Host `host`'s subnet.env as it is now.
-    pub fn subnet_env(&self, host: usize) -> Result<SubnetEnv> {
+    pub fn subnet_env(&self, host: usize) -> Result<SubnetFile> {
         self.check_host(host)?;
-        SubnetEnv::read(&self.subnet_file(host))
+        let path = self.subnet_file(host);
+        SubnetFile::read(&path).map_err(|e| LabError::SubnetEnv { path, reason: e.to_string() })
     }
 
     /// Waits until host `host`'s subnet.env exists and parses. Note that a
     /// restarted weftd finds its previous file in place.
-    pub fn wait_for_subnet_env(&self, host: usize, timeout: Duration) -> Result<SubnetEnv> {
+    pub fn wait_for_subnet_env(&self, host: usize, timeout: Duration) -> Result<SubnetFile> {
         self.check_host(host)?;
         self.subnet_env_by(host, Instant::now() + timeout)
     }
 
     /// Polls for host `host`'s subnet.env until `deadline`, failing early
     /// if weftd is not running; errors quote the end of weftd's log.
-    pub(crate) fn subnet_env_by(&self, host: usize, deadline: Instant) -> Result<SubnetEnv> {
+    pub(crate) fn subnet_env_by(&self, host: usize, deadline: Instant) -> Result<SubnetFile> {
         let started = Instant::now();
         loop {
             let last_error = match self.subnet_env(host) {
