@@ -25,7 +25,7 @@ use crate::iface::{self, HostFacts, IfaceOptions};
 use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
 use crate::registry::{self, Backoff, LeaseSet};
-use crate::subnet_file::SubnetFile;
+use crate::subnet_file::{self, SubnetFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -83,7 +83,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         backend_data: backend.lease_data(Family::V4),
         backend_v6_data: backend.lease_data(Family::V6),
     };
-    let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| f.subnet_key());
+    let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| subnet_file::lease_key(&f));
     let manager =
         Arc::new(LeaseManager { store: store.clone(), config: config.clone(), attrs, ttl: args.subnet_lease_ttl });
     let Some(own) = manager.acquire(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
@@ -98,8 +98,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         Ok(_) => warn!("some kernel operations failed at startup; the reconcile loop retries them"),
         Err(e) => warn!(error = %e, "could not program the kernel at startup; the reconcile loop retries"),
     }
-    let subnet_file = SubnetFile::new(&config, &own.key, mtu, args.ip_masq);
-    subnet_file.write(&args.subnet_file)?;
+    subnet_file::for_lease(&config, &own.key, mtu, args.ip_masq).write(&args.subnet_file)?;
     info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
 
     let (own_tx, own_rx) = watch::channel(own.clone());
@@ -246,7 +245,7 @@ async fn rewrite_subnet_file_on_change(
             changed = own.changed() => {
                 if changed.is_err() { return; }
                 let key = own.borrow_and_update().key;
-                let file = SubnetFile::new(&config, &key, mtu, args.ip_masq);
+                let file = subnet_file::for_lease(&config, &key, mtu, args.ip_masq);
                 match file.write(&args.subnet_file) {
                     Ok(()) => info!(subnet = %key, file = %args.subnet_file.display(), "subnet file updated"),
                     Err(e) => error!(error = %e, "cannot update the subnet file"),

@@ -1,154 +1,33 @@
-//! `subnet.env`: the whole contract between the daemon and the CNI plugin, in flannel's variables.
-//!
-//! ```text
-//! FLANNEL_NETWORK=10.244.0.0/16
-//! FLANNEL_SUBNET=10.244.3.1/24
-//! FLANNEL_IPV6_NETWORK=...       (when IPv6 is enabled)
-//! FLANNEL_IPV6_SUBNET=...
-//! FLANNEL_MTU=1450
-//! FLANNEL_IPMASQ=false
-//! ```
-//! The subnet variables carry the first usable address, not the base address.
-
-use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+//! The subnet file weftd writes for the CNI plugin. The format itself belongs to the plugin's crate
+//! ([`weft_cni::subnet_file`]); this module fills it from our lease.
 
 use ipnetwork::IpNetwork;
 use weft_backends::Family;
+pub use weft_cni::subnet_file::{write_atomically, SubnetFile, SubnetFileError};
 
 use crate::config::NetworkConfig;
 use crate::ipmath;
 use crate::lease::SubnetKey;
 
-/// What the file says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubnetFile {
-    pub network: Option<IpNetwork>,
-    /// First usable address with the subnet's prefix, e.g. 10.244.3.1/24.
-    pub subnet: Option<IpNetwork>,
-    pub ipv6_network: Option<IpNetwork>,
-    pub ipv6_subnet: Option<IpNetwork>,
-    pub mtu: u32,
-    pub ipmasq: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SubnetFileError {
-    #[error("subnet file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("subnet file {path} line {line}: {msg}")]
-    Parse { path: PathBuf, line: usize, msg: String },
-}
-
-impl SubnetFile {
-    pub fn new(config: &NetworkConfig, key: &SubnetKey, mtu: u32, ipmasq: bool) -> SubnetFile {
-        let first_usable =
-            |family| key.subnet(family).map(|s| IpNetwork::new(ipmath::nth(s, 1), s.prefix()).expect("prefix"));
-        SubnetFile {
-            network: config.ipv4.as_ref().map(|c| c.network),
-            subnet: config.ipv4.as_ref().and(first_usable(Family::V4)),
-            ipv6_network: config.ipv6.as_ref().map(|c| c.network),
-            ipv6_subnet: config.ipv6.as_ref().and(first_usable(Family::V6)),
-            mtu,
-            ipmasq,
-        }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let (Some(net), Some(sub)) = (self.network, self.subnet) {
-            out.push_str(&format!("FLANNEL_NETWORK={net}\nFLANNEL_SUBNET={sub}\n"));
-        }
-        if let (Some(net), Some(sub)) = (self.ipv6_network, self.ipv6_subnet) {
-            out.push_str(&format!("FLANNEL_IPV6_NETWORK={net}\nFLANNEL_IPV6_SUBNET={sub}\n"));
-        }
-        out.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq));
-        out
-    }
-
-    /// The leased subnets, as a key (base addresses).
-    pub fn subnet_key(&self) -> Option<SubnetKey> {
-        let base = |n: Option<IpNetwork>| n.map(|n| IpNetwork::new(n.network(), n.prefix()).expect("prefix"));
-        let key = SubnetKey::new(base(self.subnet), base(self.ipv6_subnet));
-        (key.ipv4.is_some() || key.ipv6.is_some()).then_some(key)
-    }
-
-    /// Parses the file. Unknown variables are ignored; comma-separated lists (a legacy form) use the first entry.
-    pub fn parse(path: &Path, text: &str) -> Result<SubnetFile, SubnetFileError> {
-        let mut file =
-            SubnetFile { network: None, subnet: None, ipv6_network: None, ipv6_subnet: None, mtu: 0, ipmasq: false };
-        let mut saw_mtu = false;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fail = |msg: String| SubnetFileError::Parse { path: path.to_path_buf(), line: i + 1, msg };
-            let (name, value) = line.split_once('=').ok_or_else(|| fail(format!("{line:?} is not NAME=VALUE")))?;
-            let value = value.trim().trim_matches('"');
-            let cidr = || -> Result<IpNetwork, SubnetFileError> {
-                let first = value.split(',').next().unwrap_or_default();
-                first.parse().map_err(|_| fail(format!("{name}={value:?} is not a CIDR")))
-            };
-            match name.trim() {
-                "FLANNEL_NETWORK" => file.network = Some(cidr()?),
-                "FLANNEL_SUBNET" => file.subnet = Some(cidr()?),
-                "FLANNEL_IPV6_NETWORK" => file.ipv6_network = Some(cidr()?),
-                "FLANNEL_IPV6_SUBNET" => file.ipv6_subnet = Some(cidr()?),
-                "FLANNEL_MTU" => {
-                    file.mtu = value.parse().map_err(|_| fail(format!("FLANNEL_MTU={value:?} is not a number")))?;
-                    saw_mtu = true;
-                }
-                "FLANNEL_IPMASQ" => file.ipmasq = value == "true",
-                _ => {}
-            }
-        }
-        if !saw_mtu {
-            return Err(SubnetFileError::Parse {
-                path: path.to_path_buf(),
-                line: 0,
-                msg: "FLANNEL_MTU is missing".into(),
-            });
-        }
-        Ok(file)
-    }
-
-    pub fn read(path: &Path) -> Result<SubnetFile, SubnetFileError> {
-        let text =
-            fs::read_to_string(path).map_err(|source| SubnetFileError::Io { path: path.to_path_buf(), source })?;
-        SubnetFile::parse(path, &text)
-    }
-
-    /// Writes the file atomically: a reader sees the old content or the new, never half a file.
-    pub fn write(&self, path: &Path) -> Result<(), SubnetFileError> {
-        write_atomically(path, self.render().as_bytes(), 0o644)
-            .map_err(|source| SubnetFileError::Io { path: path.to_path_buf(), source })
+/// The file for our lease: the subnet variables carry the first usable address (flannel's convention).
+pub fn for_lease(config: &NetworkConfig, key: &SubnetKey, mtu: u32, ipmasq: bool) -> SubnetFile {
+    let first_usable =
+        |family| key.subnet(family).map(|s| IpNetwork::new(ipmath::nth(s, 1), s.prefix()).expect("prefix is valid"));
+    SubnetFile {
+        network: config.ipv4.as_ref().map(|c| c.network),
+        subnet: config.ipv4.as_ref().and(first_usable(Family::V4)),
+        ipv6_network: config.ipv6.as_ref().map(|c| c.network),
+        ipv6_subnet: config.ipv6.as_ref().and(first_usable(Family::V6)),
+        mtu,
+        ipmasq,
     }
 }
 
-/// Writes to a temporary file in the same directory, syncs it, and renames it over `path`.
-pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+/// The leased subnets a subnet file records, as a key (base addresses); how a restarted weftd finds its subnet.
+pub fn lease_key(file: &SubnetFile) -> Option<SubnetKey> {
+    let base = |n: Option<IpNetwork>| n.map(|n| IpNetwork::new(n.network(), n.prefix()).expect("prefix is valid"));
+    let key = SubnetKey::new(base(file.subnet), base(file.ipv6_subnet));
+    (key.ipv4.is_some() || key.ipv6.is_some()).then_some(key)
 }
 
 #[cfg(test)]
@@ -156,15 +35,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_flannels_variables_in_order() {
+    fn the_file_carries_the_first_usable_address() {
         let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
         let key: SubnetKey = "10.244.3.0-24".parse().unwrap();
-        let file = SubnetFile::new(&config, &key, 1450, false);
+        let file = for_lease(&config, &key, 1450, false);
         assert_eq!(
             file.render(),
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
-        assert_eq!(file.subnet_key(), Some(key));
+        assert_eq!(lease_key(&file), Some(key));
     }
 
     #[test]
@@ -172,36 +51,8 @@ mod tests {
         let config =
             NetworkConfig::parse(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd42::/56"}"#).unwrap();
         let key: SubnetKey = "10.42.5.0-24&fd42:0:0:5::-64".parse().unwrap();
-        let text = SubnetFile::new(&config, &key, 1450, true).render();
-        assert_eq!(
-            text,
-            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.5.1/24\nFLANNEL_IPV6_NETWORK=fd42::/56\nFLANNEL_IPV6_SUBNET=fd42:0:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
-        );
-        let back = SubnetFile::parse(Path::new("x"), &text).unwrap();
-        assert_eq!(back.subnet_key(), Some(key));
-        assert!(back.ipmasq);
-    }
-
-    #[test]
-    fn parse_errors_name_file_and_line() {
-        let p = Path::new("/run/flannel/subnet.env");
-        let e =
-            SubnetFile::parse(p, "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=nope\nFLANNEL_MTU=1450\n").unwrap_err();
-        assert_eq!(e.to_string(), "subnet file /run/flannel/subnet.env line 2: FLANNEL_SUBNET=\"nope\" is not a CIDR");
-        let e = SubnetFile::parse(p, "FLANNEL_SUBNET=10.244.3.1/24\n").unwrap_err();
-        assert!(e.to_string().contains("FLANNEL_MTU is missing"));
-        let e = SubnetFile::parse(p, "garbage\nFLANNEL_MTU=1\n").unwrap_err();
-        assert!(e.to_string().contains("line 1"));
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_creates_dirs() {
-        let dir = std::env::temp_dir().join(format!("weft-sf-{}", std::process::id()));
-        let path = dir.join("a/b/subnet.env");
-        write_atomically(&path, b"one", 0o644).unwrap();
-        write_atomically(&path, b"two", 0o644).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file left behind");
-        fs::remove_dir_all(dir).unwrap();
+        let file = for_lease(&config, &key, 1450, true);
+        assert_eq!(file.ipv6_subnet.unwrap().to_string(), "fd42:0:0:5::1/64");
+        assert_eq!(lease_key(&file), Some(key));
     }
 }

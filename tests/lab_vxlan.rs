@@ -29,7 +29,7 @@ fn vtep_mac(lab: &TestLab, h: usize) -> String {
 
 /// The lease key (below the subnets prefix) of host `h`, from its subnet file.
 fn lease_key(lab: &TestLab, h: usize) -> String {
-    lab.subnet_env(h).unwrap().subnet_key().expect("subnet file has a subnet").to_string()
+    weft::subnet_file::lease_key(&lab.subnet_env(h).unwrap()).expect("subnet file has a subnet").to_string()
 }
 
 fn etcd_get(lab: &TestLab, key: &str) -> Option<String> {
