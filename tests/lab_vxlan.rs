@@ -360,9 +360,9 @@ fn waits_for_a_missing_config_then_honours_a_reservation() {
 }
 
 #[test]
-fn a_short_lease_ttl_is_kept_alive() {
+fn a_short_lease_ttl_is_kept_alive_and_json_logs_are_json() {
     let lab = TestLab::from_spec(weft::lab::LabSpec {
-        extra_weftd_args: vec!["--subnet-lease-ttl".into(), "3s".into()],
+        extra_weftd_args: vec!["--subnet-lease-ttl".into(), "3s".into(), "--log-format".into(), "json".into()],
         ..TestLab::spec(1)
     });
     let key = lease_key(&lab, 1);
@@ -372,6 +372,16 @@ fn a_short_lease_ttl_is_kept_alive() {
     let id = ids.lines().nth(1).unwrap().trim().to_string();
     let ttl = lab.etcdctl_ok(["lease", "timetolive", &id]).unwrap();
     assert!(ttl.contains("granted with TTL(3s)"), "{ttl}");
+
+    // Every line weftd wrote (the lab adds "--- ... ---" markers of its own) is a JSON object.
+    let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("---")).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(log.contains(r#""message":"acquired subnet lease""#), "{log}");
 }
 
 #[test]
