@@ -5,6 +5,7 @@
 //! so there is no event ordering to get wrong, and a pass with nothing to do performs no operations.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 use weft_backends::kernel::{reconcile, ApplyReport, Kernel, KernelError};
 use weft_backends::vxlan::VxlanBackend;
 
+use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 use crate::registry::{Backoff, LeaseSet};
 
@@ -40,11 +42,12 @@ pub struct Controller<K: Kernel> {
     known_peers: BTreeMap<SubnetKey, Lease>,
     /// Peers the backend refused, to warn once per distinct reason.
     known_skipped: BTreeSet<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl<K: Kernel> Controller<K> {
-    pub fn new(kernel: K, backend: VxlanBackend) -> Self {
-        Controller { kernel, backend, known_peers: BTreeMap::new(), known_skipped: BTreeSet::new() }
+    pub fn new(kernel: K, backend: VxlanBackend, metrics: Arc<Metrics>) -> Self {
+        Controller { kernel, backend, known_peers: BTreeMap::new(), known_skipped: BTreeSet::new(), metrics }
     }
 
     pub fn kernel(&mut self) -> &mut K {
@@ -65,11 +68,26 @@ impl<K: Kernel> Controller<K> {
         let desired = self.backend.desired(&own.to_peer(), &peer_views);
         self.log_skipped(&desired.skipped);
 
-        let report = reconcile(&mut self.kernel, &self.backend.scope(), &desired.state).await?;
+        let started = std::time::Instant::now();
+        let m = &self.metrics;
+        m.peers.store(peers.len() as i64, Ordering::Relaxed);
+        m.skipped_peers.store(desired.skipped.len() as i64, Ordering::Relaxed);
+        m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
+        let report = match reconcile(&mut self.kernel, &self.backend.scope(), &desired.state).await {
+            Ok(report) => report,
+            Err(e) => {
+                m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
+        m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
+        m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
         if !report.applied.is_empty() {
             let ops: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
             match trigger {
                 Trigger::KernelEvent | Trigger::Resync => {
+                    m.drift_repairs.fetch_add(1, Ordering::Relaxed);
                     info!(count = ops.len(), ops = ?ops, "repaired drift in the kernel state")
                 }
                 _ => debug!(count = ops.len(), ops = ?ops, ?trigger, "applied kernel changes"),
@@ -156,5 +174,77 @@ impl<K: Kernel> Controller<K> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+    use weft_backends::fake::FakeKernel;
+    use weft_backends::model::{KernelState, WEFT_ROUTE_PROTOCOL};
+    use weft_backends::vxlan::VxlanConfig;
+    use weft_backends::{Family, Underlay};
+
+    fn lease(key: &str, ip: &str, mac: &str) -> Lease {
+        Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: Some(ip.parse().unwrap()),
+                backend_type: "vxlan".into(),
+                backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap())),
+                ..Default::default()
+            },
+            etcd_lease: 1,
+            mod_revision: 1,
+        }
+    }
+
+    fn controller() -> Controller<FakeKernel> {
+        let underlay = Underlay {
+            name: "eth0".into(),
+            index: 2,
+            mtu: 1500,
+            addresses: vec!["198.18.0.1/24".parse().unwrap()],
+            public_ipv4: None,
+            public_ipv6: None,
+        };
+        let backend = VxlanBackend::prepare(
+            VxlanConfig::default(),
+            underlay,
+            &[Family::V4],
+            &KernelState::default(),
+            WEFT_ROUTE_PROTOCOL,
+        )
+        .unwrap();
+        Controller::new(FakeKernel::new(), backend, Arc::new(Metrics::default()))
+    }
+
+    #[tokio::test]
+    async fn a_pass_programs_peers_but_not_ourselves_and_counts_what_it_did() {
+        let mut c = controller();
+        let own = lease("10.244.1.0-24", "198.18.0.1", "0e:00:00:00:00:01");
+        let mut set = LeaseSet::default();
+        for l in [own.clone(), lease("10.244.2.0-24", "198.18.0.2", "0e:00:00:00:00:02")] {
+            set.leases.insert(l.key, l);
+        }
+        let report = c.pass(&own, &set, Trigger::Startup).await.unwrap();
+        assert_eq!(report.applied.len(), 5, "link, address, neighbour, fdb, route");
+        assert!(!c.kernel().state.routes.contains_key(&"10.244.1.0/24".parse().unwrap()), "no route to ourselves");
+        assert_eq!(c.metrics.peers.load(Ordering::Relaxed), 1);
+        assert_eq!(c.metrics.kernel_ops.load(Ordering::Relaxed), 5);
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 0, "startup work is not drift");
+
+        // Drift: a route vanishes; the resync pass restores it and counts a repair.
+        c.kernel().state.routes.clear();
+        let report = c.pass(&own, &set, Trigger::Resync).await.unwrap();
+        assert_eq!(report.applied.len(), 1);
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1);
+
+        // Nothing changed: nothing done, nothing counted as a repair.
+        let report = c.pass(&own, &set, Trigger::Resync).await.unwrap();
+        assert!(report.applied.is_empty());
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1);
+        assert_eq!(c.metrics.reconcile_passes.load(Ordering::Relaxed), 3);
     }
 }

@@ -21,6 +21,7 @@ use crate::config::NetworkConfig;
 use crate::controller::{Controller, Trigger};
 use crate::etcd::EtcdStore;
 use crate::flags::DaemonArgs;
+use crate::http::{self, Metrics};
 use crate::iface::{self, HostFacts, IfaceOptions};
 use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
@@ -41,6 +42,14 @@ pub enum StartupError {
     SubnetFile(#[from] crate::subnet_file::SubnetFileError),
     #[error("netlink socket: {0}")]
     Netlink(std::io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("--healthz-port: cannot listen on {addr}: {source}")]
+    Healthz {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--ip-masq is not supported by this weftd yet (it installs no masquerade rules); drop the flag, or masquerade with the CNI plugin's ipMasq")]
     IpMasqUnsupported,
 }
@@ -50,8 +59,20 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     if args.ip_masq {
         return Err(StartupError::IpMasqUnsupported);
     }
+    for warning in args.flannel.check().map_err(StartupError::Unsupported)? {
+        warn!("{warning}");
+    }
     let (shutdown_tx, mut shutdown) = watch::channel(false);
     tokio::spawn(wait_for_signal(shutdown_tx));
+    let metrics = Arc::new(Metrics::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.healthz_port != 0 {
+        // Bound before anything else, so /healthz answers while weftd waits for etcd or its config.
+        let addr = std::net::SocketAddr::new(args.healthz_ip, args.healthz_port);
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| StartupError::Healthz { addr, source })?;
+        tasks.spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
+    }
 
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
     let store = EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, user).await?;
@@ -84,21 +105,27 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         backend_v6_data: backend.lease_data(Family::V6),
     };
     let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| subnet_file::lease_key(&f));
-    let manager =
-        Arc::new(LeaseManager { store: store.clone(), config: config.clone(), attrs, ttl: args.subnet_lease_ttl });
+    let manager = Arc::new(LeaseManager {
+        store: store.clone(),
+        config: config.clone(),
+        attrs,
+        ttl: args.subnet_lease_ttl,
+        metrics: metrics.clone(),
+    });
     let Some(own) = manager.acquire(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
 
     // Program the current peers before announcing readiness, so the first container has a working network.
     let listing = list_with_retry(&store, &mut shutdown).await;
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
-    let mut controller = Controller::new(kernel, backend);
+    let mut controller = Controller::new(kernel, backend, metrics.clone());
     match controller.pass(&own, &LeaseSet::from_listing(&listing), Trigger::Startup).await {
         Ok(report) if report.is_clean() => {}
         Ok(_) => warn!("some kernel operations failed at startup; the reconcile loop retries them"),
         Err(e) => warn!(error = %e, "could not program the kernel at startup; the reconcile loop retries"),
     }
     subnet_file::for_lease(&config, &own.key, mtu, args.ip_masq).write(&args.subnet_file)?;
+    metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
 
     let (own_tx, own_rx) = watch::channel(own.clone());
@@ -108,8 +135,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         mpsc::unbounded_channel().1
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(registry::run(store.clone(), listing, leases_tx, shutdown.clone()));
+    tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
     tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
     tasks.spawn(rewrite_subnet_file_on_change(config.clone(), args.clone(), mtu, own_rx.clone(), shutdown.clone()));
     tasks.spawn(controller.run(own_rx, leases_rx, kernel_events, args.resync_interval, shutdown.clone()));

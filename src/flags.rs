@@ -81,6 +81,72 @@ pub struct DaemonArgs {
     /// log filter, e.g. info, debug, weft=debug (RUST_LOG syntax)
     #[arg(long, env = "WEFTD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// address for /healthz, /readyz and /metrics
+    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+
+    /// port for /healthz, /readyz and /metrics (0: off)
+    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+
+    #[command(flatten)]
+    pub flannel: FlannelOnlyArgs,
+}
+
+/// flanneld flags weftd has no use for. Accepted so an existing flanneld command line keeps working, and each
+/// one given is reported at startup: ignored with a warning, or refused when silently ignoring it would hide a
+/// real difference in behaviour.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FlannelOnlyArgs {
+    /// flannel renews its lease this many minutes before expiry; weftd keeps it alive continuously
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", hide = true)]
+    pub subnet_lease_renew_margin: Option<u32>,
+    #[arg(long, env = "WEFTD_IPTABLES_RESYNC", hide = true)]
+    pub iptables_resync: Option<u32>,
+    #[arg(long, env = "WEFTD_IPTABLES_FORWARD_RULES", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub iptables_forward_rules: Option<bool>,
+    /// klog verbosity
+    #[arg(short = 'v', long = "v", env = "WEFTD_V", hide = true)]
+    pub verbosity: Option<u8>,
+    #[arg(long, env = "WEFTD_KUBE_SUBNET_MGR", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub kube_subnet_mgr: Option<bool>,
+    #[arg(long, env = "WEFTD_ETCD_KEYFILE", hide = true)]
+    pub etcd_keyfile: Option<PathBuf>,
+    #[arg(long, env = "WEFTD_ETCD_CERTFILE", hide = true)]
+    pub etcd_certfile: Option<PathBuf>,
+    #[arg(long, env = "WEFTD_ETCD_CAFILE", hide = true)]
+    pub etcd_cafile: Option<PathBuf>,
+}
+
+impl FlannelOnlyArgs {
+    /// Warnings for the flags weftd ignores, or the reason it refuses to start.
+    pub fn check(&self) -> Result<Vec<String>, String> {
+        if self.kube_subnet_mgr == Some(true) {
+            return Err("--kube-subnet-mgr is not supported: weftd leases subnets from etcd only".into());
+        }
+        if let Some(flag) = [
+            ("--etcd-cafile", &self.etcd_cafile),
+            ("--etcd-certfile", &self.etcd_certfile),
+            ("--etcd-keyfile", &self.etcd_keyfile),
+        ]
+        .iter()
+        .find_map(|(flag, value)| value.as_ref().map(|_| flag))
+        {
+            return Err(format!("{flag}: TLS to etcd is not supported by this weftd yet; use an http:// endpoint"));
+        }
+        let mut warnings = Vec::new();
+        if self.subnet_lease_renew_margin.is_some() {
+            warnings.push("--subnet-lease-renew-margin is ignored: weftd keeps its lease alive continuously".into());
+        }
+        if self.iptables_resync.is_some() || self.iptables_forward_rules.is_some() {
+            warnings.push("--iptables-resync/--iptables-forward-rules are ignored: weftd installs no iptables rules; allow forwarding of the cluster network yourself if FORWARD's policy is DROP".into());
+        }
+        if self.verbosity.is_some() {
+            warnings.push("-v is ignored: use --log-level debug".into());
+        }
+        Ok(warnings)
+    }
 }
 
 /// Copies each `FLANNELD_<FLAG>` variable to `WEFTD_<FLAG>` unless that is set already. Call before any thread
@@ -166,6 +232,26 @@ mod tests {
     fn repeatable_and_comma_separated_ifaces() {
         let args = DaemonArgs::try_parse_from(["weftd", "--iface", "eth1,eth0", "--iface", "198.18.0.1"]).unwrap();
         assert_eq!(args.iface, vec!["eth1", "eth0", "198.18.0.1"]);
+    }
+
+    #[test]
+    fn a_flanneld_command_line_is_accepted() {
+        let args = DaemonArgs::try_parse_from([
+            "weftd",
+            "--etcd-endpoints=http://10.0.0.5:2379",
+            "--iface=eth1",
+            "--subnet-lease-renew-margin=60",
+            "--iptables-resync=5",
+            "--healthz-port=8081",
+            "-v=2",
+        ])
+        .unwrap();
+        assert_eq!(args.healthz_port, 8081);
+        assert_eq!(args.flannel.check().unwrap().len(), 3);
+        let kube = DaemonArgs::try_parse_from(["weftd", "--kube-subnet-mgr"]).unwrap();
+        assert!(kube.flannel.check().unwrap_err().contains("--kube-subnet-mgr"));
+        let tls = DaemonArgs::try_parse_from(["weftd", "--etcd-cafile", "/etc/ca.pem"]).unwrap();
+        assert!(tls.flannel.check().unwrap_err().starts_with("--etcd-cafile"));
     }
 
     #[test]

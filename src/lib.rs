@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod etcd;
 pub mod flags;
+pub mod http;
 pub mod iface;
 pub mod ipmath;
 pub mod lab;

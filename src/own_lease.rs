@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::alloc::{self, Choice, Identity};
 use crate::config::NetworkConfig;
 use crate::etcd::{EtcdStore, StoreError};
+use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::{Backoff, LeaseSet};
 
@@ -33,6 +34,7 @@ pub struct LeaseManager {
     pub config: NetworkConfig,
     pub attrs: LeaseAttrs,
     pub ttl: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl LeaseManager {
@@ -73,6 +75,8 @@ impl LeaseManager {
             match self.acquire_once(preferred).await {
                 Ok(lease) => {
                     let kind = if lease.is_reservation() { "reservation" } else { "lease" };
+                    self.metrics.lease_acquisitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    *self.metrics.subnet.lock().unwrap_or_else(|e| e.into_inner()) = lease.key.to_string();
                     info!(subnet = %lease.key, etcd_lease = format_args!("{:x}", lease.etcd_lease), "acquired subnet {kind}");
                     return Some(lease);
                 }

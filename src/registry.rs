@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::etcd::{Change, EtcdStore, Listing, StoreError, WatchBatch};
+use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 
 /// Every lease as of `revision`.
@@ -76,6 +77,7 @@ pub async fn run(
     store: EtcdStore,
     initial: Listing,
     tx: watch::Sender<Arc<LeaseSet>>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut set = LeaseSet::from_listing(&initial);
@@ -87,8 +89,9 @@ pub async fn run(
     loop {
         let outcome = tokio::select! {
             _ = shutdown.changed() => return,
-            outcome = follow(&store, &mut set, &tx, &mut lost_since, &mut backoff) => outcome,
+            outcome = follow(&store, &mut set, &tx, &mut lost_since, &mut backoff, &metrics) => outcome,
         };
+        metrics.etcd_connected.store(false, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(Resume::Relist) => {}
             Err(e) => {
@@ -130,8 +133,10 @@ async fn follow(
     tx: &watch::Sender<Arc<LeaseSet>>,
     lost_since: &mut Option<tokio::time::Instant>,
     backoff: &mut Backoff,
+    metrics: &Metrics,
 ) -> Result<Resume, StoreError> {
     let mut watch = store.watch_leases(set.revision + 1).await?;
+    metrics.etcd_connected.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(since) = lost_since.take() {
         info!(outage = ?since.elapsed(), "etcd connection regained; leases resynced");
     }

@@ -428,3 +428,30 @@ fn a_dead_etcd_endpoint_in_the_list_does_not_matter() {
     });
     eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
 }
+
+#[test]
+fn health_readiness_and_metrics_are_served_and_flannel_flags_accepted() {
+    let lab = TestLab::from_spec(weft::lab::LabSpec {
+        // A flanneld command line's extra flags: accepted, reported, harmless.
+        extra_weftd_args: ["--healthz-port", "9101", "--subnet-lease-renew-margin", "60", "--iptables-resync", "5"]
+            .map(String::from)
+            .to_vec(),
+        ..TestLab::spec(2)
+    });
+    let get = |path: &str| -> String {
+        host(&lab, 1, &["curl", "-s", "-w", " %{http_code}", &format!("http://127.0.0.1:9101{path}")])
+    };
+    assert_eq!(get("/healthz"), "ok\n 200");
+    assert_eq!(get("/readyz"), "ready\n 200");
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        let metrics = get("/metrics");
+        let key = lease_key(&lab, 1);
+        let want = ["weft_ready 1", "weft_etcd_connected 1", "weft_peers 1", &format!("weft_lease_info{{subnet=\"{key}\"}} 1")];
+        match want.iter().find(|w| !metrics.contains(*w)) {
+            None => Ok(()),
+            Some(missing) => Err(format!("{missing} not in:\n{metrics}")),
+        }
+    });
+    let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
+    assert!(log.contains("--subnet-lease-renew-margin is ignored"), "{log}");
+}

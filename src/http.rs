@@ -1,0 +1,180 @@
+//! Health, readiness and Prometheus metrics over plain HTTP (flannel's `--healthz-ip`/`--healthz-port`).
+//!
+//! `GET /healthz` answers 200 while the process runs; `GET /readyz` answers 200 once the subnet file is written
+//! and the kernel programmed, 503 before; `GET /metrics` is Prometheus text. A hand-rolled HTTP/1.1 responder:
+//! three fixed GET routes do not justify an HTTP stack in the daemon.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Counters and gauges the daemon's tasks update; rendered on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ready: AtomicBool,
+    pub etcd_connected: AtomicBool,
+    pub peers: AtomicI64,
+    pub skipped_peers: AtomicI64,
+    pub reconcile_passes: AtomicU64,
+    pub reconcile_failures: AtomicU64,
+    pub drift_repairs: AtomicU64,
+    pub kernel_ops: AtomicU64,
+    pub kernel_op_failures: AtomicU64,
+    pub lease_acquisitions: AtomicU64,
+    /// The subnet key we hold, as a label.
+    pub subnet: Mutex<String>,
+    pub last_reconcile_seconds: Mutex<f64>,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
+        let gauges = [
+            ("weft_ready", "1 once the subnet file is written and the kernel programmed.", flag(&self.ready)),
+            ("weft_etcd_connected", "1 while the etcd watch is established.", flag(&self.etcd_connected)),
+            (
+                "weft_peers",
+                "Other hosts' leases in the current lease set.",
+                self.peers.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "weft_peers_skipped",
+                "Peer leases the backend cannot use (wrong type, malformed data).",
+                self.skipped_peers.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "weft_last_reconcile_duration_seconds",
+                "Duration of the last reconcile pass.",
+                lock(&self.last_reconcile_seconds).to_string(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            sample(&mut out, name, "gauge", help, "", &value);
+        }
+        let counters = [
+            ("weft_reconcile_passes_total", "Reconcile passes run.", &self.reconcile_passes),
+            ("weft_reconcile_failures_total", "Passes that could not observe the kernel.", &self.reconcile_failures),
+            ("weft_drift_repairs_total", "Passes that repaired state changed behind weft's back.", &self.drift_repairs),
+            ("weft_kernel_operations_total", "Kernel operations applied.", &self.kernel_ops),
+            ("weft_kernel_operation_failures_total", "Kernel operations that failed.", &self.kernel_op_failures),
+            (
+                "weft_lease_acquisitions_total",
+                "Subnet leases acquired (1 at start, more after a lease was lost).",
+                &self.lease_acquisitions,
+            ),
+        ];
+        for (name, help, value) in counters {
+            sample(&mut out, name, "counter", help, "", &value.load(Ordering::Relaxed).to_string());
+        }
+        let subnet = lock(&self.subnet).clone();
+        sample(
+            &mut out,
+            "weft_lease_info",
+            "gauge",
+            "The subnet lease this host holds.",
+            &format!("{{subnet=\"{subnet}\"}}"),
+            "1",
+        );
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One metric in Prometheus text format: HELP, TYPE and a single sample.
+fn sample(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}");
+}
+
+/// Serves on a bound listener until shutdown.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = respond(stream, &metrics).await {
+                            debug!(%peer, error = %e, "health/metrics request failed");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "accepting a health/metrics connection failed"),
+            },
+        }
+    }
+}
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await.unwrap_or(Ok(0))?;
+    let request = String::from_utf8_lossy(&buf[..n]);
+    let (status, content_type, body) = route(request.lines().next().unwrap_or_default(), metrics);
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// The response for a request line such as `GET /readyz HTTP/1.1`.
+pub fn route(request_line: &str, metrics: &Metrics) -> (&'static str, &'static str, String) {
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let path = path.split('?').next().unwrap_or_default();
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match (method, path) {
+        ("GET", "/healthz") => ("200 OK", TEXT, "ok\n".into()),
+        ("GET", "/readyz") if metrics.ready.load(Ordering::Relaxed) => ("200 OK", TEXT, "ready\n".into()),
+        ("GET", "/readyz") => ("503 Service Unavailable", TEXT, "not ready: no subnet lease programmed yet\n".into()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        ("GET", _) => ("404 Not Found", TEXT, "try /healthz, /readyz or /metrics\n".into()),
+        _ => ("405 Method Not Allowed", TEXT, "only GET\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let m = Metrics::default();
+        assert_eq!(route("GET /healthz HTTP/1.1", &m).0, "200 OK");
+        assert_eq!(route("GET /readyz HTTP/1.1", &m).0, "503 Service Unavailable");
+        m.ready.store(true, Ordering::Relaxed);
+        assert_eq!(route("GET /readyz?verbose HTTP/1.1", &m).0, "200 OK");
+        assert_eq!(route("GET /nope HTTP/1.1", &m).0, "404 Not Found");
+        assert_eq!(route("POST /healthz HTTP/1.1", &m).0, "405 Method Not Allowed");
+        assert_eq!(route("", &m).0, "405 Method Not Allowed");
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let m = Metrics::default();
+        m.peers.store(3, Ordering::Relaxed);
+        m.kernel_ops.store(9, Ordering::Relaxed);
+        *m.subnet.lock().unwrap() = "10.244.3.0-24".into();
+        let text = m.render();
+        assert!(text.contains("# TYPE weft_peers gauge\nweft_peers 3\n"), "{text}");
+        assert!(text.contains("weft_kernel_operations_total 9\n"), "{text}");
+        assert!(text.contains("weft_lease_info{subnet=\"10.244.3.0-24\"} 1\n"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "sample without a number: {line:?}");
+        }
+    }
+}
