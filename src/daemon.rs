@@ -126,6 +126,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     }
     subnet_file::for_lease(&config, &own.key, mtu, args.ip_masq).write(&args.subnet_file)?;
     metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = crate::sd_notify::notify("READY=1") {
+        warn!(error = %e, "cannot notify systemd of readiness");
+    }
     info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
 
     let (own_tx, own_rx) = watch::channel(own.clone());

@@ -16,4 +16,5 @@ pub mod lease;
 pub mod logging;
 pub mod own_lease;
 pub mod registry;
+pub mod sd_notify;
 pub mod subnet_file;
