@@ -119,10 +119,21 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let mut controller = Controller::new(kernel, backend, metrics.clone());
-    match controller.pass(&own, &LeaseSet::from_listing(&listing), Trigger::Startup).await {
-        Ok(report) if report.is_clean() => {}
-        Ok(_) => warn!("some kernel operations failed at startup; the reconcile loop retries them"),
-        Err(e) => warn!(error = %e, "could not program the kernel at startup; the reconcile loop retries"),
+    // One copy of the set serves the startup pass and then the watch channel.
+    let initial_set = Arc::new(LeaseSet::from_listing(&listing));
+    let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
+        Ok(report) if report.is_clean() => report.applied.len(),
+        Ok(report) => {
+            warn!("some kernel operations failed at startup; the reconcile loop retries them");
+            report.applied.len()
+        }
+        Err(e) => {
+            warn!(error = %e, "could not program the kernel at startup; the reconcile loop retries");
+            0
+        }
+    };
+    if applied >= crate::controller::RELEASE_MEMORY_AFTER_OPS {
+        crate::controller::release_freed_memory();
     }
     subnet_file::for_lease(&config, &own.key, mtu, args.ip_masq).write(&args.subnet_file)?;
     metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -132,7 +143,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
 
     let (own_tx, own_rx) = watch::channel(own.clone());
-    let (leases_tx, leases_rx) = watch::channel(Arc::new(LeaseSet::from_listing(&listing)));
+    let (leases_tx, leases_rx) = watch::channel(initial_set);
     let kernel_events = netlink::watch_deletions(controller.scope()).unwrap_or_else(|e| {
         warn!(error = %e, "cannot subscribe to netlink notifications; drift is repaired on the periodic resync only");
         mpsc::unbounded_channel().1

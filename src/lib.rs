@@ -2,6 +2,8 @@
 //! selection and the reconcile loop that drives a data-plane backend from `weft-backends`.
 
 pub mod alloc;
+pub mod bench;
+pub mod cni_install;
 pub mod config;
 pub mod controller;
 pub mod ctl;

@@ -80,23 +80,30 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut set = LeaseSet::from_listing(&initial);
     report_problems(&initial.problems);
-    tx.send_replace(Arc::new(set.clone()));
+    // The channel holds the only long-lived copy of the set (10,000 leases are megabytes): changes are applied in
+    // place, copy-on-write while a consumer still holds the previous version. The daemon normally created the
+    // channel from this very listing; a set from another revision is replaced.
+    if tx.borrow().revision == initial.revision {
+        tx.send_modify(|_| {});
+    } else {
+        tx.send_replace(Arc::new(LeaseSet::from_listing(&initial)));
+    }
+    drop(initial);
     let mut backoff = Backoff::etcd();
     let mut lost_since: Option<tokio::time::Instant> = None;
 
     loop {
         let outcome = tokio::select! {
             _ = shutdown.changed() => return,
-            outcome = follow(&store, &mut set, &tx, &mut lost_since, &mut backoff, &metrics) => outcome,
+            outcome = follow(&store, &tx, &mut lost_since, &mut backoff, &metrics) => outcome,
         };
         metrics.etcd_connected.store(false, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(Resume::Relist) => {}
             Err(e) => {
                 if lost_since.is_none() {
-                    warn!(error = %e, "lost the etcd connection; keeping the last known {} leases and the data plane as they are", set.leases.len());
+                    warn!(error = %e, "lost the etcd connection; keeping the last known {} leases and the data plane as they are", tx.borrow().leases.len());
                     lost_since = Some(tokio::time::Instant::now());
                 } else {
                     debug!(error = %e, "etcd still unreachable");
@@ -113,9 +120,8 @@ pub async fn run(
             Ok(listing) => {
                 report_problems(&listing.problems);
                 let fresh = LeaseSet::from_listing(&listing);
-                log_resync(&set, &fresh);
-                set = fresh;
-                tx.send_replace(Arc::new(set.clone()));
+                log_resync(&tx.borrow(), &fresh);
+                tx.send_replace(Arc::new(fresh));
             }
             Err(e) => debug!(error = %e, "relist failed"),
         }
@@ -129,13 +135,13 @@ enum Resume {
 /// Watches from the set's revision and applies changes until the watch breaks.
 async fn follow(
     store: &EtcdStore,
-    set: &mut LeaseSet,
     tx: &watch::Sender<Arc<LeaseSet>>,
     lost_since: &mut Option<tokio::time::Instant>,
     backoff: &mut Backoff,
     metrics: &Metrics,
 ) -> Result<Resume, StoreError> {
-    let mut watch = store.watch_leases(set.revision + 1).await?;
+    let revision = tx.borrow().revision;
+    let mut watch = store.watch_leases(revision + 1).await?;
     metrics.etcd_connected.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(since) = lost_since.take() {
         info!(outage = ?since.elapsed(), "etcd connection regained; leases resynced");
@@ -154,8 +160,7 @@ async fn follow(
                         warn!("{p}");
                     }
                 }
-                set.apply(&changes, revision);
-                tx.send_replace(Arc::new(set.clone()));
+                tx.send_modify(|set| Arc::make_mut(set).apply(&changes, revision));
             }
         }
     }

@@ -446,7 +446,12 @@ fn health_readiness_and_metrics_are_served_and_flannel_flags_accepted() {
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let metrics = get("/metrics");
         let key = lease_key(&lab, 1);
-        let want = ["weft_ready 1", "weft_etcd_connected 1", "weft_peers 1", &format!("weft_lease_info{{subnet=\"{key}\"}} 1")];
+        let want = [
+            "weft_ready 1",
+            "weft_etcd_connected 1",
+            "weft_peers 1",
+            &format!("weft_lease_info{{subnet=\"{key}\"}} 1"),
+        ];
         match want.iter().find(|w| !metrics.contains(*w)) {
             None => Ok(()),
             Some(missing) => Err(format!("{missing} not in:\n{metrics}")),

@@ -38,6 +38,18 @@ pub trait Kernel: Send {
 
     /// Applies one operation. Replace and delete operations are idempotent: deleting what is already gone succeeds.
     fn apply(&mut self, op: &Op) -> impl Future<Output = Result<(), KernelError>> + Send;
+
+    /// Applies operations that do not depend on each other and returns one result per op, in order. The default
+    /// applies them one by one; a kernel may overlap them (many requests in flight on one socket).
+    fn apply_all(&mut self, ops: &[Op]) -> impl Future<Output = Vec<Result<(), KernelError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                results.push(self.apply(op).await);
+            }
+            results
+        }
+    }
 }
 
 /// The outcome of one reconcile pass.
@@ -63,10 +75,22 @@ pub async fn reconcile<K: Kernel>(
     let observed = kernel.observe(scope).await?;
     let ops = crate::diff::diff(desired, &observed);
     let mut report = ApplyReport::default();
-    for op in ops {
-        match kernel.apply(&op).await {
-            Ok(()) => report.applied.push(op),
-            Err(e) => report.failed.push((op, e)),
+    // A run of operations of one kind touches distinct keys, so its operations are independent and may overlap.
+    // The runs themselves stay in the diff's order: links first, a route after its neighbour and FDB entry,
+    // every addition before any deletion.
+    let mut ops = ops.into_iter().peekable();
+    while let Some(first) = ops.next() {
+        let kind = first.kind();
+        let mut phase = vec![first];
+        while let Some(op) = ops.next_if(|op| op.kind() == kind) {
+            phase.push(op);
+        }
+        let results = kernel.apply_all(&phase).await;
+        for (op, result) in phase.into_iter().zip(results) {
+            match result {
+                Ok(()) => report.applied.push(op),
+                Err(e) => report.failed.push((op, e)),
+            }
         }
     }
     Ok(report)

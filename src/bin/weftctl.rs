@@ -29,12 +29,19 @@ enum Command {
     /// A multi-host lab in network namespaces with a real etcd
     #[command(subcommand)]
     Lab(weft::lab::cli::LabCommand),
+    /// The CNI plugin: install it, or time it against bridge + host-local
+    #[command(subcommand)]
+    Cni(weft::cni_install::CniCommand),
+    /// Run the benchmark suite in lab namespaces (root): one table, raw JSON and a convergence plot
+    Bench(weft::bench::cli::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Lab(cmd) => weft::lab::cli::run(cmd.clone()).map_err(|e| e.to_string()),
+        Command::Cni(cmd) => weft::cni_install::run(cmd),
+        Command::Bench(args) => weft::bench::cli::run(args),
         Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
     };

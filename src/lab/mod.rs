@@ -8,8 +8,8 @@
 //! wl-x-u   br0 198.18.0.254/24, etcd on 198.18.0.254:2379 and 127.0.0.1:2379
 //!   | vethN (enslaved to br0)
 //! wl-x-hN  eth0 198.18.0.N/24, ip_forward=1, weftd, cni0 = FLANNEL_SUBNET's address
-//!   | veth-cN (enslaved to cni0)
-//! wl-x-cN  eth0 = gateway + 1, default route via the gateway
+//!   | veth… (enslaved to cni0), made by the CNI plugin `weft`
+//! wl-x-cN  eth0 = an address from the host's subnet, default route via the gateway
 //! ```
 //!
 //! Everything lives in namespaces the lab creates: nothing is ever added to
@@ -84,6 +84,10 @@ pub struct LabSpec {
     pub network: String,
     /// The weftd binary.
     pub weftd: PathBuf,
+    /// The CNI plugin binary `weft` that attaches the containers (run exactly as a runtime runs it). Empty means
+    /// the `weft` next to weftd, where cargo and `cargo install` put it.
+    #[serde(default)]
+    pub cni_plugin: PathBuf,
     /// Parent of the lab's state directory.
     pub state_root: PathBuf,
     /// Appended to every weftd command line.
@@ -99,6 +103,11 @@ fn default_true() -> bool {
     true
 }
 
+/// The `weft` CNI plugin next to `weftd`.
+pub fn default_cni_plugin(weftd: &Path) -> PathBuf {
+    weftd.with_file_name("weft")
+}
+
 impl LabSpec {
     /// A spec with the default backend, network and state root.
     pub fn new(name: impl Into<String>, hosts: usize, weftd: impl Into<PathBuf>) -> LabSpec {
@@ -108,9 +117,19 @@ impl LabSpec {
             backend: DEFAULT_BACKEND.to_string(),
             network: DEFAULT_NETWORK.to_string(),
             weftd: weftd.into(),
+            cni_plugin: PathBuf::new(),
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             extra_weftd_args: Vec::new(),
             start_weftd: true,
+        }
+    }
+
+    /// The CNI plugin this lab runs: `cni_plugin`, or the `weft` next to weftd.
+    pub fn cni_plugin_path(&self) -> PathBuf {
+        if self.cni_plugin.as_os_str().is_empty() {
+            default_cni_plugin(&self.weftd)
+        } else {
+            self.cni_plugin.clone()
         }
     }
 
@@ -130,6 +149,12 @@ impl LabSpec {
         }
         if self.start_weftd && !self.weftd.is_file() {
             return invalid(format!("weftd binary {} does not exist", self.weftd.display()));
+        }
+        if self.start_weftd && !self.cni_plugin_path().is_file() {
+            return invalid(format!(
+                "CNI plugin {} does not exist (build it: cargo build --bin weft)",
+                self.cni_plugin_path().display()
+            ));
         }
         Ok(())
     }
@@ -210,6 +235,9 @@ impl Lab {
         if spec.start_weftd || spec.weftd.exists() {
             spec.weftd = std::fs::canonicalize(&spec.weftd)
                 .map_err(|e| LabError::io(format!("resolving {}", spec.weftd.display()), e))?;
+        }
+        if let Ok(plugin) = std::fs::canonicalize(spec.cni_plugin_path()) {
+            spec.cni_plugin = plugin;
         }
         let dir = spec.state_root.join(&spec.name);
         match std::fs::create_dir(&dir) {

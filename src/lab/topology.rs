@@ -1,9 +1,12 @@
 //! Namespaces, veths and bridges. Every veth is created with both ends
 //! already in lab namespaces, so no interface ever shows up in the root
-//! namespace.
+//! namespace. Containers are attached by the CNI plugin, run like a runtime
+//! runs it.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::Stdio;
 
 use super::addr::{ETCD_IP, UNDERLAY_PREFIX_LEN};
 use super::cmd::{self, ip_batch, Tool};
@@ -15,10 +18,10 @@ pub(crate) fn netns_file(ns: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(ns)
 }
 
-/// Host-side name of the veth leading to host `host`'s container.
-fn container_peer(host: usize) -> String {
-    format!("veth-c{host}")
-}
+/// The CNI network name the lab's containers are attached to.
+pub const CNI_NETWORK: &str = "weft-lab";
+/// Where Debian's containernetworking-plugins live; on CNI_PATH as a runtime would have it.
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 impl Lab {
     /// Creates namespace `ns`, recording it first: if this process dies
@@ -104,62 +107,39 @@ impl Lab {
         self.attach_container_with(host, &env)
     }
 
-    /// The one place that knows how a container is attached (a bridge
-    /// cni0 on the host, a veth into the container namespace), so that it
-    /// can be swapped for the CNI plugin later.
+    /// The one place that knows how a container is attached: the lab creates the container's netns and runs the
+    /// CNI plugin `weft` in the host's netns exactly as a container runtime does (CNI_* variables, the network
+    /// config on stdin, the result on stdout). The plugin reads the host's subnet.env itself.
     pub(crate) fn attach_container_with(&self, host: usize, env: &SubnetFile) -> Result<Ipv4Addr> {
         self.detach_container(host)?;
-        let (gateway, len, ip) =
-            container_address(env).map_err(|reason| LabError::SubnetEnv { path: self.subnet_file(host), reason })?;
-        let (host_ns, container_ns) = (self.host_ns(host), self.container_ns(host));
-        let mtu = env.mtu;
-        let peer = container_peer(host);
-        ip_batch(
-            Some(&host_ns),
-            &[
-                "link add cni0 type bridge".to_string(),
-                format!("link set cni0 mtu {mtu}"),
-                format!("addr add {gateway}/{len} dev cni0"),
-                "link set cni0 up".to_string(),
-            ],
-        )?;
+        if !matches!(env.subnet, Some(ipnetwork::IpNetwork::V4(_))) {
+            return Err(LabError::SubnetEnv {
+                path: self.subnet_file(host),
+                reason: "FLANNEL_SUBNET is missing or not IPv4".into(),
+            });
+        }
+        let container_ns = self.container_ns(host);
         self.create_namespace(&container_ns)?;
-        cmd::ip([
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &container_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &host_ns,
-        ])?;
-        ip_batch(Some(&host_ns), &[format!("link set {peer} mtu {mtu} master cni0 up")])?;
-        ip_batch(
-            Some(&container_ns),
-            &[
-                "link set lo up".to_string(),
-                format!("link set eth0 mtu {mtu}"),
-                format!("addr add {ip}/{len} dev eth0"),
-                "link set eth0 up".to_string(),
-                format!("route add default via {gateway}"),
-            ],
-        )?;
+        let result = self.run_cni(host, "ADD")?;
+        let ip = container_ipv4(&result).ok_or_else(|| LabError::CommandFailed {
+            command: format!("CNI ADD for {container_ns}"),
+            status: "exit status: 0".into(),
+            stderr: format!("the result has no IPv4 address: {result}"),
+        })?;
+        ip_batch(Some(&container_ns), &["link set lo up".to_string()])?;
         self.update(|rt| rt.hosts[host - 1].container_ip = Some(ip))?;
         Ok(ip)
     }
 
-    /// Removes host `host`'s container namespace (which takes its veth
-    /// along) and the host's cni0 bridge. A no-op when nothing is attached.
+    /// Removes host `host`'s container: CNI DEL as a runtime would send it, then its namespace, then the host's
+    /// cni0 bridge (so that a new subnet gets a fresh gateway address). A no-op when nothing is attached.
     pub fn detach_container(&self, host: usize) -> Result<()> {
         self.check_host(host)?;
         let container_ns = self.container_ns(host);
         if self.owns_namespace(&container_ns) {
+            let deleted = self.run_cni(host, "DEL");
             self.delete_namespace(&container_ns)?;
+            deleted?;
         }
         self.update(|rt| rt.hosts[host - 1].container_ip = None)?;
         let host_ns = self.host_ns(host);
@@ -169,6 +149,53 @@ impl Lab {
         Ok(())
     }
 
+    /// The network config the lab hands the plugin: host `host`'s subnet.env, and the IPAM store in the host's
+    /// state directory (so the lab never writes to /var/lib/cni).
+    fn cni_config(&self, host: usize) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": CNI_NETWORK,
+            "type": "weft",
+            "subnetFile": self.subnet_file(host),
+            "ipMasq": false,
+            "ipam": {"dataDir": self.host_dir(host).join("cni-ipam")},
+        })
+        .to_string()
+    }
+
+    /// Runs the CNI plugin for host `host`'s container with `CNI_COMMAND=command`; returns its stdout.
+    fn run_cni(&self, host: usize, command: &str) -> Result<String> {
+        let plugin = self.spec.cni_plugin_path();
+        let cni_path =
+            std::env::join_paths(plugin.parent().into_iter().chain([std::path::Path::new(REFERENCE_PLUGINS)]))
+                .map_err(|e| LabError::InvalidSpec(format!("CNI plugin path {}: {e}", plugin.display())))?;
+        let mut child = cmd::in_netns(&self.host_ns(host), &plugin)?;
+        child
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("{}-h{host}", self.spec.name))
+            .env("CNI_NETNS", netns_file(&self.container_ns(host)))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let text = format!("CNI {command}: {}", cmd::describe(&child));
+        let spawn_error = |source| LabError::Spawn { command: text.clone(), source };
+        let mut running = child.spawn().map_err(spawn_error)?;
+        let written = running.stdin.take().map(|mut stdin| stdin.write_all(self.cni_config(host).as_bytes()));
+        let out = running.wait_with_output().map_err(spawn_error)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(LabError::CommandFailed {
+                command: text,
+                status: out.status.to_string(),
+                stderr: format!("{}{}", stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        written.unwrap_or(Ok(())).map_err(spawn_error)?;
+        Ok(stdout)
+    }
+
     fn has_link(&self, ns: &str, link: &str) -> Result<bool> {
         let mut command = std::process::Command::new(Tool::Ip.path()?);
         command.args(["-n", ns, "link", "show", "dev", link]);
@@ -176,38 +203,25 @@ impl Lab {
     }
 }
 
-/// The host's gateway on cni0 (FLANNEL_SUBNET's address), its prefix length, and the address of the host's one
-/// container: the address after the gateway, which must still be a host address of the subnet.
-pub(crate) fn container_address(env: &SubnetFile) -> std::result::Result<(Ipv4Addr, u8, Ipv4Addr), String> {
-    let Some(ipnetwork::IpNetwork::V4(subnet)) = env.subnet else {
-        return Err("FLANNEL_SUBNET is missing or not IPv4".into());
-    };
-    let gateway = subnet.ip();
-    let container =
-        u32::from(gateway).checked_add(1).map(Ipv4Addr::from).ok_or("the gateway is the last IPv4 address")?;
-    if subnet.contains(container) && container != subnet.broadcast() && subnet.prefix() < 31 {
-        Ok((gateway, subnet.prefix(), container))
-    } else {
-        Err(format!("subnet {subnet} has no room for a container after gateway {gateway}"))
-    }
+/// The first IPv4 address of a CNI result.
+fn container_ipv4(result: &str) -> Option<Ipv4Addr> {
+    let value: serde_json::Value = serde_json::from_str(result).ok()?;
+    value["ips"].as_array()?.iter().find_map(|ip| {
+        let address = ip["address"].as_str()?;
+        address.split('/').next()?.parse().ok()
+    })
 }
 
 #[cfg(test)]
-mod address_tests {
+mod result_tests {
     use super::*;
 
-    fn file(subnet: &str) -> SubnetFile {
-        let text = format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\n");
-        SubnetFile::parse(std::path::Path::new("subnet.env"), &text).unwrap()
-    }
-
     #[test]
-    fn the_container_takes_the_address_after_the_gateway() {
-        assert_eq!(
-            container_address(&file("10.244.3.1/24")).unwrap(),
-            ("10.244.3.1".parse().unwrap(), 24, "10.244.3.2".parse().unwrap())
-        );
-        assert!(container_address(&file("10.244.3.254/24")).unwrap_err().contains("no room"));
-        assert!(container_address(&file("10.244.3.1/31")).is_err());
+    fn the_container_address_comes_from_the_cni_result() {
+        let result =
+            r#"{"cniVersion":"1.0.0","ips":[{"address":"fd00::2/64"},{"address":"10.244.3.2/24","interface":2}]}"#;
+        assert_eq!(container_ipv4(result), Some("10.244.3.2".parse().unwrap()));
+        assert_eq!(container_ipv4(r#"{"ips":[]}"#), None);
+        assert_eq!(container_ipv4("not json"), None);
     }
 }

@@ -1,0 +1,83 @@
+//! `weftctl bench` arguments and the command itself.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{BenchOptions, SECTIONS};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Smoke version: 100 peers, one short iperf3 run per path, tiny incremental and churn runs
+    #[arg(long)]
+    pub quick: bool,
+    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,cni (default: all)
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Directory for <timestamp>.json and <timestamp>.svg
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Cold-start peer counts (default 100,1000,5000,10000; --quick: 100)
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Repetitions of each cold start and iperf3 run (default 3; --quick: 1)
+    #[arg(long, default_value_t = 0)]
+    pub reps: usize,
+    /// Seconds per iperf3 run (default 5; --quick: 2)
+    #[arg(long, default_value_t = 0)]
+    pub iperf_seconds: u64,
+    /// The weftd binary (default: next to weftctl)
+    #[arg(long)]
+    pub weftd: Option<PathBuf>,
+    /// Run nothing: redraw the convergence plot of an earlier run's JSON into --out
+    #[arg(long, value_name = "JSON")]
+    pub replot: Option<PathBuf>,
+}
+
+/// Runs the suite, prints the table on stdout and where the files went on stderr.
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if let Some(json) = &args.replot {
+        return replot(json, &args.out);
+    }
+    let weftd = match &args.weftd {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().map_err(|e| format!("locating weftctl: {e}"))?.with_file_name("weftd"),
+    };
+    let only: BTreeSet<String> = args.only.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        return Err(format!("unknown benchmark {bad:?}; choose from {}", SECTIONS.join(",")));
+    }
+    let options = BenchOptions {
+        quick: args.quick,
+        only,
+        out: args.out.clone(),
+        sizes: args.sizes.clone(),
+        reps: args.reps,
+        iperf_seconds: args.iperf_seconds,
+        ..BenchOptions::new(weftd)
+    };
+    let (report, written) = super::run(&options).map_err(|e| e.to_string())?;
+    println!("{}", super::table(&report));
+    eprintln!("raw results: {}", written.json.display());
+    if let Some(svg) = written.svg {
+        eprintln!("plot: {}", svg.display());
+    }
+    Ok(())
+}
+
+fn replot(json: &std::path::Path, out: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(json).map_err(|e| format!("reading {}: {e}", json.display()))?;
+    let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let cold: Vec<super::control::ColdResult> = serde_json::from_value(report["control"]["cold"].clone())
+        .map_err(|e| format!("{}: no cold-start results: {e}", json.display()))?;
+    let field = |name: &str| report[name].as_str().map_or_else(|| report[name].to_string(), str::to_string);
+    let caption = format!("{}, {} cores, kernel {}", field("date"), field("cpus"), field("kernel"));
+    let svg = super::report::plot_cold(&cold, &caption).ok_or("the run has no cold-start results")?;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let stem = json.file_stem().map_or_else(|| "replot".into(), |s| s.to_string_lossy().into_owned());
+    let path = out.join(format!("{stem}.svg"));
+    std::fs::write(&path, svg).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("plot: {}", path.display());
+    Ok(())
+}

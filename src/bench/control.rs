@@ -1,0 +1,354 @@
+//! Control-plane benchmarks on a one-host lab whose etcd holds synthetic peers: cold-start convergence against
+//! the kernel's own limit, incremental latency, churn and weftd's footprint.
+//!
+//! One lab serves every size: peers are only ever added (sizes ascend), and a cold start means stopping weftd,
+//! deleting flannel.1 (which takes every neighbour, FDB entry and route along) and starting weftd again.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::error::{fail, Context, Result};
+use super::etcd_load::LeaseLoader;
+use super::kernel_watch::{counts_of, observe, KernelWatch, DEVICE};
+use super::netns::run_ip;
+use super::stats::{median, ms, percentile};
+use super::{kernel_limit, procfs, synthetic, LabGuard};
+use crate::lab::{Lab, LabSpec};
+
+/// How long a cold start may take before it counts as failed.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one incremental lease may take to show up as a route.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JSON has no NaN: serde_json writes it as null, and this reads null back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColdResult {
+    pub peers: usize,
+    /// weftd process start to the last of the 3N objects in the kernel, each repetition.
+    pub weftd_ms: Vec<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub weftd_median_ms: f64,
+    /// ip/bridge -batch for the same 3N objects, each repetition.
+    pub kernel_limit_ms: Vec<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub kernel_limit_median_ms: f64,
+    /// weftd median / kernel-limit median.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub ratio: f64,
+    /// Writing the new leases into etcd (txn batches).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub lease_write_ms: f64,
+    /// Notifications were lost in some repetition, which was then timed by polling dumps instead.
+    pub polled: bool,
+    /// A final dump found exactly N routes, neighbours and FDB entries.
+    pub verified: bool,
+    pub footprint: Footprint,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Footprint {
+    pub peers: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub rss_mib: f64,
+    /// The most weftd was ever resident (VmHWM): the startup pass's peak, before freed memory went back.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub peak_rss_mib: f64,
+    /// weftd's CPU use at idle (after convergence), in % of one core.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub idle_cpu_percent: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub window_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IncrementalResult {
+    pub peers_before: usize,
+    pub leases: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub samples_ms: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnResult {
+    pub peers: usize,
+    pub target_rate: usize,
+    pub duration_s: f64,
+    pub updates_sent: usize,
+    pub achieved_rate: f64,
+    /// Last put acknowledged to the kernel matching etcd exactly.
+    pub catch_up_ms: f64,
+    /// Every neighbour and FDB entry matched the final leases, with nothing stale left.
+    pub final_exact: bool,
+    pub weftd_cpu_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ControlResults {
+    pub cold: Vec<ColdResult>,
+    pub incremental: Option<IncrementalResult>,
+    pub churn: Option<ChurnResult>,
+}
+
+/// What to run and at what scale.
+#[derive(Debug, Clone)]
+pub struct ControlPlan {
+    pub sizes: Vec<usize>,
+    pub reps: usize,
+    pub cold: bool,
+    /// Peers programmed before the incremental and churn runs.
+    pub base: usize,
+    pub incremental: Option<usize>,
+    /// (updates per second, seconds)
+    pub churn: Option<(usize, u64)>,
+    pub footprint_window: Duration,
+}
+
+pub struct ControlLab {
+    lab: LabGuard,
+    loader: LeaseLoader,
+    watch: Option<KernelWatch>,
+    peers: usize,
+    prefix: String,
+}
+
+impl ControlLab {
+    pub async fn up(weftd: PathBuf, state_root: PathBuf) -> Result<ControlLab> {
+        let name = format!("b{}", std::process::id());
+        let spec = LabSpec {
+            network: synthetic::NETWORK.to_string(),
+            start_weftd: false,
+            state_root,
+            ..LabSpec::new(name, 1, weftd)
+        };
+        let lab = LabGuard(Lab::up(spec).context("building the control-plane lab")?);
+        let prefix = crate::etcd::DEFAULT_PREFIX.to_string();
+        let loader = LeaseLoader::connect(&lab.underlay_ns(), &prefix).await?;
+        Ok(ControlLab { lab, loader, watch: None, peers: 0, prefix })
+    }
+
+    fn host_ns(&self) -> String {
+        self.lab.host_ns(1)
+    }
+
+    fn weftd_pid(&self) -> Result<u32> {
+        self.lab.weftd_pid(1).ok_or_else(|| super::error::BenchError("weftd is not running".into()))
+    }
+
+    /// Adds synthetic peers until etcd holds `n`; returns how long writing took.
+    async fn grow_to(&mut self, n: usize) -> Result<Duration> {
+        if n <= self.peers {
+            return Ok(Duration::ZERO);
+        }
+        let took = self.loader.put_peers(self.peers..n).await?;
+        self.peers = n;
+        Ok(took)
+    }
+
+    /// Stops weftd, removes everything it programmed, starts it and times convergence to the current peers.
+    /// Returns (time, polled instead of notified).
+    async fn cold_start(&mut self) -> Result<(Duration, bool)> {
+        self.lab.stop_weftd(1).context("stopping weftd")?;
+        let ns = self.host_ns();
+        if observe(&ns).await?.links.contains_key(DEVICE) {
+            run_ip(&["-n", &ns, "link", "del", DEVICE])?;
+        }
+        self.watch = None;
+        let mut watch = KernelWatch::start(&ns)?;
+        let n = self.peers;
+        let started = Instant::now();
+        self.lab.start_weftd(1).context("starting weftd")?;
+        let Some(done) = watch.wait_until(|c| c.all_at_least(n), CONVERGE_TIMEOUT).await? else {
+            return fail(format!(
+                "weftd did not program {n} peers within {CONVERGE_TIMEOUT:?} (seen {:?}); see {}",
+                watch.counts(),
+                self.lab.weftd_log(1).display()
+            ));
+        };
+        let polled = watch.overrun;
+        self.watch = Some(watch);
+        Ok((done.saturating_duration_since(started), polled))
+    }
+
+    async fn exact_counts(&self) -> Result<bool> {
+        let counts = counts_of(&observe(&self.host_ns()).await?);
+        Ok(counts.routes == self.peers && counts.neighbours == self.peers && counts.fdb == self.peers)
+    }
+
+    fn footprint(&self, window: Duration) -> Result<Footprint> {
+        let pid = self.weftd_pid()?;
+        // Let the startup's last allocations and log writes finish before calling it idle.
+        std::thread::sleep(Duration::from_millis(500));
+        let idle_cpu_percent = procfs::cpu_percent(pid, window).unwrap_or(f64::NAN);
+        Ok(Footprint {
+            peers: self.peers,
+            rss_mib: procfs::rss_mib(pid).unwrap_or(f64::NAN),
+            peak_rss_mib: procfs::peak_rss_mib(pid).unwrap_or(f64::NAN),
+            idle_cpu_percent,
+            window_s: window.as_secs_f64(),
+        })
+    }
+
+    async fn cold(&mut self, n: usize, reps: usize, window: Duration) -> Result<ColdResult> {
+        let lease_write = self.grow_to(n).await?;
+        let (mut weftd_ms, mut limit_ms, mut polled) = (Vec::new(), Vec::new(), false);
+        for _ in 0..reps.max(1) {
+            // Interleaved, so that a burst of load elsewhere hits both about equally.
+            limit_ms.push(ms(kernel_limit::ip_batch(n)?));
+            let (took, was_polled) = self.cold_start().await?;
+            weftd_ms.push(ms(took));
+            polled |= was_polled;
+        }
+        let verified = self.exact_counts().await?;
+        let footprint = self.footprint(window)?;
+        let (w, k) = (median(&weftd_ms).unwrap_or(f64::NAN), median(&limit_ms).unwrap_or(f64::NAN));
+        eprintln!("  cold start, {n} peers: weftd {w:.0} ms, kernel limit {k:.0} ms ({:.2}x)", w / k);
+        Ok(ColdResult {
+            peers: n,
+            weftd_median_ms: w,
+            kernel_limit_median_ms: k,
+            ratio: w / k,
+            weftd_ms,
+            kernel_limit_ms: limit_ms,
+            lease_write_ms: ms(lease_write),
+            polled,
+            verified,
+            footprint,
+        })
+    }
+
+    /// Makes sure weftd runs with exactly `n` peers programmed.
+    async fn ensure(&mut self, n: usize) -> Result<()> {
+        if self.peers < n || !self.lab.weftd_running(1) || self.watch.is_none() {
+            self.grow_to(n).await?;
+            self.cold_start().await?;
+        }
+        Ok(())
+    }
+
+    async fn incremental(&mut self, count: usize) -> Result<IncrementalResult> {
+        let peers_before = self.peers;
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            let i = self.peers;
+            let (key, value) = synthetic::lease(&self.prefix, i, 1);
+            let sent = self.loader.put_one(key, value).await?;
+            self.peers += 1;
+            let watch = self.watch.as_mut().expect("ensure() started the watch");
+            let Some(seen) = watch.wait_for_route(synthetic::route_dst(i), ROUTE_TIMEOUT).await? else {
+                return fail(format!(
+                    "the route for new peer {} did not appear within {ROUTE_TIMEOUT:?}",
+                    synthetic::subnet(i)
+                ));
+            };
+            samples.push(ms(seen.saturating_duration_since(sent)));
+            // One lease at a time: the next put waits until this one is settled.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let result = IncrementalResult {
+            peers_before,
+            leases: count,
+            p50_ms: percentile(&samples, 50.0).unwrap_or(f64::NAN),
+            p99_ms: percentile(&samples, 99.0).unwrap_or(f64::NAN),
+            max_ms: percentile(&samples, 100.0).unwrap_or(f64::NAN),
+            samples_ms: samples,
+        };
+        eprintln!("  incremental: p50 {:.2} ms, p99 {:.2} ms", result.p50_ms, result.p99_ms);
+        Ok(result)
+    }
+
+    async fn churn(&mut self, rate: usize, seconds: u64) -> Result<ChurnResult> {
+        let peers = self.peers;
+        let total = rate * seconds as usize;
+        // Update k rewrites peer k % peers with a new generation, so every update changes its VTEP MAC.
+        let mut generation = vec![1u8; peers];
+        let mut updates = Vec::with_capacity(total);
+        for k in 0..total {
+            let i = k % peers;
+            generation[i] = generation[i].wrapping_add(1).max(2);
+            updates.push(synthetic::lease(&self.prefix, i, generation[i]));
+        }
+        let pid = self.weftd_pid()?;
+        let cpu_before = procfs::cpu_time(pid);
+        let paced = self.loader.put_paced(updates, rate).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let final_exact = loop {
+            let state = observe(&self.host_ns()).await?;
+            let exact = state.fdb.len() == peers
+                && (0..peers).all(|i| {
+                    let mac = synthetic::mac(i, generation[i]);
+                    let ip = std::net::IpAddr::V4(synthetic::subnet(i).ip());
+                    state.neighbours.get(&(DEVICE.to_string(), ip)).is_some_and(|n| n.mac == mac)
+                        && state
+                            .fdb
+                            .get(&(DEVICE.to_string(), mac))
+                            .is_some_and(|e| e.dst == std::net::IpAddr::V4(synthetic::public_ip(i)))
+                });
+            if exact || Instant::now() >= deadline {
+                break exact;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let catch_up = paced.last_ack.elapsed();
+        let cpu = match (cpu_before, procfs::cpu_time(pid)) {
+            (Some(a), Some(b)) => {
+                100.0 * (b.saturating_sub(a)).as_secs_f64() / (paced.elapsed + catch_up).as_secs_f64()
+            }
+            _ => f64::NAN,
+        };
+        let result = ChurnResult {
+            peers,
+            target_rate: rate,
+            duration_s: seconds as f64,
+            updates_sent: paced.sent,
+            achieved_rate: paced.sent as f64 / paced.elapsed.as_secs_f64(),
+            catch_up_ms: if final_exact { ms(catch_up) } else { f64::NAN },
+            final_exact,
+            weftd_cpu_percent: cpu,
+        };
+        eprintln!(
+            "  churn: {} updates at {:.0}/s, exact: {}, caught up {:.0} ms after the last put",
+            result.updates_sent, result.achieved_rate, result.final_exact, result.catch_up_ms
+        );
+        Ok(result)
+    }
+}
+
+/// Runs the plan: small sizes first, then the incremental and churn runs at `base` peers, then larger sizes.
+pub async fn run(lab: &mut ControlLab, plan: &ControlPlan) -> Result<ControlResults> {
+    let mut results = ControlResults::default();
+    let mut sizes = plan.sizes.clone();
+    sizes.sort_unstable();
+    let (small, large): (Vec<usize>, Vec<usize>) = sizes.iter().partition(|&&n| n <= plan.base);
+    if plan.cold {
+        for &n in &small {
+            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window).await?);
+        }
+    }
+    if plan.incremental.is_some() || plan.churn.is_some() {
+        lab.ensure(plan.base).await?;
+        if let Some(count) = plan.incremental {
+            results.incremental = Some(lab.incremental(count).await?);
+        }
+        if let Some((rate, seconds)) = plan.churn {
+            results.churn = Some(lab.churn(rate, seconds).await?);
+        }
+    }
+    if plan.cold {
+        for &n in &large {
+            if n < lab.peers {
+                eprintln!("  cold start at {n} peers skipped: etcd already holds {}", lab.peers);
+                continue;
+            }
+            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window).await?);
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,327 @@
+//! Data-plane throughput: iperf3 TCP between two hosts of a weft lab (the underlay, and container to container
+//! through weft's VXLAN) and between the containers of a hand-built kernel VXLAN setup with the same topology,
+//! MTU and device options (the physical limit for this backend). Runs are interleaved and repeated; idle CPU is
+//! recorded before each run and runs on a busy machine are flagged.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::error::{fail, Context, Result};
+use super::netns::{run_ip, ScratchNamespaces};
+use super::stats::median;
+use super::{procfs, LabGuard};
+use crate::lab::{Lab, LabSpec};
+
+/// Idle CPU below this before a run, or an iperf3 client below `STARVED_CLIENT_CPU`, flags the run as busy.
+const BUSY_IDLE_PERCENT: f64 = 85.0;
+const STARVED_CLIENT_CPU: f64 = 85.0;
+const PORT: &str = "5201";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// Host to host over the lab's veth + bridge underlay.
+    Underlay,
+    /// Container to container through weftd's VXLAN.
+    WeftVxlan,
+    /// Container to container through a hand-built kernel VXLAN setup.
+    KernelVxlan,
+}
+
+impl Path {
+    pub fn label(self) -> &'static str {
+        match self {
+            Path::Underlay => "underlay host-host",
+            Path::WeftVxlan => "weft vxlan c-c",
+            Path::KernelVxlan => "hand-built vxlan c-c",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub path: Path,
+    pub streams: usize,
+    pub rep: usize,
+    pub gbps: f64,
+    pub client_cpu_percent: f64,
+    pub idle_before_percent: f64,
+    pub busy: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub path: Path,
+    pub streams: usize,
+    pub median_gbps: f64,
+    /// The median of the runs not flagged busy (NaN when all were).
+    pub quiet_median_gbps: f64,
+    pub runs: usize,
+    pub busy_runs: usize,
+    pub vs_underlay: f64,
+    pub vs_kernel_vxlan: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataplaneResults {
+    pub seconds: u64,
+    pub reps: usize,
+    pub runs: Vec<Run>,
+    pub summary: Vec<Summary>,
+    /// weft vxlan / hand-built vxlan, single stream (the target is >= 0.95).
+    pub weft_vs_kernel_p1: f64,
+    pub weft_vs_kernel_p2: f64,
+    /// The same ratios over quiet runs only (NaN when a path had none).
+    pub quiet_weft_vs_kernel_p1: f64,
+    pub quiet_weft_vs_kernel_p2: f64,
+}
+
+/// Where one path's server and client run.
+struct Endpoints {
+    server_ns: String,
+    server_ip: Ipv4Addr,
+    client_ns: String,
+}
+
+pub fn run(
+    weftd: std::path::PathBuf,
+    state_root: std::path::PathBuf,
+    reps: usize,
+    seconds: u64,
+) -> Result<DataplaneResults> {
+    let name = format!("d{}", std::process::id());
+    let spec = LabSpec { state_root, ..LabSpec::new(name, 2, weftd) };
+    let lab = LabGuard(Lab::up(spec).context("building the data-plane lab")?);
+    let weft_c2 =
+        lab.container_ip(2).ok_or_else(|| super::error::BenchError("lab container 2 has no address".into()))?;
+    crate::lab::wait_for(|| lab.ping(1, weft_c2), Duration::from_secs(10))
+        .then_some(())
+        .ok_or_else(|| super::error::BenchError("weft lab containers cannot reach each other".into()))?;
+    let mut scratch = ScratchNamespaces::new();
+    let kernel = build_kernel_vxlan(&mut scratch)?;
+
+    let paths = [
+        (Path::Underlay, Endpoints { server_ns: lab.host_ns(2), server_ip: lab.host_ip(2), client_ns: lab.host_ns(1) }),
+        (
+            Path::WeftVxlan,
+            Endpoints { server_ns: lab.container_ns(2), server_ip: weft_c2, client_ns: lab.container_ns(1) },
+        ),
+        (Path::KernelVxlan, kernel),
+    ];
+    let mut runs = Vec::new();
+    for rep in 0..reps.max(1) {
+        for streams in [1, 2] {
+            for (path, ends) in &paths {
+                let run = iperf(ends, streams, seconds).context(format!("iperf3 over {}", path.label()))?;
+                let busy = run.idle_before < BUSY_IDLE_PERCENT || run.client_cpu < STARVED_CLIENT_CPU;
+                eprintln!(
+                    "  {:<22} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
+                    path.label(),
+                    run.gbps,
+                    run.idle_before,
+                    run.client_cpu,
+                    if busy { " BUSY" } else { "" }
+                );
+                runs.push(Run {
+                    path: *path,
+                    streams,
+                    rep,
+                    gbps: run.gbps,
+                    client_cpu_percent: run.client_cpu,
+                    idle_before_percent: run.idle_before,
+                    busy,
+                });
+            }
+        }
+    }
+    let summary = summarize(&runs);
+    let ratio = |streams, quiet: bool| {
+        let get = |p| {
+            summary.iter().find(|s: &&Summary| s.path == p && s.streams == streams).map_or(f64::NAN, |s| {
+                if quiet {
+                    s.quiet_median_gbps
+                } else {
+                    s.median_gbps
+                }
+            })
+        };
+        get(Path::WeftVxlan) / get(Path::KernelVxlan)
+    };
+    Ok(DataplaneResults {
+        seconds,
+        reps,
+        weft_vs_kernel_p1: ratio(1, false),
+        weft_vs_kernel_p2: ratio(2, false),
+        quiet_weft_vs_kernel_p1: ratio(1, true),
+        quiet_weft_vs_kernel_p2: ratio(2, true),
+        runs,
+        summary,
+    })
+}
+
+fn summarize(runs: &[Run]) -> Vec<Summary> {
+    let med = |path: Path, streams: usize| {
+        let v: Vec<f64> = runs.iter().filter(|r| r.path == path && r.streams == streams).map(|r| r.gbps).collect();
+        median(&v).unwrap_or(f64::NAN)
+    };
+    let mut out = Vec::new();
+    for streams in [1, 2] {
+        for path in [Path::Underlay, Path::WeftVxlan, Path::KernelVxlan] {
+            let of_path: Vec<&Run> = runs.iter().filter(|r| r.path == path && r.streams == streams).collect();
+            let m = med(path, streams);
+            let quiet: Vec<f64> = of_path.iter().filter(|r| !r.busy).map(|r| r.gbps).collect();
+            out.push(Summary {
+                path,
+                streams,
+                median_gbps: m,
+                quiet_median_gbps: median(&quiet).unwrap_or(f64::NAN),
+                runs: of_path.len(),
+                busy_runs: of_path.iter().filter(|r| r.busy).count(),
+                vs_underlay: m / med(Path::Underlay, streams),
+                vs_kernel_vxlan: m / med(Path::KernelVxlan, streams),
+            });
+        }
+    }
+    out
+}
+
+struct Measured {
+    gbps: f64,
+    client_cpu: f64,
+    idle_before: f64,
+}
+
+/// Kills a server we started if it is still there (it normally exits by itself after one test, `-1`).
+struct ServerGuard(Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
+    let idle_before = procfs::idle_percent(Duration::from_secs(1)).unwrap_or(f64::NAN);
+    let server = Command::new("ip")
+        .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server")?;
+    let mut server = ServerGuard(server);
+    // The server needs a moment to listen; the client retries its connection meanwhile.
+    let target = ends.server_ip.to_string();
+    let (secs, p) = (seconds.to_string(), streams.to_string());
+    let started = Instant::now();
+    let out = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ends.client_ns, "iperf3", "-c", &target, "-p", PORT, "-t", &secs, "-P", &p, "-J"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running the iperf3 client")?;
+        if out.status.success() || started.elapsed() > Duration::from_secs(5) {
+            break out;
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading iperf3 -J output")?;
+    if let Some(error) = json.get("error").and_then(|e| e.as_str()) {
+        return fail(format!("iperf3: {error}"));
+    }
+    let bps = json.pointer("/end/sum_received/bits_per_second").and_then(|v| v.as_f64());
+    let cpu = json.pointer("/end/cpu_utilization_percent/host_total").and_then(|v| v.as_f64());
+    let Some(bps) = bps else { return fail("iperf3 output has no end.sum_received.bits_per_second") };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(server.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server);
+    Ok(Measured { gbps: bps / 1e9, client_cpu: cpu.unwrap_or(f64::NAN), idle_before })
+}
+
+/// Two hosts with flannel-style VXLAN built by hand, exactly as the lab builds its topology and weftd its
+/// device: underlay bridge, host veths, flannel.1 (VNI 1, port 8472, nolearning, MTU 1450), cni0 and a container
+/// per host with MTU 1450, one permanent neighbour, FDB entry and onlink route per remote host.
+fn build_kernel_vxlan(scratch: &mut ScratchNamespaces) -> Result<Endpoints> {
+    let underlay = scratch.create("u")?;
+    run_ip(&["-n", &underlay, "link", "add", "br0", "type", "bridge"])?;
+    run_ip(&["-n", &underlay, "link", "set", "br0", "up"])?;
+    let mac = |n: usize| format!("0e:bb:00:00:00:{n:02x}");
+    let mut hosts = Vec::new();
+    for n in 1..=2usize {
+        let host = scratch.create(&format!("h{n}"))?;
+        let container = scratch.create(&format!("c{n}"))?;
+        let veth = format!("veth{n}");
+        run_ip(&["link", "add", "eth0", "netns", &host, "type", "veth", "peer", "name", &veth, "netns", &underlay])?;
+        run_ip(&["-n", &underlay, "link", "set", &veth, "master", "br0", "up"])?;
+        let sysctl = Command::new("ip")
+            .args(["netns", "exec", &host, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .context("sysctl")?;
+        if !sysctl.success() {
+            return fail(format!("enabling forwarding in {host}"));
+        }
+        let h = |args: &str| run_ip(&[&["-n", host.as_str()], args.split(' ').collect::<Vec<_>>().as_slice()].concat());
+        h(&format!("addr add 198.18.0.{n}/24 dev eth0"))?;
+        h("link set eth0 up")?;
+        h(&format!(
+            "link add flannel.1 address {} type vxlan id 1 local 198.18.0.{n} dev eth0 dstport 8472 nolearning",
+            mac(n)
+        ))?;
+        h("link set flannel.1 mtu 1450")?;
+        h(&format!("addr add 10.244.{n}.0/32 dev flannel.1"))?;
+        h("link set flannel.1 up")?;
+        h("link add cni0 type bridge")?;
+        h("link set cni0 mtu 1450")?;
+        h(&format!("addr add 10.244.{n}.1/24 dev cni0"))?;
+        h("link set cni0 up")?;
+        let peer = format!("veth-c{n}");
+        run_ip(&["link", "add", "eth0", "netns", &container, "type", "veth", "peer", "name", &peer, "netns", &host])?;
+        h(&format!("link set {peer} mtu 1450 master cni0 up"))?;
+        let c = |args: &str| {
+            run_ip(&[&["-n", container.as_str()], args.split(' ').collect::<Vec<_>>().as_slice()].concat())
+        };
+        c("link set eth0 mtu 1450")?;
+        c(&format!("addr add 10.244.{n}.2/24 dev eth0"))?;
+        c("link set eth0 up")?;
+        c(&format!("route add default via 10.244.{n}.1"))?;
+        hosts.push((host, container));
+    }
+    for (n, (host, _)) in hosts.iter().enumerate().map(|(i, h)| (i + 1, h)) {
+        let m = 3 - n;
+        let h = |args: &str| run_ip(&[&["-n", host.as_str()], args.split(' ').collect::<Vec<_>>().as_slice()].concat());
+        h(&format!("neigh replace 10.244.{m}.0 lladdr {} dev flannel.1 nud permanent", mac(m)))?;
+        let fdb = Command::new("bridge")
+            .args([
+                "-n",
+                host,
+                "fdb",
+                "replace",
+                &mac(m),
+                "dev",
+                "flannel.1",
+                "dst",
+                &format!("198.18.0.{m}"),
+                "self",
+                "permanent",
+            ])
+            .status()
+            .context("bridge fdb")?;
+        if !fdb.success() {
+            return fail(format!("adding the FDB entry in {host}"));
+        }
+        h(&format!("route replace 10.244.{m}.0/24 via 10.244.{m}.0 dev flannel.1 onlink"))?;
+    }
+    Ok(Endpoints {
+        server_ns: hosts[1].1.clone(),
+        server_ip: Ipv4Addr::new(10, 244, 2, 2),
+        client_ns: hosts[0].1.clone(),
+    })
+}

@@ -1,0 +1,159 @@
+//! Watching a host's kernel converge: netlink notifications give exact times without stealing CPU from weftd
+//! (a dump of 30,000 objects every few milliseconds would), and one final dump checks the result.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use tokio::sync::mpsc::UnboundedReceiver;
+use weft_backends::kernel::Kernel;
+use weft_backends::model::{KernelState, MacAddr, Scope, WEFT_ROUTE_PROTOCOL};
+use weft_backends::netlink::{kernel_events_in_netns, KernelEvent, NetlinkKernel};
+
+use super::error::{Context, Result};
+use super::netns::netns_path;
+
+/// The VXLAN device weftd programs (VNI 1).
+pub const DEVICE: &str = "flannel.1";
+
+/// Objects of each kind present right now, as far as notifications tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub routes: usize,
+    pub neighbours: usize,
+    pub fdb: usize,
+}
+
+impl Counts {
+    pub fn all_at_least(&self, n: usize) -> bool {
+        self.routes >= n && self.neighbours >= n && self.fdb >= n
+    }
+}
+
+pub struct KernelWatch {
+    ns: String,
+    events: UnboundedReceiver<(Instant, KernelEvent)>,
+    routes: HashSet<IpNetwork>,
+    neighbours: HashMap<(u32, IpAddr), MacAddr>,
+    fdb: HashMap<(u32, MacAddr), IpAddr>,
+    /// When each of our routes last appeared.
+    route_added: HashMap<IpNetwork, Instant>,
+    /// Notifications were lost: counts are unreliable, fall back to dumps.
+    pub overrun: bool,
+}
+
+impl KernelWatch {
+    /// Subscribes in namespace `ns`; only changes after this call are seen, so start it before the daemon.
+    pub fn start(ns: &str) -> Result<KernelWatch> {
+        let events = kernel_events_in_netns(&netns_path(ns)).context(format!("subscribing to netlink in {ns}"))?;
+        Ok(KernelWatch {
+            ns: ns.to_string(),
+            events,
+            routes: HashSet::new(),
+            neighbours: HashMap::new(),
+            fdb: HashMap::new(),
+            route_added: HashMap::new(),
+            overrun: false,
+        })
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts { routes: self.routes.len(), neighbours: self.neighbours.len(), fdb: self.fdb.len() }
+    }
+
+    fn absorb(&mut self, at: Instant, event: KernelEvent) {
+        match event {
+            KernelEvent::RouteAdded { dst, protocol } if protocol == WEFT_ROUTE_PROTOCOL => {
+                self.routes.insert(dst);
+                self.route_added.insert(dst, at);
+            }
+            KernelEvent::RouteDeleted { dst, protocol } if protocol == WEFT_ROUTE_PROTOCOL => {
+                self.routes.remove(&dst);
+            }
+            KernelEvent::NeighbourSet { ifindex, ip, mac } => {
+                self.neighbours.insert((ifindex, ip), mac);
+            }
+            KernelEvent::NeighbourDeleted { ifindex, ip } => {
+                self.neighbours.remove(&(ifindex, ip));
+            }
+            KernelEvent::FdbSet { ifindex, mac, dst } => {
+                self.fdb.insert((ifindex, mac), dst);
+            }
+            KernelEvent::FdbDeleted { ifindex, mac } => {
+                self.fdb.remove(&(ifindex, mac));
+            }
+            KernelEvent::Overrun => self.overrun = true,
+            _ => {}
+        }
+    }
+
+    /// Waits until `done(counts)` holds; returns the time of the notification that made it hold, or None on
+    /// timeout. After an overrun, polls dumps instead and returns when a dump shows it.
+    pub async fn wait_until(&mut self, done: impl Fn(&Counts) -> bool, timeout: Duration) -> Result<Option<Instant>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.overrun {
+                return self.poll_until(done, deadline).await;
+            }
+            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
+            match next {
+                Err(_) => return Ok(None),
+                Ok(None) => self.overrun = true,
+                Ok(Some((at, event))) => {
+                    self.absorb(at, event);
+                    if done(&self.counts()) {
+                        return Ok(Some(at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until route `dst` (ours) appears; returns when its notification was read.
+    pub async fn wait_for_route(&mut self, dst: IpNetwork, timeout: Duration) -> Result<Option<Instant>> {
+        if let Some(at) = self.route_added.get(&dst) {
+            return Ok(Some(*at));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) | Ok(None) => return Ok(None),
+                Ok(Some((at, event))) => {
+                    self.absorb(at, event);
+                    if let Some(at) = self.route_added.get(&dst) {
+                        return Ok(Some(*at));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn poll_until(
+        &mut self,
+        done: impl Fn(&Counts) -> bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Instant>> {
+        loop {
+            let state = observe(&self.ns).await?;
+            if done(&counts_of(&state)) {
+                return Ok(Some(Instant::now()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Everything weftd owns in namespace `ns`, by one set of dumps.
+pub async fn observe(ns: &str) -> Result<KernelState> {
+    let mut kernel = NetlinkKernel::connect_in_netns(&netns_path(ns)).context(format!("netlink in {ns}"))?;
+    let scope = Scope { links: vec![DEVICE.to_string()], route_protocol: WEFT_ROUTE_PROTOCOL };
+    kernel.observe(&scope).await.context(format!("dumping {ns}"))
+}
+
+pub fn counts_of(state: &KernelState) -> Counts {
+    Counts { routes: state.routes.len(), neighbours: state.neighbours.len(), fdb: state.fdb.len() }
+}

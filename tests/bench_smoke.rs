@@ -1,0 +1,60 @@
+//! The benchmark suite works: a tiny run of every lab benchmark (100 peers, one 2 s iperf3 run per path) produces
+//! complete, sane results, a JSON file, a plot and a table. It checks that numbers exist, never how fast they
+//! are: speed is for `scripts/bench` on a quiet machine.
+
+mod common;
+
+use std::path::PathBuf;
+
+use weft::bench::{self, BenchOptions};
+
+#[test]
+fn quick_benchmark_produces_complete_results() {
+    common::require_root();
+    let out = std::env::temp_dir().join(format!("weft-bench-smoke-{}", std::process::id()));
+    let options = BenchOptions {
+        quick: true,
+        // The CNI comparison has its own tests; this one covers the suite's own benchmarks.
+        only: ["cold", "incremental", "churn", "footprint", "dataplane"].map(String::from).into(),
+        out: out.clone(),
+        state_root: std::env::temp_dir().join("weft-bench-smoke-labs"),
+        ..BenchOptions::new(PathBuf::from(common::WEFTD))
+    };
+    let (report, written) = bench::run(&options).unwrap_or_else(|e| panic!("benchmark failed: {e}"));
+    let positive = |what: &str, v: f64| assert!(v.is_finite() && v > 0.0, "{what} is {v}");
+
+    let control = report.control.as_ref().expect("control-plane results");
+    assert_eq!(control.cold.len(), 1);
+    let cold = &control.cold[0];
+    assert_eq!(cold.peers, 100);
+    assert!(cold.verified, "a final dump must find exactly 100 routes, neighbours and FDB entries");
+    positive("cold-start time", cold.weftd_median_ms);
+    positive("kernel-limit time", cold.kernel_limit_median_ms);
+    positive("weftd RSS", cold.footprint.rss_mib);
+    assert!(cold.footprint.idle_cpu_percent.is_finite());
+
+    let incremental = control.incremental.as_ref().expect("incremental results");
+    assert_eq!(incremental.samples_ms.len(), incremental.leases);
+    assert!(incremental.samples_ms.iter().all(|v| v.is_finite() && *v >= 0.0));
+    positive("incremental p99", incremental.p99_ms);
+
+    let churn = control.churn.as_ref().expect("churn results");
+    assert_eq!(churn.updates_sent, churn.target_rate * churn.duration_s as usize);
+    assert!(churn.final_exact, "after churn the kernel must match etcd exactly");
+
+    let dataplane = report.dataplane.as_ref().expect("data-plane results");
+    assert_eq!(dataplane.summary.len(), 6, "3 paths x 1 and 2 streams");
+    for s in &dataplane.summary {
+        positive(&format!("{:?} -P {} throughput", s.path, s.streams), s.median_gbps);
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&written.json).unwrap()).unwrap();
+    assert_eq!(json["control"]["cold"][0]["peers"], 100);
+    let svg = std::fs::read_to_string(written.svg.expect("a plot")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    let table = bench::table(&report);
+    for heading in ["cold-start convergence", "incremental", "churn", "footprint", "data plane", "targets"] {
+        assert!(table.contains(heading), "table lacks {heading:?}:\n{table}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
