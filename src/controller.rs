@@ -252,14 +252,7 @@ mod tests {
     }
 
     fn controller() -> Controller<FakeKernel> {
-        let underlay = Underlay {
-            name: "eth0".into(),
-            index: 2,
-            mtu: 1500,
-            addresses: vec!["198.18.0.1/24".parse().unwrap()],
-            public_ipv4: None,
-            public_ipv6: None,
-        };
+        let underlay = Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
         let backend = VxlanBackend::prepare(
             VxlanConfig::default(),
             underlay,

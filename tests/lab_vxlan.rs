@@ -191,27 +191,23 @@ fn routes_and_the_device_deleted_by_hand_come_back() {
     let subnet2 = format!("{}/24", lease_key(&lab, 2).trim_end_matches("-24"));
     let before = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
     let mac = vtep_mac(&lab, 1);
+    let routes_restored = || {
+        eventually(Duration::from_secs(5), Duration::from_millis(50), || {
+            let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
+            if now == before {
+                Ok(())
+            } else {
+                Err(format!("routes now:\n{now}"))
+            }
+        })
+    };
 
     host(&lab, 1, &["ip", "route", "del", &subnet2]);
-    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
-        let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
-        if now == before {
-            Ok(())
-        } else {
-            Err(format!("routes now:\n{now}"))
-        }
-    });
+    routes_restored();
 
     host(&lab, 1, &["ip", "neigh", "del", subnet2.trim_end_matches("/24"), "dev", "flannel.1"]);
     host(&lab, 1, &["ip", "link", "del", "flannel.1"]);
-    eventually(Duration::from_secs(5), Duration::from_millis(50), || {
-        let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
-        if now == before {
-            Ok(())
-        } else {
-            Err(format!("routes now:\n{now}"))
-        }
-    });
+    routes_restored();
     assert_eq!(vtep_mac(&lab, 1), mac, "a re-created device keeps its VTEP MAC, so peers' entries stay right");
     eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
     let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();

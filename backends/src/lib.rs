@@ -99,6 +99,11 @@ pub struct Underlay {
 }
 
 impl Underlay {
+    /// An underlay published at its own addresses (no `--public-ip`).
+    pub fn new(name: impl Into<String>, index: u32, mtu: u32, addresses: Vec<IpNetwork>) -> Underlay {
+        Underlay { name: name.into(), index, mtu, addresses, public_ipv4: None, public_ipv6: None }
+    }
+
     /// The interface's first global address of `family`.
     pub fn address(&self, family: Family) -> Option<IpAddr> {
         self.addresses.iter().map(|n| n.ip()).find(|ip| Family::of(*ip) == family && !is_link_local(*ip))

@@ -105,14 +105,7 @@ impl Node {
         ns.ip("link set u1 up");
         let mut kernel = NetlinkKernel::connect_in_netns(&ns.path()).unwrap();
         let u0 = interface(&mut kernel, "u0").await;
-        let underlay = Underlay {
-            name: u0.name,
-            index: u0.index,
-            mtu: u0.mtu,
-            addresses: u0.addresses,
-            public_ipv4: None,
-            public_ipv6: None,
-        };
+        let underlay = Underlay::new(u0.name, u0.index, u0.mtu, u0.addresses);
         let backend = VxlanBackend::prepare(
             VxlanConfig::default(),
             underlay,

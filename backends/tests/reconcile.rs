@@ -9,14 +9,7 @@ use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
 use weft_backends::{Family, Peer, Underlay};
 
 fn underlay() -> Underlay {
-    Underlay {
-        name: "eth0".into(),
-        index: 2,
-        mtu: 1500,
-        addresses: vec!["198.18.0.1/24".parse().unwrap()],
-        public_ipv4: None,
-        public_ipv6: None,
-    }
+    Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()])
 }
 
 fn backend(config: VxlanConfig, existing: &KernelState) -> VxlanBackend {
