@@ -1,6 +1,6 @@
-//! Reaching into a container's network namespace without moving any thread the async runtime uses: a short-lived
-//! OS thread enters the netns, opens a netlink socket there (a socket stays in the netns it was created in) and
-//! exits. The socket is then driven from the plugin's single-threaded runtime like the host one.
+//! Reaching into a container's network namespace without moving any thread the async runtime uses: the calling
+//! thread enters the netns, opens a netlink socket there (a socket stays in the netns it was created in) and goes
+//! straight back, before any runtime exists. The socket is then used like the host one.
 
 use std::fs::File;
 use std::io;
@@ -18,32 +18,23 @@ pub fn open(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
-/// A netlink socket inside `netns`, created by a thread that entered it.
+/// A netlink socket inside `netns`, created by the calling thread, which is back in its own netns on return, also
+/// on errors. Two setns calls cost less than a thread that does it for us. Call it only while nothing else runs on
+/// this thread (no async runtime yet), so no other code ever sees the container's netns.
 pub fn socket_in(netns: &File) -> Result<Socket> {
-    spawn_socket_in(netns)?.join()
-}
-
-/// The thread of [`socket_in`], started so that the caller can do other work meanwhile.
-pub struct PendingSocket(std::thread::JoinHandle<io::Result<Socket>>);
-
-pub fn spawn_socket_in(netns: &File) -> Result<PendingSocket> {
-    let netns = netns.try_clone().map_err(|e| CniError::io("duplicating the netns file descriptor", e))?;
-    // It needs next to no stack; a small one is quicker to map.
-    let thread = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || -> io::Result<Socket> {
-        // This thread is ours alone and ends right after, so leaving it in the container's netns is harmless.
-        setns(&netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        Socket::new(NETLINK_ROUTE)
-    });
-    thread.map(PendingSocket).map_err(|e| CniError::io("starting a thread to enter CNI_NETNS", e))
-}
-
-impl PendingSocket {
-    pub fn join(self) -> Result<Socket> {
-        self.0
-            .join()
-            .map_err(|_| CniError::io("entering the container netns", io::Error::other("thread panicked")))?
-            .map_err(|e| CniError::io("opening a netlink socket inside CNI_NETNS", e))
+    // Our own netns to come back to, held open so it is the very one we left.
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| CniError::io("opening our own netns", e))?;
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| CniError::io("entering CNI_NETNS", io::Error::from(e)))?;
+    let socket = Socket::new(NETLINK_ROUTE);
+    // Back first, whatever the socket's fate.
+    if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
+        // Cannot happen in practice (the same privilege just let us in). Going on would run host-side work in the
+        // container's netns, and callers (DEL) may treat our errors as "no container side": stop here instead.
+        // Every command opens this socket before it changes anything, so there is nothing to undo.
+        eprintln!("weft-cni: could not return from CNI_NETNS to our own netns: {e}");
+        std::process::abort();
     }
+    socket.map_err(|e| CniError::io("opening a netlink socket inside CNI_NETNS", e))
 }
 
 /// A netlink handle for the current thread's netns (the host's), or for a socket from [`socket_in`]. Must be

@@ -1,11 +1,10 @@
-//! ADD: address first (under the store's lock, released before any netlink work so concurrent ADDs overlap), then
-//! the bridge, the veth pair straight into the container, its addresses and routes. Any failure undoes what was done:
-//! no half veth, no leaked address.
+//! ADD: the container's netlink socket first (nothing to undo if that fails), then the address (under the store's
+//! lock, released before any netlink work so concurrent ADDs overlap), the bridge, the veth pair straight into the
+//! container, its addresses and routes. Netlink requests go out in batches, one round trip each. Any failure undoes
+//! what was done: no half veth, no leaked address.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
 
 use ipnetwork::IpNetwork;
 
@@ -17,6 +16,7 @@ use crate::ipam::{exec, Range, Store};
 use crate::netconf::{Ipam, NetConf};
 use crate::netlink::{self, Veth};
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::rtnl::{Request, Rtnl};
 use crate::subnet_file::SubnetFile;
 use crate::{masq, netns, trace, version};
 
@@ -33,19 +33,13 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     trace::mark("config and subnet file read");
     let netns =
         netns::open(netns_path).map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
-    // The thread that opens the container's netlink socket runs while the address is allocated and the runtime
-    // is built.
-    let container_socket = netns::spawn_socket_in(&netns)?;
-    let allocated = allocate(conf, env, &file, &plan, id, ifname);
-    trace::mark("address allocated");
-    let runtime = netlink_runtime();
-    trace::mark("runtime built");
-    let container_socket = container_socket.join();
-    let ips = allocated?;
+    // First, so that a failure has nothing to undo.
+    let container_socket = netns::socket_in(&netns)?;
     trace::mark("container socket open");
+    let ips = allocate(conf, env, &file, &plan, id, ifname)?;
+    trace::mark("address allocated");
     let target = Target { id, ifname, netns: &netns, netns_path };
-    let attached = runtime.and_then(|runtime| attach(conf, &plan, &runtime, container_socket?, &target, &ips));
-    match attached {
+    match attach(conf, &plan, container_socket, &target, &ips) {
         Ok(result) => Ok(result.to_json(&conf.cni_version, format).to_string()),
         Err(e) => {
             // The error that made ADD fail is what the runtime needs to see; a failed release is secondary.
@@ -139,7 +133,6 @@ struct Target<'a> {
 fn attach(
     conf: &NetConf,
     plan: &Plan,
-    runtime: &tokio::runtime::Runtime,
     container_socket: rtnetlink::sys::Socket,
     target: &Target<'_>,
     ips: &[IpConfig],
@@ -155,118 +148,143 @@ fn attach(
             masq::ensure(range.subnet, network.copied(), &conf.name)?;
         }
     }
-    runtime.block_on(async {
-        let host = netns::handle(None)?;
-        let container = netns::handle(Some(container_socket))?;
-        let gateways: Vec<IpNetwork> =
-            if conf.is_gateway { plan.ranges.iter().map(Range::gateway_with_prefix).collect() } else { Vec::new() };
-        trace::mark("netlink runtime ready");
-        let (bridge, _) = netlink::ensure_bridge(&host, &conf.bridge, plan.mtu, &gateways).await?;
-        trace::mark("bridge ready");
-        let host_name = host_veth_name(id, ifname);
-        let (host_mac, container_mac) = (netlink::random_mac(), netlink::random_mac());
-        let veth = Veth {
-            host: &host_name,
-            host_mac: &host_mac,
-            container: ifname,
-            container_mac: &container_mac,
-            mtu: plan.mtu,
-            bridge_index: bridge.index,
-            netns_fd: std::os::fd::AsRawFd::as_raw_fd(netns),
-        };
-        let veth_error = |e: rtnetlink::Error| {
-            let errno = match netlink::errno(&e) {
-                Some(n) => std::io::Error::from_raw_os_error(n),
-                None => std::io::Error::other(e.to_string()),
-            };
-            CniError::Netlink {
-                what: format!(
-                    "creating veth {host_name} <-> {ifname} in {} (does {ifname} exist there already?)",
-                    netns_path.display()
-                ),
-                errno,
-            }
-        };
-        if let Err(e) = netlink::create_veth(&host, &veth).await {
-            // Our host-side name is derived from the attachment, so an existing one is a leftover of an interrupted
-            // ADD for this very attachment: replace it.
-            let stale = netlink::errno(&e) == Some(libc::EEXIST) && netlink::delete_link(&host, &host_name).await?;
-            if !stale {
-                return Err(veth_error(e));
-            }
-            netlink::create_veth(&host, &veth).await.map_err(veth_error)?;
-        }
-        trace::mark("veth created");
-        let configured = async {
-            let link = netlink::link_by_name(&container, ifname).await?.ok_or_else(|| {
-                CniError::io(
-                    format!("{ifname} in {}", netns_path.display()),
-                    std::io::Error::other("missing after creation"),
-                )
-            })?;
-            // The container's requests are sent back to back without waiting for each ack: one socket delivers
-            // them in order and the kernel handles each before reading the next, so a route still comes after
-            // the address that makes its gateway reachable.
-            let mut requests: Vec<Pin<Box<dyn Future<Output = Result<()>> + '_>>> =
-                vec![Box::pin(netlink::set_up(&container, link.index))];
-            for ip in ips {
-                requests.push(Box::pin(netlink::add_address(&container, link.index, ip.address)));
-            }
-            for route in &plan.routes {
-                let gw = route.gw.or_else(|| plan.gateway_for(route.dst.ip()));
-                requests.push(Box::pin(netlink::add_route(&container, link.index, route.dst, gw)));
-            }
-            let hairpin = async {
-                match conf.hairpin_mode {
-                    true => netlink::set_hairpin(&host, &host_name).await,
-                    false => Ok(()),
-                }
-            };
-            futures_util::try_join!(futures_util::future::try_join_all(requests), hairpin)?;
-            Ok::<_, CniError>(())
-        }
-        .await;
-        trace::mark("container configured");
-        if let Err(e) = configured {
-            let _ = netlink::delete_link(&host, &host_name).await;
-            return Err(e);
-        }
-        Ok(CniResult {
-            interfaces: vec![
-                Interface { name: conf.bridge.clone(), mac: bridge.mac.clone(), sandbox: None, mtu: bridge.mtu },
-                Interface {
-                    name: host_name.clone(),
-                    mac: netlink::format_mac(&host_mac),
-                    sandbox: None,
-                    mtu: Some(plan.mtu),
-                },
-                Interface {
-                    name: ifname.to_string(),
-                    mac: netlink::format_mac(&container_mac),
-                    sandbox: Some(netns_path.display().to_string()),
-                    mtu: Some(plan.mtu),
-                },
-            ],
-            ips: ips.to_vec(),
-            routes: plan
-                .routes
-                .iter()
-                .map(|r| Route {
-                    dst: r.dst,
-                    gw: r.gw.or_else(|| (r.dst.prefix() == 0).then(|| plan.gateway_for(r.dst.ip())).flatten()),
-                })
-                .collect(),
-            dns: conf.dns.clone(),
-        })
+    let mut host = Rtnl::open().map_err(|e| CniError::io("opening a netlink socket", e))?;
+    trace::mark("netlink socket ready");
+    let bridge = netlink::ensure_bridge(&mut host, &conf.bridge, plan.mtu)?;
+    trace::mark("bridge ready");
+    let host_name = host_veth_name(id, ifname);
+    let (host_mac, container_mac) = (netlink::random_mac(), netlink::random_mac());
+    let veth = Veth {
+        host: &host_name,
+        host_mac: &host_mac,
+        container: ifname,
+        container_mac: &container_mac,
+        mtu: plan.mtu,
+        bridge_index: bridge.index,
+        netns_fd: std::os::fd::AsRawFd::as_raw_fd(netns),
+    };
+    let peer_index = create_veth(conf, plan, &mut host, &veth, target)?;
+    trace::mark("veth created");
+    if let Err(e) = configure_container(plan, container_socket, peer_index, target, ips) {
+        let _ = netlink::remove_link(&mut host, &host_name);
+        return Err(e);
+    }
+    trace::mark("container configured");
+    Ok(CniResult {
+        interfaces: vec![
+            Interface { name: conf.bridge.clone(), mac: bridge.mac.clone(), sandbox: None, mtu: bridge.mtu },
+            Interface {
+                name: host_name.clone(),
+                mac: netlink::format_mac(&host_mac),
+                sandbox: None,
+                mtu: Some(plan.mtu),
+            },
+            Interface {
+                name: ifname.to_string(),
+                mac: netlink::format_mac(&container_mac),
+                sandbox: Some(netns_path.display().to_string()),
+                mtu: Some(plan.mtu),
+            },
+        ],
+        ips: ips.to_vec(),
+        routes: plan
+            .routes
+            .iter()
+            .map(|r| Route {
+                dst: r.dst,
+                gw: r.gw.or_else(|| (r.dst.prefix() == 0).then(|| plan.gateway_for(r.dst.ip())).flatten()),
+            })
+            .collect(),
+        dns: conf.dns.clone(),
     })
 }
 
-/// The single-threaded runtime that drives both netlink sockets.
-fn netlink_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::io("starting the netlink runtime", e))
+/// The bridge's gateway addresses, the veth pair and its hairpin setting, in one batch, which also reads the host end
+/// back for the container end's index (saving a round trip inside the container). On failure nothing of the pair is
+/// left behind.
+fn create_veth(
+    conf: &NetConf,
+    plan: &Plan,
+    host: &mut Rtnl,
+    veth: &Veth<'_>,
+    target: &Target<'_>,
+) -> Result<Option<u32>> {
+    let gateways: Vec<IpNetwork> =
+        if conf.is_gateway { plan.ranges.iter().map(Range::gateway_with_prefix).collect() } else { Vec::new() };
+    let mut requests: Vec<Request> =
+        gateways.iter().map(|gw| netlink::address_request(veth.bridge_index, *gw)).collect();
+    let mut what: Vec<String> = gateways.iter().map(|gw| format!("adding address {gw} to {}", conf.bridge)).collect();
+    let veth_at = requests.len();
+    requests.extend(pair_requests(conf, veth));
+    what.push("creating the veth pair".into());
+    if conf.hairpin_mode {
+        what.push("enabling hairpin mode".into());
+    }
+    let socket_error = |e| CniError::io("creating the veth pair", e);
+    let mut answers = host.batch(requests).map_err(socket_error)?;
+    if answers[veth_at] == Err(libc::EEXIST) && netlink::remove_link(host, veth.host)? {
+        // Our host-side name is derived from the attachment, so an existing one is a leftover of an interrupted
+        // ADD for this very attachment: it is gone now, so ours can be created (the gateways were answered).
+        let retried = host.batch(pair_requests(conf, veth)).map_err(socket_error)?;
+        answers.splice(veth_at.., retried);
+    }
+    if let Err(n) = answers[veth_at] {
+        return Err(veth_error(veth, target, n));
+    }
+    // Only a shortcut: without it, the container end is looked up from inside.
+    let read_back = answers.pop().map(|answer| netlink::link_of(answer, veth.host));
+    let peer_index = read_back.and_then(|link| link.ok().flatten()).and_then(|link| link.peer);
+    // The pair exists; any other failure removes it again.
+    netlink::first_failure(answers, &what).inspect_err(|_| {
+        let _ = netlink::remove_link(host, veth.host);
+    })?;
+    Ok(peer_index)
+}
+
+/// The veth pair, hairpin mode on its host end when asked for, and the host end read back.
+fn pair_requests(conf: &NetConf, veth: &Veth<'_>) -> Vec<Request> {
+    let mut requests = vec![netlink::veth_request(veth)];
+    if conf.hairpin_mode {
+        requests.push(netlink::hairpin_request(veth.host));
+    }
+    requests.push(netlink::get_link_request(veth.host));
+    requests
+}
+
+fn veth_error(veth: &Veth<'_>, target: &Target<'_>, errno: i32) -> CniError {
+    let Veth { host, container, .. } = *veth;
+    CniError::Netlink {
+        what: format!(
+            "creating veth {host} <-> {container} in {} (does {container} exist there already?)",
+            target.netns_path.display()
+        ),
+        errno: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+/// Inside the container: everything in one batch, on the link `peer_index` (or, when the host end did not tell,
+/// the one found by name).
+fn configure_container(
+    plan: &Plan,
+    socket: rtnetlink::sys::Socket,
+    peer_index: Option<u32>,
+    target: &Target<'_>,
+    ips: &[IpConfig],
+) -> Result<()> {
+    let Target { ifname, netns_path, .. } = *target;
+    let mut container =
+        Rtnl::from_socket(socket).map_err(|e| CniError::io("connecting the netlink socket inside CNI_NETNS", e))?;
+    let missing = || {
+        CniError::io(format!("{ifname} in {}", netns_path.display()), std::io::Error::other("missing after creation"))
+    };
+    let index = match peer_index {
+        Some(index) => index,
+        None => netlink::get_link(&mut container, ifname)?.ok_or_else(missing)?.index,
+    };
+    let addresses: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
+    let routes: Vec<(IpNetwork, Option<IpAddr>)> =
+        plan.routes.iter().map(|r| (r.dst, r.gw.or_else(|| plan.gateway_for(r.dst.ip())))).collect();
+    netlink::configure_container(&mut container, index, &addresses, &routes)
 }
 
 /// A gateway host forwards; a fresh netns does not by default. Read first: writing costs more than reading.
