@@ -55,14 +55,30 @@ fn dual_stack_hosts_reach_each_other_over_both_vteps() {
         );
     }
 
-    // h1 reaches h2's IPv6 VTEP address through the overlay, and the IPv4 side works as before.
+    // h1 reaches h2's IPv6 VTEP address through the overlay, and the IPv4 side works as before. h1 may have
+    // written its subnet file before it heard of h2, so the route is waited for.
     let v6_base = keys[1].ipv6.unwrap().ip().to_string();
     let v4_base = keys[1].ipv4.unwrap().ip().to_string();
-    let route = host(&lab, 1, &["ip", "-6", "route", "show", &keys[1].ipv6.unwrap().to_string()]);
     let want = format!("{} via {v6_base} dev flannel-v6.1 proto 87", keys[1].ipv6.unwrap());
-    assert!(route.starts_with(&want) && route.contains(" onlink"), "{route}");
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        let route = host(&lab, 1, &["ip", "-6", "route", "show", &keys[1].ipv6.unwrap().to_string()]);
+        if route.starts_with(&want) && route.contains(" onlink") {
+            Ok(())
+        } else {
+            Err(format!("h1 has no route {want} onlink: {route:?}"))
+        }
+    });
     let fdb = host(&lab, 1, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
     assert!(fdb.contains(&format!("dst {} self permanent", underlay_v6(2))), "{fdb}");
+
+    // An IPv6 outer header is 20 bytes longer: the IPv6 VTEP gets underlay - 70 (the kernel refuses more), and
+    // containers get the smaller of the two VTEP MTUs so neither family needs Path MTU discovery to get through.
+    for h in 1..=2 {
+        assert!(host(&lab, h, &["ip", "link", "show", "flannel.1"]).contains(" mtu 1450 "));
+        assert!(host(&lab, h, &["ip", "link", "show", "flannel-v6.1"]).contains(" mtu 1430 "));
+        let env = lab.wait_for_subnet_env(h, Duration::from_secs(1)).unwrap();
+        assert_eq!(env.mtu, 1430, "h{h}: {env:?}");
+    }
     for target in [v6_base, v4_base] {
         eventually(Duration::from_secs(10), Duration::from_millis(200), || {
             let out = lab.exec_in(&lab.host_ns(1), ["ping", "-c1", "-W1", &target]).unwrap();
@@ -72,5 +88,10 @@ fn dual_stack_hosts_reach_each_other_over_both_vteps() {
                 Err(format!("h1 cannot ping {target}"))
             }
         });
+    }
+    // Every kernel operation succeeded: nothing was left to retry.
+    for h in 1..=2 {
+        let log = std::fs::read_to_string(lab.weftd_log(h)).unwrap();
+        assert!(!log.contains("kernel operation failed"), "h{h}:\n{log}");
     }
 }

@@ -15,8 +15,20 @@ pub const BACKEND_TYPE: &str = "vxlan";
 /// Linux's IANA-predating VXLAN port, which flannel uses ("0 = kernel default").
 pub const DEFAULT_PORT: u16 = 8472;
 pub const DEFAULT_VNI: u32 = 1;
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). flannel uses the same figure for an IPv6 underlay.
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const OVERHEAD: u32 = 50;
+/// The same with an outer IPv6 header (40). flannel asks for underlay − 50 on `flannel-v6.<VNI>` too; the kernel
+/// silently clamps that to underlay − 70 at creation and refuses it on any later change, so we ask for what the
+/// kernel can give.
+pub const OVERHEAD_V6: u32 = 70;
+
+/// The encapsulation overhead of a VTEP whose underlay (outer) family is `family`.
+pub fn overhead(family: Family) -> u32 {
+    match family {
+        Family::V4 => OVERHEAD,
+        Family::V6 => OVERHEAD_V6,
+    }
+}
 
 /// The `Backend` object of the network config, for `"Type": "vxlan"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,12 +167,22 @@ impl VxlanBackend {
         route_protocol: u8,
     ) -> Result<VxlanBackend, BackendError> {
         let underlay_mtu = config.mtu.unwrap_or(underlay.mtu);
-        let mtu = underlay_mtu.checked_sub(OVERHEAD).filter(|m| *m >= 68).ok_or_else(|| BackendError::Config {
-            field: "Backend.MTU".into(),
-            msg: format!("underlay MTU {underlay_mtu} is too small for VXLAN's {OVERHEAD}-byte overhead"),
-        })?;
         let mut vteps = Vec::new();
         for &family in families {
+            let overhead = overhead(family);
+            // IPv6 needs at least 1280 bytes on every link it crosses.
+            let minimum = match family {
+                Family::V4 => 68,
+                Family::V6 => 1280,
+            };
+            let mtu =
+                underlay_mtu.checked_sub(overhead).filter(|m| *m >= minimum).ok_or_else(|| BackendError::Config {
+                    field: "Backend.MTU".into(),
+                    msg: format!(
+                        "underlay MTU {underlay_mtu} leaves less than {family}'s minimum of {minimum} bytes after \
+                         VXLAN's {overhead}-byte overhead"
+                    ),
+                })?;
             let local = underlay
                 .address(family)
                 .ok_or_else(|| BackendError::NoUnderlayAddress { interface: underlay.name.clone(), family })?;
@@ -191,9 +213,11 @@ impl VxlanBackend {
         Ok(VxlanBackend { config, underlay, vteps, route_protocol })
     }
 
-    /// The MTU containers should use (FLANNEL_MTU).
+    /// The MTU containers should use (FLANNEL_MTU): the smallest VTEP's, so that no packet a container sends, of
+    /// either family, is too big for its tunnel. flannel publishes the IPv4 VTEP's even when dual-stack, which makes
+    /// every new IPv6 path start with a dropped packet and an ICMPv6 Packet Too Big.
     pub fn mtu(&self) -> u32 {
-        self.vteps.first().map(|v| v.link.mtu).unwrap_or(self.underlay.mtu - OVERHEAD)
+        self.vteps.iter().map(|v| v.link.mtu).min().unwrap_or(self.underlay.mtu - OVERHEAD)
     }
 
     pub fn vtep(&self, family: Family) -> Option<&Vtep> {

@@ -295,6 +295,25 @@ fn mtu_follows_the_interface_or_the_backend_option() {
 }
 
 #[test]
+fn ipv6_vtep_mtu_pays_for_the_longer_outer_header() {
+    let dual =
+        Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap(), "fd00:198:18::1/64".parse().unwrap()]);
+    let prepare = |config: VxlanConfig, families: &[Family]| {
+        VxlanBackend::prepare(config, dual.clone(), families, &KernelState::default(), WEFT_ROUTE_PROTOCOL)
+    };
+    let b = prepare(VxlanConfig::default(), &[Family::V4, Family::V6]).unwrap();
+    assert_eq!(b.vtep(Family::V4).unwrap().link.mtu, 1450);
+    assert_eq!(b.vtep(Family::V6).unwrap().link.mtu, 1430);
+    assert_eq!(b.mtu(), 1430, "containers get the MTU both tunnels can carry");
+    assert_eq!(prepare(VxlanConfig::default(), &[Family::V6]).unwrap().mtu(), 1430);
+    // IPv6 needs 1280 bytes on every link: an underlay of 1349 cannot carry it, 1350 can.
+    let err = prepare(VxlanConfig { mtu: Some(1349), ..Default::default() }, &[Family::V6]).unwrap_err().to_string();
+    assert!(err.contains("Backend.MTU") && err.contains("1280"), "{err}");
+    assert_eq!(prepare(VxlanConfig { mtu: Some(1350), ..Default::default() }, &[Family::V6]).unwrap().mtu(), 1280);
+    assert_eq!(prepare(VxlanConfig { mtu: Some(1349), ..Default::default() }, &[Family::V4]).unwrap().mtu(), 1299);
+}
+
+#[test]
 fn lease_data_is_flannels() {
     let b = backend(VxlanConfig::default(), &KernelState::default());
     let data = b.lease_data(Family::V4).unwrap();
