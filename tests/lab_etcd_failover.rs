@@ -32,11 +32,20 @@ fn underlay(lab: &TestLab, args: &[&str]) -> String {
 }
 
 fn etcdctl_at(lab: &TestLab, endpoint: &str, args: &[&str]) -> String {
+    try_etcdctl_at(lab, endpoint, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_etcdctl_at(lab: &TestLab, endpoint: &str, args: &[&str]) -> Result<String, String> {
     let mut full = vec!["env", "ETCDCTL_API=3", "etcdctl", "--dial-timeout=1s", "--command-timeout=3s"];
     let endpoints = format!("--endpoints={endpoint}");
     full.push(&endpoints);
     full.extend_from_slice(args);
-    underlay(lab, &full)
+    let out = lab.exec_in(&lab.underlay_ns(), &full).unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{full:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 /// Adds member `name` (client on `ip`:2379 and 127.0.0.1:`local_port`, peers on loopback `peer_port`) to the
@@ -123,7 +132,11 @@ fn weftd_fails_over_to_the_remaining_etcd_members() {
     // The first endpoint (the lab's own member) dies; the cluster keeps quorum with the other two.
     lab.stop_etcd().unwrap();
     let value = r#"{"PublicIP":"198.18.0.88","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:88"}}"#;
-    etcdctl_at(&lab, "http://127.0.0.1:2389", &["put", "/coreos.com/network/subnets/10.244.240.0-24", value]);
+    // The stopped member may have led the cluster: the survivors need an election before a write goes through.
+    eventually(Duration::from_secs(20), Duration::from_millis(500), || {
+        try_etcdctl_at(&lab, "http://127.0.0.1:2389", &["put", "/coreos.com/network/subnets/10.244.240.0-24", value])
+            .map(drop)
+    });
     for h in 1..=2 {
         eventually(Duration::from_secs(30), Duration::from_millis(200), || {
             let out = lab.exec_in(&lab.host_ns(h), ["ip", "route", "show", "10.244.240.0/24"]).unwrap();

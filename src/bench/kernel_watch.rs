@@ -94,7 +94,7 @@ impl KernelWatch {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.overrun {
-                return self.poll_until(done, deadline).await;
+                return self.poll_until(|state| done(&counts_of(state)), deadline).await;
             }
             let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
             match next {
@@ -110,15 +110,20 @@ impl KernelWatch {
         }
     }
 
-    /// Waits until route `dst` (ours) appears; returns when its notification was read.
+    /// Waits until route `dst` (ours) appears; returns when its notification was read. After an overrun, polls
+    /// dumps instead (the notification may be among the lost ones).
     pub async fn wait_for_route(&mut self, dst: IpNetwork, timeout: Duration) -> Result<Option<Instant>> {
         if let Some(at) = self.route_added.get(&dst) {
             return Ok(Some(*at));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if self.overrun {
+                return self.poll_until(|state| state.routes.contains_key(&dst), deadline).await;
+            }
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) | Ok(None) => return Ok(None),
+                Err(_) => return Ok(None),
+                Ok(None) => self.overrun = true,
                 Ok(Some((at, event))) => {
                     self.absorb(at, event);
                     if let Some(at) = self.route_added.get(&dst) {
@@ -131,12 +136,12 @@ impl KernelWatch {
 
     async fn poll_until(
         &mut self,
-        done: impl Fn(&Counts) -> bool,
+        done: impl Fn(&KernelState) -> bool,
         deadline: tokio::time::Instant,
     ) -> Result<Option<Instant>> {
         loop {
             let state = observe(&self.ns).await?;
-            if done(&counts_of(&state)) {
+            if done(&state) {
                 return Ok(Some(Instant::now()));
             }
             if tokio::time::Instant::now() >= deadline {
