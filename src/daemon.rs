@@ -93,6 +93,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         })
         .await?;
     let backend = VxlanBackend::prepare(backend_config, underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
+    for note in &backend.notes {
+        warn!("{note}");
+    }
     for vtep in &backend.vteps {
         info!(device = %vtep.link.name, vtep_mac = %vtep.link.mac, mtu = vtep.link.mtu, "VXLAN device prepared");
     }

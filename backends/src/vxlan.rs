@@ -38,7 +38,8 @@ pub struct VxlanConfig {
     pub gbp: bool,
     pub learning: bool,
     pub direct_routing: bool,
-    /// Underlay MTU to assume instead of the interface's (flannel's `MTU` option); the overlay gets this minus 50.
+    /// Underlay MTU to assume instead of the interface's (flannel's `MTU` option); the overlay gets this minus 50
+    /// (70 on the IPv6 VTEP). Only a smaller value than the interface's can take effect.
     pub mtu: Option<u32>,
 }
 
@@ -153,6 +154,8 @@ pub struct VxlanBackend {
     pub underlay: Underlay,
     pub vteps: Vec<Vtep>,
     pub route_protocol: u8,
+    /// Things the operator should know about how the configuration was applied (logged as warnings).
+    pub notes: Vec<String>,
 }
 
 impl VxlanBackend {
@@ -166,7 +169,20 @@ impl VxlanBackend {
         existing: &KernelState,
         route_protocol: u8,
     ) -> Result<VxlanBackend, BackendError> {
-        let underlay_mtu = config.mtu.unwrap_or(underlay.mtu);
+        let mut notes = Vec::new();
+        // The kernel caps a VXLAN device at its lower device's MTU minus the overhead: it clamps a larger MTU at
+        // creation and refuses it on every later change, so asking for more would fail every reconcile pass.
+        let underlay_mtu = match config.mtu {
+            Some(m) if m > underlay.mtu => {
+                notes.push(format!(
+                    "Backend.MTU {m} is larger than {}'s MTU {}; using {} (the kernel allows no more)",
+                    underlay.name, underlay.mtu, underlay.mtu
+                ));
+                underlay.mtu
+            }
+            Some(m) => m,
+            None => underlay.mtu,
+        };
         let mut vteps = Vec::new();
         for &family in families {
             let overhead = overhead(family);
@@ -210,7 +226,7 @@ impl VxlanBackend {
             };
             vteps.push(Vtep { family, link });
         }
-        Ok(VxlanBackend { config, underlay, vteps, route_protocol })
+        Ok(VxlanBackend { config, underlay, vteps, route_protocol, notes })
     }
 
     /// The MTU containers should use (FLANNEL_MTU): the smallest VTEP's, so that no packet a container sends, of

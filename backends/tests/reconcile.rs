@@ -275,8 +275,12 @@ fn diff_of_equal_states_is_empty_and_prepare_is_deterministic() {
 fn mtu_follows_the_interface_or_the_backend_option() {
     let b = backend(VxlanConfig::default(), &KernelState::default());
     assert_eq!(b.mtu(), 1450);
+    let b = backend(VxlanConfig { mtu: Some(1400), ..Default::default() }, &KernelState::default());
+    assert_eq!((b.mtu(), b.notes.len()), (1350, 0));
+    // More than the interface has cannot take effect: the kernel would refuse it on every pass.
     let b = backend(VxlanConfig { mtu: Some(9001), ..Default::default() }, &KernelState::default());
-    assert_eq!(b.mtu(), 8951);
+    assert_eq!(b.mtu(), 1450);
+    assert!(b.notes[0].contains("Backend.MTU 9001 is larger than eth0's MTU 1500"), "{:?}", b.notes);
     let config =
         VxlanConfig::from_json(&json!({"Type": "vxlan", "VNI": 42, "Port": 0, "MTU": 1400, "DirectRouting": true}))
             .unwrap();
