@@ -1,0 +1,160 @@
+//! The blocking, batched transport, for the CNI plugin: plain send/recv on the calling thread, no async runtime.
+//! Requests whose order is fixed go out together in one datagram: the kernel handles the messages of a datagram
+//! one after the other, in order, and answers each, so a batch costs one round trip.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::SocketAddr;
+
+use crate::error::{Action, Error, Operation};
+use crate::netns;
+use crate::request::{Answer, Outcome, Reply, Request};
+
+/// Larger than any datagram the kernel sends on a netlink socket by default (it caps a dump's datagrams at
+/// 32 KiB); a datagram that does not fit is an error, never silently cut.
+const RECV_BUFFER: usize = 64 * 1024;
+
+fn socket_error(e: io::Error) -> Error {
+    Error::Io { operation: Operation::socket(Action::Exchange), source: e }
+}
+
+/// A netlink socket used synchronously.
+pub struct Socket {
+    socket: netlink_sys::Socket,
+    sequence: u32,
+    buffer: Vec<u8>,
+}
+
+impl Socket {
+    /// A socket in the calling thread's netns.
+    pub fn open() -> Result<Socket, Error> {
+        Socket::from_socket(netns::route_socket(0).map_err(open_error)?)
+    }
+
+    /// A socket inside the network namespace behind `netns` (see [`netns::in_netns`]).
+    pub fn open_in(netns: &File) -> Result<Socket, Error> {
+        Socket::from_socket(netns::in_netns(netns, || netns::route_socket(0)).map_err(open_error)?)
+    }
+
+    /// Uses `socket` (from [`netns::route_socket`] or [`netns::route_socket_at`]).
+    pub fn from_socket(socket: netlink_sys::Socket) -> Result<Socket, Error> {
+        // Connected to the kernel, so that plain send() reaches it and only the kernel's answers come back.
+        socket.connect(&SocketAddr::new(0, 0)).map_err(open_error)?;
+        Ok(Socket { socket, sequence: 0, buffer: Vec::with_capacity(RECV_BUFFER) })
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn request(&mut self, request: Request) -> Outcome {
+        self.batch(vec![request])?.pop().unwrap_or_else(|| Err(socket_error(io::Error::other("no answer"))))
+    }
+
+    /// Sends `requests` in one datagram and returns their answers in the same order. The outer error is the
+    /// socket's; each answer carries the kernel's verdict on its request.
+    pub fn batch(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>, Error> {
+        let first = self.sequence.wrapping_add(1);
+        let mut datagram = Vec::new();
+        let mut operations = Vec::with_capacity(requests.len());
+        for request in requests {
+            self.sequence = self.sequence.wrapping_add(1);
+            operations.push(request.operation());
+            datagram.extend(request.to_bytes(self.sequence));
+        }
+        let count = operations.len();
+        self.socket.send(&datagram, 0).map_err(socket_error)?;
+        let mut answers: Vec<Answer> = (0..count).map(|_| Answer::default()).collect();
+        let mut complete = vec![false; count];
+        while complete.iter().any(|done| !done) {
+            self.receive()?;
+            for (sequence, reply) in split(&self.buffer)? {
+                let index = sequence.wrapping_sub(first) as usize;
+                // An answer to an earlier, abandoned request: nobody waits for it.
+                if index < count && !complete[index] {
+                    complete[index] = answers[index].absorb(reply);
+                }
+            }
+        }
+        Ok(answers.into_iter().zip(operations).map(|(answer, operation)| answer.finish(operation)).collect())
+    }
+
+    /// Reads one datagram into the buffer (replacing its content).
+    fn receive(&mut self) -> Result<(), Error> {
+        let buffer = &mut self.buffer;
+        buffer.clear();
+        // SAFETY: recv writes at most `capacity` bytes into the vector's allocation; only the bytes it wrote are
+        // then made part of the vector.
+        let n = unsafe {
+            libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.capacity(), libc::MSG_TRUNC)
+        };
+        if n < 0 {
+            return Err(socket_error(io::Error::last_os_error()));
+        }
+        let n = n as usize;
+        if n > buffer.capacity() {
+            return Err(socket_error(io::Error::other(format!("netlink answer of {n} bytes does not fit the buffer"))));
+        }
+        // SAFETY: the kernel initialised the first n bytes.
+        unsafe { buffer.set_len(n) };
+        Ok(())
+    }
+}
+
+fn open_error(e: io::Error) -> Error {
+    Error::Io { operation: Operation::socket(Action::Open), source: e }
+}
+
+/// The messages of one datagram, decoded, with their sequence numbers.
+fn split(mut datagram: &[u8]) -> Result<Vec<(u32, Reply)>, Error> {
+    let invalid = |e: String| Error::Invalid { operation: Operation::socket(Action::Exchange), detail: e };
+    let mut messages = Vec::new();
+    while !datagram.is_empty() {
+        let buffer = NetlinkBuffer::new_checked(datagram).map_err(|e| invalid(e.to_string()))?;
+        let length = buffer.length() as usize;
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[..length])
+            .map_err(|e| invalid(e.to_string()))?;
+        messages.push((message.header.sequence_number, Reply::of(message.payload)));
+        // Messages are 4-byte aligned; the last one may come without its padding.
+        datagram = datagram.get((length + 3) & !3..).unwrap_or_default();
+    }
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{ErrorMessage, NetlinkHeader, NetlinkPayload};
+
+    use super::*;
+    use crate::link;
+
+    fn serialized(sequence: u32, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = sequence;
+        let mut message = NetlinkMessage::new(header, payload);
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes.resize((bytes.len() + 3) & !3, 0);
+        bytes
+    }
+
+    #[test]
+    fn splits_a_datagram_of_answers() {
+        let mut refusal = ErrorMessage::default();
+        refusal.code = std::num::NonZeroI32::new(-libc::EEXIST);
+        let RouteNetlinkMessage::NewLink(link) = link::create_bridge("cni0", 1500, [2; 6]).message().clone() else {
+            panic!()
+        };
+        let mut datagram = serialized(3, NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)));
+        datagram.extend(serialized(3, NetlinkPayload::Error(ErrorMessage::default())));
+        datagram.extend(serialized(4, NetlinkPayload::Error(refusal)));
+        let replies = split(&datagram).unwrap();
+        assert_eq!(replies.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 3, 4]);
+        assert!(matches!(replies[0].1, Reply::Object(RouteNetlinkMessage::NewLink(_))));
+        assert!(matches!(replies[1].1, Reply::Done));
+        assert!(matches!(replies[2].1, Reply::Refused(libc::EEXIST)));
+        assert!(split(&datagram[..10]).is_err(), "a cut message is an error");
+    }
+}

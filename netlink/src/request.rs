@@ -1,0 +1,173 @@
+//! A request as both transports send it, and how an answer is settled. The codecs build requests; the transports
+//! only number, send and collect them.
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use crate::error::{Action, Error, Object, Operation};
+
+/// One rtnetlink request: the message, its NLM_F_* flags and what it does (for errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    message: RouteNetlinkMessage,
+    flags: u16,
+    operation: Operation,
+}
+
+impl Request {
+    /// Creates an object that must not exist yet (EEXIST otherwise).
+    pub(crate) fn create(object: Object, message: RouteNetlinkMessage) -> Request {
+        Request { message, flags: NLM_F_CREATE | NLM_F_EXCL, operation: Operation::new(Action::Create, object) }
+    }
+
+    /// Creates the object or replaces the one with the same key.
+    pub(crate) fn replace(object: Object, message: RouteNetlinkMessage) -> Request {
+        Request { message, flags: NLM_F_CREATE | NLM_F_REPLACE, operation: Operation::new(Action::Replace, object) }
+    }
+
+    /// Changes, deletes or reads one existing object.
+    pub(crate) fn plain(action: Action, object: Object, message: RouteNetlinkMessage) -> Request {
+        Request { message, flags: 0, operation: Operation::new(action, object) }
+    }
+
+    /// Reads every object of a kind (a multi-part answer ending with NLMSG_DONE).
+    pub(crate) fn dump(object: Object, message: RouteNetlinkMessage) -> Request {
+        Request { message, flags: NLM_F_DUMP, operation: Operation::new(Action::Dump, object) }
+    }
+
+    pub fn message(&self) -> &RouteNetlinkMessage {
+        &self.message
+    }
+
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    pub fn is_dump(&self) -> bool {
+        self.flags & NLM_F_DUMP == NLM_F_DUMP
+    }
+
+    /// The netlink message with its header flags. Every request but a dump asks for an acknowledgement, so that
+    /// each one ends with exactly one answer: an acknowledgement or an errno.
+    pub fn into_netlink(self, sequence: u32) -> (NetlinkMessage<RouteNetlinkMessage>, Operation) {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | self.flags | if self.is_dump() { 0 } else { NLM_F_ACK };
+        header.sequence_number = sequence;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message));
+        message.finalize();
+        (message, self.operation)
+    }
+
+    /// The request's bytes as they go on the wire (aligned to 4 bytes, so requests can be concatenated).
+    pub fn to_bytes(&self, sequence: u32) -> Vec<u8> {
+        let (message, _) = self.clone().into_netlink(sequence);
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes.resize((bytes.len() + 3) & !3, 0);
+        bytes
+    }
+}
+
+/// What one message of an answer means for the request it answers.
+pub(crate) enum Reply {
+    /// Part of the answer (a dumped or read object).
+    Object(RouteNetlinkMessage),
+    /// The end of the answer: an acknowledgement, or the end of a dump.
+    Done,
+    /// The end of the answer: the kernel refused with this errno (positive).
+    Refused(i32),
+    /// Nothing for the request (a no-op or an overrun notice).
+    Ignored,
+}
+
+impl Reply {
+    pub(crate) fn of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Reply {
+        match payload {
+            NetlinkPayload::InnerMessage(message) => Reply::Object(message),
+            NetlinkPayload::Error(e) if e.raw_code() != 0 => Reply::Refused(e.raw_code().abs()),
+            NetlinkPayload::Error(_) => Reply::Done,
+            // A dump that failed half way reports the errno in its NLMSG_DONE.
+            NetlinkPayload::Done(done) if done.code != 0 => Reply::Refused(done.code.abs()),
+            NetlinkPayload::Done(_) => Reply::Done,
+            _ => Reply::Ignored,
+        }
+    }
+}
+
+/// Collects the answer to one request as the transports receive it.
+#[derive(Default)]
+pub(crate) struct Answer {
+    objects: Vec<RouteNetlinkMessage>,
+    refused: Option<i32>,
+}
+
+impl Answer {
+    /// Adds one reply; true when the answer is complete.
+    pub(crate) fn absorb(&mut self, reply: Reply) -> bool {
+        match reply {
+            Reply::Object(message) => {
+                self.objects.push(message);
+                false
+            }
+            Reply::Done => true,
+            Reply::Refused(errno) => {
+                self.refused = Some(errno);
+                true
+            }
+            Reply::Ignored => false,
+        }
+    }
+
+    pub(crate) fn finish(self, operation: Operation) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        match self.refused {
+            Some(errno) => Err(Error::Kernel { operation, errno }),
+            None => Ok(self.objects),
+        }
+    }
+}
+
+/// The answers to a batch, as [`crate::blocking::Socket::batch`] returns them: per request, the objects the
+/// kernel sent back or the error it refused with.
+pub type Outcome = Result<Vec<RouteNetlinkMessage>, Error>;
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+
+    use super::*;
+
+    #[test]
+    fn settles_answers() {
+        let op = Operation::new(Action::Delete, Object::Link);
+        let mut ack = Answer::default();
+        assert!(ack.absorb(Reply::of(NetlinkPayload::Error(ErrorMessage::default()))));
+        assert!(ack.finish(op).unwrap().is_empty());
+
+        let mut nack = Answer::default();
+        let mut refusal = ErrorMessage::default();
+        refusal.code = std::num::NonZeroI32::new(-libc::ENODEV);
+        assert!(nack.absorb(Reply::of(NetlinkPayload::Error(refusal))));
+        assert!(nack.finish(op).unwrap_err().is_no_device());
+
+        let mut dump = Answer::default();
+        assert!(!dump.absorb(Reply::of(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(Default::default())))));
+        let mut failed = DoneMessage::default();
+        failed.code = -libc::EINTR;
+        assert!(dump.absorb(Reply::of(NetlinkPayload::Done(failed))));
+        assert_eq!(dump.finish(op).unwrap_err().errno(), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn dumps_ask_for_no_acknowledgement() {
+        let dump = Request::dump(Object::Link, RouteNetlinkMessage::GetLink(Default::default()));
+        let (message, _) = dump.into_netlink(7);
+        assert_eq!(message.header.flags, NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(message.header.sequence_number, 7);
+        let create = Request::create(Object::Link, RouteNetlinkMessage::NewLink(Default::default()));
+        let (message, _) = create.into_netlink(8);
+        assert_eq!(message.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
+    }
+}
