@@ -416,7 +416,7 @@ fn current_namespace_handles_work_from_a_thread_inside_it() {
     let path = ns.path();
     let inside = std::thread::spawn(move || {
         let netns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        weft_netlink::netns::enter_for_good(&netns).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let mut kernel = NetlinkKernel::connect().unwrap();

@@ -8,7 +8,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, SocketAddr};
+
+/// The netlink socket these functions open; the transports take it.
+pub use netlink_sys::Socket;
 
 /// Runs `open` on a new thread that entered the network namespace behind `netns` and exits right after.
 pub fn in_netns<T: Send>(netns: &File, open: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {

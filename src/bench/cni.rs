@@ -294,14 +294,9 @@ impl Plugin {
         let config = self.config.clone();
         let binary = self.binary.display().to_string();
         let command = command.to_string();
-        // A thread of ours enters the host netns and spawns from there (a child inherits its creator thread's
-        // netns); it ends afterwards, so no other code ever runs in that netns by accident.
-        std::thread::spawn(move || -> Result<f64, String> {
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on an open netns fd, on this short-lived thread only.
-            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("entering the host netns: {}", std::io::Error::last_os_error()));
-            }
+        // A short-lived thread enters the host netns and spawns from there (a child inherits its creator thread's
+        // netns), so no other code ever runs in that netns by accident.
+        let mut timed = move || -> Result<f64, String> {
             let started = Instant::now();
             let mut child = cmd.spawn().map_err(|e| format!("running {binary}: {e}"))?;
             if let Some(mut stdin) = child.stdin.take() {
@@ -317,9 +312,9 @@ impl Plugin {
                 ));
             }
             Ok(elapsed.as_secs_f64() * 1000.0)
-        })
-        .join()
-        .map_err(|_| "the benchmark thread panicked".to_string())?
+        };
+        weft_netlink::netns::in_netns(&netns, move || Ok(timed()))
+            .map_err(|e| format!("entering the host netns: {e}"))?
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -76,13 +75,10 @@ impl Drop for NsRuntime {
     }
 }
 
+/// Moves this thread, which exists only to run the namespace's runtime, into the namespace for good.
 fn enter(path: &Path) -> Result<()> {
     let file = File::open(path).context(format!("opening {}", path.display()))?;
-    // SAFETY: setns on a valid namespace descriptor; it only affects the calling thread, which is ours alone.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return fail(format!("entering {}: {}", path.display(), std::io::Error::last_os_error()));
-    }
-    Ok(())
+    weft_netlink::netns::enter_for_good(&file).context(format!("entering {}", path.display()))
 }
 
 /// Network namespaces created by the benchmark, deleted when dropped (also on errors and panics). Names carry

@@ -1,0 +1,253 @@
+//! Applying ops: the one place that turns a model op into a request (`request_for`, `*_to_netlink`), which
+//! answers count as done, and the pipelined `apply_all`.
+
+use weft_netlink::link::{LinkChange, LinkRef, NewVxlan};
+use weft_netlink::{address, fdb, link, neighbour, route, Error, Outcome, Request};
+
+use super::NetlinkKernel;
+use crate::diff::Op;
+use crate::kernel::KernelError;
+use crate::model::{Link, LinkKind, MacAddr, Route};
+
+/// Requests kept in flight by `apply_all`: enough to hide the round trip, few enough that the acknowledgements
+/// always fit in the socket's receive buffer.
+const PIPELINE_DEPTH: usize = 128;
+
+pub(super) async fn apply(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError> {
+    let result = apply_op(kernel, op).await;
+    if is_stale_index(&result) && !kernel.indexes.is_empty() {
+        // A cached index may belong to a device that was deleted (and perhaps re-created under the same name)
+        // since the last dump: look the names up afresh and try once more.
+        kernel.indexes.clear();
+        return apply_op(kernel, op).await;
+    }
+    result
+}
+
+/// Resolves every op's device first (from the cache), then keeps up to [`PIPELINE_DEPTH`] requests in flight on
+/// the one socket instead of waiting for each acknowledgement: the kernel still handles them one by one, in
+/// order, but the round trip through the connection task is paid once per window, not once per op.
+pub(super) async fn apply_all(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+    let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(ops.len());
+    let mut positions = Vec::new();
+    let mut requests = Vec::new();
+    for (position, op) in ops.iter().enumerate() {
+        if is_link_op(op) {
+            results.push(Some(apply(kernel, op).await));
+            continue;
+        }
+        match resolve(kernel, op).await {
+            Ok(Some(index)) => match request_for(op, index) {
+                Ok(request) => {
+                    results.push(None);
+                    positions.push(position);
+                    requests.push(request);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            },
+            Ok(None) => results.push(Some(Ok(()))),
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let answers = kernel.connection.pipeline(requests, PIPELINE_DEPTH).await;
+    for (position, answer) in positions.into_iter().zip(answers) {
+        results[position] = Some(settle(&ops[position], answer));
+    }
+    let mut out = Vec::with_capacity(ops.len());
+    for (op, result) in ops.iter().zip(results) {
+        let result = result.unwrap_or_else(|| Err(KernelError::Netlink(format!("{op}: no answer"))));
+        // As in apply: a cached index may belong to a deleted (perhaps re-created) device.
+        out.push(if is_stale_index(&result) {
+            kernel.indexes.clear();
+            apply_op(kernel, op).await
+        } else {
+            result
+        });
+    }
+    out
+}
+
+fn is_link_op(op: &Op) -> bool {
+    matches!(op, Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_))
+}
+
+fn is_stale_index(result: &Result<(), KernelError>) -> bool {
+    matches!(result, Err(KernelError::Apply { source, .. }) if source.raw_os_error() == Some(libc::ENODEV))
+}
+
+async fn apply_op(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError> {
+    match op {
+        Op::CreateLink(link) => {
+            kernel.indexes.remove(&link.name);
+            let answer = kernel.connection.request(create_link(link)).await;
+            settle(op, answer)
+        }
+        Op::UpdateLink(link) => update_link(kernel, op, link).await,
+        Op::DeleteLink(name) => {
+            let Some(index) = kernel.optional_index(op, name).await? else {
+                return Ok(());
+            };
+            kernel.indexes.remove(name);
+            let answer = kernel.connection.request(link::delete(LinkRef::Index(index))).await;
+            settle(op, answer)
+        }
+        _ => match resolve(kernel, op).await? {
+            Some(index) => {
+                let answer = kernel.connection.request(request_for(op, index)?).await;
+                settle(op, answer)
+            }
+            None => Ok(()),
+        },
+    }
+}
+
+/// The ifindex an address, neighbour, FDB or route op acts on. None means the op deletes something from a device
+/// that is gone, which took the object along: nothing to do.
+async fn resolve(kernel: &mut NetlinkKernel, op: &Op) -> Result<Option<u32>, KernelError> {
+    let (device, deletes) = match op {
+        Op::AddAddress(a) => (&a.device, false),
+        Op::DeleteAddress(a) => (&a.device, true),
+        Op::ReplaceNeighbour(n) => (&n.device, false),
+        Op::DeleteNeighbour(n) => (&n.device, true),
+        Op::ReplaceFdb(e) => (&e.device, false),
+        Op::DeleteFdb(e) => (&e.device, true),
+        Op::ReplaceRoute(r) => (&r.device, false),
+        Op::DeleteRoute(r) => (&r.device, true),
+        Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => {
+            return Err(KernelError::Netlink(format!("{op}: link operations are not resolved by index")))
+        }
+    };
+    if deletes {
+        kernel.optional_index(op, device).await
+    } else {
+        kernel.require_index(op, device).await.map(Some)
+    }
+}
+
+async fn update_link(kernel: &mut NetlinkKernel, op: &Op, link: &Link) -> Result<(), KernelError> {
+    let index = kernel.require_index(op, &link.name).await?;
+    let current = kernel.connection.request(link::get(LinkRef::Index(index))).await;
+    let current_mac = current.map_err(|e| KernelError::apply(op, e.into_io()))?;
+    let current_mac = link::links_in(&current_mac).first().and_then(|l| l.mac).map(MacAddr);
+    let change = LinkChange {
+        mtu: Some(link.mtu),
+        // Any IFLA_ADDRESS, even the current one, makes the kernel flush the device's neighbour entries
+        // (NETDEV_CHANGEADDR), permanent ones included, behind the diff's back: send it only to change it.
+        mac: (current_mac != Some(link.mac)).then_some(link.mac.0),
+        up: Some(link.up),
+        master: None,
+    };
+    let answer = kernel.connection.request(link::change(LinkRef::Index(index), &change)).await;
+    settle(op, answer)
+}
+
+/// The device a create-link op asks for. Without `up` the device is created down, which is what a desired "down"
+/// link means.
+fn create_link(link: &Link) -> Request {
+    let LinkKind::Vxlan(v) = &link.kind;
+    let vxlan = link::Vxlan {
+        vni: v.vni,
+        local: Some(v.local),
+        underlay: (v.underlay_index != 0).then_some(v.underlay_index),
+        port: Some(v.port),
+        learning: v.learning,
+        gbp: v.gbp,
+    };
+    link::create_vxlan(&NewVxlan { name: &link.name, vxlan: &vxlan, mac: link.mac.0, mtu: link.mtu, up: link.up })
+}
+
+/// A model route on device `index`, as the codec's value: always in the main table.
+fn route_to_netlink(r: &Route, index: u32) -> route::Route {
+    route::Route {
+        gateway: Some(r.gateway),
+        device: Some(index),
+        onlink: r.onlink,
+        ..route::Route::unicast(r.dst, r.protocol)
+    }
+}
+
+/// The request for an address, neighbour, FDB or route op on device `index`.
+fn request_for(op: &Op, index: u32) -> Result<Request, KernelError> {
+    Ok(match op {
+        Op::AddAddress(a) => address::add(index, a.addr, address::Dad::Run),
+        Op::DeleteAddress(a) => address::delete(index, a.addr),
+        Op::ReplaceNeighbour(n) => neighbour::replace(index, n.ip, n.mac.0),
+        Op::DeleteNeighbour(n) => neighbour::delete(index, n.ip),
+        Op::ReplaceFdb(e) => fdb::replace(index, e.mac.0, e.dst),
+        Op::DeleteFdb(e) => fdb::delete(index, e.mac.0),
+        Op::ReplaceRoute(r) => route::replace(&route_to_netlink(r, index)),
+        Op::DeleteRoute(r) => route::delete(&route_to_netlink(r, index)),
+        Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => {
+            return Err(KernelError::Netlink(format!("{op}: link operations are not pipelined")))
+        }
+    })
+}
+
+/// Answers that mean the kernel is already in the state `op` asks for.
+fn already_done(op: &Op, e: &Error) -> bool {
+    match op {
+        Op::AddAddress(_) => e.is_exists(),
+        Op::DeleteAddress(_) | Op::DeleteNeighbour(_) | Op::DeleteFdb(_) | Op::DeleteRoute(_) => e.is_not_found(),
+        Op::DeleteLink(_) => e.is_no_device(),
+        Op::CreateLink(_) | Op::UpdateLink(_) | Op::ReplaceNeighbour(_) | Op::ReplaceFdb(_) | Op::ReplaceRoute(_) => {
+            false
+        }
+    }
+}
+
+/// The result of `op` from the kernel's answer.
+fn settle(op: &Op, answer: Outcome) -> Result<(), KernelError> {
+    match answer {
+        Ok(_) => Ok(()),
+        Err(e) if already_done(op, &e) => Ok(()),
+        Err(e) => Err(KernelError::apply(op, e.into_io())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_netlink::{Action, Object, Operation};
+
+    use super::*;
+
+    fn refused(errno: i32) -> Outcome {
+        Err(Error::Kernel { operation: Operation::new(Action::Delete, Object::Link), errno })
+    }
+
+    #[test]
+    fn counts_only_what_means_done_as_success() {
+        let op = Op::DeleteLink("flannel.1".into());
+        assert!(settle(&op, refused(libc::ENODEV)).is_ok());
+        let err = settle(&op, refused(libc::EPERM)).unwrap_err();
+        assert!(err.to_string().starts_with("delete link flannel.1: "), "{err}");
+        match err {
+            KernelError::Apply { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("{other:?}"),
+        }
+        let route = Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: "10.244.2.0".parse().unwrap(),
+            device: "flannel.1".into(),
+            onlink: true,
+            protocol: 87,
+        };
+        assert!(settle(&Op::DeleteRoute(route.clone()), refused(libc::ESRCH)).is_ok());
+        assert!(settle(&Op::ReplaceRoute(route), refused(libc::ENODEV)).is_err());
+    }
+
+    #[test]
+    fn routes_keep_gateway_device_onlink_and_protocol() {
+        let route = Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: "10.244.2.0".parse().unwrap(),
+            device: "flannel.1".into(),
+            onlink: true,
+            protocol: 87,
+        };
+        let converted = route_to_netlink(&route, 7);
+        assert_eq!(
+            (converted.gateway, converted.device, converted.onlink, converted.protocol, converted.table),
+            (Some(route.gateway), Some(7), true, 87, route::MAIN_TABLE)
+        );
+    }
+}

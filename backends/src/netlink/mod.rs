@@ -1,0 +1,171 @@
+//! Linux kernel access through the weft-netlink crate, split by concern:
+//!
+//! - [`observe`]: `observe` reads everything weft owns with a fixed number of dumps (one per object kind and
+//!   family, filtered by the kernel where it can, never one request per object, so 10,000 peers cost the same
+//!   number of round trips as one), and turns messages into model values;
+//! - [`apply`]: `apply` turns one [`Op`] into one request (UpdateLink also reads the current MAC), `apply_all`
+//!   keeps many requests in flight on one socket;
+//! - [`watch`]: listens to the kernel's change notifications so the reconcile loop can wake up when someone
+//!   removes our objects.
+//!
+//! A handle can be bound to another network namespace ([`NetlinkKernel::connect_in_netns`]): the socket is opened
+//! by a short-lived thread that entered the namespace (weft_netlink::netns), and a netlink socket keeps acting on
+//! the namespace it was created in. No tokio worker ever calls `setns`.
+
+mod apply;
+mod observe;
+mod watch;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+use ipnetwork::IpNetwork;
+use weft_netlink::pipelined::Connection;
+use weft_netlink::route::{RouteFilter, RouteKind};
+use weft_netlink::{address, link, route, Message, Request};
+
+use crate::diff::Op;
+use crate::kernel::{Kernel, KernelError};
+use crate::model::{KernelState, MacAddr, Scope};
+use crate::Family;
+
+pub use watch::{watch_deletions, watch_deletions_in_netns};
+
+/// A host network interface, for choosing the underlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    /// The administrative state (IFF_UP), not the carrier.
+    pub up: bool,
+    /// None when the device has no 6-byte hardware address (TUN devices, IP tunnels).
+    pub mac: Option<MacAddr>,
+    /// Every address with its prefix, link-local ones included.
+    pub addresses: Vec<IpNetwork>,
+}
+
+/// rtnetlink access to one network namespace.
+pub struct NetlinkKernel {
+    connection: Connection,
+    /// Device name to ifindex. Ops name devices, the kernel wants indexes; without the cache every neighbour, FDB
+    /// entry and route would cost an extra lookup. Refreshed by every link dump, dropped on create/delete/ENODEV.
+    indexes: HashMap<String, u32>,
+}
+
+impl NetlinkKernel {
+    /// A handle on the current network namespace. Must be called inside a tokio runtime, which runs the
+    /// connection task.
+    pub fn connect() -> io::Result<NetlinkKernel> {
+        Ok(NetlinkKernel::new(Connection::open().map_err(weft_netlink::Error::into_io)?))
+    }
+
+    /// A handle on the network namespace at `netns_path` (e.g. /run/netns/foo), whatever namespace the caller is
+    /// in. Must be called inside a tokio runtime.
+    pub fn connect_in_netns(netns_path: &Path) -> io::Result<NetlinkKernel> {
+        Ok(NetlinkKernel::new(Connection::open_at(netns_path).map_err(weft_netlink::Error::into_io)?))
+    }
+
+    fn new(connection: Connection) -> NetlinkKernel {
+        NetlinkKernel { connection, indexes: HashMap::new() }
+    }
+
+    /// Every interface with its addresses, ordered by ifindex.
+    pub async fn interfaces(&mut self) -> Result<Vec<Interface>, KernelError> {
+        let links = self.dump_links().await?;
+        let answer = self.dump("addresses", address::dump(None)).await?;
+        let mut by_index: HashMap<u32, Vec<IpNetwork>> = HashMap::new();
+        for a in address::addresses_in(&answer, None) {
+            by_index.entry(a.index).or_default().push(a.addr);
+        }
+        let mut out: Vec<Interface> = links
+            .into_iter()
+            .map(|l| Interface {
+                addresses: by_index.remove(&l.index).unwrap_or_default(),
+                name: l.name,
+                index: l.index,
+                mtu: l.mtu.unwrap_or(0),
+                up: l.up,
+                mac: l.mac.map(MacAddr),
+            })
+            .collect();
+        out.sort_by_key(|i| i.index);
+        Ok(out)
+    }
+
+    /// The output interface of the main table's default route for `family` with the lowest metric, if any.
+    pub async fn default_route_interface(&mut self, family: Family) -> Result<Option<u32>, KernelError> {
+        let routes = self.dump_routes(family).await?;
+        let best = routes
+            .iter()
+            .filter(|r| r.dst.prefix() == 0 && r.kind == RouteKind::Unicast)
+            .filter_map(|r| Some((r.metric.unwrap_or(0), r.device?)))
+            .min_by_key(|(metric, _)| *metric);
+        Ok(best.map(|(_, oif)| oif))
+    }
+
+    async fn dump(&self, what: &'static str, request: Request) -> Result<Vec<Message>, KernelError> {
+        self.connection.request(request).await.map_err(|e| KernelError::Observe { what, source: e.into_io() })
+    }
+
+    async fn dump_links(&mut self) -> Result<Vec<link::Link>, KernelError> {
+        let links = link::links_in(&self.dump("links", link::dump()).await?);
+        self.indexes = links.iter().map(|l| (l.name.clone(), l.index)).collect();
+        Ok(links)
+    }
+
+    /// The main table's routes of `family`: the kernel leaves the other tables out (strict checking), and the
+    /// codec filters again for kernels that ignore the filter.
+    async fn dump_routes(&self, family: Family) -> Result<Vec<route::Route>, KernelError> {
+        let filter = RouteFilter::main_table();
+        let answer = self.dump("routes", route::dump(family == Family::V6, &filter)).await?;
+        Ok(route::routes_in(&answer, &filter))
+    }
+
+    /// The ifindex of `name`, or None when no such device exists.
+    async fn index_of(&mut self, name: &str) -> io::Result<Option<u32>> {
+        if let Some(index) = self.indexes.get(name) {
+            return Ok(Some(*index));
+        }
+        match self.connection.request(link::get(link::LinkRef::Name(name))).await {
+            Ok(answer) => {
+                let found = link::links_in(&answer).into_iter().next().map(|l| l.index);
+                if let Some(index) = found {
+                    self.indexes.insert(name.to_string(), index);
+                }
+                Ok(found)
+            }
+            Err(e) if e.is_no_device() => Ok(None),
+            Err(e) => Err(e.into_io()),
+        }
+    }
+
+    /// The ifindex of a device an op needs to exist.
+    async fn require_index(&mut self, op: &Op, name: &str) -> Result<u32, KernelError> {
+        match self.index_of(name).await {
+            Ok(Some(index)) => Ok(index),
+            Ok(None) => Err(KernelError::NoSuchDevice(name.to_string())),
+            Err(e) => Err(KernelError::apply(op, e)),
+        }
+    }
+
+    /// The ifindex of a device an op removes something from; None means the device, and so the object, is gone.
+    async fn optional_index(&mut self, op: &Op, name: &str) -> Result<Option<u32>, KernelError> {
+        self.index_of(name).await.map_err(|e| KernelError::apply(op, e))
+    }
+}
+
+impl Kernel for NetlinkKernel {
+    async fn observe(&mut self, scope: &Scope) -> Result<KernelState, KernelError> {
+        observe::observe(self, scope).await
+    }
+
+    async fn apply_all(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+        apply::apply_all(self, ops).await
+    }
+
+    async fn apply(&mut self, op: &Op) -> Result<(), KernelError> {
+        apply::apply(self, op).await
+    }
+}

@@ -1,0 +1,273 @@
+//! Observing: the dumps `observe` makes, and the one place that turns what the kernel reports into model values
+//! (`*_from`). Only objects inside the scope are read.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use weft_netlink::route::{RouteKind, MAIN_TABLE};
+use weft_netlink::{address, fdb, link, neighbour, route};
+
+use super::NetlinkKernel;
+use crate::is_link_local;
+use crate::kernel::KernelError;
+use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
+use crate::Family;
+
+/// Our devices by ifindex.
+type Owned = HashMap<u32, String>;
+
+pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result<KernelState, KernelError> {
+    let links = kernel.dump_links().await?;
+    let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let owned: Owned =
+        names.iter().filter(|(_, name)| scope.links.contains(name)).map(|(i, n)| (*i, n.clone())).collect();
+
+    let mut state = KernelState::default();
+    for l in links.iter().filter(|l| owned.contains_key(&l.index)) {
+        state.add_link(link_from(l));
+    }
+    for family in [Family::V4, Family::V6] {
+        for r in kernel.dump_routes(family).await? {
+            if let Some(route) = route_from(&r, &names, &owned, scope.route_protocol) {
+                state.add_route(route);
+            }
+        }
+    }
+    if owned.is_empty() {
+        // Addresses, neighbours and FDB entries only count on our devices.
+        return Ok(state);
+    }
+    // With one device in scope (the usual case) the kernel sends only its objects.
+    let only = (owned.len() == 1).then(|| owned.keys().next().copied()).flatten();
+    let answer = kernel.dump("addresses", address::dump(only)).await?;
+    for a in address::addresses_in(&answer, only) {
+        if let Some(address) = address_from(&a, &owned) {
+            state.add_address(address);
+        }
+    }
+    for ipv6 in [false, true] {
+        let answer = kernel.dump("neighbours", neighbour::dump(ipv6, only)).await?;
+        for n in neighbour::neighbours_in(&answer, only) {
+            if let Some(neighbour) = neighbour_from(&n, &owned) {
+                state.add_neighbour(neighbour);
+            }
+        }
+    }
+    let answer = kernel.dump("fdb", fdb::dump(only)).await?;
+    for e in fdb::entries_in(&answer, only) {
+        if let Some(entry) = fdb_from(&e, &owned) {
+            state.add_fdb(entry);
+        }
+    }
+    Ok(state)
+}
+
+pub(super) fn link_from(l: &link::Link) -> Link {
+    let kind = match &l.kind {
+        Some(link::Kind::Vxlan(v)) => VxlanAttrs {
+            vni: v.vni,
+            local: v.local.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            underlay_index: v.underlay.unwrap_or(0),
+            port: v.port.unwrap_or(0),
+            learning: v.learning,
+            gbp: v.gbp,
+        },
+        _ => foreign_kind(),
+    };
+    Link {
+        name: l.name.clone(),
+        kind: LinkKind::Vxlan(kind),
+        mac: l.mac.map(MacAddr).unwrap_or_default(),
+        mtu: l.mtu.unwrap_or(0),
+        up: l.up,
+    }
+}
+
+/// What a device of another type (say a bridge someone named flannel.1) reads as. The model only knows VXLAN
+/// devices; VNI 0 is never desired, so the diff deletes and re-creates the device, as flannel does.
+fn foreign_kind() -> VxlanAttrs {
+    VxlanAttrs {
+        vni: 0,
+        local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        underlay_index: 0,
+        port: 0,
+        learning: false,
+        gbp: false,
+    }
+}
+
+fn address_from(a: &address::Address, owned: &Owned) -> Option<Address> {
+    let device = owned.get(&a.index)?;
+    if is_link_local(a.addr.ip()) && a.addr.is_ipv6() {
+        // The kernel adds an fe80:: address to every device by itself.
+        return None;
+    }
+    Some(Address { device: device.clone(), addr: a.addr })
+}
+
+/// A main-table unicast route that weft owns: it carries our protocol or leaves through one of our devices.
+/// Connected routes (proto kernel) and routes without a gateway are not the kind of route weft manages.
+pub(super) fn route_from(r: &route::Route, names: &HashMap<u32, String>, owned: &Owned, protocol: u8) -> Option<Route> {
+    const KERNEL_PROTOCOL: u8 = 2;
+    if r.table != MAIN_TABLE || r.kind != RouteKind::Unicast || r.protocol == KERNEL_PROTOCOL {
+        return None;
+    }
+    let oif = r.device?;
+    if r.protocol != protocol && !owned.contains_key(&oif) {
+        return None;
+    }
+    Some(Route {
+        dst: r.dst,
+        gateway: r.gateway?,
+        device: names.get(&oif)?.clone(),
+        onlink: r.onlink,
+        protocol: r.protocol,
+    })
+}
+
+fn neighbour_from(n: &neighbour::Neighbour, owned: &Owned) -> Option<Neighbour> {
+    let device = owned.get(&n.index)?;
+    if !n.permanent {
+        return None;
+    }
+    Some(Neighbour { device: device.clone(), ip: n.ip, mac: MacAddr(n.mac?) })
+}
+
+/// A permanent FDB entry of the device itself (NTF_SELF); entries a bridge master keeps for the device as its
+/// port are someone else's.
+fn fdb_from(e: &fdb::FdbEntry, owned: &Owned) -> Option<FdbEntry> {
+    let device = owned.get(&e.index)?;
+    if !e.permanent || !e.own {
+        return None;
+    }
+    Some(FdbEntry { device: device.clone(), mac: MacAddr(e.mac), dst: e.dst? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(index: u32, name: &str) -> Owned {
+        HashMap::from([(index, name.to_string())])
+    }
+
+    fn mac() -> MacAddr {
+        "0e:2a:4f:00:12:9c".parse().unwrap()
+    }
+
+    fn fdb(index: u32, permanent: bool, own: bool) -> fdb::FdbEntry {
+        fdb::FdbEntry { index, mac: mac().0, dst: Some("198.18.0.2".parse().unwrap()), permanent, own }
+    }
+
+    #[test]
+    fn reads_fdb_entries_of_the_device_itself() {
+        let owned = owned(7, "flannel.1");
+        let want = FdbEntry { device: "flannel.1".into(), mac: mac(), dst: "198.18.0.2".parse().unwrap() };
+        assert_eq!(fdb_from(&fdb(7, true, true), &owned), Some(want));
+        assert_eq!(fdb_from(&fdb(7, true, false), &owned), None, "a bridge master's entry");
+        assert_eq!(fdb_from(&fdb(7, false, true), &owned), None, "a learned entry");
+        assert_eq!(fdb_from(&fdb(8, true, true), &owned), None, "another device's entry");
+    }
+
+    #[test]
+    fn reads_permanent_neighbours_only() {
+        let owned = owned(7, "flannel.1");
+        let mut n =
+            neighbour::Neighbour { index: 7, ip: "10.244.2.0".parse().unwrap(), mac: Some(mac().0), permanent: true };
+        let want = Neighbour { device: "flannel.1".into(), ip: "10.244.2.0".parse().unwrap(), mac: mac() };
+        assert_eq!(neighbour_from(&n, &owned), Some(want));
+        n.permanent = false;
+        assert_eq!(neighbour_from(&n, &owned), None);
+    }
+
+    fn route(dst: &str, gateway: Option<&str>, oif: u32, protocol: u8) -> route::Route {
+        route::Route {
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            device: Some(oif),
+            ..route::Route::unicast(dst.parse().unwrap(), protocol)
+        }
+    }
+
+    #[test]
+    fn selects_our_routes() {
+        let names = HashMap::from([(2, "u0".to_string()), (7, "flannel.1".to_string())]);
+        let owned = owned(7, "flannel.1");
+        let on_device = route::Route { onlink: true, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
+        let want = Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: "10.244.2.0".parse().unwrap(),
+            device: "flannel.1".into(),
+            onlink: true,
+            protocol: 87,
+        };
+        assert_eq!(route_from(&on_device, &names, &owned, 87), Some(want));
+
+        let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
+        assert_eq!(route_from(&direct, &names, &owned, 87).map(|r| r.device), Some("u0".to_string()));
+
+        let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
+        assert_eq!(route_from(&foreign, &names, &owned, 87), None);
+        let connected = route("10.244.1.0/24", None, 7, 2);
+        assert_eq!(route_from(&connected, &names, &owned, 87), None);
+        let no_gateway = route("10.244.4.0/24", None, 7, 87);
+        assert_eq!(route_from(&no_gateway, &names, &owned, 87), None);
+        let other_table = route::Route { table: 1000, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
+        assert_eq!(route_from(&other_table, &names, &owned, 87), None);
+        let local = route::Route { kind: RouteKind::Other(2), ..route("10.244.1.0/32", Some("10.244.1.0"), 7, 87) };
+        assert_eq!(route_from(&local, &names, &owned, 87), None);
+    }
+
+    #[test]
+    fn reads_vxlan_attributes() {
+        let l = link::Link {
+            index: 7,
+            name: "flannel.1".into(),
+            kind: Some(link::Kind::Vxlan(link::Vxlan {
+                vni: 1,
+                local: Some("198.18.0.1".parse().unwrap()),
+                underlay: Some(2),
+                port: Some(8472),
+                learning: false,
+                gbp: true,
+            })),
+            mac: Some(mac().0),
+            mtu: Some(1450),
+            up: true,
+            master: None,
+            link: Some(2),
+        };
+        let want = VxlanAttrs {
+            vni: 1,
+            local: "198.18.0.1".parse().unwrap(),
+            underlay_index: 2,
+            port: 8472,
+            learning: false,
+            gbp: true,
+        };
+        let read = link_from(&l);
+        assert_eq!((read.kind, read.mac, read.mtu, read.up), (LinkKind::Vxlan(want), mac(), 1450, true));
+    }
+
+    #[test]
+    fn a_device_of_another_kind_reads_as_never_desired() {
+        let l = link::Link {
+            index: 7,
+            name: "flannel.1".into(),
+            kind: Some(link::Kind::Bridge),
+            mac: None,
+            mtu: None,
+            up: false,
+            master: None,
+            link: None,
+        };
+        assert_eq!(link_from(&l).kind, LinkKind::Vxlan(foreign_kind()));
+    }
+
+    #[test]
+    fn skips_ipv6_link_local_addresses() {
+        let owned = owned(7, "flannel.1");
+        let a = |net: &str| address::Address { index: 7, addr: net.parse().unwrap() };
+        assert_eq!(address_from(&a("fe80::1/64"), &owned), None);
+        assert_eq!(address_from(&a("10.244.1.0/32"), &owned).unwrap().addr, "10.244.1.0/32".parse().unwrap());
+    }
+}
