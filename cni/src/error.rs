@@ -62,6 +62,16 @@ impl CniError {
         CniError::Io { what: what.into(), source }
     }
 
+    /// A netlink failure: the kernel's refusal keeps its errno (as `Netlink`), a socket failure is `Io`.
+    pub fn netlink(what: impl Into<String>, e: weft_netlink::Error) -> CniError {
+        match e {
+            weft_netlink::Error::Kernel { errno, .. } => {
+                CniError::Netlink { what: what.into(), errno: std::io::Error::from_raw_os_error(errno) }
+            }
+            other => CniError::Io { what: what.into(), source: other.into_io() },
+        }
+    }
+
     pub fn code(&self) -> u32 {
         use code::*;
         match self {

@@ -2,9 +2,9 @@
 //! between weftd and the plugin.
 //!
 //! The plugin does everything in one process: no delegation to bridge/host-local binaries, one netlink socket in the
-//! host netns and one opened inside the container's netns (the main thread enters it only to create the socket).
-//! ADD sends its requests in batches over blocking sockets; CHECK and DEL drive the sockets from a single-threaded
-//! async runtime. See docs/cni.md.
+//! host netns and one opened inside the container's netns (a short-lived thread enters it only to create the
+//! socket). ADD, CHECK and DEL send their requests in batches over blocking sockets (weft-netlink), with no async
+//! runtime. See docs/cni.md.
 
 pub mod env;
 pub mod error;
@@ -12,10 +12,8 @@ pub mod ipam;
 pub mod masq;
 pub mod netconf;
 pub mod netlink;
-pub mod netns;
 pub mod plugin;
 pub mod result;
-pub mod rtnl;
 pub mod subnet_file;
 pub mod trace;
 pub mod validate;

@@ -43,7 +43,7 @@ fn marker(netns_id: &str, network_name: &str, subnet: IpNetwork) -> PathBuf {
 
 /// Makes sure the rule exists in the current netns.
 pub fn ensure(subnet: IpNetwork, cluster: Option<IpNetwork>, network_name: &str) -> Result<()> {
-    let netns_id = crate::netns::current_id().map_err(|e| CniError::io("identifying the host netns", e))?;
+    let netns_id = weft_netlink::netns::current_id().map_err(|e| CniError::io("identifying the host netns", e))?;
     let marker = marker(&netns_id, network_name, subnet);
     if marker.exists() {
         return Ok(());

@@ -14,11 +14,13 @@ use crate::env::Env;
 use crate::error::{CniError, Result};
 use crate::ipam::{exec, Range, Store};
 use crate::netconf::{Ipam, NetConf};
-use crate::netlink::{self, Veth};
+use crate::netlink;
 use crate::result::{CniResult, Interface, IpConfig, Route};
-use crate::rtnl::{Request, Rtnl};
 use crate::subnet_file::SubnetFile;
-use crate::{masq, netns, trace, version};
+use crate::{masq, trace, version};
+use weft_netlink::blocking::Socket;
+use weft_netlink::link::{self, LinkRef, VethPair};
+use weft_netlink::Request;
 
 /// Index of the container's interface in the result's `interfaces` (bridge, host veth, container end).
 const CONTAINER_INTERFACE: usize = 2;
@@ -31,10 +33,11 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     let file = read_subnet_file(&conf.subnet_file)?;
     let plan = Plan::new(conf, &file)?;
     trace::mark("config and subnet file read");
-    let netns =
-        netns::open(netns_path).map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
+    let netns = std::fs::File::open(netns_path)
+        .map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
     // First, so that a failure has nothing to undo.
-    let container_socket = netns::socket_in(&netns)?;
+    let container_socket =
+        Socket::open_in(&netns).map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
     trace::mark("container socket open");
     let ips = allocate(conf, env, &file, &plan, id, ifname)?;
     trace::mark("address allocated");
@@ -133,7 +136,7 @@ struct Target<'a> {
 fn attach(
     conf: &NetConf,
     plan: &Plan,
-    container_socket: rtnetlink::sys::Socket,
+    container_socket: Socket,
     target: &Target<'_>,
     ips: &[IpConfig],
 ) -> Result<CniResult> {
@@ -148,20 +151,20 @@ fn attach(
             masq::ensure(range.subnet, network.copied(), &conf.name)?;
         }
     }
-    let mut host = Rtnl::open().map_err(|e| CniError::io("opening a netlink socket", e))?;
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
     trace::mark("netlink socket ready");
     let bridge = netlink::ensure_bridge(&mut host, &conf.bridge, plan.mtu)?;
     trace::mark("bridge ready");
     let host_name = host_veth_name(id, ifname);
     let (host_mac, container_mac) = (netlink::random_mac(), netlink::random_mac());
-    let veth = Veth {
+    let veth = VethPair {
         host: &host_name,
-        host_mac: &host_mac,
-        container: ifname,
-        container_mac: &container_mac,
+        host_mac,
+        peer: ifname,
+        peer_mac: container_mac,
         mtu: plan.mtu,
-        bridge_index: bridge.index,
-        netns_fd: std::os::fd::AsRawFd::as_raw_fd(netns),
+        master: bridge.index,
+        peer_netns_fd: std::os::fd::AsRawFd::as_raw_fd(netns),
     };
     let peer_index = create_veth(conf, plan, &mut host, &veth, target)?;
     trace::mark("veth created");
@@ -172,7 +175,12 @@ fn attach(
     trace::mark("container configured");
     Ok(CniResult {
         interfaces: vec![
-            Interface { name: conf.bridge.clone(), mac: bridge.mac.clone(), sandbox: None, mtu: bridge.mtu },
+            Interface {
+                name: conf.bridge.clone(),
+                mac: bridge.mac.map(|mac| netlink::format_mac(&mac)).unwrap_or_default(),
+                sandbox: None,
+                mtu: bridge.mtu,
+            },
             Interface {
                 name: host_name.clone(),
                 mac: netlink::format_mac(&host_mac),
@@ -205,14 +213,13 @@ fn attach(
 fn create_veth(
     conf: &NetConf,
     plan: &Plan,
-    host: &mut Rtnl,
-    veth: &Veth<'_>,
+    host: &mut Socket,
+    veth: &VethPair<'_>,
     target: &Target<'_>,
 ) -> Result<Option<u32>> {
     let gateways: Vec<IpNetwork> =
         if conf.is_gateway { plan.ranges.iter().map(Range::gateway_with_prefix).collect() } else { Vec::new() };
-    let mut requests: Vec<Request> =
-        gateways.iter().map(|gw| netlink::address_request(veth.bridge_index, *gw)).collect();
+    let mut requests: Vec<Request> = gateways.iter().map(|gw| netlink::address_request(veth.master, *gw)).collect();
     let mut what: Vec<String> = gateways.iter().map(|gw| format!("adding address {gw} to {}", conf.bridge)).collect();
     let veth_at = requests.len();
     requests.extend(pair_requests(conf, veth));
@@ -220,20 +227,21 @@ fn create_veth(
     if conf.hairpin_mode {
         what.push("enabling hairpin mode".into());
     }
-    let socket_error = |e| CniError::io("creating the veth pair", e);
+    let socket_error = |e| CniError::netlink("creating the veth pair", e);
     let mut answers = host.batch(requests).map_err(socket_error)?;
-    if answers[veth_at] == Err(libc::EEXIST) && netlink::remove_link(host, veth.host)? {
+    let exists = answers[veth_at].as_ref().is_err_and(weft_netlink::Error::is_exists);
+    if exists && netlink::remove_link(host, veth.host)? {
         // Our host-side name is derived from the attachment, so an existing one is a leftover of an interrupted
         // ADD for this very attachment: it is gone now, so ours can be created (the gateways were answered).
         let retried = host.batch(pair_requests(conf, veth)).map_err(socket_error)?;
         answers.splice(veth_at.., retried);
     }
-    if let Err(n) = answers[veth_at] {
-        return Err(veth_error(veth, target, n));
+    if let Err(e) = &answers[veth_at] {
+        return Err(veth_error(veth, target, e));
     }
     // Only a shortcut: without it, the container end is looked up from inside.
     let read_back = answers.pop().map(|answer| netlink::link_of(answer, veth.host));
-    let peer_index = read_back.and_then(|link| link.ok().flatten()).and_then(|link| link.peer);
+    let peer_index = read_back.and_then(|link| link.ok().flatten()).and_then(|link| link.link);
     // The pair exists; any other failure removes it again.
     netlink::first_failure(answers, &what).inspect_err(|_| {
         let _ = netlink::remove_link(host, veth.host);
@@ -242,23 +250,24 @@ fn create_veth(
 }
 
 /// The veth pair, hairpin mode on its host end when asked for, and the host end read back.
-fn pair_requests(conf: &NetConf, veth: &Veth<'_>) -> Vec<Request> {
-    let mut requests = vec![netlink::veth_request(veth)];
+fn pair_requests(conf: &NetConf, veth: &VethPair<'_>) -> Vec<Request> {
+    let mut requests = vec![link::create_veth(veth)];
     if conf.hairpin_mode {
-        requests.push(netlink::hairpin_request(veth.host));
+        requests.push(link::set_hairpin(LinkRef::Name(veth.host), true));
     }
-    requests.push(netlink::get_link_request(veth.host));
+    requests.push(link::get(LinkRef::Name(veth.host)));
     requests
 }
 
-fn veth_error(veth: &Veth<'_>, target: &Target<'_>, errno: i32) -> CniError {
-    let Veth { host, container, .. } = *veth;
-    CniError::Netlink {
-        what: format!(
-            "creating veth {host} <-> {container} in {} (does {container} exist there already?)",
-            target.netns_path.display()
-        ),
-        errno: std::io::Error::from_raw_os_error(errno),
+fn veth_error(veth: &VethPair<'_>, target: &Target<'_>, e: &weft_netlink::Error) -> CniError {
+    let VethPair { host, peer: container, .. } = *veth;
+    let what = format!(
+        "creating veth {host} <-> {container} in {} (does {container} exist there already?)",
+        target.netns_path.display()
+    );
+    match e.errno() {
+        Some(errno) => CniError::Netlink { what, errno: std::io::Error::from_raw_os_error(errno) },
+        None => CniError::io(what, std::io::Error::other(e.to_string())),
     }
 }
 
@@ -266,14 +275,12 @@ fn veth_error(veth: &Veth<'_>, target: &Target<'_>, errno: i32) -> CniError {
 /// the one found by name).
 fn configure_container(
     plan: &Plan,
-    socket: rtnetlink::sys::Socket,
+    mut container: Socket,
     peer_index: Option<u32>,
     target: &Target<'_>,
     ips: &[IpConfig],
 ) -> Result<()> {
     let Target { ifname, netns_path, .. } = *target;
-    let mut container =
-        Rtnl::from_socket(socket).map_err(|e| CniError::io("connecting the netlink socket inside CNI_NETNS", e))?;
     let missing = || {
         CniError::io(format!("{ifname} in {}", netns_path.display()), std::io::Error::other("missing after creation"))
     };

@@ -6,7 +6,8 @@ use crate::env::Env;
 use crate::error::{CniError, Result};
 use crate::ipam::{exec, Store};
 use crate::netconf::{Ipam, NetConf};
-use crate::{netlink, netns};
+use crate::netlink;
+use weft_netlink::blocking::Socket;
 
 pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     let id = env.container_id()?;
@@ -32,19 +33,14 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
 fn remove_interfaces(env: &Env, id: &str, ifname: &str) -> Result<()> {
     // A netns that is gone (or is no netns) has taken the container's interface with it.
     let container_socket =
-        env.netns.as_deref().and_then(|p| netns::open(p).ok()).and_then(|f| netns::socket_in(&f).ok());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::io("starting the netlink runtime", e))?;
-    runtime.block_on(async {
-        if let Some(socket) = container_socket {
-            if netlink::delete_link(&netns::handle(Some(socket))?, ifname).await? {
-                // Deleting one end of the veth removed the host end too.
-                return Ok(());
-            }
+        env.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()).and_then(|f| Socket::open_in(&f).ok());
+    if let Some(mut socket) = container_socket {
+        if netlink::remove_link(&mut socket, ifname)? {
+            // Deleting one end of the veth removed the host end too.
+            return Ok(());
         }
-        // No netns, or no interface in it: remove our host end if something left it behind.
-        netlink::delete_link(&netns::handle(None)?, &host_veth_name(id, ifname)).await.map(drop)
-    })
+    }
+    // No netns, or no interface in it: remove our host end if something left it behind.
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+    netlink::remove_link(&mut host, &host_veth_name(id, ifname)).map(drop)
 }
