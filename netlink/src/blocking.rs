@@ -53,8 +53,18 @@ impl Socket {
     }
 
     /// Sends `requests` in one datagram and returns their answers in the same order. The outer error is the
-    /// socket's; each answer carries the kernel's verdict on its request.
+    /// socket's; each answer carries the kernel's verdict on its request. The kernel runs one dump at a time per
+    /// socket (a second one in the same datagram fails with EBUSY), so a batch with several dumps goes out as
+    /// several datagrams, one dump in each.
     pub fn batch(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>, Error> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for datagram in one_dump_each(requests) {
+            answers.extend(self.send_datagram(datagram)?);
+        }
+        Ok(answers)
+    }
+
+    fn send_datagram(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>, Error> {
         let first = self.sequence.wrapping_add(1);
         let mut datagram = Vec::new();
         let mut operations = Vec::with_capacity(requests.len());
@@ -106,6 +116,20 @@ fn open_error(e: io::Error) -> Error {
     Error::Io { operation: Operation::socket(Action::Open), source: e }
 }
 
+/// `requests` in order, cut so that no part holds more than one dump.
+fn one_dump_each(requests: Vec<Request>) -> Vec<Vec<Request>> {
+    let mut parts: Vec<Vec<Request>> = vec![Vec::new()];
+    for request in requests {
+        let current = parts.last_mut().expect("never empty");
+        if request.is_dump() && current.iter().any(Request::is_dump) {
+            parts.push(vec![request]);
+        } else {
+            current.push(request);
+        }
+    }
+    parts
+}
+
 /// The messages of one datagram, decoded, with their sequence numbers.
 fn split(mut datagram: &[u8]) -> Result<Vec<(u32, Reply)>, Error> {
     let invalid = |e: String| Error::Invalid { operation: Operation::socket(Action::Exchange), detail: e };
@@ -138,6 +162,17 @@ mod tests {
         message.serialize(&mut bytes);
         bytes.resize((bytes.len() + 3) & !3, 0);
         bytes
+    }
+
+    #[test]
+    fn sends_one_dump_per_datagram() {
+        use crate::route::{dump, RouteFilter};
+        let filter = RouteFilter::main_table();
+        let requests =
+            vec![link::get(link::LinkRef::Index(1)), dump(false, &filter), link::dump(), dump(true, &filter)];
+        let sizes: Vec<usize> = one_dump_each(requests).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1]);
+        assert_eq!(one_dump_each(vec![link::get(link::LinkRef::Index(1))]).len(), 1);
     }
 
     #[test]
