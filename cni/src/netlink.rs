@@ -46,7 +46,7 @@ pub fn link_of(answer: Outcome, name: &str) -> Result<Option<Link>> {
     match answer {
         Err(e) if e.is_no_device() => Ok(None),
         Err(e) => Err(CniError::netlink(format!("looking up interface {name}"), e)),
-        Ok(messages) => Ok(link::links_in(&messages).into_iter().next()),
+        Ok(messages) => Ok(weft_netlink::decode_all::<Link>(&messages).into_iter().next()),
     }
 }
 
@@ -58,7 +58,7 @@ pub fn get_link(nl: &mut Socket, name: &str) -> Result<Option<Link>> {
 /// The addresses on link `index`.
 pub fn addresses(nl: &mut Socket, index: u32) -> Result<Vec<IpNetwork>> {
     let answer = one(nl, address::dump(Some(index)), || "listing addresses".to_string())?;
-    Ok(address::addresses_in(&answer, Some(index)).into_iter().map(|a| a.addr).collect())
+    Ok(weft_netlink::decode_on::<address::Address>(&answer, Some(index)).into_iter().map(|a| a.addr).collect())
 }
 
 /// Main-table routes (dst, gw) through link `index`, both families.

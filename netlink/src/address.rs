@@ -7,7 +7,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Action, Object};
-use crate::request::Request;
+use crate::request::{decodable, Request};
 
 /// An address on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,18 +82,7 @@ pub fn dump(index: Option<u32>) -> Request {
     Request::dump(Object::Address, RouteNetlinkMessage::GetAddress(msg))
 }
 
-/// The addresses in a transport's answer; with `index`, only that device's (a kernel without strict checking
-/// ignores the dump's filter).
-pub fn addresses_in(messages: &[RouteNetlinkMessage], index: Option<u32>) -> Vec<Address> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(msg) => Address::from_message(msg),
-            _ => None,
-        })
-        .filter(|a| index.is_none_or(|i| a.index == i))
-        .collect()
-}
+decodable!(Address, NewAddress, |a| Some(a.index));
 
 #[cfg(test)]
 mod tests {
@@ -147,7 +136,8 @@ mod tests {
             RouteNetlinkMessage::NewAddress(message(2, "10.0.0.1/24".parse().unwrap())),
             RouteNetlinkMessage::NewAddress(message(3, "10.0.1.1/24".parse().unwrap())),
         ];
-        assert_eq!(addresses_in(&answer, Some(3)), vec![Address { index: 3, addr: "10.0.1.1/24".parse().unwrap() }]);
-        assert_eq!(addresses_in(&answer, None).len(), 2);
+        let on_3: Vec<Address> = crate::decode_on(&answer, Some(3));
+        assert_eq!(on_3, vec![Address { index: 3, addr: "10.0.1.1/24".parse().unwrap() }]);
+        assert_eq!(crate::decode_on::<Address>(&answer, None).len(), 2);
     }
 }

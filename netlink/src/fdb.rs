@@ -9,7 +9,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Action, Object};
 use crate::neighbour::{destination_of, dump_message, lladdr_of};
-use crate::request::Request;
+use crate::request::{decodable, Request};
 use crate::Mac;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,25 +70,14 @@ pub fn dump(index: Option<u32>) -> Request {
     Request::dump(Object::Fdb, RouteNetlinkMessage::GetNeighbour(dump_message(AddressFamily::Bridge, index)))
 }
 
-/// The FDB entries in a transport's answer; with `index`, only that device's.
-pub fn entries_in(messages: &[RouteNetlinkMessage], index: Option<u32>) -> Vec<FdbEntry> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewNeighbour(msg) => FdbEntry::from_message(msg),
-            _ => None,
-        })
-        .filter(|e| index.is_none_or(|i| e.index == i))
-        .collect()
-}
+decodable!(FdbEntry, NewNeighbour, |e| Some(e.index));
 
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 
     use super::*;
-
-    const MAC: Mac = [0x0e, 0x2a, 0x4f, 0x00, 0x12, 0x9c];
+    use crate::tests::MAC;
 
     #[test]
     fn round_trips_a_vtep_entry_of_either_family() {
@@ -133,6 +122,7 @@ mod tests {
         assert_eq!(FdbEntry::from_message(&msg), None);
         let answer =
             vec![RouteNetlinkMessage::NewNeighbour(key(7, MAC)), RouteNetlinkMessage::NewNeighbour(key(8, MAC))];
-        assert_eq!(entries_in(&answer, Some(8)).len(), 1);
+        assert_eq!(crate::decode_on::<FdbEntry>(&answer, Some(8)).len(), 1);
+        assert!(crate::decode_all::<crate::neighbour::Neighbour>(&answer).is_empty(), "FDB entries are no neighbours");
     }
 }

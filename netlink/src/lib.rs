@@ -24,10 +24,16 @@ pub mod route;
 
 pub use error::{Action, Error, Object, Operation};
 pub use event::Event;
-pub use request::{Outcome, Request};
+pub use request::{decode_all, decode_on, Decode, Outcome, Request};
 
 /// An Ethernet address as the kernel sends it.
 pub type Mac = [u8; 6];
 
 /// The raw message type the transports return, for callers that read one of the codecs' `*_in` helpers.
 pub use netlink_packet_route::RouteNetlinkMessage as Message;
+
+#[cfg(test)]
+mod tests {
+    /// The MAC the codec tests build messages with.
+    pub(crate) const MAC: crate::Mac = [0x0e, 0x2a, 0x4f, 0x00, 0x12, 0x9c];
+}

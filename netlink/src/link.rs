@@ -11,7 +11,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Action, Object};
-use crate::request::Request;
+use crate::request::{decodable, Request};
 use crate::Mac;
 
 /// A link as the kernel reports it.
@@ -291,24 +291,14 @@ pub fn dump() -> Request {
     Request::dump(Object::Link, RouteNetlinkMessage::GetLink(LinkMessage::default()))
 }
 
-/// The links in a transport's answer, skipping other messages.
-pub fn links_in(messages: &[RouteNetlinkMessage]) -> Vec<Link> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewLink(msg) => Link::from_message(msg),
-            _ => None,
-        })
-        .collect()
-}
+decodable!(Link, NewLink, |l| Some(l.index));
 
 #[cfg(test)]
 mod tests {
     use netlink_packet_core::NetlinkMessage;
 
     use super::*;
-
-    const MAC: Mac = [0x0e, 0x2a, 0x4f, 0x00, 0x12, 0x9c];
+    use crate::tests::MAC;
 
     fn vxlan() -> Vxlan {
         Vxlan {

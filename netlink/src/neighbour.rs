@@ -9,7 +9,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Action, Object};
 use crate::link::mac_of;
-use crate::request::Request;
+use crate::request::{decodable, Request};
 use crate::Mac;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,15 +25,11 @@ pub struct Neighbour {
 impl Neighbour {
     /// Reads an ARP/NDP entry; None for FDB entries and other families.
     pub fn from_message(msg: &NeighbourMessage) -> Option<Neighbour> {
-        if !matches!(msg.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-            return None;
-        }
-        Some(Neighbour {
-            index: msg.header.ifindex,
-            ip: destination_of(msg)?,
-            mac: lladdr_of(msg),
-            permanent: msg.header.state == NeighbourState::Permanent,
-        })
+        let header = &msg.header;
+        let arp_or_ndp = matches!(header.family, AddressFamily::Inet | AddressFamily::Inet6);
+        let ip = destination_of(msg).filter(|_| arp_or_ndp)?;
+        let permanent = header.state == NeighbourState::Permanent;
+        Some(Neighbour { index: header.ifindex, ip, mac: lladdr_of(msg), permanent })
     }
 }
 
@@ -107,24 +103,12 @@ pub(crate) fn dump_message(family: AddressFamily, index: Option<u32>) -> Neighbo
     msg
 }
 
-/// The ARP/NDP entries in a transport's answer; with `index`, only that device's. (Without IPv6 in the kernel an
-/// AF_INET6 dump falls back to all families, FDB entries included: those are skipped.)
-pub fn neighbours_in(messages: &[RouteNetlinkMessage], index: Option<u32>) -> Vec<Neighbour> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewNeighbour(msg) => Neighbour::from_message(msg),
-            _ => None,
-        })
-        .filter(|n| index.is_none_or(|i| n.index == i))
-        .collect()
-}
+decodable!(Neighbour, NewNeighbour, |n| Some(n.index));
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MAC: Mac = [0x0e, 0x2a, 0x4f, 0x00, 0x12, 0x9c];
+    use crate::tests::MAC;
 
     #[test]
     fn golden_bytes_of_a_permanent_entry() {

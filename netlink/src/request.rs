@@ -129,6 +129,42 @@ impl Answer {
     }
 }
 
+/// A kind of object the codecs read from the kernel's answers.
+pub trait Decode: Sized {
+    /// The object in a dumped or read message, if the message is of this kind and readable.
+    fn decode(message: &RouteNetlinkMessage) -> Option<Self>;
+    /// The device the object belongs to, if any.
+    fn device(&self) -> Option<u32>;
+}
+
+/// Implements [`Decode`] for a codec's value: the answer variant it is read from, and its device.
+macro_rules! decodable {
+    ($kind:ty, $variant:ident, $device:expr) => {
+        impl $crate::request::Decode for $kind {
+            fn decode(message: &RouteNetlinkMessage) -> Option<$kind> {
+                let RouteNetlinkMessage::$variant(msg) = message else { return None };
+                <$kind>::from_message(msg)
+            }
+            fn device(&self) -> Option<u32> {
+                let device: fn(&$kind) -> Option<u32> = $device;
+                device(self)
+            }
+        }
+    };
+}
+pub(crate) use decodable;
+
+/// Every object of kind `T` in a transport's answer, in the kernel's order.
+pub fn decode_all<T: Decode>(messages: &[RouteNetlinkMessage]) -> Vec<T> {
+    messages.iter().filter_map(T::decode).collect()
+}
+
+/// The objects of kind `T` on device `device` (all of them for None). The kernel leaves the others out of a dump
+/// filtered by device when it checks dumps strictly; older kernels send everything, so filter again here.
+pub fn decode_on<T: Decode>(messages: &[RouteNetlinkMessage], device: Option<u32>) -> Vec<T> {
+    messages.iter().filter_map(T::decode).filter(|o| device.is_none() || o.device() == device).collect()
+}
+
 /// The answers to a batch, as [`crate::blocking::Socket::batch`] returns them: per request, the objects the
 /// kernel sent back or the error it refused with.
 pub type Outcome = Result<Vec<RouteNetlinkMessage>, Error>;

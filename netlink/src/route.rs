@@ -11,7 +11,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Action, Object};
-use crate::request::Request;
+use crate::request::{decodable, decode_all, Request};
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
@@ -242,16 +242,11 @@ pub fn dump(ipv6: bool, filter: &RouteFilter) -> Request {
     Request::dump(Object::Route, RouteNetlinkMessage::GetRoute(msg))
 }
 
+decodable!(Route, NewRoute, |r| r.device);
+
 /// The routes in a transport's answer that pass `filter`.
 pub fn routes_in(messages: &[RouteNetlinkMessage], filter: &RouteFilter) -> Vec<Route> {
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(msg) => Route::from_message(msg),
-            _ => None,
-        })
-        .filter(|r| filter.matches(r))
-        .collect()
+    decode_all::<Route>(messages).into_iter().filter(|r| filter.matches(r)).collect()
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ async fn update_link(kernel: &mut NetlinkKernel, op: &Op, link: &Link) -> Result
     let index = kernel.require_index(op, &link.name).await?;
     let current = kernel.connection.request(link::get(LinkRef::Index(index))).await;
     let current_mac = current.map_err(|e| KernelError::apply(op, e.into_io()))?;
-    let current_mac = link::links_in(&current_mac).first().and_then(|l| l.mac).map(MacAddr);
+    let current_mac = weft_netlink::decode_all::<link::Link>(&current_mac).first().and_then(|l| l.mac).map(MacAddr);
     let change = LinkChange {
         mtu: Some(link.mtu),
         // Any IFLA_ADDRESS, even the current one, makes the kernel flush the device's neighbour entries
@@ -143,7 +143,7 @@ async fn update_link(kernel: &mut NetlinkKernel, op: &Op, link: &Link) -> Result
 
 /// The device a create-link op asks for. Without `up` the device is created down, which is what a desired "down"
 /// link means.
-fn create_link(link: &Link) -> Request {
+pub(super) fn create_link(link: &Link) -> Request {
     let LinkKind::Vxlan(v) = &link.kind;
     let vxlan = link::Vxlan {
         vni: v.vni,
@@ -167,7 +167,7 @@ fn route_to_netlink(r: &Route, index: u32) -> route::Route {
 }
 
 /// The request for an address, neighbour, FDB or route op on device `index`.
-fn request_for(op: &Op, index: u32) -> Result<Request, KernelError> {
+pub(super) fn request_for(op: &Op, index: u32) -> Result<Request, KernelError> {
     Ok(match op {
         Op::AddAddress(a) => address::add(index, a.addr, address::Dad::Run),
         Op::DeleteAddress(a) => address::delete(index, a.addr),
@@ -209,6 +209,7 @@ mod tests {
     use weft_netlink::{Action, Object, Operation};
 
     use super::*;
+    use crate::model::FdbEntry;
 
     fn refused(errno: i32) -> Outcome {
         Err(Error::Kernel { operation: Operation::new(Action::Delete, Object::Link), errno })
@@ -224,30 +225,8 @@ mod tests {
             KernelError::Apply { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EPERM)),
             other => panic!("{other:?}"),
         }
-        let route = Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
-            device: "flannel.1".into(),
-            onlink: true,
-            protocol: 87,
-        };
-        assert!(settle(&Op::DeleteRoute(route.clone()), refused(libc::ESRCH)).is_ok());
-        assert!(settle(&Op::ReplaceRoute(route), refused(libc::ENODEV)).is_err());
-    }
-
-    #[test]
-    fn routes_keep_gateway_device_onlink_and_protocol() {
-        let route = Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
-            device: "flannel.1".into(),
-            onlink: true,
-            protocol: 87,
-        };
-        let converted = route_to_netlink(&route, 7);
-        assert_eq!(
-            (converted.gateway, converted.device, converted.onlink, converted.protocol, converted.table),
-            (Some(route.gateway), Some(7), true, 87, route::MAIN_TABLE)
-        );
+        let entry = FdbEntry { device: "flannel.1".into(), mac: MacAddr([2; 6]), dst: "198.18.0.2".parse().unwrap() };
+        assert!(settle(&Op::DeleteFdb(entry.clone()), refused(libc::ENOENT)).is_ok());
+        assert!(settle(&Op::ReplaceFdb(entry), refused(libc::ENOENT)).is_err());
     }
 }

@@ -23,7 +23,7 @@ use std::path::Path;
 use ipnetwork::IpNetwork;
 use weft_netlink::pipelined::Connection;
 use weft_netlink::route::{RouteFilter, RouteKind};
-use weft_netlink::{address, link, route, Message, Request};
+use weft_netlink::{address, decode_all, link, route, Message, Request};
 
 use crate::diff::Op;
 use crate::kernel::{Kernel, KernelError};
@@ -76,7 +76,7 @@ impl NetlinkKernel {
         let links = self.dump_links().await?;
         let answer = self.dump("addresses", address::dump(None)).await?;
         let mut by_index: HashMap<u32, Vec<IpNetwork>> = HashMap::new();
-        for a in address::addresses_in(&answer, None) {
+        for a in decode_all::<address::Address>(&answer) {
             by_index.entry(a.index).or_default().push(a.addr);
         }
         let mut out: Vec<Interface> = links
@@ -110,7 +110,7 @@ impl NetlinkKernel {
     }
 
     async fn dump_links(&mut self) -> Result<Vec<link::Link>, KernelError> {
-        let links = link::links_in(&self.dump("links", link::dump()).await?);
+        let links: Vec<link::Link> = decode_all(&self.dump("links", link::dump()).await?);
         self.indexes = links.iter().map(|l| (l.name.clone(), l.index)).collect();
         Ok(links)
     }
@@ -130,7 +130,7 @@ impl NetlinkKernel {
         }
         match self.connection.request(link::get(link::LinkRef::Name(name))).await {
             Ok(answer) => {
-                let found = link::links_in(&answer).into_iter().next().map(|l| l.index);
+                let found = decode_all::<link::Link>(&answer).first().map(|l| l.index);
                 if let Some(index) = found {
                     self.indexes.insert(name.to_string(), index);
                 }

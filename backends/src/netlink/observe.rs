@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use weft_netlink::route::{RouteKind, MAIN_TABLE};
-use weft_netlink::{address, fdb, link, neighbour, route};
+use weft_netlink::{address, decode_on, fdb, link, neighbour, route};
 
 use super::NetlinkKernel;
 use crate::is_link_local;
@@ -40,21 +40,21 @@ pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result
     // With one device in scope (the usual case) the kernel sends only its objects.
     let only = (owned.len() == 1).then(|| owned.keys().next().copied()).flatten();
     let answer = kernel.dump("addresses", address::dump(only)).await?;
-    for a in address::addresses_in(&answer, only) {
+    for a in decode_on::<address::Address>(&answer, only) {
         if let Some(address) = address_from(&a, &owned) {
             state.add_address(address);
         }
     }
     for ipv6 in [false, true] {
         let answer = kernel.dump("neighbours", neighbour::dump(ipv6, only)).await?;
-        for n in neighbour::neighbours_in(&answer, only) {
+        for n in decode_on::<neighbour::Neighbour>(&answer, only) {
             if let Some(neighbour) = neighbour_from(&n, &owned) {
                 state.add_neighbour(neighbour);
             }
         }
     }
     let answer = kernel.dump("fdb", fdb::dump(only)).await?;
-    for e in fdb::entries_in(&answer, only) {
+    for e in decode_on::<fdb::FdbEntry>(&answer, only) {
         if let Some(entry) = fdb_from(&e, &owned) {
             state.add_fdb(entry);
         }
@@ -193,14 +193,7 @@ mod tests {
         let names = HashMap::from([(2, "u0".to_string()), (7, "flannel.1".to_string())]);
         let owned = owned(7, "flannel.1");
         let on_device = route::Route { onlink: true, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
-        let want = Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
-            device: "flannel.1".into(),
-            onlink: true,
-            protocol: 87,
-        };
-        assert_eq!(route_from(&on_device, &names, &owned, 87), Some(want));
+        assert_eq!(route_from(&on_device, &names, &owned, 87), Some(flannel_route()));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
         assert_eq!(route_from(&direct, &names, &owned, 87).map(|r| r.device), Some("u0".to_string()));
@@ -217,26 +210,21 @@ mod tests {
         assert_eq!(route_from(&local, &names, &owned, 87), None);
     }
 
+    fn flannel_route() -> Route {
+        Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: "10.244.2.0".parse().unwrap(),
+            device: "flannel.1".into(),
+            onlink: true,
+            protocol: 87,
+        }
+    }
+
+    /// What apply sends is what observe reads back: model -> request -> model.
     #[test]
-    fn reads_vxlan_attributes() {
-        let l = link::Link {
-            index: 7,
-            name: "flannel.1".into(),
-            kind: Some(link::Kind::Vxlan(link::Vxlan {
-                vni: 1,
-                local: Some("198.18.0.1".parse().unwrap()),
-                underlay: Some(2),
-                port: Some(8472),
-                learning: false,
-                gbp: true,
-            })),
-            mac: Some(mac().0),
-            mtu: Some(1450),
-            up: true,
-            master: None,
-            link: Some(2),
-        };
-        let want = VxlanAttrs {
+    fn model_values_survive_the_trip_through_messages() {
+        use weft_netlink::Message;
+        let vxlan = VxlanAttrs {
             vni: 1,
             local: "198.18.0.1".parse().unwrap(),
             underlay_index: 2,
@@ -244,8 +232,16 @@ mod tests {
             learning: false,
             gbp: true,
         };
-        let read = link_from(&l);
-        assert_eq!((read.kind, read.mac, read.mtu, read.up), (LinkKind::Vxlan(want), mac(), 1450, true));
+        let want = Link { name: "flannel.1".into(), kind: LinkKind::Vxlan(vxlan), mac: mac(), mtu: 1450, up: true };
+        let Message::NewLink(msg) = super::super::apply::create_link(&want).message().clone() else { panic!() };
+        assert_eq!(link::Link::from_message(&msg).map(|l| link_from(&l)), Some(want));
+
+        let names = HashMap::from([(7, "flannel.1".to_string())]);
+        let op = crate::diff::Op::ReplaceRoute(flannel_route());
+        let request = super::super::apply::request_for(&op, 7).unwrap();
+        let Message::NewRoute(msg) = request.message().clone() else { panic!() };
+        let read = route::Route::from_message(&msg).unwrap();
+        assert_eq!(route_from(&read, &names, &owned(7, "flannel.1"), 87), Some(flannel_route()));
     }
 
     #[test]

@@ -46,7 +46,7 @@ async fn watch(
     // later RTM_NEWLINK notifications keep the map current.
     match connection.request(link::dump()).await {
         Ok(answer) => {
-            for l in link::links_in(&answer) {
+            for l in weft_netlink::decode_all::<link::Link>(&answer) {
                 state.link_seen(&l);
             }
         }
