@@ -30,6 +30,44 @@ pub enum Event {
     Overrun,
 }
 
+/// What a notification announces, known from its type alone: lets a reader that ignores most notifications
+/// (during a cold start, tens of thousands of additions) skip decoding them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    LinkAdded,
+    LinkDeleted,
+    AddressAdded,
+    AddressDeleted,
+    RouteAdded,
+    RouteDeleted,
+    /// An ARP/NDP or FDB entry was added or changed.
+    NeighbourAdded,
+    /// An ARP/NDP or FDB entry was deleted.
+    NeighbourDeleted,
+    Overrun,
+}
+
+impl EventKind {
+    pub fn of(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<EventKind> {
+        use RouteNetlinkMessage as M;
+        Some(match &message.payload {
+            NetlinkPayload::InnerMessage(inner) => match inner {
+                M::NewLink(_) => EventKind::LinkAdded,
+                M::DelLink(_) => EventKind::LinkDeleted,
+                M::NewAddress(_) => EventKind::AddressAdded,
+                M::DelAddress(_) => EventKind::AddressDeleted,
+                M::NewRoute(_) => EventKind::RouteAdded,
+                M::DelRoute(_) => EventKind::RouteDeleted,
+                M::NewNeighbour(_) => EventKind::NeighbourAdded,
+                M::DelNeighbour(_) => EventKind::NeighbourDeleted,
+                _ => return None,
+            },
+            NetlinkPayload::Overrun(_) => EventKind::Overrun,
+            _ => return None,
+        })
+    }
+}
+
 /// Multicast groups (RTMGRP_*) to subscribe a socket to, as a bitmask.
 pub mod groups {
     pub const LINK: u32 = libc::RTMGRP_LINK as u32;
@@ -108,6 +146,9 @@ mod tests {
 
         let overrun = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::Overrun(vec![]));
         assert_eq!(Event::from_netlink(&overrun), Some(Event::Overrun));
+        assert_eq!(EventKind::of(&overrun), Some(EventKind::Overrun));
+        let deletion = RouteNetlinkMessage::DelNeighbour(Default::default());
+        assert_eq!(EventKind::of(&NetlinkMessage::from(deletion)), Some(EventKind::NeighbourDeleted));
         assert_eq!(Event::from_message(&RouteNetlinkMessage::GetLink(Default::default())), None);
     }
 }

@@ -23,7 +23,7 @@ pub mod request;
 pub mod route;
 
 pub use error::{Action, Error, Object, Operation};
-pub use event::Event;
+pub use event::{Event, EventKind};
 pub use request::{decode_all, decode_on, Decode, Outcome, Request};
 
 /// An Ethernet address as the kernel sends it.

@@ -56,14 +56,14 @@ impl Request {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | self.flags | if self.is_dump() { 0 } else { NLM_F_ACK };
         header.sequence_number = sequence;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message));
-        message.finalize();
-        (message, self.operation)
+        // Not finalized: the async connection does that when it sends, to_bytes does it for the blocking socket.
+        (NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message)), self.operation)
     }
 
     /// The request's bytes as they go on the wire (aligned to 4 bytes, so requests can be concatenated).
     pub fn to_bytes(&self, sequence: u32) -> Vec<u8> {
-        let (message, _) = self.clone().into_netlink(sequence);
+        let (mut message, _) = self.clone().into_netlink(sequence);
+        message.finalize();
         let mut bytes = vec![0; message.buffer_len()];
         message.serialize(&mut bytes);
         bytes.resize((bytes.len() + 3) & !3, 0);

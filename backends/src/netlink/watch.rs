@@ -10,7 +10,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use weft_netlink::event::groups;
 use weft_netlink::pipelined::{Connection, Notifications};
 use weft_netlink::route::MAIN_TABLE;
-use weft_netlink::{link, netns, Event};
+use weft_netlink::{link, netns, Event, EventKind};
 
 use crate::model::{MacAddr, Scope};
 
@@ -62,7 +62,10 @@ async fn watch(
             let _ = tx.send("netlink notification socket closed".to_string());
             return;
         };
-        let description = Event::from_netlink(&message).and_then(|event| state.describe(&event));
+        // Additions other than link changes never concern the watcher: not decoding them keeps it cheap while a
+        // cold start announces tens of thousands of objects.
+        let wanted = EventKind::of(&message).is_some_and(WatchState::reads);
+        let description = wanted.then(|| Event::from_netlink(&message)).flatten().and_then(|e| state.describe(&e));
         if let Some(text) = description {
             if tx.send(text).is_err() {
                 return;
@@ -80,6 +83,18 @@ struct WatchState {
 impl WatchState {
     fn new(scope: Scope) -> WatchState {
         WatchState { scope, links: HashMap::new() }
+    }
+
+    /// The kinds of notification [`WatchState::describe`] can say something about.
+    fn reads(kind: EventKind) -> bool {
+        matches!(
+            kind,
+            EventKind::LinkAdded
+                | EventKind::LinkDeleted
+                | EventKind::RouteDeleted
+                | EventKind::NeighbourDeleted
+                | EventKind::Overrun
+        )
     }
 
     fn in_scope(&self, name: &str) -> bool {
