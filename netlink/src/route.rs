@@ -86,6 +86,10 @@ impl Route {
                 _ => {}
             }
         }
+        // The kernel puts IPv6 blackhole routes on lo; a blackhole has no device, in either family.
+        if route.kind == RouteKind::Blackhole {
+            route.device = None;
+        }
         // A default route carries no destination attribute.
         if let Some(ip) = dst {
             route.dst = IpNetwork::new(ip, header.destination_prefix_length).ok()?;
@@ -324,6 +328,11 @@ mod tests {
         assert_eq!((route.dst, route.device), ("::/0".parse().unwrap(), Some(0)));
         msg.header.address_family = AddressFamily::Bridge;
         assert_eq!(Route::from_message(&msg), None);
+
+        let blackhole = Route { kind: RouteKind::Blackhole, ..Route::unicast("fd00::/48".parse().unwrap(), 87) };
+        let mut reported = round_trip(&replace(&blackhole));
+        reported.attributes.push(RouteAttribute::Oif(1));
+        assert_eq!(Route::from_message(&reported), Some(blackhole), "IPv6 blackholes come back on lo");
     }
 
     #[test]
