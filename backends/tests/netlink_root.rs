@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use weft_backends::backend::Backend;
 use weft_backends::diff::Op;
 use weft_backends::kernel::{reconcile, Kernel, KernelError};
 use weft_backends::model::{KernelState, Link, LinkKind, MacAddr, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL};
@@ -221,7 +222,7 @@ async fn repairs_what_was_changed_by_hand() {
     node.ns.ip("link del flannel.1");
     node.ns.ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 4789 nolearning");
     let seen = node.observe().await;
-    let LinkKind::Vxlan(attrs) = &seen.links["flannel.1"].kind;
+    let LinkKind::Vxlan(attrs) = &seen.links["flannel.1"].kind else { panic!("flannel.1 is not VXLAN: {seen:?}") };
     assert_eq!(attrs.port, 4789, "the port must read back in host byte order");
     let ops = node.converge(&desired).await;
     assert!(matches!(ops.as_slice(), [Op::DeleteLink(_), Op::CreateLink(_), ..]), "{ops:#?}");
@@ -276,7 +277,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
 
     let neighbour = desired.neighbours.values().next().unwrap().clone();
     match kernel.apply(&Op::ReplaceNeighbour(neighbour.clone())).await {
-        Err(KernelError::NoSuchDevice(name)) => assert_eq!(name, "flannel.1"),
+        Err(KernelError::NoSuchDevice { device, .. }) => assert_eq!(device, "flannel.1"),
         other => panic!("expected NoSuchDevice, got {other:?}"),
     }
     // Removing things from a device that does not exist is already done.
@@ -324,7 +325,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
         up: true,
     };
     kernel.apply(&Op::CreateLink(gbp.clone())).await.unwrap();
-    let scope = Scope { links: vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()], route_protocol: 87 };
+    let scope = Scope::links(vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()], 87);
     let seen = kernel.observe(&scope).await.unwrap();
     assert_eq!(seen.links.values().cloned().collect::<Vec<_>>(), vec![changed, gbp]);
     let shown = node.ns.ip("-d link show weft-gbp");
@@ -336,7 +337,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
 }
 
 fn vtep_underlay(link: &Link) -> u32 {
-    let LinkKind::Vxlan(attrs) = &link.kind;
+    let LinkKind::Vxlan(attrs) = &link.kind else { panic!("not VXLAN: {link:?}") };
     attrs.underlay_index
 }
 
@@ -421,7 +422,7 @@ fn current_namespace_handles_work_from_a_thread_inside_it() {
         runtime.block_on(async {
             let mut kernel = NetlinkKernel::connect().unwrap();
             let names: Vec<String> = kernel.interfaces().await.unwrap().into_iter().map(|i| i.name).collect();
-            let scope = Scope { links: vec!["flannel.1".into()], route_protocol: WEFT_ROUTE_PROTOCOL };
+            let scope = Scope::links(vec!["flannel.1".into()], WEFT_ROUTE_PROTOCOL);
             let mut rx = watch_deletions(scope.clone()).unwrap();
             let seen = kernel.observe(&scope).await.unwrap();
             let deleted = seen.routes.values().next().cloned().map(Op::DeleteRoute);
