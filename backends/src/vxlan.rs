@@ -324,6 +324,8 @@ impl Backend for VxlanBackend {
                 state.add_route(Route::via(subnet, gateway, device, true, self.route_protocol));
             }
         }
+        // Peers come in any order; what the backend says about them must not depend on it.
+        skipped.sort_by(|a, b| (a.subnet, &a.reason).cmp(&(b.subnet, &b.reason)));
         Desired { state, skipped, ..Desired::default() }
     }
 }
