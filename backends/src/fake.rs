@@ -101,6 +101,10 @@ impl FakeKernel {
             Op::ReplaceRoute(r) => {
                 if let Some(device) = &r.device {
                     self.require_device(op, device)?;
+                    // The kernel refuses a next hop on a device that is down.
+                    if self.state.links.get(device).is_some_and(|l| !l.up) {
+                        return Err(KernelError::apply(op, io::Error::from_raw_os_error(ENETDOWN)));
+                    }
                 }
                 self.state.add_route(r.clone());
             }
@@ -113,6 +117,7 @@ impl FakeKernel {
 }
 
 const EEXIST: i32 = 17;
+const ENETDOWN: i32 = 100;
 
 /// What a real kernel would show for `scope`: our links and what hangs off them, plus routes carrying our protocol.
 pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {

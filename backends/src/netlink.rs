@@ -666,7 +666,12 @@ fn route_from_message(
     if route_table(msg) != MAIN_TABLE || header.protocol == RouteProtocol::Kernel {
         return None;
     }
-    let oif = msg.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+    // IPv6 reports a blackhole route on lo; it has no device in any sense the model cares about.
+    let oif = msg
+        .attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+        .filter(|_| kind == RouteKind::Unicast);
     let ours = u8::from(header.protocol) == protocol || oif.is_some_and(|i| owned.contains_key(&i));
     if !ours {
         return None;
@@ -823,6 +828,9 @@ fn route_builder(route: &Route, index: u32) -> io::Result<RouteMessageBuilder<Ip
     }
     if route.kind == RouteKind::Blackhole {
         builder = builder.kind(RouteType::BlackHole);
+    } else if route.gateway.is_none() {
+        // What `ip route add <dst> dev <device>` sends: the destination is on the link itself.
+        builder = builder.scope(RouteScope::Link);
     }
     Ok(builder)
 }
@@ -1224,6 +1232,9 @@ mod tests {
             .protocol(RouteProtocol::from(87))
             .build();
         let want = Route::blackhole("10.244.1.0/24".parse().unwrap(), 87);
+        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
+        // IPv6 reports blackholes on lo: still no device.
+        blackhole.attributes.push(RouteAttribute::Oif(1));
         assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
         blackhole.header.protocol = RouteProtocol::Static;
         assert_eq!(route_from_message(&blackhole, &names, &owned, 87), None, "someone else's blackhole");

@@ -185,7 +185,9 @@ fn random_state(rng: &mut Rng) -> KernelState {
     let tunnel = if rng.chance(70) { vxlan } else { LinkKind::Wireguard };
     let mac = if tunnel.has_mac() { MacAddr([0x0e, 0, 0, 0, 0, 1]) } else { MacAddr::default() };
     let mtu = 1400 + rng.below(3) as u32 * 10;
-    state.add_link(Link { name: "tunnel".into(), kind: tunnel, mac, mtu, up: rng.chance(90) });
+    // A device that is down carries no routes: the kernel refuses them (ENETDOWN), and so does the fake.
+    let tunnel_up = rng.chance(90);
+    state.add_link(Link { name: "tunnel".into(), kind: tunnel, mac, mtu, up: tunnel_up });
     state.add_link(Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu, up: true });
     state.add_address(Address { device: "tunnel".into(), addr: "10.244.1.0/32".parse().unwrap() });
     if rng.chance(50) {
@@ -197,7 +199,8 @@ fn random_state(rng: &mut Rng) -> KernelState {
         let gateway = format!("10.244.{host}.0").parse().unwrap();
         let route = match rng.below(5) {
             0 => continue,
-            1 => Route::via(dst, gateway, "tunnel", true, WEFT_ROUTE_PROTOCOL),
+            1 if tunnel_up => Route::via(dst, gateway, "tunnel", true, WEFT_ROUTE_PROTOCOL),
+            1 => continue,
             2 => Route::dev(dst, "weft0", WEFT_ROUTE_PROTOCOL),
             3 => Route::via(dst, format!("198.18.0.{host}").parse().unwrap(), "eth0", false, WEFT_ROUTE_PROTOCOL),
             _ => Route::blackhole(dst, WEFT_ROUTE_PROTOCOL),
