@@ -1,8 +1,9 @@
 //! The kernel VXLAN backend, wire-compatible with flannel's: device `flannel.<VNI>` (`flannel-v6.<VNI>` for IPv6),
 //! UDP port 8472, learning off, and per remote host one permanent neighbour, one FDB entry and one onlink route.
 //!
-//! Everything here is pure: the backend turns configuration, the underlay and the lease set into a
-//! [`KernelState`]; the reconcile loop does the rest.
+//! Everything here is pure: the backend turns configuration, the underlay and the lease set into a [`Desired`]
+//! state (kernel objects only: VXLAN needs no firewall rules and no userspace forwarding); the reconcile loop does
+//! the rest.
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;

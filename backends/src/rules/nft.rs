@@ -37,9 +37,10 @@ pub fn render_table(table: &Table) -> String {
 
 /// One rule as nft text (without the chain around it).
 pub fn render_rule(rule: &Rule) -> String {
-    let Rule::Rule { matches, verdict, comment } = rule else {
-        let Rule::Unknown(text) = rule else { unreachable!("two variants") };
-        return format!("# not expressible: {text}");
+    let (matches, verdict, comment) = match rule {
+        Rule::Rule { matches, verdict, comment } => (matches, verdict, comment),
+        // Only an observed table holds these; check() refuses to apply one, so this text is only ever logged.
+        Rule::Unknown(text) => return format!("# not expressible: {text}"),
     };
     let mut words: Vec<String> = matches.iter().map(render_match).collect();
     words.push(match verdict {
