@@ -71,7 +71,7 @@ impl FakeKernel {
             }
             Op::CreateLink(link) => {
                 if self.exists(&link.name) {
-                    return Err(KernelError::apply(op, io::Error::from_raw_os_error(EEXIST)));
+                    return Err(KernelError::apply(op, io::Error::from_raw_os_error(libc::EEXIST)));
                 }
                 self.state.add_link(link.clone());
             }
@@ -103,7 +103,7 @@ impl FakeKernel {
                     self.require_device(op, device)?;
                     // The kernel refuses a next hop on a device that is down.
                     if self.state.links.get(device).is_some_and(|l| !l.up) {
-                        return Err(KernelError::apply(op, io::Error::from_raw_os_error(ENETDOWN)));
+                        return Err(KernelError::apply(op, io::Error::from_raw_os_error(libc::ENETDOWN)));
                     }
                 }
                 self.state.add_route(r.clone());
@@ -115,9 +115,6 @@ impl FakeKernel {
         Ok(())
     }
 }
-
-const EEXIST: i32 = 17;
-const ENETDOWN: i32 = 100;
 
 /// What a real kernel would show for `scope`: our links and what hangs off them, plus routes carrying our protocol.
 pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {
