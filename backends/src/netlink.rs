@@ -31,12 +31,14 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
-use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::diff::Op;
-use crate::kernel::{Kernel, KernelError};
-use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
+use crate::kernel::{precheck, Kernel, KernelError};
+use crate::model::{
+    Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, RouteKind, Scope, VxlanAttrs,
+};
 use crate::{is_link_local, Family};
 
 /// The main routing table; the only one weft reads or writes.
@@ -170,7 +172,7 @@ impl NetlinkKernel {
     async fn require_index(&mut self, op: &Op, name: &str) -> Result<u32, KernelError> {
         match self.index_of(name).await {
             Ok(Some(index)) => Ok(index),
-            Ok(None) => Err(KernelError::NoSuchDevice(name.to_string())),
+            Ok(None) => Err(KernelError::no_such_device(op, name)),
             Err(e) => Err(KernelError::apply(op, e)),
         }
     }
@@ -189,11 +191,18 @@ impl NetlinkKernel {
     }
 
     async fn apply_op(&mut self, op: &Op) -> Result<(), KernelError> {
+        precheck(op)?;
         match op {
+            // rtnetlink cannot create a TUN device: configure the one the data plane opened.
+            Op::CreateLink(link) if link.kind == LinkKind::Tun => match self.optional_index(op, &link.name).await? {
+                Some(_) => self.update_link(op, link).await,
+                None => Err(KernelError::TunNotOpened { op: op.to_string(), device: link.name.clone() }),
+            },
             Op::CreateLink(link) => {
                 self.indexes.remove(&link.name);
-                let request = self.handle.link().add(vxlan_message(link));
-                outcome(op, request.execute().await, &[])
+                let message = create_link_message(link)
+                    .ok_or_else(|| KernelError::NotOurs { op: op.to_string(), device: link.name.clone() })?;
+                outcome(op, self.handle.link().add(message).execute().await, &[])
             }
             Op::UpdateLink(link) => self.update_link(op, link).await,
             Op::DeleteLink(name) => {
@@ -220,8 +229,12 @@ impl NetlinkKernel {
             Op::DeleteNeighbour(n) => (&n.device, true),
             Op::ReplaceFdb(e) => (&e.device, false),
             Op::DeleteFdb(e) => (&e.device, true),
-            Op::ReplaceRoute(r) => (&r.device, false),
-            Op::DeleteRoute(r) => (&r.device, true),
+            // A route without a device (a blackhole) needs no index; 0 is the kernel's "no output interface".
+            Op::ReplaceRoute(Route { device: None, .. }) | Op::DeleteRoute(Route { device: None, .. }) => {
+                return Ok(Some(NO_DEVICE))
+            }
+            Op::ReplaceRoute(Route { device: Some(device), .. }) => (device, false),
+            Op::DeleteRoute(Route { device: Some(device), .. }) => (device, true),
             Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => {
                 return Err(KernelError::Netlink(format!("{op}: link operations are not resolved by index")))
             }
@@ -237,8 +250,9 @@ impl NetlinkKernel {
         let index = self.require_index(op, &link.name).await?;
         let mut change = LinkUnspec::new_with_index(index).mtu(link.mtu);
         // Any IFLA_ADDRESS, even the current one, makes the kernel flush the device's neighbour entries
-        // (NETDEV_CHANGEADDR), permanent ones included, behind the diff's back: send it only to change it.
-        if self.current_mac(op, index).await? != Some(link.mac) {
+        // (NETDEV_CHANGEADDR), permanent ones included, behind the diff's back: send it only to change it. Layer-3
+        // devices (TUN, WireGuard) have no address to set.
+        if link.kind.has_mac() && self.current_mac(op, index).await? != Some(link.mac) {
             change = change.address(link.mac.0.to_vec());
         }
         let change = if link.up { change.up() } else { change.down() };
@@ -257,6 +271,9 @@ impl Kernel for NetlinkKernel {
         let mut state = KernelState::default();
         for msg in links.iter().filter(|m| owned.contains_key(&m.header.index)) {
             state.add_link(link_from_message(msg)?);
+        }
+        for name in names.values().filter(|name| scope.referenced.contains(name)) {
+            state.add_link(Link::unowned(name.clone()));
         }
         for family in [Family::V4, Family::V6] {
             for msg in self.dump_routes(family).await? {
@@ -296,6 +313,10 @@ impl Kernel for NetlinkKernel {
         let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(ops.len());
         let mut requests = Vec::new();
         for (position, op) in ops.iter().enumerate() {
+            if let Err(e) = precheck(op) {
+                results.push(Some(Err(e)));
+                continue;
+            }
             if matches!(op, Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_)) {
                 results.push(Some(self.apply(op).await));
                 continue;
@@ -343,6 +364,9 @@ impl Kernel for NetlinkKernel {
         result
     }
 }
+
+/// The ifindex of "no device", for routes without one: what the kernel itself uses for "no output interface".
+const NO_DEVICE: u32 = 0;
 
 /// Requests kept in flight by [`NetlinkKernel::apply_all`]: enough to hide the round trip, few enough that the
 /// acknowledgements always fit in the socket's receive buffer.
@@ -499,42 +523,48 @@ fn link_mac(msg: &LinkMessage) -> Option<MacAddr> {
     })
 }
 
+// ---- model <-> message conversions for links and routes (the place to extend for a new kind) ----
+
 fn link_from_message(msg: &LinkMessage) -> Result<Link, KernelError> {
     let name = link_name(msg).ok_or_else(|| KernelError::Netlink(format!("link #{} has no name", msg.header.index)))?;
     let kind = msg
         .attributes
         .iter()
-        .find_map(|a| if let LinkAttribute::LinkInfo(info) = a { vxlan_attrs(info) } else { None })
-        .unwrap_or_else(foreign_kind);
+        .find_map(|a| if let LinkAttribute::LinkInfo(info) = a { link_kind(info) } else { None })
+        .unwrap_or(LinkKind::Unowned);
     Ok(Link {
         name: name.to_string(),
-        kind: LinkKind::Vxlan(kind),
+        kind,
         mac: link_mac(msg).unwrap_or_default(),
         mtu: link_mtu(msg),
         up: msg.header.flags.contains(LinkFlags::Up),
     })
 }
 
-/// What a device of another type (say a bridge someone named flannel.1) reads as. The model only knows VXLAN
-/// devices; VNI 0 is never desired, so the diff deletes and re-creates the device, as flannel does.
-fn foreign_kind() -> VxlanAttrs {
-    VxlanAttrs {
+/// The model's kind for IFLA_LINKINFO; None for a kind the model does not know (say a bridge someone named
+/// flannel.1), which reads as [`LinkKind::Unowned`]: never a desired kind, so the diff re-creates the device, as
+/// flannel does.
+fn link_kind(info: &[LinkInfo]) -> Option<LinkKind> {
+    let kind = info.iter().find_map(|i| if let LinkInfo::Kind(kind) = i { Some(kind) } else { None })?;
+    match kind {
+        InfoKind::Vxlan => Some(LinkKind::Vxlan(vxlan_attrs(info))),
+        InfoKind::Tun => Some(LinkKind::Tun),
+        InfoKind::Wireguard => Some(LinkKind::Wireguard),
+        _ => None,
+    }
+}
+
+/// The VXLAN attributes in IFLA_LINKINFO of a VXLAN device.
+fn vxlan_attrs(info: &[LinkInfo]) -> VxlanAttrs {
+    // The kernel omits IFLA_VXLAN_LOCAL when no local address is set; the rest it always reports.
+    let mut attrs = VxlanAttrs {
         vni: 0,
         local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         underlay_index: 0,
         port: 0,
-        learning: false,
+        learning: true,
         gbp: false,
-    }
-}
-
-/// The VXLAN attributes in IFLA_LINKINFO, or None when the device is not a VXLAN device.
-fn vxlan_attrs(info: &[LinkInfo]) -> Option<VxlanAttrs> {
-    if !info.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan))) {
-        return None;
-    }
-    // The kernel omits IFLA_VXLAN_LOCAL when no local address is set; the rest it always reports.
-    let mut attrs = VxlanAttrs { learning: true, ..foreign_kind() };
+    };
     let data = info.iter().filter_map(|i| if let LinkInfo::Data(InfoData::Vxlan(d)) = i { Some(d) } else { None });
     for attr in data.flatten() {
         match attr {
@@ -549,7 +579,7 @@ fn vxlan_attrs(info: &[LinkInfo]) -> Option<VxlanAttrs> {
             _ => {}
         }
     }
-    Some(attrs)
+    attrs
 }
 
 /// The address with its prefix. IPv4 keeps the local address in IFA_LOCAL (IFA_ADDRESS is the peer on
@@ -619,8 +649,8 @@ fn route_destination(msg: &RouteMessage) -> Option<IpNetwork> {
     IpNetwork::new(ip, msg.header.destination_prefix_length).ok()
 }
 
-/// A main-table unicast route that weft owns: it carries our protocol or leaves through one of our devices.
-/// Connected routes (proto kernel) and routes without a gateway are not the kind of route weft manages.
+/// A main-table unicast or blackhole route that weft owns: it carries our protocol or leaves through one of our
+/// devices. Connected routes (proto kernel) are the kernel's, not weft's.
 fn route_from_message(
     msg: &RouteMessage,
     names: &HashMap<u32, String>,
@@ -628,20 +658,35 @@ fn route_from_message(
     protocol: u8,
 ) -> Option<Route> {
     let header = &msg.header;
-    if route_table(msg) != MAIN_TABLE || header.kind != RouteType::Unicast || header.protocol == RouteProtocol::Kernel {
+    let kind = match header.kind {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::BlackHole => RouteKind::Blackhole,
+        _ => return None,
+    };
+    if route_table(msg) != MAIN_TABLE || header.protocol == RouteProtocol::Kernel {
         return None;
     }
-    let oif = msg.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })?;
-    let ours = u8::from(header.protocol) == protocol || owned.contains_key(&oif);
+    // IPv6 reports a blackhole route on lo; it has no device in any sense the model cares about.
+    let oif = msg
+        .attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+        .filter(|_| kind == RouteKind::Unicast);
+    let ours = u8::from(header.protocol) == protocol || oif.is_some_and(|i| owned.contains_key(&i));
     if !ours {
         return None;
     }
     let gateway =
-        msg.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_address(g) } else { None })?;
+        msg.attributes.iter().find_map(|a| if let RouteAttribute::Gateway(g) = a { route_address(g) } else { None });
+    let device = match oif {
+        Some(index) => Some(names.get(&index)?.clone()),
+        None => None,
+    };
     Some(Route {
         dst: route_destination(msg)?,
+        kind,
         gateway,
-        device: names.get(&oif)?.clone(),
+        device,
         onlink: header.flags.contains(RouteFlags::Onlink),
         protocol: u8::from(header.protocol),
     })
@@ -702,8 +747,20 @@ fn fdb_from_message(msg: &NeighbourMessage, owned: &HashMap<u32, String>) -> Opt
 
 // ---- building requests ----
 
-fn vxlan_message(link: &Link) -> LinkMessage {
-    let LinkKind::Vxlan(v) = &link.kind;
+/// The RTM_NEWLINK request that creates `link`; None for kinds rtnetlink does not create (TUN devices come from
+/// /dev/net/tun, unowned devices are someone else's).
+fn create_link_message(link: &Link) -> Option<LinkMessage> {
+    match &link.kind {
+        LinkKind::Vxlan(v) => Some(vxlan_message(link, v)),
+        LinkKind::Wireguard => {
+            let builder = LinkWireguard::new(&link.name).mtu(link.mtu);
+            Some(if link.up { builder.up() } else { builder }.build())
+        }
+        LinkKind::Tun | LinkKind::Unowned => None,
+    }
+}
+
+fn vxlan_message(link: &Link, v: &VxlanAttrs) -> LinkMessage {
     let mut builder = LinkVxlan::new(&link.name, v.vni).port(v.port).learning(v.learning);
     builder = match v.local {
         IpAddr::V4(ip) => builder.local(ip),
@@ -756,15 +813,26 @@ fn invalid_route(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
-/// Destination, gateway and device of `route`, in the main table.
+/// Destination, kind, gateway and device of `route`, in the main table. `index` is [`NO_DEVICE`] for a route
+/// without a device.
 fn route_builder(route: &Route, index: u32) -> io::Result<RouteMessageBuilder<IpAddr>> {
-    Ok(RouteMessageBuilder::<IpAddr>::new()
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
         .map_err(invalid_route)?
-        .gateway(route.gateway)
-        .map_err(invalid_route)?
-        .output_interface(index)
-        .table_id(MAIN_TABLE))
+        .table_id(MAIN_TABLE);
+    if let Some(gateway) = route.gateway {
+        builder = builder.gateway(gateway).map_err(invalid_route)?;
+    }
+    if index != NO_DEVICE {
+        builder = builder.output_interface(index);
+    }
+    if route.kind == RouteKind::Blackhole {
+        builder = builder.kind(RouteType::BlackHole);
+    } else if route.gateway.is_none() {
+        // What `ip route add <dst> dev <device>` sends: the destination is on the link itself.
+        builder = builder.scope(RouteScope::Link);
+    }
+    Ok(builder)
 }
 
 fn route_message(route: &Route, index: u32) -> io::Result<RouteMessage> {
@@ -1143,24 +1211,39 @@ mod tests {
         let owned = owned(7, "flannel.1");
         let mut on_device = route("10.244.2.0/24", Some("10.244.2.0"), 7, 87);
         on_device.header.flags.insert(RouteFlags::Onlink);
-        let want = Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
-            device: "flannel.1".into(),
-            onlink: true,
-            protocol: 87,
-        };
+        let want = Route::via("10.244.2.0/24".parse().unwrap(), "10.244.2.0".parse().unwrap(), "flannel.1", true, 87);
         assert_eq!(route_from_message(&on_device, &names, &owned, 87), Some(want));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(route_from_message(&direct, &names, &owned, 87).map(|r| r.device), Some("u0".to_string()));
+        assert_eq!(route_from_message(&direct, &names, &owned, 87).map(|r| r.device), Some(Some("u0".to_string())));
 
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
         assert_eq!(route_from_message(&foreign, &names, &owned, 87), None);
         let connected = route("10.244.1.0/24", None, 7, 2);
         assert_eq!(route_from_message(&connected, &names, &owned, 87), None);
+        // A device route (WireGuard, TUN) has no gateway; a blackhole route has no device either.
         let no_gateway = route("10.244.4.0/24", None, 7, 87);
-        assert_eq!(route_from_message(&no_gateway, &names, &owned, 87), None);
+        let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
+        assert_eq!(route_from_message(&no_gateway, &names, &owned, 87), Some(device_route));
+        let mut blackhole = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix("10.244.1.0".parse().unwrap(), 24)
+            .table_id(MAIN_TABLE)
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::from(87))
+            .build();
+        let want = Route::blackhole("10.244.1.0/24".parse().unwrap(), 87);
+        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
+        // IPv6 reports blackholes on lo: still no device.
+        blackhole.attributes.push(RouteAttribute::Oif(1));
+        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
+        blackhole.header.protocol = RouteProtocol::Static;
+        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), None, "someone else's blackhole");
+        // What we send reads back as what we meant.
+        let sent = route_message(&want, NO_DEVICE).unwrap();
+        assert_eq!(route_from_message(&sent, &names, &owned, 87), Some(want));
+        let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
+        let sent = route_message(&device_route, 7).unwrap();
+        assert_eq!(route_from_message(&sent, &names, &owned, 87), Some(device_route));
 
         let mut other_table = route("10.244.2.0/24", Some("10.244.2.0"), 7, 87);
         other_table.header.table = 0;
@@ -1199,8 +1282,10 @@ mod tests {
             learning: false,
             gbp: true,
         };
-        assert_eq!(vxlan_attrs(&info), Some(want));
-        assert_eq!(vxlan_attrs(&[LinkInfo::Kind(InfoKind::Bridge)]), None);
+        assert_eq!(link_kind(&info), Some(LinkKind::Vxlan(want)));
+        assert_eq!(link_kind(&[LinkInfo::Kind(InfoKind::Bridge)]), None);
+        assert_eq!(link_kind(&[LinkInfo::Kind(InfoKind::Tun)]), Some(LinkKind::Tun));
+        assert_eq!(link_kind(&[LinkInfo::Kind(InfoKind::Wireguard)]), Some(LinkKind::Wireguard));
     }
 
     #[test]
@@ -1209,7 +1294,7 @@ mod tests {
         msg.attributes.push(LinkAttribute::IfName("flannel.1".into()));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
         let link = link_from_message(&msg).unwrap();
-        assert_eq!(link.kind, LinkKind::Vxlan(foreign_kind()));
+        assert_eq!(link.kind, LinkKind::Unowned);
     }
 
     #[test]
@@ -1248,7 +1333,7 @@ mod tests {
     }
 
     fn scope() -> Scope {
-        Scope { links: vec!["flannel.1".into()], route_protocol: 87 }
+        Scope::links(vec!["flannel.1".into()], 87)
     }
 
     fn link(index: u32, name: &str, up: bool) -> LinkMessage {
