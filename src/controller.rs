@@ -15,9 +15,10 @@ use tracing::{debug, info, warn};
 use weft_backends::kernel::{reconcile, ApplyReport, Kernel, KernelError};
 use weft_backends::vxlan::VxlanBackend;
 
+use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
-use crate::registry::{Backoff, LeaseSet};
+use crate::registry::LeaseSet;
 
 fn public_ip(lease: &Lease) -> String {
     let ip = lease.attrs.public_ip.map(std::net::IpAddr::V4).or(lease.attrs.public_ipv6.map(std::net::IpAddr::V6));

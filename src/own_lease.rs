@@ -10,11 +10,12 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::alloc::{self, Choice, Identity};
+use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
-use crate::etcd::{EtcdStore, StoreError};
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::registry::{Backoff, LeaseSet};
+use crate::registry::LeaseSet;
+use crate::store::{LeaseStore, StoreError};
 
 /// How many times to re-plan after losing a creation race before backing off.
 const RACE_RETRIES: usize = 10;
@@ -29,15 +30,15 @@ pub enum AcquireError {
     Contended(usize),
 }
 
-pub struct LeaseManager {
-    pub store: EtcdStore,
+pub struct LeaseManager<S> {
+    pub store: S,
     pub config: NetworkConfig,
     pub attrs: LeaseAttrs,
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-impl LeaseManager {
+impl<S: LeaseStore> LeaseManager<S> {
     fn identity(&self, preferred: Vec<SubnetKey>) -> Identity {
         Identity {
             public_ip: self.attrs.public_ip.map(Into::into),
@@ -54,15 +55,22 @@ impl LeaseManager {
                 alloc::plan(&self.config, &listing.leases, &self.identity(preferred.to_vec()), &mut rand::rng())?;
             for stale in &plan.stale {
                 info!(subnet = %stale.key, "deleting our old lease: it no longer fits the network config");
-                self.store.delete_lease(&stale.key).await?;
+                match self.store.delete_lease(&stale.key).await {
+                    // Gone already (expired, or deleted by someone else): just as good.
+                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             let outcome = match &plan.choice {
-                Choice::Renew(existing) => self.store.renew_lease(existing, &self.attrs, self.ttl).await?,
-                Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await?,
+                Choice::Renew(existing) => self.store.renew_lease(existing, &self.attrs, self.ttl).await,
+                Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await,
             };
             match outcome {
-                Some(lease) => return Ok(lease),
-                None => debug!("lease changed under us while claiming it; planning again"),
+                Ok(lease) => return Ok(lease),
+                Err(StoreError::Conflict { key }) => {
+                    debug!(subnet = %key, "lease changed under us while claiming it; planning again")
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(AcquireError::Contended(RACE_RETRIES))
@@ -126,17 +134,17 @@ impl LeaseManager {
         }
     }
 
-    /// Sends one keepalive. Returns true when the etcd lease is gone (so the key is too).
+    /// Sends one keepalive. Returns true when the lease's TTL ran out (so the key is gone too).
     async fn refresh(&self, own: &Lease) -> bool {
         if own.is_reservation() {
             return false;
         }
-        match self.store.keep_alive_once(own.etcd_lease).await {
-            Ok(ttl) if ttl > 0 => {
-                debug!(subnet = %own.key, ttl, "lease kept alive");
+        match self.store.keep_alive(own).await {
+            Ok(ttl) => {
+                debug!(subnet = %own.key, ttl = ttl.as_secs(), "lease kept alive");
                 false
             }
-            Ok(_) => true,
+            Err(StoreError::NotFound { .. }) => true,
             Err(e) => {
                 debug!(error = %e, "keepalive failed; the lease has {:?} of TTL to spare", self.ttl);
                 false
