@@ -82,3 +82,56 @@ impl<S: LeaseStore> LeaseFeed<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const VALUE: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#;
+
+    #[tokio::test]
+    async fn changes_then_a_resync_after_compaction_then_changes_again() {
+        let store = MemoryStore::new();
+        let mut feed = store.watch(store.revision());
+        store.put("10.244.1.0-24", VALUE);
+        match feed.next().await.unwrap() {
+            WatchEvent::Changes { changes, revision } => {
+                assert_eq!((changes.len(), revision), (1, store.revision()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The feed falls behind (nobody polls it) while history is compacted.
+        store.put("10.244.2.0-24", VALUE);
+        store.put("10.244.3.0-24", VALUE);
+        let compact_revision = store.compact();
+        match feed.next().await.unwrap() {
+            WatchEvent::Resync { listing, cause } => {
+                assert_eq!(cause, ResyncCause::Compacted { compact_revision });
+                assert_eq!(listing.leases.len(), 3);
+                assert_eq!(feed.revision(), listing.revision);
+            }
+            other => panic!("{other:?}"),
+        }
+        store.delete("10.244.1.0-24");
+        assert!(matches!(feed.next().await.unwrap(), WatchEvent::Changes { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_error_is_returned_at_once_and_the_next_call_resyncs() {
+        let store = MemoryStore::new();
+        let mut feed = store.watch(store.revision());
+        store.fail_all();
+        assert!(matches!(feed.next().await, Err(StoreError::Unavailable { .. })));
+        assert!(matches!(feed.next().await, Err(StoreError::Unavailable { .. })), "still away");
+        store.put("10.244.1.0-24", VALUE);
+        store.restore();
+        match feed.next().await.unwrap() {
+            WatchEvent::Resync { listing, cause } => {
+                assert_eq!(cause, ResyncCause::Reconnected);
+                assert_eq!(listing.leases.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -479,3 +479,108 @@ impl ChangeStream for MemoryChanges {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST_VALUE: &str = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}"#;
+
+    fn key(text: &str) -> SubnetKey {
+        text.parse().unwrap()
+    }
+
+    fn attrs() -> LeaseAttrs {
+        LeaseAttrs::from_json(HOST_VALUE).unwrap()
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_claim_is_create_if_absent_and_written_as_flannel_writes_it() {
+        let store = MemoryStore::new();
+        let lease = store.create_lease(&key("10.244.1.0-24"), &attrs(), TTL).await.unwrap();
+        assert_eq!(store.value("10.244.1.0-24").as_deref(), Some(HOST_VALUE), "byte for byte");
+        assert!(!lease.is_reservation());
+        assert_eq!(lease.mod_revision, store.revision());
+        let again = store.create_lease(&key("10.244.1.0-24"), &attrs(), TTL).await;
+        assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
+        assert_eq!(store.leases(), vec![lease]);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_only_succeeds_on_the_version_it_read() {
+        let store = MemoryStore::new();
+        let lease = store.create_lease(&key("10.244.1.0-24"), &attrs(), TTL).await.unwrap();
+        let renewed = store.renew_lease(&lease, &attrs(), TTL).await.unwrap();
+        assert_eq!(renewed.etcd_lease, lease.etcd_lease, "a live TTL lease is kept");
+        // `lease` is now stale: someone (we ourselves) wrote since.
+        let stale = store.renew_lease(&lease, &attrs(), TTL).await;
+        assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+        store.delete("10.244.1.0-24");
+        let vanished = store.renew_lease(&renewed, &attrs(), TTL).await;
+        assert!(matches!(vanished, Err(StoreError::Conflict { .. })), "{vanished:?}");
+    }
+
+    #[tokio::test]
+    async fn ttl_leases_expire_unless_kept_alive_and_reservations_never_do() {
+        let store = MemoryStore::new();
+        let kept = store.create_lease(&key("10.244.1.0-24"), &attrs(), TTL).await.unwrap();
+        let left = store.create_lease(&key("10.244.2.0-24"), &attrs(), TTL).await.unwrap();
+        store.put_reservation(&key("10.244.3.0-24"), &attrs()).await.unwrap();
+        store.advance(TTL - Duration::from_secs(1));
+        assert_eq!(store.keep_alive(&kept).await.unwrap(), TTL);
+        store.advance(Duration::from_secs(1));
+        let names: Vec<String> = store.leases().iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(names, ["10.244.1.0-24", "10.244.3.0-24"]);
+        let expired = store.keep_alive(&left).await;
+        assert!(matches!(expired, Err(StoreError::NotFound { .. })), "{expired:?}");
+        store.advance(Duration::from_secs(365 * 86_400));
+        let names: Vec<String> = store.leases().iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(names, ["10.244.3.0-24"]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_replays_history_and_fails_once_it_is_compacted() {
+        let store = MemoryStore::new();
+        let start = store.revision() + 1;
+        store.put("10.244.1.0-24", HOST_VALUE);
+        store.put("garbage", HOST_VALUE);
+        store.delete("10.244.1.0-24");
+        let mut watch = store.watch_changes(start).await.unwrap();
+        let batch = watch.next().await.unwrap();
+        assert_eq!(batch.revision, store.revision());
+        let kinds: Vec<&str> = batch
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Put(_) => "put",
+                Change::Delete(_) => "delete",
+                Change::Problem(_) => "problem",
+            })
+            .collect();
+        assert_eq!(kinds, ["put", "problem", "delete"]);
+
+        let compacted = store.compact();
+        let old = store.watch_changes(start).await;
+        assert!(matches!(old, Err(StoreError::Compacted { compact_revision, .. }) if compact_revision == compacted));
+        // A watch that had caught up is not affected.
+        store.put("10.244.2.0-24", HOST_VALUE);
+        assert_eq!(watch.next().await.unwrap().changes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_every_call_and_breaks_running_watches_until_restored() {
+        let store = MemoryStore::with_config("{}");
+        let mut watch = store.watch_changes(store.revision() + 1).await.unwrap();
+        store.fail_all();
+        assert!(matches!(store.get_config().await, Err(StoreError::Unavailable { .. })));
+        assert!(matches!(store.list_leases().await, Err(StoreError::Unavailable { .. })));
+        assert!(matches!(watch.next().await, Err(StoreError::Unavailable { .. })));
+        store.restore();
+        assert_eq!(store.get_config().await.unwrap().as_deref(), Some("{}"));
+        assert!(matches!(watch.next().await, Err(StoreError::WatchClosed { .. })), "a broken watch stays broken");
+        let ok: Vec<bool> = store.calls().iter().map(|c| c.ok).collect();
+        assert_eq!(ok, [true, false, false, true]);
+    }
+}
