@@ -21,9 +21,10 @@ use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
 use weft_backends::kernel::{reconcile, ApplyReport, Kernel, KernelError};
 use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 
+use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
-use crate::registry::{Backoff, LeaseSet};
+use crate::registry::LeaseSet;
 
 fn public_ip(lease: &Lease) -> String {
     let ip = lease.attrs.public_ip.map(std::net::IpAddr::V4).or(lease.attrs.public_ipv6.map(std::net::IpAddr::V6));

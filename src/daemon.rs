@@ -18,21 +18,23 @@ use weft_backends::netlink::{self, NetlinkKernel};
 use weft_backends::rules::NftRules;
 use weft_backends::{Family, Peer, Underlay};
 
+use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
 use crate::controller::{Controller, Trigger};
-use crate::etcd::EtcdStore;
 use crate::flags::DaemonArgs;
 use crate::http::{self, Metrics};
 use crate::iface::{self, HostFacts, IfaceOptions};
 use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
-use crate::registry::{self, Backoff, LeaseSet};
+use crate::registry::{self, LeaseSet};
+use crate::store::etcd::EtcdStore;
+use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
-    Store(#[from] crate::etcd::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Iface(#[from] iface::IfaceError),
     #[error(transparent)]
@@ -256,8 +258,8 @@ async fn pick_underlay(
     Ok(iface::select(&opts, &facts, family)?)
 }
 
-async fn list_with_retry(store: &EtcdStore, shutdown: &mut watch::Receiver<bool>) -> Option<crate::etcd::Listing> {
-    let mut backoff = Backoff::etcd();
+async fn list_with_retry(store: &impl LeaseStore, shutdown: &mut watch::Receiver<bool>) -> Option<Listing> {
+    let mut backoff = Backoff::store();
     loop {
         match store.list_leases().await {
             Ok(listing) => return Some(listing),

@@ -2,13 +2,13 @@
 //! selection and the reconcile loop that drives a data-plane backend from `weft-backends`.
 
 pub mod alloc;
+pub mod backoff;
 pub mod bench;
 pub mod cni_install;
 pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod daemon;
-pub mod etcd;
 pub mod flags;
 pub mod http;
 pub mod iface;
@@ -19,4 +19,5 @@ pub mod logging;
 pub mod own_lease;
 pub mod registry;
 pub mod sd_notify;
+pub mod store;
 pub mod subnet_file;
