@@ -1,10 +1,9 @@
-//! `weftctl cni`: installing the CNI plugin and its network config, and timing it against the reference plugins.
+//! `weftctl cni install`: installing the CNI plugin and its network config.
 
 use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::Args;
 
-use crate::bench::cni::{self as cni_bench, CniBenchOptions};
 use crate::subnet_file::write_atomically;
 
 /// The conflist `weftctl cni install` writes (also shipped as deploy/10-weft.conflist): weft, then portmap for
@@ -12,71 +11,39 @@ use crate::subnet_file::write_atomically;
 pub const CONFLIST: &str = include_str!("../deploy/10-weft.conflist");
 pub const CONFLIST_NAME: &str = "10-weft.conflist";
 
-#[derive(Debug, Clone, Subcommand)]
-pub enum CniCommand {
-    /// Install the plugin binary (as `weft`, optionally also as `flannel`) and a conflist
-    Install {
-        /// Where runtimes look for plugins
-        #[arg(long, default_value = "/opt/cni/bin")]
-        bin_dir: PathBuf,
-        /// Where runtimes look for network configs
-        #[arg(long, default_value = "/etc/cni/net.d")]
-        conf_dir: PathBuf,
-        /// The plugin binary to install (default: the `weft` next to this weftctl)
-        #[arg(long)]
-        plugin: Option<PathBuf>,
-        /// Also install the binary as `flannel`, so existing flannel conflists keep working unchanged
-        #[arg(long)]
-        as_flannel: bool,
-        /// Install only the binary, no conflist
-        #[arg(long)]
-        no_conflist: bool,
-    },
-    /// Time ADD and DEL of weft against bridge + host-local (root; uses its own namespaces)
-    Bench {
-        /// ADDs and DELs per plugin (at least 20)
-        #[arg(long, default_value_t = 30)]
-        iterations: usize,
-        /// The plugin binary to time (default: the `weft` next to this weftctl)
-        #[arg(long)]
-        plugin: Option<PathBuf>,
-        /// Where the reference bridge and host-local plugins are
-        #[arg(long, default_value = "/usr/lib/cni")]
-        reference_dir: PathBuf,
-        /// Print the raw samples as JSON after the table
-        #[arg(long)]
-        json: bool,
-    },
+/// `weftctl cni install`: the plugin binary (as `weft`, optionally also as `flannel`) and a conflist. (`weftctl cni
+/// bench` is benchmark code and lives in the `weft-lab` crate.)
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Where runtimes look for plugins
+    #[arg(long, default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+    /// Where runtimes look for network configs
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The plugin binary to install (default: the `weft` next to this weftctl)
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Also install the binary as `flannel`, so existing flannel conflists keep working unchanged
+    #[arg(long)]
+    pub as_flannel: bool,
+    /// Install only the binary, no conflist
+    #[arg(long)]
+    pub no_conflist: bool,
 }
 
-pub fn run(command: &CniCommand) -> Result<(), String> {
-    match command {
-        CniCommand::Install { bin_dir, conf_dir, plugin, as_flannel, no_conflist } => {
-            let plugin = plugin.clone().map_or_else(default_plugin, Ok)?;
-            for line in install(&plugin, bin_dir, (!no_conflist).then_some(conf_dir.as_path()), *as_flannel)? {
-                println!("{line}");
-            }
-            Ok(())
-        }
-        CniCommand::Bench { iterations, plugin, reference_dir, json } => {
-            let plugin = plugin.clone().map_or_else(default_plugin, Ok)?;
-            let options = CniBenchOptions {
-                iterations: *iterations,
-                reference_dir: reference_dir.clone(),
-                ..CniBenchOptions::new(plugin)
-            };
-            let report = cni_bench::run(&options)?;
-            println!("{report}");
-            if *json {
-                println!("{}", report.to_json());
-            }
-            Ok(())
-        }
+/// Installs as `args` say and prints what it did, one line each.
+pub fn run_install(args: &InstallArgs) -> Result<(), String> {
+    let InstallArgs { bin_dir, conf_dir, plugin, as_flannel, no_conflist } = args;
+    let plugin = plugin.clone().map_or_else(default_plugin, Ok)?;
+    for line in install(&plugin, bin_dir, (!no_conflist).then_some(conf_dir.as_path()), *as_flannel)? {
+        println!("{line}");
     }
+    Ok(())
 }
 
 /// The `weft` plugin next to the running executable (cargo and `cargo install` put them together).
-fn default_plugin() -> Result<PathBuf, String> {
+pub fn default_plugin() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding weftctl's own path: {e}"))?;
     Ok(exe.with_file_name("weft"))
 }

@@ -1,4 +1,8 @@
-//! The reconcile loop: desired state from our lease and the peers, diffed against what the kernel has, applied.
+//! The reconcile loop: desired state from our lease and the peers, diffed against what the kernel and the
+//! firewall have, applied; a userspace data plane's forwarding table published.
+//!
+//! The loop knows no backend: it asks a [`Backend`] for the [`Desired`](weft_backends::backend::Desired) state and
+//! hands its parts to the [`Kernel`], the [`Rules`] and the forwarding channel.
 //!
 //! It wakes when the lease set or our own lease changes, when the kernel reports that something of ours was
 //! deleted, on a periodic resync, and to retry failures with backoff. Every pass computes the whole desired state,
@@ -12,12 +16,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+use weft_backends::backend::{AnyBackend, Backend, SkippedPeer};
+use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
 use weft_backends::kernel::{reconcile, ApplyReport, Kernel, KernelError};
-use weft_backends::vxlan::VxlanBackend;
+use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 
+use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
-use crate::registry::{Backoff, LeaseSet};
+use crate::registry::LeaseSet;
 
 fn public_ip(lease: &Lease) -> String {
     let ip = lease.attrs.public_ip.map(std::net::IpAddr::V4).or(lease.attrs.public_ipv6.map(std::net::IpAddr::V6));
@@ -53,9 +60,21 @@ pub enum Trigger {
     Retry,
 }
 
-pub struct Controller<K: Kernel> {
+/// Why a pass could not run: the current state could not be observed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     kernel: K,
-    backend: VxlanBackend,
+    rules: R,
+    backend: B,
+    /// The latest forwarding table, for a userspace data plane (unused by kernel data planes).
+    forwarding: ForwardingPublisher,
     /// The lease set and our own key as of the last pass, to log additions and removals. Shared with the
     /// registry rather than copied: with 10,000 peers a copy of the set is megabytes.
     known: Option<(Arc<LeaseSet>, SubnetKey)>,
@@ -66,13 +85,31 @@ pub struct Controller<K: Kernel> {
     last_pass_objects: usize,
 }
 
-impl<K: Kernel> Controller<K> {
-    pub fn new(kernel: K, backend: VxlanBackend, metrics: Arc<Metrics>) -> Self {
-        Controller { kernel, backend, known: None, known_skipped: BTreeSet::new(), metrics, last_pass_objects: 0 }
+impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
+    pub fn new(kernel: K, rules: R, backend: B, metrics: Arc<Metrics>) -> Self {
+        Controller {
+            kernel,
+            rules,
+            backend,
+            forwarding: ForwardingPublisher::new(),
+            known: None,
+            known_skipped: BTreeSet::new(),
+            metrics,
+            last_pass_objects: 0,
+        }
     }
 
     pub fn kernel(&mut self) -> &mut K {
         &mut self.kernel
+    }
+
+    pub fn rules(&mut self) -> &mut R {
+        &mut self.rules
+    }
+
+    /// The forwarding table as of the latest pass, for a userspace data plane to follow.
+    pub fn forwarding(&self) -> ForwardingReceiver {
+        self.forwarding.subscribe()
     }
 
     /// What the backend owns in the kernel.
@@ -81,43 +118,56 @@ impl<K: Kernel> Controller<K> {
     }
 
     /// One pass. Returns the report; errors observing the kernel are returned as is.
-    pub async fn pass(
-        &mut self,
-        own: &Lease,
-        set: &Arc<LeaseSet>,
-        trigger: Trigger,
-    ) -> Result<ApplyReport, KernelError> {
+    pub async fn pass(&mut self, own: &Lease, set: &Arc<LeaseSet>, trigger: Trigger) -> Result<ApplyReport, PassError> {
         self.log_peer_changes(&own.key, set);
         let peer_views: Vec<_> = set.leases.iter().filter(|(k, _)| **k != own.key).map(|(_, l)| l.to_peer()).collect();
         let desired = self.backend.desired(&own.to_peer(), &peer_views);
         self.log_skipped(&desired.skipped);
         self.last_pass_objects = desired.state.object_count();
+        if let Some(table) = &desired.forwarding {
+            // Published before the kernel is touched: the data plane needs no kernel object to forward.
+            if self.forwarding.publish(table) {
+                debug!(entries = table.entries.len(), "forwarding table published");
+            }
+        }
 
         let started = std::time::Instant::now();
         let m = &self.metrics;
         m.peers.store(peer_views.len() as i64, Ordering::Relaxed);
         m.skipped_peers.store(desired.skipped.len() as i64, Ordering::Relaxed);
         m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
-        let report = match reconcile(&mut self.kernel, &self.backend.scope(), &desired.state).await {
+        let scope = self.backend.scope();
+        let mut report = match reconcile(&mut self.kernel, &scope, &desired.state).await {
             Ok(report) => report,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                return Err(e.into());
+            }
+        };
+        // Rules after the kernel objects: a rule may name a device the kernel pass just created.
+        report.rules = match reconcile_rules(&mut self.rules, &scope.tables, &desired.rules).await {
+            Ok(rules) => rules,
+            Err(e) => {
+                m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
             }
         };
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
-        if !report.applied.is_empty() {
+        if report.applied_count() > 0 {
             // Rendering every op costs as much as applying it at 30,000 ops: only when the line is written.
-            let ops = || report.applied.iter().map(ToString::to_string).collect::<Vec<String>>();
+            let ops = || {
+                let kernel = report.applied.iter().map(ToString::to_string);
+                kernel.chain(report.rules.applied.iter().map(ToString::to_string)).collect::<Vec<String>>()
+            };
             match trigger {
                 Trigger::KernelEvent | Trigger::Resync => {
                     m.drift_repairs.fetch_add(1, Ordering::Relaxed);
-                    info!(count = report.applied.len(), ops = ?ops(), "repaired drift in the kernel state")
+                    info!(count = report.applied_count(), ops = ?ops(), "repaired drift in the kernel state")
                 }
                 _ if tracing::enabled!(tracing::Level::DEBUG) => {
-                    debug!(count = report.applied.len(), ops = ?ops(), ?trigger, "applied kernel changes")
+                    debug!(count = report.applied_count(), ops = ?ops(), ?trigger, "applied kernel changes")
                 }
                 _ => {}
             }
@@ -125,6 +175,9 @@ impl<K: Kernel> Controller<K> {
 
         for (op, err) in &report.failed {
             warn!(%op, error = %err, "kernel operation failed; will retry");
+        }
+        for (op, err) in &report.rules.failed {
+            warn!(%op, error = %err, "firewall operation failed; will retry");
         }
         Ok(report)
     }
@@ -154,7 +207,7 @@ impl<K: Kernel> Controller<K> {
         self.known = Some((set.clone(), *own));
     }
 
-    fn log_skipped(&mut self, skipped: &[weft_backends::vxlan::SkippedPeer]) {
+    fn log_skipped(&mut self, skipped: &[SkippedPeer]) {
         let now: BTreeSet<String> = skipped.iter().map(|s| format!("{}: {}", s.subnet, s.reason)).collect();
         for s in now.difference(&self.known_skipped) {
             warn!("ignoring peer lease {s}");
@@ -208,16 +261,16 @@ impl<K: Kernel> Controller<K> {
             let mut applied = 0;
             match self.pass(&own_lease, &set, trigger).await {
                 Ok(report) if report.is_clean() => {
-                    applied = report.applied.len();
+                    applied = report.applied_count();
                     retry.reset();
                     retry_at = None;
                 }
                 Ok(report) => {
-                    applied = report.applied.len();
+                    applied = report.applied_count();
                     retry_at = Some(Instant::now() + retry.next_delay());
                 }
                 Err(e) => {
-                    warn!(error = %e, "could not observe the kernel state; will retry");
+                    warn!(error = %e, "could not observe the kernel or firewall state; will retry");
                     retry_at = Some(Instant::now() + retry.next_delay());
                 }
             }
@@ -232,10 +285,13 @@ impl<K: Kernel> Controller<K> {
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
-    use weft_backends::fake::FakeKernel;
-    use weft_backends::model::{KernelState, WEFT_ROUTE_PROTOCOL};
-    use weft_backends::vxlan::VxlanConfig;
-    use weft_backends::{Family, Underlay};
+    use weft_backends::backend::Desired;
+    use weft_backends::fake::{FakeKernel, FakeRules};
+    use weft_backends::forwarding::ForwardingTable;
+    use weft_backends::model::{KernelState, Link, LinkKind, MacAddr, Route, Scope, WEFT_ROUTE_PROTOCOL};
+    use weft_backends::rules::{BaseChain, ChainType, Hook, Match, Policy, Rule, Table, TableFamily, TableId, Verdict};
+    use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
+    use weft_backends::{Family, Peer, Underlay};
 
     fn lease(key: &str, ip: &str, mac: &str) -> Lease {
         Lease {
@@ -251,7 +307,7 @@ mod tests {
         }
     }
 
-    fn controller() -> Controller<FakeKernel> {
+    fn controller() -> Controller<FakeKernel, FakeRules> {
         let underlay = Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
         let backend = VxlanBackend::prepare(
             VxlanConfig::default(),
@@ -261,7 +317,57 @@ mod tests {
             WEFT_ROUTE_PROTOCOL,
         )
         .unwrap();
-        Controller::new(FakeKernel::new(), backend, Arc::new(Metrics::default()))
+        Controller::new(
+            FakeKernel::new(),
+            FakeRules::default(),
+            AnyBackend::Vxlan(backend),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// A backend shaped like a userspace one: a TUN device the data plane opens, device routes, a blackhole for
+    /// our own subnet, a firewall table and a forwarding table. Shows the loop needs nothing backend-specific.
+    struct TunLike;
+
+    fn tables() -> TableId {
+        TableId::new(TableFamily::Inet, "weft")
+    }
+
+    impl Backend for TunLike {
+        fn backend_type(&self) -> &'static str {
+            "vxlan"
+        }
+        fn scope(&self) -> Scope {
+            Scope { tables: vec![tables()], ..Scope::links(vec!["weft0".into()], WEFT_ROUTE_PROTOCOL) }
+        }
+        fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+            let mut desired = Desired::default();
+            let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1472, up: true };
+            desired.state.add_link(tun);
+            let own_subnet = own.subnet.unwrap();
+            desired.state.add_route(Route::blackhole(own_subnet, WEFT_ROUTE_PROTOCOL));
+            let mut forwarding = ForwardingTable::default();
+            for peer in peers {
+                let subnet = peer.subnet.unwrap();
+                desired.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
+                forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip.unwrap(), 8285));
+            }
+            desired.forwarding = Some(forwarding);
+            let accept = Rule::new(vec![Match::Source { net: own_subnet, negated: false }], Verdict::Accept);
+            let forward =
+                BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0, policy: Policy::Accept };
+            desired.rules.add(Table::new(tables()).base_chain("forward", forward, vec![accept]));
+            desired
+        }
+        fn lease_data(&self, _: Family) -> Option<serde_json::Value> {
+            None
+        }
+        fn mtu(&self) -> u32 {
+            1472
+        }
+        fn notes(&self) -> &[String] {
+            &[]
+        }
     }
 
     #[tokio::test]
@@ -291,5 +397,50 @@ mod tests {
         assert!(report.applied.is_empty());
         assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1);
         assert_eq!(c.metrics.reconcile_passes.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn rules_and_forwarding_go_through_the_same_pass() {
+        let mut c = Controller::new(FakeKernel::new(), FakeRules::default(), TunLike, Arc::new(Metrics::default()));
+        let mut plane = c.forwarding();
+        let own = lease("10.244.1.0-24", "198.18.0.1", "0e:00:00:00:00:01");
+        let mut set = LeaseSet::default();
+        for l in [own.clone(), lease("10.244.2.0-24", "198.18.0.2", "0e:00:00:00:00:02")] {
+            set.leases.insert(l.key, l);
+        }
+        let set = Arc::new(set);
+
+        // The data plane has not opened its TUN device yet: the pass says so, and still installs the rest.
+        let report = c.pass(&own, &set, Trigger::Startup).await.unwrap();
+        assert!(
+            matches!(report.failed.as_slice(), [
+                (_, KernelError::TunNotOpened { device: tun, .. }),
+                (_, KernelError::NoSuchDevice { device: route_dev, .. }),
+            ] if tun == "weft0" && route_dev == "weft0"),
+            "{:?}",
+            report.failed
+        );
+        assert_eq!(report.rules.applied.len(), 1, "the table is created");
+        assert!(plane.has_changed().unwrap());
+        assert_eq!(plane.borrow_and_update().render(), "forward 10.244.2.0/24 to 198.18.0.2:8285\n");
+
+        c.kernel().open_tun("weft0");
+        let report = c.pass(&own, &set, Trigger::Retry).await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.failed);
+        let ops: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            vec!["update link weft0 tun mtu 1472 up", "replace route 10.244.2.0/24 dev weft0 proto 87"],
+            "the blackhole went in on the first pass"
+        );
+        assert!(!plane.has_changed().unwrap(), "an unchanged forwarding table wakes nobody");
+
+        // Someone deletes our table: the resync pass puts it back and counts a repair.
+        c.rules().tables.tables.clear();
+        let report = c.pass(&own, &set, Trigger::Resync).await.unwrap();
+        assert_eq!((report.applied.len(), report.rules.applied.len()), (0, 1));
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1);
+        let report = c.pass(&own, &set, Trigger::Resync).await.unwrap();
+        assert_eq!(report.applied_count(), 0);
     }
 }

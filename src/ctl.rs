@@ -7,8 +7,9 @@ use clap::{Args, Subcommand};
 use ipnetwork::IpNetwork;
 
 use crate::config::NetworkConfig;
-use crate::etcd::{EtcdStore, DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::store::etcd::{EtcdStore, DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
+use crate::store::LeaseStore;
 
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
@@ -54,7 +55,7 @@ pub enum LeaseCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error(transparent)]
-    Store(#[from] crate::etcd::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("no network config at {0}")]
@@ -134,11 +135,8 @@ pub async fn lease(etcd: &EtcdArgs, cmd: &LeaseCommand) -> Result<(), CtlError> 
         }
         LeaseCommand::Delete { subnet } => {
             let key = find_key(&store, *subnet).await?;
-            if store.delete_lease(&key).await? {
-                eprintln!("deleted {}", store.lease_key(&key));
-            } else {
-                return Err(CtlError::Invalid(format!("no lease {key}")));
-            }
+            store.delete_lease(&key).await?;
+            eprintln!("deleted {}", store.lease_key(&key));
         }
         LeaseCommand::Reserve { subnet, public_ip } => {
             let key = key_for(*subnet)?;

@@ -11,27 +11,30 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+use weft_backends::backend::{Backend, BackendConfig};
 use weft_backends::kernel::Kernel;
 use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
-use weft_backends::vxlan::{self, VxlanBackend, VxlanConfig};
-use weft_backends::{Family, Underlay};
+use weft_backends::rules::NftRules;
+use weft_backends::{Family, Peer, Underlay};
 
+use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
 use crate::controller::{Controller, Trigger};
-use crate::etcd::EtcdStore;
 use crate::flags::DaemonArgs;
 use crate::http::{self, Metrics};
 use crate::iface::{self, HostFacts, IfaceOptions};
 use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
-use crate::registry::{self, Backoff, LeaseSet};
+use crate::registry::{self, LeaseSet};
+use crate::store::etcd::EtcdStore;
+use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
-    Store(#[from] crate::etcd::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Iface(#[from] iface::IfaceError),
     #[error(transparent)]
@@ -86,24 +89,22 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     info!(interface = %underlay.name, %address, mtu = underlay.mtu, "using interface");
 
     let families = config.families();
-    let existing = kernel
-        .observe(&weft_backends::model::Scope {
-            links: families.iter().map(|f| vxlan::device_name(*f, backend_config.vni)).collect(),
-            route_protocol: WEFT_ROUTE_PROTOCOL,
-        })
-        .await?;
-    let backend = VxlanBackend::prepare(backend_config, underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
-    for note in &backend.notes {
+    // Everything backend-specific is behind the Backend seam from here on: what it owns, its devices, its lease
+    // data and MTU.
+    let existing = kernel.observe(&backend_config.existing_scope(&families, WEFT_ROUTE_PROTOCOL)).await?;
+    let backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
+    for note in backend.notes() {
         warn!("{note}");
     }
-    for vtep in &backend.vteps {
-        info!(device = %vtep.link.name, vtep_mac = %vtep.link.mac, mtu = vtep.link.mtu, "VXLAN device prepared");
+    let devices = backend.desired(&Peer::default(), &[]).state.links;
+    for link in devices.values().filter(|l| l.is_owned()) {
+        info!(device = %link.name, mac = %link.mac, mtu = link.mtu, backend = backend.backend_type(), "device prepared");
     }
 
     let attrs = LeaseAttrs {
         public_ip: underlay.public_ip(Family::V4).filter(|_| config.ipv4.is_some()).and_then(v4),
         public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.ipv6.is_some()).and_then(v6),
-        backend_type: vxlan::BACKEND_TYPE.to_string(),
+        backend_type: backend.backend_type().to_string(),
         backend_data: backend.lease_data(Family::V4),
         backend_v6_data: backend.lease_data(Family::V6),
     };
@@ -121,13 +122,13 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let listing = list_with_retry(&store, &mut shutdown).await;
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
-    let mut controller = Controller::new(kernel, backend, metrics.clone());
+    let mut controller = Controller::new(kernel, NftRules::system(), backend, metrics.clone());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
         Ok(report) if report.is_clean() => report.applied.len(),
         Ok(report) => {
-            warn!("some kernel operations failed at startup; the reconcile loop retries them");
+            warn!("some kernel or firewall operations failed at startup; the reconcile loop retries them");
             report.applied.len()
         }
         Err(e) => {
@@ -194,7 +195,7 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
 async fn wait_for_config(
     store: &EtcdStore,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(NetworkConfig, VxlanConfig)> {
+) -> Option<(NetworkConfig, BackendConfig)> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
     let mut last_complaint = String::new();
     loop {
@@ -229,11 +230,8 @@ async fn wait_for_config(
     }
 }
 
-fn backend_config(config: &NetworkConfig) -> Result<VxlanConfig, String> {
-    if config.backend.kind != vxlan::BACKEND_TYPE {
-        return Err(weft_backends::BackendError::UnsupportedType(config.backend.kind.clone()).to_string());
-    }
-    VxlanConfig::from_json(&config.backend.raw).map_err(|e| e.to_string())
+fn backend_config(config: &NetworkConfig) -> Result<BackendConfig, String> {
+    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| e.to_string())
 }
 
 async fn pick_underlay(
@@ -260,8 +258,8 @@ async fn pick_underlay(
     Ok(iface::select(&opts, &facts, family)?)
 }
 
-async fn list_with_retry(store: &EtcdStore, shutdown: &mut watch::Receiver<bool>) -> Option<crate::etcd::Listing> {
-    let mut backoff = Backoff::etcd();
+async fn list_with_retry(store: &impl LeaseStore, shutdown: &mut watch::Receiver<bool>) -> Option<Listing> {
+    let mut backoff = Backoff::store();
     loop {
         match store.list_leases().await {
             Ok(listing) => return Some(listing),

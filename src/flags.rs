@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 
-use crate::etcd::{DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
+use crate::store::etcd::{DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

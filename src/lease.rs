@@ -20,10 +20,39 @@ pub struct SubnetKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid subnet key {key:?}: {msg}")]
+#[error("invalid subnet key {key:?}: {problem}")]
 pub struct InvalidKey {
     pub key: String,
-    pub msg: String,
+    pub problem: KeyProblem,
+}
+
+/// What is wrong with one half (`ADDRESS-PREFIXLEN`) of a subnet key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("the {family} half is not ADDRESS-PREFIXLEN")]
+    NoPrefixLength { family: Family },
+    #[error("the {family} half does not start with an {family} address")]
+    NotAnAddress { family: Family },
+    #[error("the {family} prefix length is not a number")]
+    PrefixLengthNotANumber { family: Family },
+    #[error("the {family} prefix length is over {max}")]
+    PrefixLengthTooLong { family: Family, max: u8 },
+    #[error("the {family} address is not the subnet's base address")]
+    NotTheBaseAddress { family: Family },
+}
+
+/// Parses one half of a key, `10.244.3.0-24` or `fc00::-64`: the same rules for both families.
+fn parse_half(half: &str, family: Family) -> Result<IpNetwork, KeyProblem> {
+    let (ip, len) = half.rsplit_once('-').ok_or(KeyProblem::NoPrefixLength { family })?;
+    let ip: IpAddr =
+        ip.parse().ok().filter(|ip| Family::of(*ip) == family).ok_or(KeyProblem::NotAnAddress { family })?;
+    let len: u8 = len.parse().map_err(|_| KeyProblem::PrefixLengthNotANumber { family })?;
+    let net =
+        IpNetwork::new(ip, len).map_err(|_| KeyProblem::PrefixLengthTooLong { family, max: family.host_prefix() })?;
+    if net.network() != ip {
+        return Err(KeyProblem::NotTheBaseAddress { family });
+    }
+    Ok(net)
 }
 
 impl SubnetKey {
@@ -69,37 +98,16 @@ impl FromStr for SubnetKey {
     type Err = InvalidKey;
 
     fn from_str(key: &str) -> Result<Self, Self::Err> {
-        let fail = |msg: &str| InvalidKey { key: key.to_string(), msg: msg.to_string() };
-        let (v4_part, v6_part) = match key.split_once('&') {
-            Some((a, b)) => (a, Some(b)),
+        let invalid = |problem| InvalidKey { key: key.to_string(), problem };
+        let (v4_half, v6_half) = match key.split_once('&') {
+            Some((v4, v6)) => (v4, Some(v6)),
             None => (key, None),
         };
-        let (ip, len) = v4_part.rsplit_once('-').ok_or_else(|| fail("expected ADDRESS-PREFIXLEN"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| fail("the IPv4 part is not an address"))?;
-        let len: u8 = len.parse().map_err(|_| fail("the IPv4 prefix length is not a number"))?;
-        let ipv4 = if ip.is_unspecified() && len == 0 && v6_part.is_some() {
-            None
-        } else {
-            let net = Ipv4Network::new(ip, len).map_err(|_| fail("the IPv4 prefix length is over 32"))?;
-            if net.network() != ip {
-                return Err(fail("the IPv4 address is not the subnet's base address"));
-            }
-            Some(net)
-        };
-        let ipv6 = match v6_part {
-            None => None,
-            Some(part) => {
-                let (ip, len) = part.rsplit_once('-').ok_or_else(|| fail("expected ADDRESS-PREFIXLEN after &"))?;
-                let ip: Ipv6Addr = ip.parse().map_err(|_| fail("the IPv6 part is not an address"))?;
-                let len: u8 = len.parse().map_err(|_| fail("the IPv6 prefix length is not a number"))?;
-                let net = Ipv6Network::new(ip, len).map_err(|_| fail("the IPv6 prefix length is over 128"))?;
-                if net.network() != ip {
-                    return Err(fail("the IPv6 address is not the subnet's base address"));
-                }
-                Some(net)
-            }
-        };
-        Ok(SubnetKey { ipv4, ipv6 })
+        let v4 = parse_half(v4_half, Family::V4).map_err(invalid)?;
+        let v6 = v6_half.map(|half| parse_half(half, Family::V6)).transpose().map_err(invalid)?;
+        // `0.0.0.0-0&...` is how flannel writes a key without IPv4.
+        let no_ipv4 = v6.is_some() && v4.prefix() == 0 && v4.ip().is_unspecified();
+        Ok(SubnetKey::new((!no_ipv4).then_some(v4), v6))
     }
 }
 
@@ -113,9 +121,18 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid lease value: {0}")]
-pub struct InvalidAttrs(pub String);
+/// Why a lease value is not flannel's `LeaseAttrs` JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidAttrs {
+    #[error("invalid lease value: not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("invalid lease value: not a JSON object")]
+    NotAnObject,
+    #[error("invalid lease value: {field} is {value}, not a string")]
+    NotAString { field: &'static str, value: Value },
+    #[error("invalid lease value: {field} {text:?} is not an {family} address")]
+    NotAnAddress { field: &'static str, text: String, family: Family },
+}
 
 impl LeaseAttrs {
     /// Go's encoding of flannel's `LeaseAttrs`: PublicIP always (0.0.0.0 when unset), PublicIPv6 always (null when
@@ -142,31 +159,37 @@ impl LeaseAttrs {
     }
 
     pub fn from_json(text: &str) -> Result<LeaseAttrs, InvalidAttrs> {
-        let value: Value = serde_json::from_str(text).map_err(|e| InvalidAttrs(format!("not JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| InvalidAttrs("not a JSON object".into()))?;
+        let value: Value = serde_json::from_str(text).map_err(InvalidAttrs::NotJson)?;
+        let obj = value.as_object().ok_or(InvalidAttrs::NotAnObject)?;
         let get = |name: &str| -> Option<&Value> {
             obj.get(name)
                 .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
                 .filter(|v| !v.is_null())
         };
-        let text_field = |name: &str| -> Result<Option<&str>, InvalidAttrs> {
-            match get(name) {
+        let text_field = |field: &'static str| -> Result<Option<&str>, InvalidAttrs> {
+            match get(field) {
                 None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.as_str())),
-                Some(v) => Err(InvalidAttrs(format!("{name} is {v}, not a string"))),
+                Some(v) => Err(InvalidAttrs::NotAString { field, value: v.clone() }),
             }
         };
-        let public_ip = match text_field("PublicIP")? {
-            None => None,
-            Some(s) => {
-                let ip: Ipv4Addr =
-                    s.parse().map_err(|_| InvalidAttrs(format!("PublicIP {s:?} is not an IPv4 address")))?;
-                (!ip.is_unspecified()).then_some(ip)
+        let address_field = |field: &'static str, family: Family| -> Result<Option<IpAddr>, InvalidAttrs> {
+            let Some(text) = text_field(field)? else { return Ok(None) };
+            let not_an_address = || InvalidAttrs::NotAnAddress { field, text: text.to_string(), family };
+            let ip: IpAddr = text.parse().map_err(|_| not_an_address())?;
+            if Family::of(ip) != family {
+                return Err(not_an_address());
             }
+            Ok(Some(ip))
         };
-        let public_ipv6 = match text_field("PublicIPv6")? {
-            None => None,
-            Some(s) => Some(s.parse().map_err(|_| InvalidAttrs(format!("PublicIPv6 {s:?} is not an IPv6 address")))?),
+        let public_ip = match address_field("PublicIP", Family::V4)? {
+            // Go writes 0.0.0.0 for "no IPv4".
+            Some(IpAddr::V4(ip)) if !ip.is_unspecified() => Some(ip),
+            _ => None,
+        };
+        let public_ipv6 = match address_field("PublicIPv6", Family::V6)? {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
         };
         Ok(LeaseAttrs {
             public_ip,
@@ -257,10 +280,13 @@ mod tests {
 
     #[test]
     fn malformed_values_say_what_is_wrong() {
-        assert!(LeaseAttrs::from_json("{").unwrap_err().0.contains("not JSON"));
-        assert!(LeaseAttrs::from_json("[1]").unwrap_err().0.contains("not a JSON object"));
-        assert!(LeaseAttrs::from_json(r#"{"PublicIP":"x"}"#).unwrap_err().0.contains("PublicIP \"x\""));
-        assert!(LeaseAttrs::from_json(r#"{"PublicIP":7}"#).unwrap_err().0.contains("not a string"));
+        let error = |text: &str| LeaseAttrs::from_json(text).unwrap_err().to_string();
+        assert!(error("{").contains("not JSON"));
+        assert!(error("[1]").contains("not a JSON object"));
+        assert!(error(r#"{"PublicIP":"x"}"#).contains("PublicIP \"x\""));
+        assert!(error(r#"{"PublicIP":7}"#).contains("not a string"));
+        assert!(error(r#"{"PublicIP":"fd00::1"}"#).contains("is not an IPv4 address"));
+        assert!(error(r#"{"PublicIPv6":"198.18.0.1"}"#).contains("is not an IPv6 address"));
     }
 
     #[test]
@@ -273,6 +299,42 @@ mod tests {
         assert_eq!(k.subnet(Family::V6).unwrap().to_string(), "fc00:0:0:5::/64");
         let v6_only: SubnetKey = "0.0.0.0-0&fc00::-120".parse().unwrap();
         assert_eq!(v6_only.ipv4, None);
+    }
+
+    #[test]
+    fn both_halves_of_a_key_follow_the_same_rules() {
+        let problem = |key: &str| key.parse::<SubnetKey>().unwrap_err().problem;
+        for family in [Family::V4, Family::V6] {
+            let key = |half: &str| match family {
+                Family::V4 => half.to_string(),
+                Family::V6 => format!("10.244.3.0-24&{half}"),
+            };
+            let (base, inside, too_long) = match family {
+                Family::V4 => ("10.244.3.0", "10.244.3.1", "33"),
+                Family::V6 => ("fc00::", "fc00::1", "129"),
+            };
+            assert_eq!(problem(&key(base)), KeyProblem::NoPrefixLength { family });
+            assert_eq!(problem(&key("x-24")), KeyProblem::NotAnAddress { family });
+            assert_eq!(problem(&key(&format!("{base}-x"))), KeyProblem::PrefixLengthNotANumber { family });
+            assert_eq!(
+                problem(&key(&format!("{base}-{too_long}"))),
+                KeyProblem::PrefixLengthTooLong { family, max: family.host_prefix() }
+            );
+            assert_eq!(problem(&key(&format!("{inside}-24"))), KeyProblem::NotTheBaseAddress { family });
+        }
+        // An address of the other family in a half is not accepted either.
+        assert_eq!(problem("fc00::-64"), KeyProblem::NotAnAddress { family: Family::V4 });
+        assert_eq!(problem("10.244.3.0-24&10.244.4.0-24"), KeyProblem::NotAnAddress { family: Family::V6 });
+        let err = "10.244.3.1-24".parse::<SubnetKey>().unwrap_err().to_string();
+        assert_eq!(err, "invalid subnet key \"10.244.3.1-24\": the IPv4 address is not the subnet's base address");
+    }
+
+    #[test]
+    fn a_zero_ipv4_half_means_no_ipv4_only_in_a_dual_key() {
+        let v6_only: SubnetKey = "0.0.0.0-0&fc00::-64".parse().unwrap();
+        assert_eq!((v6_only.ipv4, v6_only.ipv6.map(|n| n.to_string())), (None, Some("fc00::/64".to_string())));
+        let whole: SubnetKey = "0.0.0.0-0".parse().unwrap();
+        assert_eq!(whole.ipv4.map(|n| n.to_string()), Some("0.0.0.0/0".to_string()));
     }
 
     #[test]

@@ -1,22 +1,22 @@
 //! weft's control plane: network config, subnet leases in etcd (flannel's schema), the subnet file, interface
-//! selection and the reconcile loop that drives a data-plane backend from `weft-backends`.
+//! selection and the reconcile loop that drives a data-plane backend from `weft-backends`. The lab and the
+//! benchmarks are not part of it: they are the `weft-lab` crate.
 
 pub mod alloc;
-pub mod bench;
+pub mod backoff;
 pub mod cni_install;
 pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod daemon;
-pub mod etcd;
 pub mod flags;
 pub mod http;
 pub mod iface;
 pub mod ipmath;
-pub mod lab;
 pub mod lease;
 pub mod logging;
 pub mod own_lease;
 pub mod registry;
 pub mod sd_notify;
+pub mod store;
 pub mod subnet_file;

@@ -10,11 +10,12 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::alloc::{self, Choice, Identity};
+use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
-use crate::etcd::{EtcdStore, StoreError};
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::registry::{Backoff, LeaseSet};
+use crate::registry::LeaseSet;
+use crate::store::{LeaseStore, StoreError};
 
 /// How many times to re-plan after losing a creation race before backing off.
 const RACE_RETRIES: usize = 10;
@@ -29,15 +30,15 @@ pub enum AcquireError {
     Contended(usize),
 }
 
-pub struct LeaseManager {
-    pub store: EtcdStore,
+pub struct LeaseManager<S> {
+    pub store: S,
     pub config: NetworkConfig,
     pub attrs: LeaseAttrs,
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-impl LeaseManager {
+impl<S: LeaseStore> LeaseManager<S> {
     fn identity(&self, preferred: Vec<SubnetKey>) -> Identity {
         Identity {
             public_ip: self.attrs.public_ip.map(Into::into),
@@ -54,15 +55,22 @@ impl LeaseManager {
                 alloc::plan(&self.config, &listing.leases, &self.identity(preferred.to_vec()), &mut rand::rng())?;
             for stale in &plan.stale {
                 info!(subnet = %stale.key, "deleting our old lease: it no longer fits the network config");
-                self.store.delete_lease(&stale.key).await?;
+                match self.store.delete_lease(&stale.key).await {
+                    // Gone already (expired, or deleted by someone else): just as good.
+                    Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             let outcome = match &plan.choice {
-                Choice::Renew(existing) => self.store.renew_lease(existing, &self.attrs, self.ttl).await?,
-                Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await?,
+                Choice::Renew(existing) => self.store.renew_lease(existing, &self.attrs, self.ttl).await,
+                Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await,
             };
             match outcome {
-                Some(lease) => return Ok(lease),
-                None => debug!("lease changed under us while claiming it; planning again"),
+                Ok(lease) => return Ok(lease),
+                Err(StoreError::Conflict { key }) => {
+                    debug!(subnet = %key, "lease changed under us while claiming it; planning again")
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(AcquireError::Contended(RACE_RETRIES))
@@ -126,17 +134,17 @@ impl LeaseManager {
         }
     }
 
-    /// Sends one keepalive. Returns true when the etcd lease is gone (so the key is too).
+    /// Sends one keepalive. Returns true when the lease's TTL ran out (so the key is gone too).
     async fn refresh(&self, own: &Lease) -> bool {
         if own.is_reservation() {
             return false;
         }
-        match self.store.keep_alive_once(own.etcd_lease).await {
-            Ok(ttl) if ttl > 0 => {
-                debug!(subnet = %own.key, ttl, "lease kept alive");
+        match self.store.keep_alive(own).await {
+            Ok(ttl) => {
+                debug!(subnet = %own.key, ttl = ttl.as_secs(), "lease kept alive");
                 false
             }
-            Ok(_) => true,
+            Err(StoreError::NotFound { .. }) => true,
             Err(e) => {
                 debug!(error = %e, "keepalive failed; the lease has {:?} of TTL to spare", self.ttl);
                 false
@@ -158,7 +166,197 @@ pub fn keepalive_interval(ttl: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::{timeout, Instant};
+
     use super::*;
+    use crate::registry;
+    use crate::store::memory::{MemoryStore, Op};
+
+    const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    const TTL: Duration = Duration::from_secs(6);
+
+    fn manager(store: &MemoryStore, public_ip: &str) -> Arc<LeaseManager<MemoryStore>> {
+        Arc::new(LeaseManager {
+            store: store.clone(),
+            config: NetworkConfig::parse(CONFIG).unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: Some(public_ip.parse().unwrap()),
+                backend_type: "vxlan".into(),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})),
+                ..Default::default()
+            },
+            ttl: TTL,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// A host as weftd runs it: its lease acquired, then the lease keeper beside the peer-set watcher (or beside a
+    /// lease set that never changes, to see what the keeper notices on its own).
+    struct Host {
+        own: watch::Receiver<Lease>,
+        first: Lease,
+        _leases: watch::Sender<Arc<LeaseSet>>,
+        _shutdown: watch::Sender<bool>,
+    }
+
+    async fn start(manager: Arc<LeaseManager<MemoryStore>>, with_peer_set: bool) -> Host {
+        let (shutdown_tx, mut shutdown) = watch::channel(false);
+        let own = manager.acquire(&[], &mut shutdown).await.expect("acquired");
+        let listing = manager.store.list_leases().await.unwrap();
+        let (leases_tx, leases_rx) = watch::channel(Arc::new(LeaseSet::from_listing(&listing)));
+        let (own_tx, own_rx) = watch::channel(own.clone());
+        if with_peer_set {
+            let metrics = manager.metrics.clone();
+            tokio::spawn(registry::run(manager.store.clone(), listing, leases_tx.clone(), metrics, shutdown.clone()));
+        }
+        tokio::spawn(manager.keep(own.clone(), own_tx, leases_rx, shutdown));
+        Host { own: own_rx, first: own, _leases: leases_tx, _shutdown: shutdown_tx }
+    }
+
+    fn calls(store: &MemoryStore, op: Op) -> Vec<crate::store::memory::Call> {
+        store.calls().into_iter().filter(|c| c.op == op).collect()
+    }
+
+    #[tokio::test]
+    async fn a_deleted_lease_is_taken_back_with_the_same_subnet() {
+        let store = MemoryStore::with_config(CONFIG);
+        let mut host = start(manager(&store, "198.18.0.1"), true).await;
+        let key = host.first.key;
+        // Three times: a random pick among 100 free subnets would not land on the same one three times.
+        for _ in 0..3 {
+            let before = host.own.borrow_and_update().clone();
+            assert!(store.delete(&key.to_string()), "an operator deletes our lease");
+            timeout(Duration::from_secs(10), host.own.changed()).await.expect("re-acquired in time").unwrap();
+            let after = host.own.borrow_and_update().clone();
+            assert_eq!(after.key, key);
+            assert!(after.mod_revision > before.mod_revision);
+            assert_eq!(store.value(&key.to_string()), Some(after.attrs.to_json()));
+        }
+        assert_eq!(store.leases().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_ttl_ran_out_is_noticed_by_the_keepalive_and_taken_back() {
+        let store = MemoryStore::with_config(CONFIG);
+        // No peer-set watcher: the keepalive alone must notice.
+        let mut host = start(manager(&store, "198.18.0.1"), false).await;
+        // The host was frozen for longer than the TTL (a suspended VM): the store expired the lease.
+        store.advance(TTL + Duration::from_secs(1));
+        assert!(store.leases().is_empty());
+        timeout(keepalive_interval(TTL) * 2, host.own.changed()).await.expect("noticed by a keepalive").unwrap();
+        let again = host.own.borrow().clone();
+        assert_eq!(again.key, host.first.key);
+        assert_ne!(again.etcd_lease, host.first.etcd_lease, "a new TTL lease");
+        assert!(calls(&store, Op::KeepAlive).iter().any(|c| !c.ok));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalives_every_third_of_the_ttl_keep_the_lease() {
+        let store = MemoryStore::with_config(CONFIG);
+        let host = start(manager(&store, "198.18.0.1"), true).await;
+        let started = Instant::now();
+        // Ten TTLs pass, the store's clock in step with tokio's.
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            store.advance(Duration::from_secs(1));
+        }
+        // Half a second more, so the keepalive due at 60 s is not left to the order timers fire in.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.leases().len(), 1, "the lease outlived ten TTLs");
+        assert_eq!(*host.own.borrow(), host.first, "never re-acquired");
+        let keepalives: Vec<Duration> = calls(&store, Op::KeepAlive).iter().map(|c| c.at - started).collect();
+        let expected: Vec<Duration> = (1..=30).map(|i| keepalive_interval(TTL) * i).collect();
+        assert_eq!(keepalives, expected);
+
+        // Without keepalives (the host stopped), the same store lets it expire within one TTL.
+        drop(host);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.advance(TTL);
+        assert!(store.leases().is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_hosts_racing_for_one_subnet_one_wins_the_other_takes_another() {
+        let store = MemoryStore::with_config(CONFIG);
+        let wanted: SubnetKey = "10.244.7.0-24".parse().unwrap();
+        // Both saw the subnet free (both listed) before either claimed it.
+        store.hold_claims();
+        let racers: Vec<_> = ["198.18.0.1", "198.18.0.2"]
+            .map(|ip| {
+                let manager = manager(&store, ip);
+                tokio::spawn(async move { manager.acquire_once(&[wanted]).await })
+            })
+            .into_iter()
+            .collect();
+        while calls(&store, Op::List).len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        store.release_claims();
+        let mut won = Vec::new();
+        for racer in racers {
+            won.push(racer.await.unwrap().expect("both end with a lease"));
+        }
+        assert_eq!(won.iter().filter(|l| l.key == wanted).count(), 1, "exactly one wins the subnet");
+        assert_ne!(won[0].key, won[1].key);
+        let claims = calls(&store, Op::Create);
+        assert_eq!(claims.iter().filter(|c| !c.ok).count(), 1, "the loser's claim failed once, as a conflict");
+        assert_eq!(claims.len(), 3);
+        let mut stored: Vec<SubnetKey> = store.leases().iter().map(|l| l.key).collect();
+        let mut keys: Vec<SubnetKey> = won.iter().map(|l| l.key).collect();
+        stored.sort();
+        keys.sort();
+        assert_eq!(stored, keys);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_for_our_public_ip_is_honoured_and_never_expires() {
+        let store = MemoryStore::with_config(CONFIG);
+        // An operator reserved 10.244.77.0/24 for this host (weftctl lease reserve): no TTL.
+        store.put("10.244.77.0-24", r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#);
+        let manager = manager(&store, "198.18.0.1");
+        let attrs = manager.attrs.clone();
+        let host = start(manager, true).await;
+        assert_eq!(host.first.key.to_string(), "10.244.77.0-24");
+        assert!(host.first.is_reservation());
+        assert_eq!(store.value("10.244.77.0-24"), Some(attrs.to_json()), "our backend data is written into it");
+
+        // A day passes for the store; a minute of it with the keeper running.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        store.advance(Duration::from_secs(86_400));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let held = store.leases();
+        assert_eq!(held.len(), 1);
+        assert!(held[0].is_reservation());
+        assert_eq!(*host.own.borrow(), host.first);
+        assert!(calls(&store, Op::KeepAlive).is_empty(), "a reservation has no TTL to keep");
+    }
+
+    #[tokio::test]
+    async fn a_restart_renews_our_live_lease_in_place() {
+        let store = MemoryStore::with_config(CONFIG);
+        let (_shutdown_tx, mut shutdown) = watch::channel(false);
+        let first = manager(&store, "198.18.0.1").acquire(&[], &mut shutdown).await.unwrap();
+        let again = manager(&store, "198.18.0.1").acquire(&[], &mut shutdown).await.unwrap();
+        assert_eq!((again.key, again.etcd_lease), (first.key, first.etcd_lease), "same subnet, same TTL lease");
+        assert!(again.mod_revision > first.mod_revision);
+        assert_eq!(calls(&store, Op::Create).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquiring_during_an_outage_retries_with_backoff() {
+        let store = MemoryStore::with_config(CONFIG);
+        store.fail_all();
+        let manager = manager(&store, "198.18.0.1");
+        let (_shutdown_tx, mut shutdown) = watch::channel(false);
+        let acquiring = tokio::spawn(async move { manager.acquire(&[], &mut shutdown).await });
+        let began = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        store.restore();
+        let lease = acquiring.await.unwrap().expect("acquired once the store is back");
+        assert_eq!(store.leases(), vec![lease]);
+        let lists: Vec<u128> = calls(&store, Op::List).iter().map(|c| (c.at - began).as_millis()).collect();
+        assert_eq!(lists, [0, 200, 600, 1400, 3000], "200 ms doubling, then success");
+    }
 
     fn lease(key: &str, rev: i64) -> Lease {
         Lease { key: key.parse().unwrap(), attrs: Default::default(), etcd_lease: 9, mod_revision: rev }

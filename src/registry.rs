@@ -1,19 +1,21 @@
-//! Keeps an up-to-date copy of every lease: list, then watch from the listed revision; on compaction or a lost
-//! connection, relist and resync. The copy is published on a `watch` channel, so consumers always see the latest
-//! whole set and bursts of changes coalesce for free.
+//! The peer set: an up-to-date copy of every lease. List, then follow the store's watch from the listed revision;
+//! on compaction or a lost connection the watch yields a fresh listing and the set is resynced from it. The copy
+//! is published on a `watch` channel, so consumers always see the latest whole set and bursts of changes coalesce
+//! for free.
 //!
-//! While etcd is unreachable the last known set stays published: the data plane keeps forwarding.
+//! While the store is unreachable the last known set stays published: the data plane keeps forwarding.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::etcd::{Change, EtcdStore, Listing, StoreError, WatchBatch};
+use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
+use crate::store::{Change, LeaseProblem, LeaseStore, Listing, ResyncCause, WatchEvent};
 
 /// Every lease as of `revision`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,38 +45,9 @@ impl LeaseSet {
     }
 }
 
-/// Exponential backoff, capped: 100 ms, 200 ms, ... 5 s.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { next: min, min, max }
-    }
-
-    pub fn etcd() -> Backoff {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-    }
-
-    /// The delay to wait now; the following one doubles, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 /// Runs until `shutdown` turns true. `initial` is a listing taken just before (so startup lists once).
-pub async fn run(
-    store: EtcdStore,
+pub async fn run<S: LeaseStore>(
+    store: S,
     initial: Listing,
     tx: watch::Sender<Arc<LeaseSet>>,
     metrics: Arc<Metrics>,
@@ -89,72 +62,24 @@ pub async fn run(
     } else {
         tx.send_replace(Arc::new(LeaseSet::from_listing(&initial)));
     }
+    let mut feed = store.watch(initial.revision);
     drop(initial);
-    let mut backoff = Backoff::etcd();
+    // The listing just succeeded: the store answers.
+    metrics.etcd_connected.store(true, Ordering::Relaxed);
+    // Waits between attempts while the store is away; reset once changes flow again (not on a mere relisting,
+    // which a watch that keeps breaking right away would otherwise turn into a tight loop).
+    let mut backoff = Backoff::store();
     let mut lost_since: Option<tokio::time::Instant> = None;
 
     loop {
-        let outcome = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.changed() => return,
-            outcome = follow(&store, &tx, &mut lost_since, &mut backoff, &metrics) => outcome,
+            event = feed.next() => event,
         };
-        metrics.etcd_connected.store(false, std::sync::atomic::Ordering::Relaxed);
-        match outcome {
-            Ok(Resume::Relist) => {}
-            Err(e) => {
-                if lost_since.is_none() {
-                    warn!(error = %e, "lost the etcd connection; keeping the last known {} leases and the data plane as they are", tx.borrow().leases.len());
-                    lost_since = Some(tokio::time::Instant::now());
-                } else {
-                    debug!(error = %e, "etcd still unreachable");
-                }
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-        // Relist and resync (after compaction, or to recover from a lost connection).
-        match store.list_leases().await {
-            Ok(listing) => {
-                report_problems(&listing.problems);
-                let fresh = LeaseSet::from_listing(&listing);
-                log_resync(&tx.borrow(), &fresh);
-                tx.send_replace(Arc::new(fresh));
-            }
-            Err(e) => debug!(error = %e, "relist failed"),
-        }
-    }
-}
-
-enum Resume {
-    Relist,
-}
-
-/// Watches from the set's revision and applies changes until the watch breaks.
-async fn follow(
-    store: &EtcdStore,
-    tx: &watch::Sender<Arc<LeaseSet>>,
-    lost_since: &mut Option<tokio::time::Instant>,
-    backoff: &mut Backoff,
-    metrics: &Metrics,
-) -> Result<Resume, StoreError> {
-    let revision = tx.borrow().revision;
-    let mut watch = store.watch_leases(revision + 1).await?;
-    metrics.etcd_connected.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(since) = lost_since.take() {
-        info!(outage = ?since.elapsed(), "etcd connection regained; leases resynced");
-    }
-    loop {
-        match watch.next().await? {
-            None => return Err(StoreError::WatchClosed { endpoints: store.endpoints().to_string() }),
-            Some(WatchBatch::Compacted { compact_revision }) => {
-                info!(compact_revision, "etcd history was compacted past our revision; relisting leases");
-                return Ok(Resume::Relist);
-            }
-            Some(WatchBatch::Changes { changes, revision }) => {
+        match event {
+            Ok(WatchEvent::Changes { changes, revision }) => {
                 backoff.reset();
+                metrics.etcd_connected.store(true, Ordering::Relaxed);
                 for change in &changes {
                     if let Change::Problem(p) = change {
                         warn!("{p}");
@@ -162,11 +87,38 @@ async fn follow(
                 }
                 tx.send_modify(|set| Arc::make_mut(set).apply(&changes, revision));
             }
+            Ok(WatchEvent::Resync { listing, cause }) => {
+                metrics.etcd_connected.store(true, Ordering::Relaxed);
+                match (cause, lost_since.take()) {
+                    (_, Some(since)) => info!(outage = ?since.elapsed(), "etcd connection regained; leases resynced"),
+                    (ResyncCause::Compacted { compact_revision }, None) => {
+                        info!(compact_revision, "etcd history was compacted past our revision; relisted leases")
+                    }
+                    (ResyncCause::Reconnected, None) => debug!("the watch was re-established; leases relisted"),
+                }
+                report_problems(&listing.problems);
+                let fresh = LeaseSet::from_listing(&listing);
+                log_resync(&tx.borrow(), &fresh);
+                tx.send_replace(Arc::new(fresh));
+            }
+            Err(e) => {
+                metrics.etcd_connected.store(false, Ordering::Relaxed);
+                if lost_since.is_none() {
+                    warn!(error = %e, "lost the etcd connection; keeping the last known {} leases and the data plane as they are", tx.borrow().leases.len());
+                    lost_since = Some(tokio::time::Instant::now());
+                } else {
+                    debug!(error = %e, "etcd still unreachable");
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
         }
     }
 }
 
-fn report_problems(problems: &[String]) {
+fn report_problems(problems: &[LeaseProblem]) {
     for p in problems {
         warn!("{p}");
     }
@@ -185,15 +137,135 @@ fn log_resync(old: &LeaseSet, new: &LeaseSet) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::etcd();
-        let delays: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
+    use tokio::time::{timeout, Instant};
+
+    use super::*;
+    use crate::store::memory::{MemoryStore, Op};
+    use crate::store::StoredLease;
+
+    fn problem() -> LeaseProblem {
+        let stored = StoredLease { path: "bad", name: "bad", value: b"{}", ttl_lease: 0, mod_revision: 1 };
+        stored.decode().1.expect("a bad key is a problem")
+    }
+
+    fn value(public_ip: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}}}"#
+        )
+    }
+
+    /// What the store holds now, as a set of leases.
+    fn stored_set(store: &MemoryStore) -> BTreeMap<SubnetKey, Lease> {
+        store.leases().into_iter().map(|l| (l.key, l)).collect()
+    }
+
+    struct Running {
+        rx: watch::Receiver<Arc<LeaseSet>>,
+        metrics: Arc<Metrics>,
+        _shutdown: watch::Sender<bool>,
+    }
+
+    /// Starts the peer-set watcher from `listing`, as the daemon does.
+    fn start(store: &MemoryStore, listing: Listing) -> Running {
+        let (tx, rx) = watch::channel(Arc::new(LeaseSet::from_listing(&listing)));
+        let metrics = Arc::new(Metrics::default());
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        tokio::spawn(run(store.clone(), listing, tx, metrics.clone(), shutdown));
+        Running { rx, metrics, _shutdown: shutdown_tx }
+    }
+
+    /// Waits until the published set satisfies `done`.
+    async fn published(rx: &mut watch::Receiver<Arc<LeaseSet>>, done: impl Fn(&LeaseSet) -> bool) -> Arc<LeaseSet> {
+        let wait = rx.wait_for(|set| done(set));
+        timeout(Duration::from_secs(60), wait).await.expect("the set never got there").unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn changes_by_other_hosts_are_followed() {
+        let store = MemoryStore::new();
+        store.put("10.244.1.0-24", &value("198.18.0.1"));
+        let mut running = start(&store, store.list_leases().await.unwrap());
+        store.put_with_ttl("10.244.2.0-24", &value("198.18.0.2"), Duration::from_secs(60));
+        store.delete("10.244.1.0-24");
+        // A garbage key is reported and ignored; a garbage value still holds its subnet.
+        store.put("garbage", "{}");
+        store.put("10.244.3.0-24", "{not json");
+        let revision = store.revision();
+        let set = published(&mut running.rx, |set| set.revision == revision).await;
+        assert_eq!(set.leases, stored_set(&store));
+        let keys: Vec<String> = set.leases.keys().map(|k| k.to_string()).collect();
+        assert_eq!(keys, ["10.244.2.0-24", "10.244.3.0-24"]);
+        assert!(running.metrics.etcd_connected.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn after_a_compaction_the_set_resyncs_and_equals_the_store() {
+        let store = MemoryStore::new();
+        for h in 1..=3 {
+            store.put(&format!("10.244.{h}.0-24"), &value(&format!("198.18.0.{h}")));
+        }
+        // The daemon lists at startup, then programs the kernel; meanwhile the store moves on and compacts the
+        // history the watch would have started from.
+        let listing = store.list_leases().await.unwrap();
+        store.delete("10.244.1.0-24");
+        store.put("10.244.2.0-24", &value("198.18.0.22"));
+        store.put_with_ttl("10.244.4.0-24", &value("198.18.0.4"), Duration::from_secs(60));
+        let compacted = store.compact();
+        assert!(compacted > listing.revision);
+
+        let mut running = start(&store, listing);
+        let set = published(&mut running.rx, |set| set.revision >= compacted).await;
+        assert_eq!(set.leases, stored_set(&store));
+        assert_eq!(set.revision, compacted);
+        assert_eq!(store.calls().iter().filter(|c| c.op == Op::List).count(), 2, "one relisting after the start");
+
+        // And it keeps following changes after the resync.
+        store.delete("10.244.4.0-24");
+        let revision = store.revision();
+        let set = published(&mut running.rx, |set| set.revision == revision).await;
+        assert_eq!(set.leases, stored_set(&store));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_keeps_the_last_set_backs_off_and_resyncs_after_recovery() {
+        let store = MemoryStore::new();
+        for h in 1..=2 {
+            store.put_with_ttl(&format!("10.244.{h}.0-24"), &value(&format!("198.18.0.{h}")), Duration::from_secs(60));
+        }
+        let mut running = start(&store, store.list_leases().await.unwrap());
+        let before = running.rx.borrow().clone();
+        while !store.calls().iter().any(|c| c.op == Op::Watch) {
+            tokio::task::yield_now().await;
+        }
+
+        let calls_before = store.calls().len();
+        let outage_began = Instant::now();
+        store.fail_all();
+        // The world moves on while we cannot see it.
+        store.delete("10.244.1.0-24");
+        store.put("10.244.3.0-24", &value("198.18.0.3"));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+
+        assert_eq!(*running.rx.borrow(), before, "the last known set stays published");
+        assert!(!running.metrics.etcd_connected.load(Ordering::Relaxed));
+        let attempts: Vec<Instant> =
+            store.calls()[calls_before..].iter().inspect(|c| assert!(!c.ok, "{c:?}")).map(|c| c.at).collect();
+        let gaps: Vec<u128> = std::iter::once(outage_began)
+            .chain(attempts.iter().copied())
+            .zip(attempts.iter())
+            .map(|(a, b)| (*b - a).as_millis())
+            .collect();
+        assert_eq!(gaps, [100, 200, 400, 800, 1600, 3200, 5000, 5000], "retries back off, capped at 5 s");
+
+        store.restore();
+        let set = published(&mut running.rx, |set| set.revision == store.revision()).await;
+        assert_eq!(set.leases, stored_set(&store));
+        assert!(running.metrics.etcd_connected.load(Ordering::Relaxed));
+        let recovered = store.calls()[calls_before..].iter().filter(|c| c.ok).count();
+        assert_eq!(recovered, 2, "one listing and one new watch");
+        assert!(Instant::now() - outage_began <= Duration::from_millis(16_300 + 5_000), "recovered on the next try");
     }
 
     #[test]
@@ -202,7 +274,7 @@ mod tests {
             |k: &str| Lease { key: k.parse().unwrap(), attrs: Default::default(), etcd_lease: 1, mod_revision: 1 };
         let mut set = LeaseSet::default();
         set.apply(&[Change::Put(lease("10.244.1.0-24")), Change::Put(lease("10.244.2.0-24"))], 5);
-        set.apply(&[Change::Delete("10.244.1.0-24".parse().unwrap()), Change::Problem("x".into())], 6);
+        set.apply(&[Change::Delete("10.244.1.0-24".parse().unwrap()), Change::Problem(problem())], 6);
         assert_eq!(set.leases.keys().map(|k| k.to_string()).collect::<Vec<_>>(), vec!["10.244.2.0-24"]);
         assert_eq!(set.revision, 6);
     }

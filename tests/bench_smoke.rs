@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use weft::bench::{self, BenchOptions};
+use weft_lab::bench::{self, BenchOptions};
 
 #[test]
 fn quick_benchmark_produces_complete_results() {

@@ -1,10 +1,10 @@
-//! Bad input on the command line and in the environment: a clear error that names the input, and a non-zero exit.
-//! These need no root and no etcd: every case fails before weftd or weftctl would connect anywhere.
+//! Bad input on weftd's command line and in its environment: a clear error that names the input, and a non-zero
+//! exit. These need no root and no etcd: every case fails before weftd would connect anywhere. weftctl's cases are
+//! in its own package (weftctl/tests/cli.rs).
 
 use std::process::{Command, Output};
 
 const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
-const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
 
 fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(program);
@@ -67,29 +67,4 @@ fn a_bad_etcd_endpoint_is_named() {
     let out = run(WEFTD, &["--etcd-endpoints", "127.0.0.1:2379"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("invalid etcd endpoint \"127.0.0.1:2379\""), "{}", stderr(&out));
-}
-
-#[test]
-fn weftctl_validates_a_config_before_storing_it() {
-    let out = run(
-        WEFTCTL,
-        &["config", "set", "--etcd-endpoints", "http://127.0.0.1:1", r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("field SubnetLen: 33 is longer than /30"), "{}", stderr(&out));
-    let out = run(WEFTCTL, &["config", "set", "@/nonexistent/net.json"], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("reading /nonexistent/net.json"), "{}", stderr(&out));
-}
-
-#[test]
-fn weftctl_rejects_a_subnet_with_host_bits() {
-    let out = run(
-        WEFTCTL,
-        &["lease", "reserve", "10.244.9.1/24", "--public-ip", "10.0.0.7", "--etcd-endpoints", "http://127.0.0.1:1"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("10.244.9.1/24 has host bits set; use 10.244.9.0/24"), "{}", stderr(&out));
 }

@@ -107,7 +107,7 @@ fn add_member(
 
 #[test]
 fn weftd_fails_over_to_the_remaining_etcd_members() {
-    let lab = TestLab::from_spec(weft::lab::LabSpec {
+    let lab = TestLab::from_spec(weft_lab::lab::LabSpec {
         start_weftd: false,
         extra_weftd_args: vec!["--etcd-endpoints".into(), "http://198.18.0.253:2379,http://198.18.0.252:2379".into()],
         ..TestLab::spec(2)

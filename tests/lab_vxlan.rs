@@ -376,7 +376,7 @@ fn waits_for_a_missing_config_then_honours_a_reservation() {
 
 #[test]
 fn a_short_lease_ttl_is_kept_alive_and_json_logs_are_json() {
-    let lab = TestLab::from_spec(weft::lab::LabSpec {
+    let lab = TestLab::from_spec(weft_lab::lab::LabSpec {
         extra_weftd_args: vec!["--subnet-lease-ttl".into(), "3s".into(), "--log-format".into(), "json".into()],
         ..TestLab::spec(1)
     });
@@ -402,8 +402,9 @@ fn a_short_lease_ttl_is_kept_alive_and_json_logs_are_json() {
 #[test]
 fn weftctl_manages_config_leases_and_reservations() {
     let lab = TestLab::new(2);
+    let weftctl = common::weftctl();
     let ctl = |args: &[&str]| -> String {
-        let mut full = vec![env!("CARGO_BIN_EXE_weftctl")];
+        let mut full = vec![weftctl.to_str().expect("a UTF-8 target dir")];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--etcd-endpoints", "http://127.0.0.1:2379"]);
         sh(&lab, &lab.underlay_ns(), &full)
@@ -437,7 +438,7 @@ fn weftctl_manages_config_leases_and_reservations() {
 #[test]
 fn a_dead_etcd_endpoint_in_the_list_does_not_matter() {
     // 198.18.0.253 is inside the lab's underlay but nobody answers there.
-    let lab = TestLab::from_spec(weft::lab::LabSpec {
+    let lab = TestLab::from_spec(weft_lab::lab::LabSpec {
         extra_weftd_args: vec!["--etcd-endpoints".into(), "http://198.18.0.253:2379".into()],
         ..TestLab::spec(2)
     });
@@ -446,7 +447,7 @@ fn a_dead_etcd_endpoint_in_the_list_does_not_matter() {
 
 #[test]
 fn health_readiness_and_metrics_are_served_and_flannel_flags_accepted() {
-    let lab = TestLab::from_spec(weft::lab::LabSpec {
+    let lab = TestLab::from_spec(weft_lab::lab::LabSpec {
         // A flanneld command line's extra flags: accepted, reported, harmless.
         extra_weftd_args: ["--healthz-port", "9101", "--subnet-lease-renew-margin", "60", "--iptables-resync", "5"]
             .map(String::from)

@@ -70,6 +70,10 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
     // Links first: a device that must be re-created takes everything on it along, so the rest of the diff
     // works against the observation as it will be once the device is gone.
     for (name, want) in &desired.links {
+        if !want.is_owned() {
+            // A referenced device is someone else's: routes through it fail until it exists.
+            continue;
+        }
         match observed.links.get(name) {
             Some(have) if have == want => {}
             Some(have) if have.same_kind(want) => ops.push(Op::UpdateLink(want.clone())),
@@ -124,8 +128,8 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
     for a in observed.addresses.difference(&desired.addresses) {
         ops.push(Op::DeleteAddress(a.clone()));
     }
-    for name in observed.links.keys() {
-        if !desired.links.contains_key(name) {
+    for (name, have) in &observed.links {
+        if !desired.links.contains_key(name) && have.is_owned() {
             ops.push(Op::DeleteLink(name.clone()));
         }
     }

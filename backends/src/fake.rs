@@ -1,10 +1,12 @@
-//! An in-memory kernel with the semantics weft relies on, so every reconcile scenario runs without root.
+//! An in-memory kernel and firewall with the semantics weft relies on, so every reconcile scenario runs without
+//! root. Errors match the real ones: the same situation gives the same [`KernelError`] variant and errno.
 
 use std::io;
 
 use crate::diff::Op;
-use crate::kernel::{Kernel, KernelError};
-use crate::model::{KernelState, Scope};
+use crate::kernel::{precheck, Kernel, KernelError};
+use crate::model::{KernelState, Link, LinkKind, MacAddr, Scope};
+use crate::rules::{RuleOp, RuleSet, Rules, RulesError, TableId};
 
 /// Holds the state of one namespace. Tests poke it directly (`state`) to simulate drift.
 #[derive(Debug, Default, Clone)]
@@ -22,30 +24,58 @@ impl FakeKernel {
         FakeKernel { host_devices: vec!["eth0".into()], ..Self::default() }
     }
 
+    /// What opening /dev/net/tun does: a TUN device appears, down, with the default MTU, for weft to configure.
+    pub fn open_tun(&mut self, name: &str) {
+        self.state.add_link(Link {
+            name: name.into(),
+            kind: LinkKind::Tun,
+            mac: MacAddr::default(),
+            mtu: 1500,
+            up: false,
+        });
+    }
+
+    fn exists(&self, device: &str) -> bool {
+        self.state.links.contains_key(device) || self.host_devices.iter().any(|d| d == device)
+    }
+
     fn require_device(&self, op: &Op, device: &str) -> Result<(), KernelError> {
-        if self.state.links.contains_key(device) || self.host_devices.iter().any(|d| d == device) {
+        if self.exists(device) {
             Ok(())
         } else {
-            Err(KernelError::apply(op, io::Error::from_raw_os_error(ENODEV)))
+            Err(KernelError::no_such_device(op, device))
         }
     }
 
+    fn update_link(&mut self, op: &Op, link: &Link) -> Result<(), KernelError> {
+        let Some(have) = self.state.links.get_mut(&link.name) else {
+            return Err(KernelError::no_such_device(op, &link.name));
+        };
+        if link.kind.has_mac() {
+            have.mac = link.mac;
+        }
+        have.mtu = link.mtu;
+        have.up = link.up;
+        Ok(())
+    }
+
     fn apply_now(&mut self, op: &Op) -> Result<(), KernelError> {
+        precheck(op)?;
         match op {
+            // Only the data plane can create a TUN device; weft configures the one it finds.
+            Op::CreateLink(link) if link.kind == LinkKind::Tun => {
+                if !self.state.links.contains_key(&link.name) {
+                    return Err(KernelError::TunNotOpened { op: op.to_string(), device: link.name.clone() });
+                }
+                self.update_link(op, link)?;
+            }
             Op::CreateLink(link) => {
-                if self.state.links.contains_key(&link.name) {
-                    return Err(KernelError::apply(op, io::Error::from(io::ErrorKind::AlreadyExists)));
+                if self.exists(&link.name) {
+                    return Err(KernelError::apply(op, io::Error::from_raw_os_error(libc::EEXIST)));
                 }
                 self.state.add_link(link.clone());
             }
-            Op::UpdateLink(link) => {
-                let Some(have) = self.state.links.get_mut(&link.name) else {
-                    return Err(KernelError::NoSuchDevice(link.name.clone()));
-                };
-                have.mac = link.mac;
-                have.mtu = link.mtu;
-                have.up = link.up;
-            }
+            Op::UpdateLink(link) => self.update_link(op, link)?,
             Op::DeleteLink(name) => self.state.remove_device(name),
             Op::AddAddress(a) => {
                 self.require_device(op, &a.device)?;
@@ -69,7 +99,13 @@ impl FakeKernel {
                 self.state.fdb.remove(&(e.device.clone(), e.mac));
             }
             Op::ReplaceRoute(r) => {
-                self.require_device(op, &r.device)?;
+                if let Some(device) = &r.device {
+                    self.require_device(op, device)?;
+                    // The kernel refuses a next hop on a device that is down.
+                    if self.state.links.get(device).is_some_and(|l| !l.up) {
+                        return Err(KernelError::apply(op, io::Error::from_raw_os_error(libc::ENETDOWN)));
+                    }
+                }
                 self.state.add_route(r.clone());
             }
             Op::DeleteRoute(r) => {
@@ -79,8 +115,6 @@ impl FakeKernel {
         Ok(())
     }
 }
-
-const ENODEV: i32 = 19;
 
 /// What a real kernel would show for `scope`: our links and what hangs off them, plus routes carrying our protocol.
 pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {
@@ -92,7 +126,12 @@ pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {
     for a in state.addresses.iter().filter(|a| owned(&a.device)) {
         out.add_address(a.clone());
     }
-    for r in state.routes.values().filter(|r| owned(&r.device) || r.protocol == scope.route_protocol) {
+    for name in &scope.referenced {
+        out.add_link(Link::unowned(name.clone()));
+    }
+    for r in
+        state.routes.values().filter(|r| r.device.as_deref().is_some_and(owned) || r.protocol == scope.route_protocol)
+    {
         out.add_route(r.clone());
     }
     for n in state.neighbours.values().filter(|n| owned(&n.device)) {
@@ -106,11 +145,47 @@ pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {
 
 impl Kernel for FakeKernel {
     async fn observe(&mut self, scope: &Scope) -> Result<KernelState, KernelError> {
-        Ok(restrict(&self.state, scope))
+        let mut observed = restrict(&self.state, scope);
+        // A referenced device is observed only when it exists.
+        observed.links.retain(|name, link| link.is_owned() || self.exists(name));
+        Ok(observed)
     }
 
     async fn apply(&mut self, op: &Op) -> Result<(), KernelError> {
         self.apply_now(op)?;
+        self.log.push(op.clone());
+        Ok(())
+    }
+}
+
+/// An in-memory firewall: tables by identity, replaced and deleted whole, as nft does in one transaction.
+#[derive(Debug, Default, Clone)]
+pub struct FakeRules {
+    pub tables: RuleSet,
+    /// Every operation applied, in order.
+    pub log: Vec<RuleOp>,
+}
+
+impl Rules for FakeRules {
+    async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
+        let mut out = RuleSet::default();
+        for table in self.tables.tables.values().filter(|t| tables.contains(&t.id)) {
+            out.add(table.clone());
+        }
+        Ok(out)
+    }
+
+    async fn apply(&mut self, op: &RuleOp) -> Result<(), RulesError> {
+        match op {
+            RuleOp::ReplaceTable(table) => {
+                // nft refuses the whole script, leaving the old table, when the new one is invalid.
+                table.check()?;
+                self.tables.add(table.clone());
+            }
+            RuleOp::DeleteTable(id) => {
+                self.tables.tables.remove(id);
+            }
+        }
         self.log.push(op.clone());
         Ok(())
     }

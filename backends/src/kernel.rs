@@ -19,8 +19,21 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("device {0} does not exist")]
-    NoSuchDevice(String),
+    /// The device an operation needs is missing (ENODEV). Both kernels report it so, before sending anything.
+    #[error("{op}: device {device} does not exist")]
+    NoSuchDevice { op: String, device: String },
+    /// A TUN device is created by the data plane opening /dev/net/tun, never over rtnetlink.
+    #[error("{op}: TUN device {device} does not exist; the data plane creates it by opening /dev/net/tun")]
+    TunNotOpened { op: String, device: String },
+    /// Devices weft only references are never created, changed or deleted.
+    #[error("{op}: device {device} is not weft's to change")]
+    NotOurs { op: String, device: String },
+    #[error("{op}: {source}")]
+    InvalidRoute {
+        op: String,
+        #[source]
+        source: crate::model::InvalidRoute,
+    },
     #[error("netlink: {0}")]
     Netlink(String),
 }
@@ -28,6 +41,32 @@ pub enum KernelError {
 impl KernelError {
     pub fn apply(op: &Op, source: std::io::Error) -> KernelError {
         KernelError::Apply { op: op.to_string(), source }
+    }
+
+    pub fn no_such_device(op: &Op, device: &str) -> KernelError {
+        KernelError::NoSuchDevice { op: op.to_string(), device: device.to_string() }
+    }
+
+    /// The errno this error stands for, when it stands for one (ENODEV for a missing device of either kind).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            KernelError::Apply { source, .. } | KernelError::Observe { source, .. } => source.raw_os_error(),
+            KernelError::NoSuchDevice { .. } | KernelError::TunNotOpened { .. } => Some(libc::ENODEV),
+            KernelError::InvalidRoute { .. } => Some(libc::EINVAL),
+            KernelError::NotOurs { .. } => Some(libc::EPERM),
+            KernelError::Netlink(_) => None,
+        }
+    }
+}
+
+/// The checks both kernels make before touching anything, so that they refuse an op the same way.
+pub fn precheck(op: &Op) -> Result<(), KernelError> {
+    match op {
+        Op::ReplaceRoute(r) => r.check().map_err(|source| KernelError::InvalidRoute { op: op.to_string(), source }),
+        Op::CreateLink(l) | Op::UpdateLink(l) if !l.is_owned() => {
+            Err(KernelError::NotOurs { op: op.to_string(), device: l.name.clone() })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -52,16 +91,26 @@ pub trait Kernel: Send {
     }
 }
 
-/// The outcome of one reconcile pass.
+/// The outcome of one reconcile pass: kernel operations, then rule operations.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub applied: Vec<Op>,
     pub failed: Vec<(Op, KernelError)>,
+    pub rules: crate::rules::RulesReport,
 }
 
 impl ApplyReport {
     pub fn is_clean(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.rules.failed.is_empty()
+    }
+
+    /// Kernel and rule operations applied.
+    pub fn applied_count(&self) -> usize {
+        self.applied.len() + self.rules.applied.len()
+    }
+
+    pub fn failed_count(&self) -> usize {
+        self.failed.len() + self.rules.failed.len()
     }
 }
 

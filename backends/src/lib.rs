@@ -1,14 +1,20 @@
 //! weft's data plane.
 //!
-//! A backend turns our lease and the other hosts' leases into the complete [`model::KernelState`] it wants; the
-//! pure [`diff::diff`] compares that with what a [`kernel::Kernel`] observes and yields the operations to apply.
-//! [`netlink::NetlinkKernel`] talks to Linux; [`fake::FakeKernel`] stands in for it in tests.
+//! A [`backend::Backend`] turns our lease and the other hosts' leases into the complete [`backend::Desired`]
+//! state: kernel objects ([`model::KernelState`]), firewall tables ([`rules::RuleSet`]) and, for a userspace
+//! data plane, a [`forwarding::ForwardingTable`]. The pure [`diff::diff`] and [`rules::diff_rules`] compare that
+//! with what a [`kernel::Kernel`] and a [`rules::Rules`] observe and yield the operations to apply; the forwarding
+//! table goes to the data plane on a watch channel. [`netlink::NetlinkKernel`] and [`rules::NftRules`] talk to
+//! Linux; [`fake::FakeKernel`] and [`fake::FakeRules`] stand in for them in tests.
 
+pub mod backend;
 pub mod diff;
 pub mod fake;
+pub mod forwarding;
 pub mod kernel;
 pub mod model;
 pub mod netlink;
+pub mod rules;
 pub mod vxlan;
 
 use std::fmt;

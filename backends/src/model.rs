@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
 
+use crate::Family;
+
 /// The routing protocol number weft tags its routes with (`ip route ... proto 87`), so a dump of the main table
 /// tells our routes apart from everyone else's. 87 is unassigned in /etc/iproute2/rt_protos.
 pub const WEFT_ROUTE_PROTOCOL: u8 = 87;
@@ -106,9 +108,27 @@ pub struct VxlanAttrs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkKind {
     Vxlan(VxlanAttrs),
+    /// A TUN device. rtnetlink cannot create one: the userspace data plane opens /dev/net/tun, which creates it,
+    /// and the kernel applier only sets its MTU, state and addresses (a missing one is
+    /// [`KernelError::TunNotOpened`](crate::kernel::KernelError::TunNotOpened)).
+    Tun,
+    /// A WireGuard device. rtnetlink creates it; its keys, port and peers are configured over WireGuard's own
+    /// generic-netlink family by the backend, which rtnetlink cannot see, so they are not part of this model.
+    Wireguard,
+    /// A device weft references (a route leaves through it) but neither creates, changes nor deletes, such as the
+    /// underlay. Only its existence is observed: MAC, MTU and state read as zero, zero and down. A device of a kind
+    /// the model does not know, found under one of our names, reads as this too, so it is re-created.
+    Unowned,
 }
 
-/// A network device weft owns.
+impl LinkKind {
+    /// Whether devices of this kind have an Ethernet address weft sets (TUN and WireGuard are layer 3).
+    pub fn has_mac(&self) -> bool {
+        matches!(self, LinkKind::Vxlan(_))
+    }
+}
+
+/// A network device weft owns, or one it only references ([`LinkKind::Unowned`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub name: String,
@@ -119,9 +139,18 @@ pub struct Link {
 }
 
 impl Link {
+    /// A reference to a device someone else manages; equal to what observing it yields.
+    pub fn unowned(name: impl Into<String>) -> Link {
+        Link { name: name.into(), kind: LinkKind::Unowned, mac: MacAddr::default(), mtu: 0, up: false }
+    }
+
     /// Whether `other` can be turned into `self` in place (MAC, MTU, up), without re-creating the device.
     pub fn same_kind(&self, other: &Link) -> bool {
         self.kind == other.kind
+    }
+
+    pub fn is_owned(&self) -> bool {
+        self.kind != LinkKind::Unowned
     }
 }
 
@@ -131,14 +160,71 @@ pub struct Address {
     pub addr: IpNetwork,
 }
 
+/// What the kernel does with a packet that matches a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// Forward it: through `gateway` and/or out of `device`.
+    Unicast,
+    /// Drop it silently. Holds a prefix (our own subnet, say) so that its packets never follow the default route.
+    Blackhole,
+}
+
 /// A route in the main table. The destination is the identity: the kernel keeps one per prefix.
+///
+/// A unicast route has a device, a gateway or both: `via G dev D` (VXLAN, host-gw), `dev D` alone (WireGuard,
+/// TUN: the device is point-to-point). A blackhole route has neither.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     pub dst: IpNetwork,
-    pub gateway: IpAddr,
-    pub device: String,
+    pub kind: RouteKind,
+    pub gateway: Option<IpAddr>,
+    pub device: Option<String>,
     pub onlink: bool,
     pub protocol: u8,
+}
+
+impl Route {
+    /// `dst via gateway dev device [onlink]`.
+    pub fn via(dst: IpNetwork, gateway: IpAddr, device: impl Into<String>, onlink: bool, protocol: u8) -> Route {
+        Route { dst, kind: RouteKind::Unicast, gateway: Some(gateway), device: Some(device.into()), onlink, protocol }
+    }
+
+    /// `dst dev device`: everything for `dst` leaves through a point-to-point device.
+    pub fn dev(dst: IpNetwork, device: impl Into<String>, protocol: u8) -> Route {
+        Route { dst, kind: RouteKind::Unicast, gateway: None, device: Some(device.into()), onlink: false, protocol }
+    }
+
+    /// `blackhole dst`.
+    pub fn blackhole(dst: IpNetwork, protocol: u8) -> Route {
+        Route { dst, kind: RouteKind::Blackhole, gateway: None, device: None, onlink: false, protocol }
+    }
+
+    pub fn is_on(&self, device: &str) -> bool {
+        self.device.as_deref() == Some(device)
+    }
+
+    /// Why the kernel would refuse this route whatever the devices: a unicast route needs a device or a gateway,
+    /// a blackhole route has neither. Both kernels check this first, so they refuse it the same way.
+    pub fn check(&self) -> Result<(), InvalidRoute> {
+        let why = match (self.kind, self.gateway.is_some(), self.device.is_some()) {
+            (RouteKind::Unicast, false, false) => "a unicast route needs a gateway or a device",
+            (RouteKind::Blackhole, true, _) | (RouteKind::Blackhole, _, true) => {
+                "a blackhole route has no gateway or device"
+            }
+            _ if self.gateway.is_some_and(|g| Family::of(g) != Family::of(self.dst.ip())) => {
+                "the gateway's family differs from the destination's"
+            }
+            _ => return Ok(()),
+        };
+        Err(InvalidRoute { route: render_route(self), why })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{route}: {why}")]
+pub struct InvalidRoute {
+    pub route: String,
+    pub why: &'static str,
 }
 
 /// A permanent neighbour (ARP / NDP) entry.
@@ -188,7 +274,7 @@ impl KernelState {
     pub fn remove_device(&mut self, device: &str) {
         self.links.remove(device);
         self.addresses.retain(|a| a.device != device);
-        self.routes.retain(|_, r| r.device != device);
+        self.routes.retain(|_, r| !r.is_on(device));
         self.neighbours.retain(|_, n| n.device != device);
         self.fdb.retain(|_, e| e.device != device);
     }
@@ -223,31 +309,42 @@ impl KernelState {
 }
 
 pub fn render_link(link: &Link) -> String {
-    let LinkKind::Vxlan(v) = &link.kind;
-    format!(
-        "link {} vxlan id {} local {} dev #{} dstport {}{}{} address {} mtu {}{}",
-        link.name,
-        v.vni,
-        v.local,
-        v.underlay_index,
-        v.port,
-        if v.learning { "" } else { " nolearning" },
-        if v.gbp { " gbp" } else { "" },
-        link.mac,
-        link.mtu,
-        if link.up { " up" } else { " down" },
-    )
+    let state = format!("mtu {}{}", link.mtu, if link.up { " up" } else { " down" });
+    match &link.kind {
+        LinkKind::Vxlan(v) => format!(
+            "link {} vxlan id {} local {} dev #{} dstport {}{}{} address {} {state}",
+            link.name,
+            v.vni,
+            v.local,
+            v.underlay_index,
+            v.port,
+            if v.learning { "" } else { " nolearning" },
+            if v.gbp { " gbp" } else { "" },
+            link.mac,
+        ),
+        LinkKind::Tun => format!("link {} tun {state}", link.name),
+        LinkKind::Wireguard => format!("link {} wireguard {state}", link.name),
+        LinkKind::Unowned => format!("link {} unowned", link.name),
+    }
 }
 
 pub fn render_route(r: &Route) -> String {
-    format!(
-        "route {} via {} dev {}{} proto {}",
-        r.dst,
-        r.gateway,
-        r.device,
-        if r.onlink { " onlink" } else { "" },
-        r.protocol
-    )
+    let mut out = String::from("route ");
+    if r.kind == RouteKind::Blackhole {
+        out.push_str("blackhole ");
+    }
+    out.push_str(&r.dst.to_string());
+    if let Some(gateway) = r.gateway {
+        out.push_str(&format!(" via {gateway}"));
+    }
+    if let Some(device) = &r.device {
+        out.push_str(&format!(" dev {device}"));
+    }
+    if r.onlink {
+        out.push_str(" onlink");
+    }
+    out.push_str(&format!(" proto {}", r.protocol));
+    out
 }
 
 /// What a kernel observation covers: only these objects are ever read, compared or changed.
@@ -257,6 +354,17 @@ pub struct Scope {
     pub links: Vec<String>,
     /// Routes in the main table with this protocol are weft's, whatever their device.
     pub route_protocol: u8,
+    /// Devices weft only references ([`LinkKind::Unowned`]): observed as present or absent, never changed.
+    pub referenced: Vec<String>,
+    /// Firewall tables weft owns; every rule in them is weft's, nothing outside them is.
+    pub tables: Vec<crate::rules::TableId>,
+}
+
+impl Scope {
+    /// Devices weft owns (`links`) and nothing else.
+    pub fn links(links: Vec<String>, route_protocol: u8) -> Scope {
+        Scope { links, route_protocol, ..Scope::default() }
+    }
 }
 
 #[cfg(test)]

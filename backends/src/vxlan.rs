@@ -1,13 +1,16 @@
 //! The kernel VXLAN backend, wire-compatible with flannel's: device `flannel.<VNI>` (`flannel-v6.<VNI>` for IPv6),
 //! UDP port 8472, learning off, and per remote host one permanent neighbour, one FDB entry and one onlink route.
 //!
-//! Everything here is pure: the backend turns configuration, the underlay and the lease set into a
-//! [`KernelState`]; the reconcile loop does the rest.
+//! Everything here is pure: the backend turns configuration, the underlay and the lease set into a [`Desired`]
+//! state (kernel objects only: VXLAN needs no firewall rules and no userspace forwarding); the reconcile loop does
+//! the rest.
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, VxlanAttrs};
+use crate::backend::Backend;
+pub use crate::backend::{Desired, SkippedPeer};
+use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
 use crate::{BackendError, Family, Peer, Underlay};
 
 /// The lease's BackendType for this backend.
@@ -229,35 +232,55 @@ impl VxlanBackend {
         Ok(VxlanBackend { config, underlay, vteps, route_protocol, notes })
     }
 
-    /// The MTU containers should use (FLANNEL_MTU): the smallest VTEP's, so that no packet a container sends, of
-    /// either family, is too big for its tunnel. flannel publishes the IPv4 VTEP's even when dual-stack, which makes
-    /// every new IPv6 path start with a dropped packet and an ICMPv6 Packet Too Big.
-    pub fn mtu(&self) -> u32 {
-        self.vteps.iter().map(|v| v.link.mtu).min().unwrap_or(self.underlay.mtu - OVERHEAD)
+    /// The device direct routes leave through, when direct routing is on.
+    fn direct_routing_device(&self) -> Option<String> {
+        self.config.direct_routing.then(|| self.underlay.name.clone())
     }
 
     pub fn vtep(&self, family: Family) -> Option<&Vtep> {
         self.vteps.iter().find(|v| v.family == family)
     }
+}
+
+impl Backend for VxlanBackend {
+    fn backend_type(&self) -> &'static str {
+        BACKEND_TYPE
+    }
+
+    /// The MTU containers should use (FLANNEL_MTU): the smallest VTEP's, so that no packet a container sends, of
+    /// either family, is too big for its tunnel. flannel publishes the IPv4 VTEP's even when dual-stack, which makes
+    /// every new IPv6 path start with a dropped packet and an ICMPv6 Packet Too Big.
+    fn mtu(&self) -> u32 {
+        self.vteps.iter().map(|v| v.link.mtu).min().unwrap_or(self.underlay.mtu - OVERHEAD)
+    }
 
     /// BackendData for our lease (None when the family is not enabled).
-    pub fn lease_data(&self, family: Family) -> Option<Value> {
+    fn lease_data(&self, family: Family) -> Option<Value> {
         self.vtep(family).map(|v| lease_data(self.config.vni, v.link.mac))
     }
 
-    /// The devices, addresses and routes weft owns for this backend.
-    pub fn scope(&self) -> crate::model::Scope {
-        crate::model::Scope {
+    /// The VTEPs, and the underlay when direct routing sends peers' traffic out of it.
+    fn scope(&self) -> Scope {
+        Scope {
             links: self.vteps.iter().map(|v| v.link.name.clone()).collect(),
             route_protocol: self.route_protocol,
+            referenced: self.direct_routing_device().into_iter().collect(),
+            tables: Vec::new(),
         }
+    }
+
+    fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// The complete kernel state for our lease (`own`) and the other hosts' leases. Peers that cannot be used
     /// (another backend type, a malformed VtepMAC, a VNI that differs) are left out and reported.
-    pub fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
         let mut state = KernelState::default();
         let mut skipped = Vec::new();
+        if let Some(underlay) = self.direct_routing_device() {
+            state.add_link(Link::unowned(underlay));
+        }
         for vtep in &self.vteps {
             let family = vtep.family;
             let device = &vtep.link.name;
@@ -281,13 +304,8 @@ impl VxlanBackend {
                     continue;
                 }
                 if self.config.direct_routing && self.underlay.is_directly_connected(public_ip) {
-                    state.add_route(Route {
-                        dst: subnet,
-                        gateway: public_ip,
-                        device: self.underlay.name.clone(),
-                        onlink: false,
-                        protocol: self.route_protocol,
-                    });
+                    let underlay = &self.underlay.name;
+                    state.add_route(Route::via(subnet, public_ip, underlay, false, self.route_protocol));
                     continue;
                 }
                 let mac = match peer.backend_data(family).ok_or_else(|| "lease has no BackendData".to_string()) {
@@ -304,16 +322,12 @@ impl VxlanBackend {
                 let gateway = subnet.network();
                 state.add_neighbour(Neighbour { device: device.clone(), ip: gateway, mac });
                 state.add_fdb(FdbEntry { device: device.clone(), mac, dst: public_ip });
-                state.add_route(Route {
-                    dst: subnet,
-                    gateway,
-                    device: device.clone(),
-                    onlink: true,
-                    protocol: self.route_protocol,
-                });
+                state.add_route(Route::via(subnet, gateway, device, true, self.route_protocol));
             }
         }
-        Desired { state, skipped }
+        // Peers come in any order; what the backend says about them must not depend on it.
+        skipped.sort_by(|a, b| (a.subnet, &a.reason).cmp(&(b.subnet, &b.reason)));
+        Desired { state, skipped, ..Desired::default() }
     }
 }
 
@@ -326,18 +340,4 @@ fn check_vni(data: &Value, vni: u32) -> Result<(), String> {
         Some(v) if v != u64::from(vni) => Err(format!("BackendData.VNI is {v}, ours is {vni}")),
         _ => Ok(()),
     }
-}
-
-/// A peer lease the backend could not use, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedPeer {
-    pub subnet: IpNetwork,
-    pub reason: String,
-}
-
-/// What [`VxlanBackend::desired`] returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    pub state: KernelState,
-    pub skipped: Vec<SkippedPeer>,
 }

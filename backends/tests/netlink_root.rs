@@ -9,9 +9,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use weft_backends::backend::Backend;
 use weft_backends::diff::Op;
 use weft_backends::kernel::{reconcile, Kernel, KernelError};
-use weft_backends::model::{KernelState, Link, LinkKind, MacAddr, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL};
+use weft_backends::model::{
+    Address, KernelState, Link, LinkKind, MacAddr, Route, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL,
+};
 use weft_backends::netlink::{watch_deletions, watch_deletions_in_netns, Interface, NetlinkKernel};
 use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
 use weft_backends::{Family, Peer, Underlay};
@@ -221,7 +224,7 @@ async fn repairs_what_was_changed_by_hand() {
     node.ns.ip("link del flannel.1");
     node.ns.ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev u0 dstport 4789 nolearning");
     let seen = node.observe().await;
-    let LinkKind::Vxlan(attrs) = &seen.links["flannel.1"].kind;
+    let LinkKind::Vxlan(attrs) = &seen.links["flannel.1"].kind else { panic!("flannel.1 is not VXLAN: {seen:?}") };
     assert_eq!(attrs.port, 4789, "the port must read back in host byte order");
     let ops = node.converge(&desired).await;
     assert!(matches!(ops.as_slice(), [Op::DeleteLink(_), Op::CreateLink(_), ..]), "{ops:#?}");
@@ -276,7 +279,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
 
     let neighbour = desired.neighbours.values().next().unwrap().clone();
     match kernel.apply(&Op::ReplaceNeighbour(neighbour.clone())).await {
-        Err(KernelError::NoSuchDevice(name)) => assert_eq!(name, "flannel.1"),
+        Err(KernelError::NoSuchDevice { device, .. }) => assert_eq!(device, "flannel.1"),
         other => panic!("expected NoSuchDevice, got {other:?}"),
     }
     // Removing things from a device that does not exist is already done.
@@ -324,7 +327,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
         up: true,
     };
     kernel.apply(&Op::CreateLink(gbp.clone())).await.unwrap();
-    let scope = Scope { links: vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()], route_protocol: 87 };
+    let scope = Scope::links(vec!["flannel.1".into(), "weft-gbp".into(), "absent".into()], 87);
     let seen = kernel.observe(&scope).await.unwrap();
     assert_eq!(seen.links.values().cloned().collect::<Vec<_>>(), vec![changed, gbp]);
     let shown = node.ns.ip("-d link show weft-gbp");
@@ -336,7 +339,7 @@ async fn apply_is_idempotent_and_names_the_op_in_errors() {
 }
 
 fn vtep_underlay(link: &Link) -> u32 {
-    let LinkKind::Vxlan(attrs) = &link.kind;
+    let LinkKind::Vxlan(attrs) = &link.kind else { panic!("not VXLAN: {link:?}") };
     attrs.underlay_index
 }
 
@@ -421,7 +424,7 @@ fn current_namespace_handles_work_from_a_thread_inside_it() {
         runtime.block_on(async {
             let mut kernel = NetlinkKernel::connect().unwrap();
             let names: Vec<String> = kernel.interfaces().await.unwrap().into_iter().map(|i| i.name).collect();
-            let scope = Scope { links: vec!["flannel.1".into()], route_protocol: WEFT_ROUTE_PROTOCOL };
+            let scope = Scope::links(vec!["flannel.1".into()], WEFT_ROUTE_PROTOCOL);
             let mut rx = watch_deletions(scope.clone()).unwrap();
             let seen = kernel.observe(&scope).await.unwrap();
             let deleted = seen.routes.values().next().cloned().map(Op::DeleteRoute);
@@ -479,4 +482,93 @@ async fn converges_with_thousands_of_peers() {
     assert_eq!(seen.object_count(), desired.object_count());
     eprintln!("{count} peers: first reconcile + 2 checks {converged:?}, one observe {observed:?}");
     assert!(observed < Duration::from_secs(5), "observe took {observed:?}");
+}
+
+fn net(text: &str) -> ipnetwork::IpNetwork {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn blackhole_and_device_routes_and_a_tun_device_converge_and_are_cleaned_up() {
+    let mut node = Node::new("general").await;
+    node.scope.links.push("weft0".into());
+    let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1400, up: true };
+    let mut desired = node.desired(&[2]);
+    desired.add_link(tun);
+    desired.add_address(Address { device: "weft0".into(), addr: net("10.244.1.1/32") });
+    desired.add_route(Route::blackhole(net("10.244.1.0/24"), WEFT_ROUTE_PROTOCOL));
+    desired.add_route(Route::blackhole(net("fd00:10:244:1::/64"), WEFT_ROUTE_PROTOCOL));
+    desired.add_route(Route::dev(net("10.244.5.0/24"), "weft0", WEFT_ROUTE_PROTOCOL));
+    desired.add_route(Route::dev(net("fd00:10:244:5::/64"), "weft0", WEFT_ROUTE_PROTOCOL));
+
+    // The data plane has not opened its TUN device yet: weft says so, and programs everything else.
+    let report = reconcile(&mut node.kernel, &node.scope, &desired).await.unwrap();
+    let failed: Vec<String> = report.failed.iter().map(|(_, e)| e.to_string()).collect();
+    assert!(failed[0].contains("TUN device weft0 does not exist; the data plane creates it"), "{failed:?}");
+    assert!(failed[1..].iter().all(|e| e.ends_with("device weft0 does not exist")), "{failed:?}");
+    assert!(node.ns.ip("route show").contains("blackhole 10.244.1.0/24 proto 87"));
+
+    // The data plane opens it (a persistent TUN device stands in for /dev/net/tun here): weft configures it.
+    node.ns.ip("tuntap add dev weft0 mode tun");
+    node.converge(&desired).await;
+    let link = node.ns.ip("link show weft0");
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    // linkdown: no process holds the TUN device open, so it has no carrier.
+    assert_eq!(
+        lines(&node.ns.ip("route show proto 87")),
+        lines(
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink\n\
+             10.244.5.0/24 dev weft0 scope link linkdown\n\
+             blackhole 10.244.1.0/24"
+        )
+    );
+    assert_eq!(
+        lines(&node.ns.ip("-6 route show proto 87")),
+        lines("fd00:10:244:5::/64 dev weft0 metric 1024 linkdown pref medium\nblackhole fd00:10:244:1::/64 dev lo metric 1024 pref medium")
+    );
+
+    // Nothing of this wanted any more: the routes and the blackholes go, and so does the device.
+    let remaining = node.desired(&[2]);
+    node.converge(&remaining).await;
+    assert_eq!(lines(&node.ns.ip("route show proto 87")), lines("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
+    assert!(node.ns.ip("-6 route show proto 87").trim().is_empty());
+    assert!(!node.ns.ip("link show").contains("weft0"));
+}
+
+/// The same operation on the fake and on the real kernel, in the same situation, fails the same way: same
+/// variant, same errno, same text.
+#[tokio::test]
+async fn the_fake_and_the_real_kernel_refuse_the_same_way() {
+    let mut node = Node::new("errors").await;
+    let mut fake = weft_backends::fake::FakeKernel { host_devices: vec!["u0".into()], ..Default::default() };
+    let mut vtep = node.desired(&[]).links["flannel.1"].clone();
+    vtep.up = false;
+    let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1400, up: true };
+    let nowhere = Route { device: None, ..Route::dev(net("10.244.7.0/24"), "x", WEFT_ROUTE_PROTOCOL) };
+    let ops = vec![
+        Op::ReplaceRoute(Route::dev(net("10.244.5.0/24"), "absent0", WEFT_ROUTE_PROTOCOL)),
+        Op::ReplaceRoute(Route::via(net("10.244.5.0/24"), "10.244.5.0".parse().unwrap(), "absent0", true, 87)),
+        Op::AddAddress(Address { device: "absent0".into(), addr: net("10.244.1.0/32") }),
+        Op::UpdateLink(vtep.clone()),
+        Op::CreateLink(tun),
+        Op::CreateLink(Link::unowned("u0")),
+        Op::ReplaceRoute(nowhere),
+        // A device that exists but is down: the kernel refuses routes through it.
+        Op::CreateLink(vtep.clone()),
+        Op::ReplaceRoute(Route::dev(net("10.244.6.0/24"), "flannel.1", WEFT_ROUTE_PROTOCOL)),
+        Op::CreateLink(vtep),
+    ];
+    let describe = |result: Result<(), KernelError>| {
+        result.map_err(|e| {
+            (format!("{e:?}").split([' ', '{', '(']).next().unwrap().to_string(), e.errno(), e.to_string())
+        })
+    };
+    let mut refused = 0;
+    for op in &ops {
+        let from_fake = describe(fake.apply(op).await);
+        let from_kernel = describe(node.kernel.apply(op).await);
+        assert_eq!(from_fake, from_kernel, "{op}");
+        refused += usize::from(from_kernel.is_err());
+    }
+    assert_eq!(refused, ops.len() - 1, "only the first CreateLink of the VTEP succeeds");
 }

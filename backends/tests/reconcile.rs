@@ -1,6 +1,7 @@
 //! The VXLAN backend and the diff against the fake kernel: every scenario as golden `ip`-like text, no root needed.
 
 use serde_json::json;
+use weft_backends::backend::Backend;
 use weft_backends::diff::{diff, Op};
 use weft_backends::fake::FakeKernel;
 use weft_backends::kernel::{reconcile, Kernel};
@@ -163,13 +164,8 @@ async fn stale_state_of_an_earlier_run_is_removed_and_foreign_routes_kept() {
     let b = backend(VxlanConfig::default(), &kernel.state);
     converge(&mut kernel, &b, &two_peers()).await;
     // A route of ours to a host that left while we were down, and somebody else's route.
-    let stale = Route {
-        dst: "10.244.9.0/24".parse().unwrap(),
-        gateway: "198.18.0.9".parse().unwrap(),
-        device: "eth0".into(),
-        onlink: false,
-        protocol: WEFT_ROUTE_PROTOCOL,
-    };
+    let stale =
+        Route::via("10.244.9.0/24".parse().unwrap(), "198.18.0.9".parse().unwrap(), "eth0", false, WEFT_ROUTE_PROTOCOL);
     let foreign = Route { dst: "192.0.2.0/24".parse().unwrap(), protocol: 4, ..stale.clone() };
     kernel.state.add_route(stale);
     kernel.state.add_route(foreign.clone());

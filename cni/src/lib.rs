@@ -22,6 +22,12 @@ pub mod version;
 /// The binary's main: CNI_* from the environment, the netconf on stdin, the result or error JSON on stdout.
 pub fn cli_main() -> std::process::ExitCode {
     use std::io::{Read, Write};
+    // Runtimes never pass arguments; a person (or an install check) asking for the version gets one line
+    // instead of a CNI error about the missing CNI_COMMAND.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("weft CNI plugin {} (CNI spec versions {})", env!("CARGO_PKG_VERSION"), version::SUPPORTED.join(", "));
+        return std::process::ExitCode::SUCCESS;
+    }
     trace::start();
     // Network configs are small; one read usually takes all of it.
     let mut stdin = Vec::with_capacity(16 * 1024);

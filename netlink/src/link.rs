@@ -201,9 +201,10 @@ pub fn create_bridge(name: &str, mtu: u32, mac: Mac) -> Request {
     Request::create(Object::Link, RouteNetlinkMessage::NewLink(msg))
 }
 
-/// A WireGuard device (keys and peers are set over the WireGuard genetlink family, not here).
-pub fn create_wireguard(name: &str, mtu: Option<u32>) -> Request {
-    let msg = new_device(name, None, mtu, false, vec![LinkInfo::Kind(InfoKind::Wireguard)]);
+/// A WireGuard device (keys and peers are set over the WireGuard genetlink family, not here); created down unless
+/// `up`.
+pub fn create_wireguard(name: &str, mtu: Option<u32>, up: bool) -> Request {
+    let msg = new_device(name, None, mtu, up, vec![LinkInfo::Kind(InfoKind::Wireguard)]);
     Request::create(Object::Link, RouteNetlinkMessage::NewLink(msg))
 }
 
@@ -421,7 +422,7 @@ mod tests {
         let by_name = delete(LinkRef::Name("flannel.1"));
         let RouteNetlinkMessage::DelLink(msg) = by_name.message() else { panic!() };
         assert_eq!(msg.attributes, vec![LinkAttribute::IfName("flannel.1".into())]);
-        let wg = round_trip(&create_wireguard("wg0", Some(1420)));
+        let wg = round_trip(&create_wireguard("wg0", Some(1420), true));
         let RouteNetlinkMessage::NewLink(msg) = wg else { panic!() };
         assert_eq!(Link::from_message(&msg).unwrap().kind, Some(Kind::Wireguard));
     }

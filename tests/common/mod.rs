@@ -7,16 +7,26 @@
 #![allow(dead_code)]
 
 use std::ops::Deref;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use weft::lab::{self, Lab, LabSpec};
+use weft_lab::lab::{self, Lab, LabSpec};
 
 /// The weftd built by cargo for this test run. (CARGO_BIN_EXE_* is set
 /// when integration tests are compiled, and this module is compiled as
 /// part of each of them.)
 pub const WEFTD: &str = env!("CARGO_BIN_EXE_weftd");
+
+/// The weftctl next to [`WEFTD`]. weftctl belongs to the `weftctl` package (it links the lab, which depends on the
+/// `weft` library), so cargo sets no CARGO_BIN_EXE_weftctl here. Cargo builds it into the same directory whenever
+/// the weftctl package's own tests are built: `cargo test` at the top (scripts/test) or `cargo test --test cli`.
+#[track_caller]
+pub fn weftctl() -> PathBuf {
+    let path = Path::new(WEFTD).with_file_name("weftctl");
+    assert!(path.is_file(), "{} is not built; build it with `cargo build -p weftctl`", path.display());
+    path
+}
 
 /// Lines of each weftd log shown when a test fails.
 const LOG_TAIL_LINES: usize = 60;

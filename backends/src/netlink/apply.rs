@@ -6,8 +6,8 @@ use weft_netlink::{address, fdb, link, neighbour, route, Error, Outcome, Request
 
 use super::NetlinkKernel;
 use crate::diff::Op;
-use crate::kernel::KernelError;
-use crate::model::{Link, LinkKind, MacAddr, Route};
+use crate::kernel::{precheck, KernelError};
+use crate::model::{Link, LinkKind, MacAddr, Route, RouteKind};
 
 /// Requests kept in flight by `apply_all`: enough to hide the round trip, few enough that the acknowledgements
 /// always fit in the socket's receive buffer.
@@ -32,6 +32,10 @@ pub(super) async fn apply_all(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Res
     let mut positions = Vec::new();
     let mut requests = Vec::new();
     for (position, op) in ops.iter().enumerate() {
+        if let Err(e) = precheck(op) {
+            results.push(Some(Err(e)));
+            continue;
+        }
         if is_link_op(op) {
             results.push(Some(apply(kernel, op).await));
             continue;
@@ -76,10 +80,18 @@ fn is_stale_index(result: &Result<(), KernelError>) -> bool {
 }
 
 async fn apply_op(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError> {
+    precheck(op)?;
     match op {
+        // rtnetlink cannot create a TUN device: configure the one the data plane opened.
+        Op::CreateLink(link) if link.kind == LinkKind::Tun => match kernel.optional_index(op, &link.name).await? {
+            Some(_) => update_link(kernel, op, link).await,
+            None => Err(KernelError::TunNotOpened { op: op.to_string(), device: link.name.clone() }),
+        },
         Op::CreateLink(link) => {
+            let request = create_link(link)
+                .ok_or_else(|| KernelError::NotOurs { op: op.to_string(), device: link.name.clone() })?;
             kernel.indexes.remove(&link.name);
-            let answer = kernel.connection.request(create_link(link)).await;
+            let answer = kernel.connection.request(request).await;
             settle(op, answer)
         }
         Op::UpdateLink(link) => update_link(kernel, op, link).await,
@@ -111,8 +123,12 @@ async fn resolve(kernel: &mut NetlinkKernel, op: &Op) -> Result<Option<u32>, Ker
         Op::DeleteNeighbour(n) => (&n.device, true),
         Op::ReplaceFdb(e) => (&e.device, false),
         Op::DeleteFdb(e) => (&e.device, true),
-        Op::ReplaceRoute(r) => (&r.device, false),
-        Op::DeleteRoute(r) => (&r.device, true),
+        // A route without a device (a blackhole) needs no index; 0 is the kernel's "no output interface".
+        Op::ReplaceRoute(Route { device: None, .. }) | Op::DeleteRoute(Route { device: None, .. }) => {
+            return Ok(Some(NO_DEVICE))
+        }
+        Op::ReplaceRoute(Route { device: Some(device), .. }) => (device, false),
+        Op::DeleteRoute(Route { device: Some(device), .. }) => (device, true),
         Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => {
             return Err(KernelError::Netlink(format!("{op}: link operations are not resolved by index")))
         }
@@ -126,41 +142,55 @@ async fn resolve(kernel: &mut NetlinkKernel, op: &Op) -> Result<Option<u32>, Ker
 
 async fn update_link(kernel: &mut NetlinkKernel, op: &Op, link: &Link) -> Result<(), KernelError> {
     let index = kernel.require_index(op, &link.name).await?;
-    let current = kernel.connection.request(link::get(LinkRef::Index(index))).await;
-    let current_mac = current.map_err(|e| KernelError::apply(op, e.into_io()))?;
-    let current_mac = weft_netlink::decode_all::<link::Link>(&current_mac).first().and_then(|l| l.mac).map(MacAddr);
-    let change = LinkChange {
-        mtu: Some(link.mtu),
-        // Any IFLA_ADDRESS, even the current one, makes the kernel flush the device's neighbour entries
-        // (NETDEV_CHANGEADDR), permanent ones included, behind the diff's back: send it only to change it.
-        mac: (current_mac != Some(link.mac)).then_some(link.mac.0),
-        up: Some(link.up),
-        master: None,
-    };
+    // Any IFLA_ADDRESS, even the current one, makes the kernel flush the device's neighbour entries
+    // (NETDEV_CHANGEADDR), permanent ones included, behind the diff's back: send it only to change it. Layer-3
+    // devices (TUN, WireGuard) have no address to set.
+    let mut mac = None;
+    if link.kind.has_mac() {
+        let current = kernel.connection.request(link::get(LinkRef::Index(index))).await;
+        let current = current.map_err(|e| KernelError::apply(op, e.into_io()))?;
+        let current_mac = weft_netlink::decode_all::<link::Link>(&current).first().and_then(|l| l.mac).map(MacAddr);
+        mac = (current_mac != Some(link.mac)).then_some(link.mac.0);
+    }
+    let change = LinkChange { mtu: Some(link.mtu), mac, up: Some(link.up), master: None };
     let answer = kernel.connection.request(link::change(LinkRef::Index(index), &change)).await;
     settle(op, answer)
 }
 
-/// The device a create-link op asks for. Without `up` the device is created down, which is what a desired "down"
+/// The ifindex of "no device", for routes without one: what the kernel itself uses for "no output interface".
+const NO_DEVICE: u32 = 0;
+
+/// The request that creates `link`; None for kinds rtnetlink does not create (TUN devices come from /dev/net/tun,
+/// unowned devices are someone else's). Without `up` the device is created down, which is what a desired "down"
 /// link means.
-pub(super) fn create_link(link: &Link) -> Request {
-    let LinkKind::Vxlan(v) = &link.kind;
-    let vxlan = link::Vxlan {
-        vni: v.vni,
-        local: Some(v.local),
-        underlay: (v.underlay_index != 0).then_some(v.underlay_index),
-        port: Some(v.port),
-        learning: v.learning,
-        gbp: v.gbp,
-    };
-    link::create_vxlan(&NewVxlan { name: &link.name, vxlan: &vxlan, mac: link.mac.0, mtu: link.mtu, up: link.up })
+pub(super) fn create_link(link: &Link) -> Option<Request> {
+    match &link.kind {
+        LinkKind::Vxlan(v) => {
+            let vxlan = link::Vxlan {
+                vni: v.vni,
+                local: Some(v.local),
+                underlay: (v.underlay_index != 0).then_some(v.underlay_index),
+                port: Some(v.port),
+                learning: v.learning,
+                gbp: v.gbp,
+            };
+            let device = NewVxlan { name: &link.name, vxlan: &vxlan, mac: link.mac.0, mtu: link.mtu, up: link.up };
+            Some(link::create_vxlan(&device))
+        }
+        LinkKind::Wireguard => Some(link::create_wireguard(&link.name, Some(link.mtu), link.up)),
+        LinkKind::Tun | LinkKind::Unowned => None,
+    }
 }
 
-/// A model route on device `index`, as the codec's value: always in the main table.
+/// A model route on device `index` ([`NO_DEVICE`] for none), as the codec's value: always in the main table.
 fn route_to_netlink(r: &Route, index: u32) -> route::Route {
     route::Route {
-        gateway: Some(r.gateway),
-        device: Some(index),
+        kind: match r.kind {
+            RouteKind::Unicast => route::RouteKind::Unicast,
+            RouteKind::Blackhole => route::RouteKind::Blackhole,
+        },
+        gateway: r.gateway,
+        device: (index != NO_DEVICE).then_some(index),
         onlink: r.onlink,
         ..route::Route::unicast(r.dst, r.protocol)
     }

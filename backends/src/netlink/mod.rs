@@ -145,7 +145,7 @@ impl NetlinkKernel {
     async fn require_index(&mut self, op: &Op, name: &str) -> Result<u32, KernelError> {
         match self.index_of(name).await {
             Ok(Some(index)) => Ok(index),
-            Ok(None) => Err(KernelError::NoSuchDevice(name.to_string())),
+            Ok(None) => Err(KernelError::no_such_device(op, name)),
             Err(e) => Err(KernelError::apply(op, e)),
         }
     }

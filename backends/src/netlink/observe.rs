@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_netlink::route::{RouteKind, MAIN_TABLE};
+use weft_netlink::route::MAIN_TABLE;
 use weft_netlink::{address, decode_on, fdb, link, neighbour, route};
 
 use super::NetlinkKernel;
 use crate::is_link_local;
 use crate::kernel::KernelError;
-use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
+use crate::model::{
+    Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, RouteKind, Scope, VxlanAttrs,
+};
 use crate::Family;
 
 /// Our devices by ifindex.
@@ -25,6 +27,9 @@ pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result
     let mut state = KernelState::default();
     for l in links.iter().filter(|l| owned.contains_key(&l.index)) {
         state.add_link(link_from(l));
+    }
+    for name in names.values().filter(|name| scope.referenced.contains(name)) {
+        state.add_link(Link::unowned(name.clone()));
     }
     for family in [Family::V4, Family::V6] {
         for r in kernel.dump_routes(family).await? {
@@ -63,36 +68,30 @@ pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result
 }
 
 pub(super) fn link_from(l: &link::Link) -> Link {
-    let kind = match &l.kind {
-        Some(link::Kind::Vxlan(v)) => VxlanAttrs {
-            vni: v.vni,
-            local: v.local.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            underlay_index: v.underlay.unwrap_or(0),
-            port: v.port.unwrap_or(0),
-            learning: v.learning,
-            gbp: v.gbp,
-        },
-        _ => foreign_kind(),
-    };
     Link {
         name: l.name.clone(),
-        kind: LinkKind::Vxlan(kind),
+        kind: kind_from(l.kind.as_ref()),
         mac: l.mac.map(MacAddr).unwrap_or_default(),
         mtu: l.mtu.unwrap_or(0),
         up: l.up,
     }
 }
 
-/// What a device of another type (say a bridge someone named flannel.1) reads as. The model only knows VXLAN
-/// devices; VNI 0 is never desired, so the diff deletes and re-creates the device, as flannel does.
-fn foreign_kind() -> VxlanAttrs {
-    VxlanAttrs {
-        vni: 0,
-        local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        underlay_index: 0,
-        port: 0,
-        learning: false,
-        gbp: false,
+/// The model's kind of a device. A kind the model does not know (say a bridge someone named flannel.1) reads as
+/// [`LinkKind::Unowned`]: never a desired kind, so the diff re-creates the device, as flannel does.
+fn kind_from(kind: Option<&link::Kind>) -> LinkKind {
+    match kind {
+        Some(link::Kind::Vxlan(v)) => LinkKind::Vxlan(VxlanAttrs {
+            vni: v.vni,
+            local: v.local.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            underlay_index: v.underlay.unwrap_or(0),
+            port: v.port.unwrap_or(0),
+            learning: v.learning,
+            gbp: v.gbp,
+        }),
+        Some(link::Kind::Tun) => LinkKind::Tun,
+        Some(link::Kind::Wireguard) => LinkKind::Wireguard,
+        _ => LinkKind::Unowned,
     }
 }
 
@@ -105,24 +104,27 @@ fn address_from(a: &address::Address, owned: &Owned) -> Option<Address> {
     Some(Address { device: device.clone(), addr: a.addr })
 }
 
-/// A main-table unicast route that weft owns: it carries our protocol or leaves through one of our devices.
-/// Connected routes (proto kernel) and routes without a gateway are not the kind of route weft manages.
+/// A main-table unicast or blackhole route that weft owns: it carries our protocol or leaves through one of our
+/// devices. Connected routes (proto kernel) are the kernel's, not weft's.
 pub(super) fn route_from(r: &route::Route, names: &HashMap<u32, String>, owned: &Owned, protocol: u8) -> Option<Route> {
     const KERNEL_PROTOCOL: u8 = 2;
-    if r.table != MAIN_TABLE || r.kind != RouteKind::Unicast || r.protocol == KERNEL_PROTOCOL {
+    let kind = match r.kind {
+        route::RouteKind::Unicast => RouteKind::Unicast,
+        route::RouteKind::Blackhole => RouteKind::Blackhole,
+        route::RouteKind::Other(_) => return None,
+    };
+    if r.table != MAIN_TABLE || r.protocol == KERNEL_PROTOCOL {
         return None;
     }
-    let oif = r.device?;
-    if r.protocol != protocol && !owned.contains_key(&oif) {
+    // The codec gives a blackhole no device (IPv6 reports one on lo).
+    if r.protocol != protocol && !r.device.is_some_and(|i| owned.contains_key(&i)) {
         return None;
     }
-    Some(Route {
-        dst: r.dst,
-        gateway: r.gateway?,
-        device: names.get(&oif)?.clone(),
-        onlink: r.onlink,
-        protocol: r.protocol,
-    })
+    let device = match r.device {
+        Some(index) => Some(names.get(&index)?.clone()),
+        None => None,
+    };
+    Some(Route { dst: r.dst, kind, gateway: r.gateway, device, onlink: r.onlink, protocol: r.protocol })
 }
 
 fn neighbour_from(n: &neighbour::Neighbour, owned: &Owned) -> Option<Neighbour> {
@@ -196,28 +198,33 @@ mod tests {
         assert_eq!(route_from(&on_device, &names, &owned, 87), Some(flannel_route()));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(route_from(&direct, &names, &owned, 87).map(|r| r.device), Some("u0".to_string()));
+        assert_eq!(route_from(&direct, &names, &owned, 87).map(|r| r.device), Some(Some("u0".to_string())));
 
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
         assert_eq!(route_from(&foreign, &names, &owned, 87), None);
         let connected = route("10.244.1.0/24", None, 7, 2);
         assert_eq!(route_from(&connected, &names, &owned, 87), None);
+        // A device route (WireGuard, TUN) has no gateway; a blackhole route has no device either.
         let no_gateway = route("10.244.4.0/24", None, 7, 87);
-        assert_eq!(route_from(&no_gateway, &names, &owned, 87), None);
+        let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
+        assert_eq!(route_from(&no_gateway, &names, &owned, 87), Some(device_route));
+        let blackhole = route::Route {
+            kind: route::RouteKind::Blackhole,
+            ..route::Route::unicast("10.244.1.0/24".parse().unwrap(), 87)
+        };
+        let want = Route::blackhole("10.244.1.0/24".parse().unwrap(), 87);
+        assert_eq!(route_from(&blackhole, &names, &owned, 87), Some(want));
+        let theirs = route::Route { protocol: 4, ..blackhole };
+        assert_eq!(route_from(&theirs, &names, &owned, 87), None, "someone else's blackhole");
         let other_table = route::Route { table: 1000, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
         assert_eq!(route_from(&other_table, &names, &owned, 87), None);
-        let local = route::Route { kind: RouteKind::Other(2), ..route("10.244.1.0/32", Some("10.244.1.0"), 7, 87) };
+        let local =
+            route::Route { kind: route::RouteKind::Other(2), ..route("10.244.1.0/32", Some("10.244.1.0"), 7, 87) };
         assert_eq!(route_from(&local, &names, &owned, 87), None);
     }
 
     fn flannel_route() -> Route {
-        Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
-            device: "flannel.1".into(),
-            onlink: true,
-            protocol: 87,
-        }
+        Route::via("10.244.2.0/24".parse().unwrap(), "10.244.2.0".parse().unwrap(), "flannel.1", true, 87)
     }
 
     /// What apply sends is what observe reads back: model -> request -> model.
@@ -233,15 +240,29 @@ mod tests {
             gbp: true,
         };
         let want = Link { name: "flannel.1".into(), kind: LinkKind::Vxlan(vxlan), mac: mac(), mtu: 1450, up: true };
-        let Message::NewLink(msg) = super::super::apply::create_link(&want).message().clone() else { panic!() };
+        let Message::NewLink(msg) = super::super::apply::create_link(&want).unwrap().message().clone() else {
+            panic!()
+        };
         assert_eq!(link::Link::from_message(&msg).map(|l| link_from(&l)), Some(want));
 
         let names = HashMap::from([(7, "flannel.1".to_string())]);
-        let op = crate::diff::Op::ReplaceRoute(flannel_route());
-        let request = super::super::apply::request_for(&op, 7).unwrap();
-        let Message::NewRoute(msg) = request.message().clone() else { panic!() };
-        let read = route::Route::from_message(&msg).unwrap();
-        assert_eq!(route_from(&read, &names, &owned(7, "flannel.1"), 87), Some(flannel_route()));
+        let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
+        let blackhole = Route::blackhole("10.244.0.0/16".parse().unwrap(), 87);
+        for (route, index) in [(flannel_route(), 7), (device_route, 7), (blackhole, 0)] {
+            let op = crate::diff::Op::ReplaceRoute(route.clone());
+            let request = super::super::apply::request_for(&op, index).unwrap();
+            let Message::NewRoute(msg) = request.message().clone() else { panic!() };
+            let read = route::Route::from_message(&msg).unwrap();
+            assert_eq!(route_from(&read, &names, &owned(7, "flannel.1"), 87), Some(route));
+        }
+        let wireguard =
+            Link { name: "wg0".into(), kind: LinkKind::Wireguard, mac: MacAddr::default(), mtu: 1420, up: true };
+        let request = super::super::apply::create_link(&wireguard).unwrap();
+        let Message::NewLink(msg) = request.message().clone() else { panic!() };
+        assert_eq!(link::Link::from_message(&msg).map(|l| link_from(&l)), Some(wireguard));
+        let tun = Link { name: "tun0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1420, up: true };
+        assert!(super::super::apply::create_link(&tun).is_none(), "the data plane creates TUN devices");
+        assert!(super::super::apply::create_link(&Link::unowned("eth0")).is_none());
     }
 
     #[test]
@@ -256,7 +277,8 @@ mod tests {
             master: None,
             link: None,
         };
-        assert_eq!(link_from(&l).kind, LinkKind::Vxlan(foreign_kind()));
+        assert_eq!(link_from(&l).kind, LinkKind::Unowned);
+        assert_eq!(kind_from(Some(&link::Kind::Tun)), LinkKind::Tun);
     }
 
     #[test]

@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn scope() -> Scope {
-        Scope { links: vec!["flannel.1".into()], route_protocol: 87 }
+        Scope::links(vec!["flannel.1".into()], 87)
     }
 
     fn link(index: u32, name: &str, up: bool) -> link::Link {

@@ -129,7 +129,7 @@ impl ControlLab {
             ..LabSpec::new(name, 1, weftd)
         };
         let lab = LabGuard(Lab::up(spec).context("building the control-plane lab")?);
-        let prefix = crate::etcd::DEFAULT_PREFIX.to_string();
+        let prefix = weft::store::etcd::DEFAULT_PREFIX.to_string();
         let loader = LeaseLoader::connect(&lab.underlay_ns(), &prefix).await?;
         Ok(ControlLab { lab, loader, watch: None, peers: 0, prefix })
     }

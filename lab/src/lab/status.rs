@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::{Lab, Result};
-use crate::subnet_file::SubnetFile;
+use weft::subnet_file::SubnetFile;
 
 /// Prefix of the subnet leases in etcd.
 pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";

@@ -1,10 +1,11 @@
-//! `weftctl bench` arguments and the command itself.
+//! `weftctl bench` and `weftctl cni bench`: their arguments and the commands themselves.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use clap::Args;
 
+use super::cni::{self, CniBenchOptions};
 use super::{BenchOptions, SECTIONS};
 
 #[derive(Debug, Clone, Args)]
@@ -62,6 +63,39 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     eprintln!("raw results: {}", written.json.display());
     if let Some(svg) = written.svg {
         eprintln!("plot: {}", svg.display());
+    }
+    Ok(())
+}
+
+/// `weftctl cni bench`: ADD and DEL of weft against bridge + host-local.
+#[derive(Debug, Clone, Args)]
+pub struct CniBenchArgs {
+    /// ADDs and DELs per plugin (at least 20)
+    #[arg(long, default_value_t = 30)]
+    pub iterations: usize,
+    /// The plugin binary to time (default: the `weft` next to this weftctl)
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// Where the reference bridge and host-local plugins are
+    #[arg(long, default_value = "/usr/lib/cni")]
+    pub reference_dir: PathBuf,
+    /// Print the raw samples as JSON after the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the CNI comparison and prints its table (and, with `--json`, the raw samples) on stdout.
+pub fn run_cni(args: &CniBenchArgs) -> Result<(), String> {
+    let plugin = args.plugin.clone().map_or_else(weft::cni_install::default_plugin, Ok)?;
+    let options = CniBenchOptions {
+        iterations: args.iterations,
+        reference_dir: args.reference_dir.clone(),
+        ..CniBenchOptions::new(plugin)
+    };
+    let report = cni::run(&options)?;
+    println!("{report}");
+    if args.json {
+        println!("{}", report.to_json());
     }
     Ok(())
 }

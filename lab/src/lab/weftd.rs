@@ -7,7 +7,7 @@ use super::cmd::in_netns;
 use super::process::{self, is_our_daemon, log_marker, log_tail, Daemon};
 use super::topology::netns_file;
 use super::{Lab, LabError, Result, STOP_GRACE};
-use crate::subnet_file::SubnetFile;
+use weft::subnet_file::SubnetFile;
 
 /// Lines of weftd's log quoted in errors.
 const LOG_TAIL_LINES: usize = 40;

@@ -170,7 +170,7 @@ impl KernelWatch {
 /// Everything weftd owns in namespace `ns`, by one set of dumps.
 pub async fn observe(ns: &str) -> Result<KernelState> {
     let mut kernel = NetlinkKernel::connect_in_netns(&netns_path(ns)).context(format!("netlink in {ns}"))?;
-    let scope = Scope { links: vec![DEVICE.to_string()], route_protocol: WEFT_ROUTE_PROTOCOL };
+    let scope = Scope::links(vec![DEVICE.to_string()], WEFT_ROUTE_PROTOCOL);
     kernel.observe(&scope).await.context(format!("dumping {ns}"))
 }
 

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use super::addr::{ETCD_IP, UNDERLAY_PREFIX_LEN};
 use super::cmd::{self, ip_batch, Tool};
 use super::{Lab, LabError, Result};
-use crate::subnet_file::SubnetFile;
+use weft::subnet_file::SubnetFile;
 
 /// The file `ip netns add` bind-mounts for a named namespace.
 pub(crate) fn netns_file(ns: &str) -> PathBuf {

@@ -1,7 +1,11 @@
-//! weftctl: the operator CLI. All logic lives in the library (`weft::ctl`, `weft::lab`).
+//! weftctl: the operator CLI. All logic lives in libraries: the product commands (config, leases, installing the CNI
+//! plugin) in `weft`, the lab and the benchmarks in `weft-lab`.
 
 use clap::{Parser, Subcommand};
+use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
+use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
+use weft_lab::lab::cli::{self as lab_cli, LabCommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "weft operator CLI: network config, leases, and the multi-host lab")]
@@ -28,20 +32,29 @@ enum Command {
     },
     /// A multi-host lab in network namespaces with a real etcd
     #[command(subcommand)]
-    Lab(weft::lab::cli::LabCommand),
+    Lab(LabCommand),
     /// The CNI plugin: install it, or time it against bridge + host-local
     #[command(subcommand)]
-    Cni(weft::cni_install::CniCommand),
+    Cni(CniCommand),
     /// Run the benchmark suite in lab namespaces (root): one table, raw JSON and a convergence plot
-    Bench(weft::bench::cli::BenchArgs),
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CniCommand {
+    /// Install the plugin binary (as `weft`, optionally also as `flannel`) and a conflist
+    Install(InstallArgs),
+    /// Time ADD and DEL of weft against bridge + host-local (root; uses its own namespaces)
+    Bench(CniBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Lab(cmd) => weft::lab::cli::run(cmd.clone()).map_err(|e| e.to_string()),
-        Command::Cni(cmd) => weft::cni_install::run(cmd),
-        Command::Bench(args) => weft::bench::cli::run(args),
+        Command::Lab(cmd) => lab_cli::run(cmd.clone()).map_err(|e| e.to_string()),
+        Command::Cni(CniCommand::Install(args)) => cni_install::run_install(args),
+        Command::Cni(CniCommand::Bench(args)) => bench_cli::run_cni(args),
+        Command::Bench(args) => bench_cli::run(args),
         Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
     };

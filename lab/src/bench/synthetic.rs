@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_backends::model::MacAddr;
 
-use crate::lease::{LeaseAttrs, SubnetKey};
+use weft::lease::{LeaseAttrs, SubnetKey};
 
 /// The overlay network the control-plane benchmarks configure: room for 65,535 /24 leases.
 pub const NETWORK: &str = "10.0.0.0/8";

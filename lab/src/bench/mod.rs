@@ -215,7 +215,7 @@ pub fn table(report: &Report) -> String {
     report::table(report)
 }
 
-/// The CNI issue's ADD/DEL comparison (src/bench/cni.rs), with weft's plugin from next to weftd.
+/// The CNI issue's ADD/DEL comparison ([`cni`]), with weft's plugin from next to weftd.
 fn run_cni(options: &BenchOptions) -> (Option<ExtraRows>, String) {
     let plugin = options.weftd.with_file_name("weft");
     if !plugin.is_file() {

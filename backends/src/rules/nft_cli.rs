@@ -1,0 +1,89 @@
+//! [`Rules`] for a real host: runs the `nft` program. Each operation is one `nft -f -` script, which nft applies
+//! as one transaction; observation reads `nft -j list` output back into the model.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::{nft, RuleOp, RuleSet, Rules, RulesError, TableId};
+
+/// Runs nft, optionally through a wrapper that places it in another network namespace.
+#[derive(Debug, Clone)]
+pub struct NftRules {
+    /// The program and the arguments before nft's own (e.g. `ip netns exec NAME nft`).
+    command: Vec<String>,
+}
+
+impl NftRules {
+    /// nft in weftd's own network namespace.
+    pub fn system() -> NftRules {
+        NftRules { command: vec!["nft".into()] }
+    }
+
+    /// nft inside the named network namespace (/run/netns/NAME), through `ip netns exec`: used by tests and the
+    /// lab, which must never touch the host's firewall.
+    pub fn in_named_netns(name: &str) -> NftRules {
+        NftRules { command: ["ip", "netns", "exec", name, "nft"].map(String::from).to_vec() }
+    }
+
+    fn program(&self) -> String {
+        self.command.join(" ")
+    }
+
+    /// Runs nft with `args`, feeding `input` on stdin; returns stdout. `what` names the request in errors.
+    async fn run(&self, what: &str, args: &[&str], input: Option<&str>) -> Result<String, RulesError> {
+        let spawn_error = |source| RulesError::Spawn { op: what.to_string(), program: self.program(), source };
+        let mut child = tokio::process::Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .args(args)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_error)?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(text.as_bytes()).await.map_err(spawn_error)?;
+            // Dropping stdin closes it, which tells nft the script is complete.
+        }
+        let output = child.wait_with_output().await.map_err(spawn_error)?;
+        if !output.status.success() {
+            return Err(RulesError::Failed {
+                op: what.to_string(),
+                program: self.program(),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn parse_json(table: &TableId, text: &str) -> Result<Value, RulesError> {
+    serde_json::from_str(text).map_err(|e| RulesError::Parse { table: table.clone(), why: e.to_string() })
+}
+
+impl Rules for NftRules {
+    async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
+        let mut set = RuleSet::default();
+        if tables.is_empty() {
+            return Ok(set);
+        }
+        // Listing the tables first tells "absent" apart from a failure without reading nft's error text.
+        let listing = self.run("list tables", &["-j", "list", "tables"], None).await?;
+        let parse_error = |why| RulesError::Parse { table: tables[0].clone(), why };
+        let existing = nft::parse_table_list(&parse_json(&tables[0], &listing)?).map_err(parse_error)?;
+        for id in tables.iter().filter(|id| existing.contains(id)) {
+            let what = format!("list table {id}");
+            let text = self.run(&what, &["-j", "list", "table", id.family.keyword(), &id.name], None).await?;
+            nft::parse_table(id, &parse_json(id, &text)?, &mut set)
+                .map_err(|why| RulesError::Parse { table: id.clone(), why })?;
+        }
+        Ok(set)
+    }
+
+    async fn apply(&mut self, op: &RuleOp) -> Result<(), RulesError> {
+        self.run(&op.to_string(), &["-f", "-"], Some(&nft::script(op))).await.map(|_| ())
+    }
+}

@@ -1,0 +1,207 @@
+//! The lease store seam: where the network config and the subnet leases live.
+//!
+//! Everything above it (the peer-set watcher in `registry`, the lease manager in `own_lease`, weftd and weftctl)
+//! works against [`LeaseStore`], so the same code runs over etcd ([`etcd::EtcdStore`]) in production and over an
+//! in-memory store ([`memory::MemoryStore`]) in unit tests, where an outage, a compaction or a race with another
+//! host is one call away.
+//!
+//! The model is etcd's, which flannel's schema assumes: every change bumps one store-wide revision; a listing is a
+//! snapshot at a revision; a watch replays every change after a revision unless that history was compacted; a
+//! lease either has a TTL (kept by keepalives) or is a reservation that never expires. Another store (e.g. the
+//! Kubernetes API: resourceVersion for revision, "410 Gone" for compaction) implements the same trait; the
+//! resync logic on top ([`LeaseFeed`]) is written once for all of them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::lease::{InvalidAttrs, InvalidKey, Lease, LeaseAttrs, SubnetKey};
+
+pub mod etcd;
+mod feed;
+pub mod memory;
+
+pub use feed::{LeaseFeed, ResyncCause, WatchEvent};
+
+/// The cause of a store being unavailable, as the store's client reported it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached, or refused to talk (the client's error says which).
+    #[error("{store}: {source}")]
+    Unavailable {
+        store: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{store}: no answer within {timeout:?}")]
+    Timeout { store: String, timeout: Duration },
+    #[error("{store}: the watch stream was closed")]
+    WatchClosed { store: String },
+    /// A watch asked for history the store no longer keeps: list again.
+    #[error("{store}: the history before revision {compact_revision} was compacted")]
+    Compacted { store: String, compact_revision: i64 },
+    /// A lost race: the key was created, changed or deleted by someone else since we looked.
+    #[error("lease {key} was created, changed or deleted by someone else meanwhile")]
+    Conflict { key: SubnetKey },
+    #[error("no lease {key}")]
+    NotFound { key: SubnetKey },
+    /// The store answered, but not with what its protocol promises.
+    #[error("{store}: malformed answer: {what}")]
+    Malformed { store: String, what: &'static str },
+    #[error("invalid etcd endpoint {0:?}: expected a URL such as http://127.0.0.1:2379")]
+    BadEndpoint(String),
+}
+
+/// A key or value below the subnets prefix that is not a lease. Never fatal: it is reported to the operator, and a
+/// key whose value is bad still holds its subnet (see [`Listing`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseProblem {
+    #[error("ignoring {path}: {reason}")]
+    BadKey { path: String, reason: InvalidKey },
+    #[error("lease {path}: {reason} (value {value:?})")]
+    BadValue { path: String, value: String, reason: InvalidAttrs },
+}
+
+/// One key/value pair as a store holds it below the subnets prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLease<'a> {
+    /// The full key, for messages (`/coreos.com/network/subnets/10.244.3.0-24`).
+    pub path: &'a str,
+    /// The key below the subnets prefix (`10.244.3.0-24`).
+    pub name: &'a str,
+    pub value: &'a [u8],
+    /// The TTL lease the key is attached to; 0 for a reservation.
+    pub ttl_lease: i64,
+    pub mod_revision: i64,
+}
+
+impl StoredLease<'_> {
+    /// The lease, and what is wrong with it if anything. A key whose value is malformed still holds its subnet:
+    /// it comes back with empty attributes, so the subnet is never handed out twice, and with no public IP it is
+    /// never programmed as a peer.
+    pub fn decode(&self) -> (Option<Lease>, Option<LeaseProblem>) {
+        let key: SubnetKey = match self.name.parse() {
+            Ok(key) => key,
+            Err(reason) => return (None, Some(LeaseProblem::BadKey { path: self.path.to_string(), reason })),
+        };
+        let text = String::from_utf8_lossy(self.value);
+        let lease = |attrs| Lease { key, attrs, etcd_lease: self.ttl_lease, mod_revision: self.mod_revision };
+        match LeaseAttrs::from_json(&text) {
+            Ok(attrs) => (Some(lease(attrs)), None),
+            Err(reason) => (
+                Some(lease(LeaseAttrs::default())),
+                Some(LeaseProblem::BadValue { path: self.path.to_string(), value: text.into_owned(), reason }),
+            ),
+        }
+    }
+}
+
+/// Every lease below the subnets prefix at one revision.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub leases: Vec<Lease>,
+    /// Keys or values that could not be parsed; shown to the operator, never fatal.
+    pub problems: Vec<LeaseProblem>,
+    pub revision: i64,
+}
+
+impl Listing {
+    pub fn add(&mut self, stored: StoredLease<'_>) {
+        let (lease, problem) = stored.decode();
+        self.leases.extend(lease);
+        self.problems.extend(problem);
+    }
+}
+
+/// One change below the subnets prefix.
+#[derive(Debug)]
+pub enum Change {
+    Put(Lease),
+    Delete(SubnetKey),
+    /// A key or value that could not be parsed (a bad value also comes as a `Put` that holds the subnet).
+    Problem(LeaseProblem),
+}
+
+impl Change {
+    /// The changes a put of `stored` makes.
+    pub fn put(stored: StoredLease<'_>) -> impl Iterator<Item = Change> {
+        let (lease, problem) = stored.decode();
+        lease.map(Change::Put).into_iter().chain(problem.map(Change::Problem))
+    }
+
+    /// The change a delete of `name` makes; none for a key that was never a lease.
+    pub fn delete(name: &str) -> Option<Change> {
+        name.parse().ok().map(Change::Delete)
+    }
+}
+
+/// Changes that happened up to and including `revision`, in order.
+#[derive(Debug)]
+pub struct WatchBatch {
+    pub changes: Vec<Change>,
+    pub revision: i64,
+}
+
+/// Where leases and the network config live. Every call is one request to the store (or one transaction), bounded
+/// in time; none retries, so callers decide how to back off. The futures are `Send`, so callers can run them in
+/// `tokio::spawn`ed tasks.
+pub trait LeaseStore: Clone + Send + Sync + 'static {
+    type Changes: ChangeStream;
+
+    /// The network config text, or None when there is none.
+    fn get_config(&self) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    fn put_config(&self, text: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn list_leases(&self) -> impl Future<Output = Result<Listing, StoreError>> + Send;
+
+    /// Claims `key` with a TTL only if nobody holds it; `Conflict` when someone does (a lost race).
+    fn create_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Writes new attributes into a lease we hold, keeping its TTL lease while that lives (else taking a new one
+    /// for `ttl`), or keeping it a reservation. Only if nobody changed it since `lease` was read: `Conflict`
+    /// when it changed or vanished meanwhile.
+    fn renew_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Refreshes the TTL of `lease` once and returns the TTL it now has; `NotFound` when its TTL ran out or was
+    /// revoked (so its key is gone too). A reservation has no TTL to refresh: do not call this for one.
+    fn keep_alive(&self, lease: &Lease) -> impl Future<Output = Result<Duration, StoreError>> + Send;
+
+    /// Deletes the lease for `key`; `NotFound` when there is none.
+    fn delete_lease(&self, key: &SubnetKey) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Writes a reservation: a lease without TTL, which never expires (over whatever the key held).
+    fn put_reservation(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The raw watch: every change from `revision` (inclusive) on. Fails with `Compacted` when that history is
+    /// gone. Consumers use [`LeaseStore::watch`], which turns compaction and reconnects into a fresh listing.
+    fn watch_changes(&self, revision: i64) -> impl Future<Output = Result<Self::Changes, StoreError>> + Send;
+
+    /// Follows the leases after `seen_revision` (a listing's revision): changes in order, and a full fresh
+    /// listing whenever the history is compacted or the watch broke.
+    fn watch(&self, seen_revision: i64) -> LeaseFeed<Self> {
+        LeaseFeed::new(self.clone(), seen_revision)
+    }
+}
+
+/// A running raw watch.
+pub trait ChangeStream: Send + 'static {
+    /// The next changes. An error ends the watch: `Compacted` when it fell behind the store's history,
+    /// `WatchClosed` or `Unavailable` when the connection went away.
+    fn next(&mut self) -> impl Future<Output = Result<WatchBatch, StoreError>> + Send;
+}

@@ -1,0 +1,45 @@
+//! Bad input on weftctl's command line: a clear error that names the input, and a non-zero exit. These need no root
+//! and no etcd: every case fails before weftctl would connect anywhere.
+
+use std::process::{Command, Output};
+
+const WEFTCTL: &str = env!("CARGO_BIN_EXE_weftctl");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(WEFTCTL).args(args).env_clear().env("PATH", "/usr/bin:/bin").output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn weftctl_validates_a_config_before_storing_it() {
+    let out = run(&[
+        "config",
+        "set",
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+        r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("field SubnetLen: 33 is longer than /30"), "{}", stderr(&out));
+    let out = run(&["config", "set", "@/nonexistent/net.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reading /nonexistent/net.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn weftctl_rejects_a_subnet_with_host_bits() {
+    let out = run(&[
+        "lease",
+        "reserve",
+        "10.244.9.1/24",
+        "--public-ip",
+        "10.0.0.7",
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("10.244.9.1/24 has host bits set; use 10.244.9.0/24"), "{}", stderr(&out));
+}
