@@ -19,30 +19,27 @@ use weft_netlink::{decode_all, decode_on, fdb, netns, pipelined, Event};
 
 const PROTOCOL: u8 = 87;
 
-/// A network namespace owned by this test process; deleted on drop, so also when the test panics.
-struct Netns {
-    name: String,
-}
+/// The test's own network namespace, `wnc-<pid>-<tag>` with lo up, deleted when dropped (so also when the test
+/// panics). The process must be root: the test fails, never skips, otherwise.
+struct Netns(String);
 
 impl Netns {
     fn create(tag: &str) -> Netns {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "these tests create network namespaces and must run as root (euid is {euid})");
-        let name = format!("wnc-{}-{tag}", std::process::id());
-        run(&["netns", "add", &name]);
-        let ns = Netns { name };
+        assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create network namespaces and must run as root");
+        let ns = Netns(format!("wnc-{}-{tag}", std::process::id()));
+        run(&["netns", "add", &ns.0]);
         ns.ip("link set lo up");
         ns
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        PathBuf::from("/run/netns").join(&self.0)
     }
 
     /// `ip -n <ns> <args>`; panics when it fails.
     fn ip(&self, args: &str) -> String {
-        let mut all = vec!["-n", &self.name];
+        let mut all = vec!["-n", self.0.as_str()];
         all.extend(args.split_whitespace());
         run(&all)
     }
@@ -66,7 +63,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
