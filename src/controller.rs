@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use weft_backends::backend::{AnyBackend, Backend, SkippedPeer};
 use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
-use weft_backends::kernel::{reconcile, ApplyReport, Kernel, KernelError};
+use weft_backends::kernel::{reconcile, ApplyReport, Drift, Kernel, KernelError};
 use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 
 use crate::backoff::Backoff;
@@ -220,7 +220,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         mut self,
         mut own: watch::Receiver<Lease>,
         mut leases: watch::Receiver<Arc<LeaseSet>>,
-        mut kernel_events: mpsc::UnboundedReceiver<String>,
+        mut kernel_events: mpsc::UnboundedReceiver<Drift>,
         resync: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -236,8 +236,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 r = own.changed() => { if r.is_err() { return; } Trigger::OwnLeaseChanged }
                 r = leases.changed() => { if r.is_err() { return; } Trigger::LeasesChanged }
                 event = kernel_events.recv(), if events_open => match event {
-                    Some(what) => {
-                        debug!(%what, "kernel event");
+                    Some(drift) => {
+                        debug!(%drift, "kernel event");
                         // A burst of deletions (a device takes its routes along) needs one pass, not one each.
                         while kernel_events.try_recv().is_ok() {}
                         Trigger::KernelEvent
@@ -344,13 +344,13 @@ mod tests {
             let mut desired = Desired::default();
             let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1472, up: true };
             desired.state.add_link(tun);
-            let own_subnet = own.subnet.unwrap();
+            let own_subnet = own.subnet(Family::V4).unwrap();
             desired.state.add_route(Route::blackhole(own_subnet, WEFT_ROUTE_PROTOCOL));
             let mut forwarding = ForwardingTable::default();
             for peer in peers {
-                let subnet = peer.subnet.unwrap();
+                let subnet = peer.subnet(Family::V4).unwrap();
                 desired.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
-                forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip.unwrap(), 8285));
+                forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip(Family::V4).unwrap(), 8285));
             }
             desired.forwarding = Some(forwarding);
             let accept = Rule::new(vec![Match::Source { net: own_subnet, negated: false }], Verdict::Accept);

@@ -16,7 +16,7 @@ use weft_backends::kernel::Kernel;
 use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
 use weft_backends::rules::NftRules;
-use weft_backends::{Family, Peer, Underlay};
+use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
@@ -251,8 +251,7 @@ async fn pick_underlay(
         ifaces: args.iface.clone(),
         regexes: args.iface_regex.clone(),
         can_reach: args.iface_can_reach,
-        public_ipv4: args.public_ip.map(IpAddr::V4),
-        public_ipv6: args.public_ipv6.map(IpAddr::V6),
+        public_ips: PerFamily::new(args.public_ip.map(IpAddr::V4), args.public_ipv6.map(IpAddr::V6)),
     };
     let facts = HostFacts { interfaces: &interfaces, default_route_index, can_reach_source };
     Ok(iface::select(&opts, &facts, family)?)

@@ -6,15 +6,15 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use regex::Regex;
 use weft_backends::netlink::Interface;
-use weft_backends::{is_link_local, Family, Underlay};
+use weft_backends::{is_link_local, Family, PerFamily, Underlay};
 
 #[derive(Debug, Clone, Default)]
 pub struct IfaceOptions {
     pub ifaces: Vec<String>,
     pub regexes: Vec<String>,
     pub can_reach: Option<IpAddr>,
-    pub public_ipv4: Option<IpAddr>,
-    pub public_ipv6: Option<IpAddr>,
+    /// `--public-ip` / `--public-ipv6`.
+    pub public_ips: PerFamily<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,14 +115,7 @@ fn first_address(i: &Interface, family: Family) -> Option<IpAddr> {
 fn underlay(i: &Interface, chosen: IpAddr, opts: &IfaceOptions) -> Underlay {
     let mut addresses: Vec<IpNetwork> = i.addresses.clone();
     addresses.sort_by_key(|a| a.ip() != chosen);
-    Underlay {
-        name: i.name.clone(),
-        index: i.index,
-        mtu: i.mtu,
-        addresses,
-        public_ipv4: opts.public_ipv4,
-        public_ipv6: opts.public_ipv6,
-    }
+    Underlay { name: i.name.clone(), index: i.index, mtu: i.mtu, addresses, public_ips: opts.public_ips }
 }
 
 /// The local address the kernel would use to reach `target` (a connected UDP socket sends nothing).
@@ -205,7 +198,10 @@ mod tests {
 
     #[test]
     fn public_ip_overrides_what_is_published() {
-        let opts = IfaceOptions { public_ipv4: Some("203.0.113.9".parse().unwrap()), ..Default::default() };
+        let opts = IfaceOptions {
+            public_ips: PerFamily::new(Some("203.0.113.9".parse().unwrap()), None),
+            ..Default::default()
+        };
         let u = pick(opts, Some(2)).unwrap();
         assert_eq!(u.public_ip(Family::V4).unwrap().to_string(), "203.0.113.9");
         assert_eq!(u.address(Family::V4).unwrap().to_string(), "198.18.0.1");

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
-use weft_backends::{Family, Peer};
+use weft_backends::{Family, Peer, PerFamily};
 
 /// The subnet(s) a lease is for; also its etcd key below `<prefix>/subnets/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,13 +223,10 @@ impl Lease {
     /// The backend's view of this lease.
     pub fn to_peer(&self) -> Peer {
         Peer {
-            subnet: self.key.subnet(Family::V4),
-            ipv6_subnet: self.key.subnet(Family::V6),
-            public_ip: self.attrs.public_ip.map(IpAddr::V4),
-            public_ipv6: self.attrs.public_ipv6.map(IpAddr::V6),
+            subnets: PerFamily::from_fn(|family| self.key.subnet(family)),
+            public_ips: PerFamily::new(self.attrs.public_ip.map(IpAddr::V4), self.attrs.public_ipv6.map(IpAddr::V6)),
             backend_type: self.attrs.backend_type.clone(),
-            backend_data: self.attrs.backend_data.clone(),
-            backend_v6_data: self.attrs.backend_v6_data.clone(),
+            backend_data: PerFamily::new(self.attrs.backend_data.clone(), self.attrs.backend_v6_data.clone()),
         }
     }
 }

@@ -1,9 +1,14 @@
 //! The seam between the reconcile logic and the OS: observe what we own, apply one operation.
 
+use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use weft_netlink::route::MAIN_TABLE;
 
 use crate::diff::Op;
-use crate::model::{KernelState, Scope};
+use crate::model::{KernelState, MacAddr, Scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -71,6 +76,54 @@ pub fn precheck(op: &Op) -> Result<(), KernelError> {
 }
 
 /// A network namespace's kernel, as far as weft is concerned.
+/// Something of ours that the kernel removed or disabled behind our back: a reason to reconcile soon. The
+/// controller treats every value alike (one pass for a burst); the variants say what happened, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    LinkDeleted {
+        device: String,
+    },
+    LinkDown {
+        device: String,
+    },
+    /// One of our devices was renamed away from the name we own it by.
+    LinkRenamed {
+        device: String,
+    },
+    RouteDeleted {
+        dst: IpNetwork,
+        table: u32,
+    },
+    NeighbourDeleted {
+        device: String,
+        ip: IpAddr,
+    },
+    FdbDeleted {
+        device: String,
+        mac: MacAddr,
+    },
+    /// The notification socket overflowed: anything may have changed.
+    NotificationsLost,
+    /// The notification socket failed; no further drift is reported (the periodic resync still runs).
+    WatchClosed,
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Drift::LinkDeleted { device } => write!(f, "link {device} deleted"),
+            Drift::LinkDown { device } => write!(f, "link {device} went down"),
+            Drift::LinkRenamed { device } => write!(f, "link {device} renamed"),
+            Drift::RouteDeleted { dst, table: MAIN_TABLE } => write!(f, "route {dst} deleted"),
+            Drift::RouteDeleted { dst, table } => write!(f, "route {dst} (table {table}) deleted"),
+            Drift::NeighbourDeleted { device, ip } => write!(f, "neighbour {ip} dev {device} deleted"),
+            Drift::FdbDeleted { device, mac } => write!(f, "fdb entry {mac} dev {device} deleted"),
+            Drift::NotificationsLost => f.write_str("netlink notifications were lost (overrun)"),
+            Drift::WatchClosed => f.write_str("netlink notification socket closed"),
+        }
+    }
+}
+
 pub trait Kernel: Send {
     /// Everything inside `scope` that exists now.
     fn observe(&mut self, scope: &Scope) -> impl Future<Output = Result<KernelState, KernelError>> + Send;

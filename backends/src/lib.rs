@@ -31,6 +31,9 @@ pub enum Family {
 }
 
 impl Family {
+    /// Both families, IPv4 first: the order every per-family loop walks them in.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
     /// The prefix length of a single address (32 or 128).
     pub fn host_prefix(self) -> u8 {
         match self {
@@ -57,37 +60,80 @@ impl fmt::Display for Family {
     }
 }
 
+/// One value per address family, for everything that comes in an IPv4 and an IPv6 half (a lease's subnets,
+/// public IPs and backend data; the config's networks). Code walks the families instead of naming two fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PerFamily<T> {
+    pub v4: Option<T>,
+    pub v6: Option<T>,
+}
+
+impl<T> Default for PerFamily<T> {
+    fn default() -> Self {
+        PerFamily { v4: None, v6: None }
+    }
+}
+
+impl<T> PerFamily<T> {
+    pub fn new(v4: Option<T>, v6: Option<T>) -> Self {
+        PerFamily { v4, v6 }
+    }
+
+    pub fn get(&self, family: Family) -> Option<&T> {
+        match family {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    pub fn set(&mut self, family: Family, value: Option<T>) {
+        match family {
+            Family::V4 => self.v4 = value,
+            Family::V6 => self.v6 = value,
+        }
+    }
+
+    /// The families that have a value, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &T)> {
+        Family::ALL.into_iter().filter_map(|f| self.get(f).map(|v| (f, v)))
+    }
+
+    pub fn families(&self) -> Vec<Family> {
+        self.iter().map(|(f, _)| f).collect()
+    }
+
+    /// Builds a value per family; `f` returning None leaves that family empty.
+    pub fn from_fn(mut f: impl FnMut(Family) -> Option<T>) -> Self {
+        PerFamily { v4: f(Family::V4), v6: f(Family::V6) }
+    }
+}
+
+impl PerFamily<IpAddr> {
+    /// Addresses sorted into their families; an address of the other family in a slot is dropped.
+    pub fn of_addresses(v4: Option<IpAddr>, v6: Option<IpAddr>) -> Self {
+        PerFamily { v4: v4.filter(IpAddr::is_ipv4), v6: v6.filter(IpAddr::is_ipv6) }
+    }
+}
+
 /// A host's lease as a backend sees it: which subnets, where its tunnel endpoint is, and the opaque data its
 /// backend published.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Peer {
-    pub subnet: Option<IpNetwork>,
-    pub ipv6_subnet: Option<IpNetwork>,
-    pub public_ip: Option<IpAddr>,
-    pub public_ipv6: Option<IpAddr>,
+    pub subnets: PerFamily<IpNetwork>,
+    pub public_ips: PerFamily<IpAddr>,
     pub backend_type: String,
-    pub backend_data: Option<Value>,
-    pub backend_v6_data: Option<Value>,
+    pub backend_data: PerFamily<Value>,
 }
 
 impl Peer {
     pub fn subnet(&self, family: Family) -> Option<IpNetwork> {
-        match family {
-            Family::V4 => self.subnet,
-            Family::V6 => self.ipv6_subnet,
-        }
+        self.subnets.get(family).copied()
     }
     pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
-        match family {
-            Family::V4 => self.public_ip,
-            Family::V6 => self.public_ipv6,
-        }
+        self.public_ips.get(family).copied()
     }
     pub fn backend_data(&self, family: Family) -> Option<&Value> {
-        match family {
-            Family::V4 => self.backend_data.as_ref(),
-            Family::V6 => self.backend_v6_data.as_ref(),
-        }
+        self.backend_data.get(family)
     }
 }
 
@@ -100,14 +146,13 @@ pub struct Underlay {
     /// The interface's own addresses with their prefixes (the VTEP's local address comes from here).
     pub addresses: Vec<IpNetwork>,
     /// The addresses other hosts reach us at, when they differ from the interface's (NAT); published in the lease.
-    pub public_ipv4: Option<IpAddr>,
-    pub public_ipv6: Option<IpAddr>,
+    pub public_ips: PerFamily<IpAddr>,
 }
 
 impl Underlay {
     /// An underlay published at its own addresses (no `--public-ip`).
     pub fn new(name: impl Into<String>, index: u32, mtu: u32, addresses: Vec<IpNetwork>) -> Underlay {
-        Underlay { name: name.into(), index, mtu, addresses, public_ipv4: None, public_ipv6: None }
+        Underlay { name: name.into(), index, mtu, addresses, public_ips: PerFamily::default() }
     }
 
     /// The interface's first global address of `family`.
@@ -117,11 +162,7 @@ impl Underlay {
 
     /// The address published in our lease for `family`.
     pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
-        match family {
-            Family::V4 => self.public_ipv4,
-            Family::V6 => self.public_ipv6,
-        }
-        .or_else(|| self.address(family))
+        self.public_ips.get(family).copied().or_else(|| self.address(family))
     }
 
     /// Whether `ip` is on one of the interface's connected subnets (same L2, reachable without a gateway).

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use weft_backends::backend::Backend;
 use weft_backends::diff::Op;
-use weft_backends::kernel::{reconcile, Kernel, KernelError};
+use weft_backends::kernel::{reconcile, Drift, Kernel, KernelError};
 use weft_backends::model::{
     Address, KernelState, Link, LinkKind, MacAddr, Route, Scope, VxlanAttrs, WEFT_ROUTE_PROTOCOL,
 };
 use weft_backends::netlink::{watch_deletions, watch_deletions_in_netns, Interface, NetlinkKernel};
 use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
-use weft_backends::{Family, Peer, Underlay};
+use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -83,11 +83,10 @@ fn vtep_mac(n: u8) -> String {
 /// Host n: subnet 10.244.n.0/24, VTEP at 198.18.0.n.
 fn peer(n: u8) -> Peer {
     Peer {
-        subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
-        public_ip: Some(format!("198.18.0.{n}").parse().unwrap()),
+        subnets: PerFamily::new(Some(format!("10.244.{n}.0/24").parse().unwrap()), None),
+        public_ips: PerFamily::new(Some(format!("198.18.0.{n}").parse().unwrap()), None),
         backend_type: "vxlan".into(),
-        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": vtep_mac(n)})),
-        ..Peer::default()
+        backend_data: PerFamily::new(Some(serde_json::json!({"VNI": 1, "VtepMAC": vtep_mac(n)})), None),
     }
 }
 
@@ -365,10 +364,10 @@ async fn lists_interfaces_and_finds_the_default_route() {
 }
 
 /// Waits for a notification containing `want`, skipping others.
-async fn expect_note(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+async fn expect_note(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Drift>, want: &str) {
     let wait = async {
         loop {
-            let note = rx.recv().await.expect("watch channel closed");
+            let note = rx.recv().await.expect("watch channel closed").to_string();
             if note.contains(want) {
                 return note;
             }
@@ -390,7 +389,7 @@ async fn watch_reports_deletions_in_a_namespace() {
     node.ns.ip("route del 10.244.9.0/24");
     node.ns.ip("route del 10.244.2.0/24");
     let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(first, "route 10.244.2.0/24 deleted");
+    assert_eq!(first, Drift::RouteDeleted { dst: "10.244.2.0/24".parse().unwrap(), table: 254 });
 
     node.ns.ip("neigh del 10.244.3.0 dev flannel.1");
     expect_note(&mut rx, "neighbour 10.244.3.0 dev flannel.1 deleted").await;
@@ -432,7 +431,7 @@ fn current_namespace_handles_work_from_a_thread_inside_it() {
                 kernel.apply(op).await.unwrap();
             }
             let note = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten();
-            (names, deleted.map(|op| op.to_string()), note)
+            (names, deleted.map(|op| op.to_string()), note.map(|d| d.to_string()))
         })
     });
     let (names, deleted, note) = inside.join().unwrap();
@@ -452,11 +451,13 @@ fn connecting_outside_a_runtime_is_an_error_not_a_panic() {
 fn many_peer(n: u16) -> Peer {
     let [hi, lo] = n.to_be_bytes();
     Peer {
-        subnet: Some(format!("10.244.{}.{}/30", n / 64, (n % 64) * 4).parse().unwrap()),
-        public_ip: Some(format!("198.18.{hi}.{lo}").parse().unwrap()),
+        subnets: PerFamily::new(Some(format!("10.244.{}.{}/30", n / 64, (n % 64) * 4).parse().unwrap()), None),
+        public_ips: PerFamily::new(Some(format!("198.18.{hi}.{lo}").parse().unwrap()), None),
         backend_type: "vxlan".into(),
-        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0e:00:00:00:{hi:02x}:{lo:02x}")})),
-        ..Peer::default()
+        backend_data: PerFamily::new(
+            Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("0e:00:00:00:{hi:02x}:{lo:02x}")})),
+            None,
+        ),
     }
 }
 

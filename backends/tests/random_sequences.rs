@@ -16,7 +16,7 @@ use weft_backends::rules::{
     Verdict,
 };
 use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
-use weft_backends::{Family, Peer, Underlay};
+use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 /// xorshift64: small, deterministic, good enough to pick subsets and orders.
 struct Rng(u64);
@@ -115,16 +115,18 @@ fn vxlan_peer(rng: &mut Rng, host: u8, dual: bool) -> Peer {
     let near = rng.chance(70);
     let mac = MacAddr([0x0e, 0, 0, 0, rng.below(3) as u8, host]);
     let mut peer = Peer {
-        subnet: Some(format!("10.244.{host}.0/24").parse().unwrap()),
-        public_ip: Some(if near { format!("198.18.0.{host}") } else { format!("203.0.113.{host}") }.parse().unwrap()),
+        subnets: PerFamily::new(Some(format!("10.244.{host}.0/24").parse().unwrap()), None),
+        public_ips: PerFamily::new(
+            Some(if near { format!("198.18.0.{host}") } else { format!("203.0.113.{host}") }.parse().unwrap()),
+            None,
+        ),
         backend_type: if rng.chance(5) { "host-gw".into() } else { "vxlan".into() },
-        backend_data: Some(json!({"VNI": 1, "VtepMAC": mac.to_string()})),
-        ..Peer::default()
+        backend_data: PerFamily::new(Some(json!({"VNI": 1, "VtepMAC": mac.to_string()})), None),
     };
     if dual {
-        peer.ipv6_subnet = Some(format!("fd00:10:244:{host:x}::/64").parse().unwrap());
-        peer.public_ipv6 = Some(format!("fd00:198:18::{host:x}").parse().unwrap());
-        peer.backend_v6_data = Some(json!({"VNI": 1, "VtepMAC": mac.to_string()}));
+        peer.subnets.v6 = Some(format!("fd00:10:244:{host:x}::/64").parse().unwrap());
+        peer.public_ips.v6 = Some(format!("fd00:198:18::{host:x}").parse().unwrap());
+        peer.backend_data.v6 = Some(json!({"VNI": 1, "VtepMAC": mac.to_string()}));
     }
     peer
 }

@@ -7,7 +7,7 @@ use weft_backends::fake::FakeKernel;
 use weft_backends::kernel::{reconcile, Kernel};
 use weft_backends::model::{KernelState, Route, WEFT_ROUTE_PROTOCOL};
 use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
-use weft_backends::{Family, Peer, Underlay};
+use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 fn underlay() -> Underlay {
     Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()])
@@ -19,11 +19,10 @@ fn backend(config: VxlanConfig, existing: &KernelState) -> VxlanBackend {
 
 fn peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
     Peer {
-        subnet: Some(subnet.parse().unwrap()),
-        public_ip: Some(public_ip.parse().unwrap()),
+        subnets: PerFamily::new(Some(subnet.parse().unwrap()), None),
+        public_ips: PerFamily::new(Some(public_ip.parse().unwrap()), None),
         backend_type: "vxlan".into(),
-        backend_data: Some(json!({"VNI": 1, "VtepMAC": mac})),
-        ..Default::default()
+        backend_data: PerFamily::new(Some(json!({"VNI": 1, "VtepMAC": mac})), None),
     }
 }
 
@@ -189,12 +188,12 @@ async fn unusable_peers_are_skipped_with_a_reason() {
     let mut host_gw = peer("10.244.4.0/24", "198.18.0.4", "0e:00:00:00:00:04");
     host_gw.backend_type = "host-gw".into();
     let mut bad_mac = peer("10.244.5.0/24", "198.18.0.5", "zz");
-    bad_mac.backend_data = Some(json!({"VNI": 1, "VtepMAC": "not-a-mac"}));
+    bad_mac.backend_data.v4 = Some(json!({"VNI": 1, "VtepMAC": "not-a-mac"}));
     let other_vni = Peer {
-        backend_data: Some(json!({"VNI": 7, "VtepMAC": "0e:00:00:00:00:06"})),
+        backend_data: PerFamily::new(Some(json!({"VNI": 7, "VtepMAC": "0e:00:00:00:00:06"})), None),
         ..peer("10.244.6.0/24", "198.18.0.6", "")
     };
-    let no_data = Peer { backend_data: None, ..peer("10.244.7.0/24", "198.18.0.7", "") };
+    let no_data = Peer { backend_data: PerFamily::default(), ..peer("10.244.7.0/24", "198.18.0.7", "") };
     let multicast = peer("10.244.8.0/24", "198.18.0.8", "01:00:5e:00:00:01");
     let desired = b.desired(&own(), &[host_gw, bad_mac, other_vni, no_data, multicast, two_peers()[0].clone()]);
     let reasons: Vec<String> = desired.skipped.iter().map(|s| format!("{}: {}", s.subnet, s.reason)).collect();

@@ -1,4 +1,4 @@
-//! Watching for deletions: typed kernel events in, a short description out whenever something inside the scope
+//! Watching for deletions: typed kernel events in, a typed [`Drift`] out whenever something inside the scope
 //! disappears or one of its devices goes down.
 
 use std::collections::HashMap;
@@ -9,27 +9,27 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use weft_netlink::event::groups;
 use weft_netlink::pipelined::{Connection, Notifications};
-use weft_netlink::route::MAIN_TABLE;
 use weft_netlink::{link, netns, Event, EventKind};
 
+use crate::kernel::Drift;
 use crate::model::{MacAddr, Scope};
 
 const WATCH_GROUPS: u32 = groups::LINK | groups::NEIGHBOUR | groups::IPV4_ROUTE | groups::IPV6_ROUTE;
 
-/// Subscribes to link, neighbour and route notifications in the current network namespace and sends a short
-/// description on the channel whenever something inside `scope` disappears or one of its devices goes down. Call
-/// inside a tokio runtime. The descriptions are for logs; treat every message as "reconcile soon". The channel
-/// closes if the netlink socket fails (after a final message), and the watcher stops when the receiver is dropped.
-pub fn watch_deletions(scope: Scope) -> io::Result<UnboundedReceiver<String>> {
+/// Subscribes to link, neighbour and route notifications in the current network namespace and sends a [`Drift`]
+/// on the channel whenever something inside `scope` disappears or one of its devices goes down. Call inside a
+/// tokio runtime; treat every message as "reconcile soon". The channel closes if the netlink socket fails (after
+/// [`Drift::WatchClosed`]), and the watcher stops when the receiver is dropped.
+pub fn watch_deletions(scope: Scope) -> io::Result<UnboundedReceiver<Drift>> {
     start(netns::route_socket(WATCH_GROUPS)?, scope)
 }
 
 /// [`watch_deletions`] for the network namespace at `netns_path`.
-pub fn watch_deletions_in_netns(netns_path: &Path, scope: Scope) -> io::Result<UnboundedReceiver<String>> {
+pub fn watch_deletions_in_netns(netns_path: &Path, scope: Scope) -> io::Result<UnboundedReceiver<Drift>> {
     start(netns::route_socket_at(netns_path, WATCH_GROUPS)?, scope)
 }
 
-fn start(socket: netns::Socket, scope: Scope) -> io::Result<UnboundedReceiver<String>> {
+fn start(socket: netns::Socket, scope: Scope) -> io::Result<UnboundedReceiver<Drift>> {
     let (connection, notifications) = Connection::with_notifications(socket).map_err(weft_netlink::Error::into_io)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(watch(connection, notifications, WatchState::new(scope), tx));
@@ -40,7 +40,7 @@ async fn watch(
     connection: Connection,
     mut notifications: Notifications,
     mut state: WatchState,
-    tx: UnboundedSender<String>,
+    tx: UnboundedSender<Drift>,
 ) {
     // Neighbour and route notifications name devices by index only, so learn the indexes of our devices now;
     // later RTM_NEWLINK notifications keep the map current.
@@ -59,15 +59,15 @@ async fn watch(
             message = notifications.next() => message,
         };
         let Some((message, _)) = message else {
-            let _ = tx.send("netlink notification socket closed".to_string());
+            let _ = tx.send(Drift::WatchClosed);
             return;
         };
         // Additions other than link changes never concern the watcher: not decoding them keeps it cheap while a
         // cold start announces tens of thousands of objects.
         let wanted = EventKind::of(&message).is_some_and(WatchState::reads);
-        let description = wanted.then(|| Event::from_netlink(&message)).flatten().and_then(|e| state.describe(&e));
-        if let Some(text) = description {
-            if tx.send(text).is_err() {
+        let drift = wanted.then(|| Event::from_netlink(&message)).flatten().and_then(|e| state.describe(&e));
+        if let Some(drift) = drift {
+            if tx.send(drift).is_err() {
                 return;
             }
         }
@@ -114,41 +114,38 @@ impl WatchState {
         self.links.get(&index).map(|(name, _)| name.as_str())
     }
 
-    /// A description of `event` if it removed or disabled something of ours.
-    fn describe(&mut self, event: &Event) -> Option<String> {
+    /// What `event` did to us, if it removed or disabled something of ours.
+    fn describe(&mut self, event: &Event) -> Option<Drift> {
         match event {
             Event::LinkAdded(l) => {
                 let before = self.link_seen(l);
                 let now = self.links.get(&l.index);
                 match (before, now) {
-                    (Some((old, _)), None) => Some(format!("link {old} renamed")),
-                    (Some((_, true)) | None, Some((name, false))) => Some(format!("link {name} went down")),
+                    (Some((old, _)), None) => Some(Drift::LinkRenamed { device: old }),
+                    (Some((_, true)) | None, Some((name, false))) => Some(Drift::LinkDown { device: name.clone() }),
                     _ => None,
                 }
             }
             Event::LinkDeleted(l) => {
                 let known = self.links.remove(&l.index).map(|(name, _)| name);
                 let name = known.or_else(|| self.in_scope(&l.name).then(|| l.name.clone()))?;
-                Some(format!("link {name} deleted"))
+                Some(Drift::LinkDeleted { device: name })
             }
             Event::RouteDeleted(r) => {
                 let ours =
                     r.protocol == self.scope.route_protocol || r.device.is_some_and(|i| self.links.contains_key(&i));
-                ours.then(|| match r.table {
-                    MAIN_TABLE => format!("route {} deleted", r.dst),
-                    table => format!("route {} (table {table}) deleted", r.dst),
-                })
+                ours.then_some(Drift::RouteDeleted { dst: r.dst, table: r.table })
             }
             Event::NeighbourDeleted(n) => {
                 let device = self.device(n.index)?;
-                Some(format!("neighbour {} dev {device} deleted", n.ip))
+                Some(Drift::NeighbourDeleted { device: device.to_string(), ip: n.ip })
             }
             Event::FdbDeleted(e) => {
                 let device = self.device(e.index)?;
-                Some(format!("fdb entry {} dev {device} deleted", MacAddr(e.mac)))
+                Some(Drift::FdbDeleted { device: device.to_string(), mac: MacAddr(e.mac) })
             }
             // The socket buffer overflowed and notifications were lost: anything may have changed.
-            Event::Overrun => Some("netlink notifications were lost (overrun)".to_string()),
+            Event::Overrun => Some(Drift::NotificationsLost),
             _ => None,
         }
     }
@@ -178,38 +175,41 @@ mod tests {
         state.link_seen(&link(7, "flannel.1", true));
 
         let ours = route("10.244.2.0/24", 2, 87);
-        assert_eq!(state.describe(&Event::RouteDeleted(ours)).as_deref(), Some("route 10.244.2.0/24 deleted"));
+        assert_eq!(
+            state.describe(&Event::RouteDeleted(ours)).map(|d| d.to_string()).as_deref(),
+            Some("route 10.244.2.0/24 deleted")
+        );
         let on_device = route("10.244.5.0/24", 7, 4);
         assert!(state.describe(&Event::RouteDeleted(on_device)).is_some());
         let foreign = route("10.244.9.0/24", 2, 4);
         assert_eq!(state.describe(&Event::RouteDeleted(foreign)), None);
         let elsewhere = route::Route { table: 1000, ..route("10.244.6.0/24", 2, 87) };
         assert_eq!(
-            state.describe(&Event::RouteDeleted(elsewhere)).as_deref(),
+            state.describe(&Event::RouteDeleted(elsewhere)).map(|d| d.to_string()).as_deref(),
             Some("route 10.244.6.0/24 (table 1000) deleted")
         );
 
         let neigh = neighbour::Neighbour { index: 7, ip: "10.244.2.0".parse().unwrap(), mac: None, permanent: true };
         assert_eq!(
-            state.describe(&Event::NeighbourDeleted(neigh)).as_deref(),
+            state.describe(&Event::NeighbourDeleted(neigh)).map(|d| d.to_string()).as_deref(),
             Some("neighbour 10.244.2.0 dev flannel.1 deleted")
         );
         let mac = "0e:2a:4f:00:12:9c".parse::<MacAddr>().unwrap().0;
         let entry = fdb::FdbEntry { index: 7, mac, dst: None, permanent: true, own: true };
         assert_eq!(
-            state.describe(&Event::FdbDeleted(entry)).as_deref(),
+            state.describe(&Event::FdbDeleted(entry)).map(|d| d.to_string()).as_deref(),
             Some("fdb entry 0e:2a:4f:00:12:9c dev flannel.1 deleted")
         );
 
         assert_eq!(state.describe(&Event::LinkAdded(link(7, "flannel.1", true))), None);
         assert_eq!(
-            state.describe(&Event::LinkAdded(link(7, "flannel.1", false))).as_deref(),
+            state.describe(&Event::LinkAdded(link(7, "flannel.1", false))).map(|d| d.to_string()).as_deref(),
             Some("link flannel.1 went down")
         );
         // Still down: no news.
         assert_eq!(state.describe(&Event::LinkAdded(link(7, "flannel.1", false))), None);
         assert_eq!(
-            state.describe(&Event::LinkDeleted(link(7, "flannel.1", false))).as_deref(),
+            state.describe(&Event::LinkDeleted(link(7, "flannel.1", false))).map(|d| d.to_string()).as_deref(),
             Some("link flannel.1 deleted")
         );
         assert_eq!(state.describe(&Event::LinkDeleted(link(3, "eth0", true))), None);
