@@ -68,6 +68,38 @@ impl IptablesRules {
         IptablesRules { wrapper: Vec::new(), variant, applied: BTreeMap::new() }
     }
 
+    /// Chooses the iptables backend the host's other tools use, as Kubernetes' iptables wrapper does: when only
+    /// the legacy backend holds rules (or a DROP policy), legacy; otherwise the `iptables` alternative. Rules in
+    /// the other backend would be traversed too, but an ACCEPT there cannot undo a DROP here, so the FORWARD
+    /// accepts must sit next to the host's own rules.
+    pub async fn detect_variant(&self) -> IptablesVariant {
+        let legacy = self.clone().with_variant(IptablesVariant::Legacy);
+        let nft = self.clone().with_variant(IptablesVariant::Nft);
+        if legacy.holds_rules().await && !nft.holds_rules().await {
+            IptablesVariant::Legacy
+        } else {
+            IptablesVariant::Default
+        }
+    }
+
+    /// Whether this backend has any rule or a DROP policy, in either family (a missing program has none).
+    async fn holds_rules(&self) -> bool {
+        for family in [Family::V4, Family::V6] {
+            let program = self.variant.program(family, "-save");
+            if let Ok(text) = self.run("detect iptables", &program, &[], None).await {
+                if text.lines().any(|l| l.starts_with("-A ") || (l.starts_with(':') && l.contains(" DROP "))) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The same applier using `variant`.
+    pub fn with_variant(self, variant: IptablesVariant) -> IptablesRules {
+        IptablesRules { variant, ..self }
+    }
+
     /// iptables inside the named network namespace, for tests and the lab.
     pub fn in_named_netns(name: &str, variant: IptablesVariant) -> IptablesRules {
         let wrapper = ["ip", "netns", "exec", name].map(String::from).to_vec();

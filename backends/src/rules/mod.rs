@@ -416,6 +416,29 @@ pub trait Rules: Send {
     fn apply(&mut self, op: &RuleOp) -> impl Future<Output = Result<(), RulesError>> + Send;
 }
 
+/// The applier the daemon runs, chosen by the network config's `EnableNFTables`.
+#[derive(Debug, Clone)]
+pub enum AnyRules {
+    Nft(NftRules),
+    Iptables(IptablesRules),
+}
+
+impl Rules for AnyRules {
+    async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
+        match self {
+            AnyRules::Nft(r) => r.observe(tables).await,
+            AnyRules::Iptables(r) => r.observe(tables).await,
+        }
+    }
+
+    async fn apply(&mut self, op: &RuleOp) -> Result<(), RulesError> {
+        match self {
+            AnyRules::Nft(r) => r.apply(op).await,
+            AnyRules::Iptables(r) => r.apply(op).await,
+        }
+    }
+}
+
 /// The outcome of reconciling the rules.
 #[derive(Debug, Default)]
 pub struct RulesReport {

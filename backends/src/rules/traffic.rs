@@ -15,8 +15,12 @@
 
 use ipnetwork::IpNetwork;
 
+use serde_json::Value;
+
 use super::{BaseChain, ChainType, Hook, Match, Policy, Rule, RuleSet, Table, TableFamily, TableId, Verdict};
-use crate::Family;
+use crate::backend::{Backend, Desired};
+use crate::model::Scope;
+use crate::{Family, Peer};
 
 /// The table name; the iptables rendering derives flannel's chain names (FLANNEL-POSTRTG, FLANNEL-FWD) from it.
 pub const TABLE_NAME: &str = "flannel";
@@ -136,6 +140,57 @@ fn forward_rules(cluster: IpNetwork) -> Vec<Rule> {
         .collect()
 }
 
+/// A backend with the host's traffic rules added: what the daemon runs. The rules depend on our lease (our
+/// subnet), so they are part of the same desired state and kept in place by the same reconcile loop, whatever
+/// the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithTrafficRules<B> {
+    pub backend: B,
+    pub rules: TrafficRules,
+    /// The cluster network of each enabled family.
+    pub networks: Vec<(Family, IpNetwork)>,
+}
+
+impl<B: Backend> Backend for WithTrafficRules<B> {
+    fn backend_type(&self) -> &'static str {
+        self.backend.backend_type()
+    }
+
+    fn scope(&self) -> Scope {
+        let mut scope = self.backend.scope();
+        let families: Vec<Family> = self.networks.iter().map(|(f, _)| *f).collect();
+        scope.tables.extend(self.rules.owned(&families));
+        scope
+    }
+
+    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+        let mut desired = self.backend.desired(own, peers);
+        let networks: Vec<(Family, FamilyNetworks)> = self
+            .networks
+            .iter()
+            .filter_map(|(family, network)| {
+                own.subnet(*family).map(|subnet| (*family, FamilyNetworks { network: *network, subnet }))
+            })
+            .collect();
+        for table in self.rules.rule_set(&networks).tables.into_values() {
+            desired.rules.add(table);
+        }
+        desired
+    }
+
+    fn lease_data(&self, family: Family) -> Option<Value> {
+        self.backend.lease_data(family)
+    }
+
+    fn mtu(&self) -> u32 {
+        self.backend.mtu()
+    }
+
+    fn notes(&self) -> &[String] {
+        self.backend.notes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +282,20 @@ COMMIT
             restores[0].jumps,
             vec!["-t filter FORWARD -j FLANNEL-FWD", "-t nat POSTROUTING -j FLANNEL-POSTRTG"]
         );
+    }
+
+    #[test]
+    fn wrapped_backends_gain_the_tables_for_our_lease() {
+        use crate::hostgw::{HostGwBackend, HostGwConfig};
+        let underlay = crate::Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
+        let backend = HostGwBackend::prepare(HostGwConfig, underlay, &[Family::V4], 87).unwrap();
+        let wrapped =
+            WithTrafficRules { backend, rules: ALL, networks: vec![(Family::V4, "10.244.0.0/16".parse().unwrap())] };
+        assert_eq!(wrapped.scope().tables, vec![table_id(Family::V4)]);
+        assert_eq!(wrapped.scope().referenced, vec!["eth0"]);
+        let own = Peer { subnet: Some("10.244.1.0/24".parse().unwrap()), ..Peer::default() };
+        assert_eq!(wrapped.desired(&own, &[]).rules, ALL.rule_set(&[v4()]));
+        assert!(wrapped.desired(&Peer::default(), &[]).rules.is_empty(), "no lease yet, no rules");
     }
 
     #[test]
