@@ -188,3 +188,28 @@ fn nftables_host() {
         &["nft", "list", "table", "ip", "flannel"],
     );
 }
+
+/// Why docs/backends.md tells nftables hosts to allow the cluster network in their own table: an accept in
+/// `ip flannel` ends only its own chain, and a drop policy in another table's forward chain still drops. The
+/// documented rule in that table is what makes pods reach each other.
+#[test]
+fn nftables_host_with_a_drop_policy_elsewhere_needs_the_accept_in_that_table() {
+    let lab = masq_lab(true, |lab, h| {
+        let table = "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }";
+        drop(sh(lab, &lab.host_ns(h), &["nft", table]))
+    });
+    let c2 = lab.container_ip(2).unwrap();
+    // weftd's tables are in place (FLANNEL_IPMASQ was written after the first pass), yet nothing is forwarded.
+    assert!(sh(&lab, &lab.host_ns(1), &["nft", "list", "table", "ip", "flannel"]).contains("chain FWD"));
+    for _ in 0..3 {
+        assert!(!lab.ping(1, c2), "a drop policy in another table is final whatever ip flannel accepts");
+    }
+    for h in 1..=2 {
+        let allow = "insert rule inet filter forward ip saddr 10.244.0.0/16 accept; \
+                     insert rule inet filter forward ip daddr 10.244.0.0/16 accept";
+        sh(&lab, &lab.host_ns(h), &["nft", allow]);
+    }
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        lab.ping(1, c2).then_some(()).ok_or_else(|| "still dropped".to_string())
+    });
+}
