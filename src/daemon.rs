@@ -15,7 +15,8 @@ use weft_backends::backend::{Backend, BackendConfig};
 use weft_backends::kernel::Kernel;
 use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
-use weft_backends::rules::NftRules;
+use weft_backends::rules::traffic::{TrafficRules, WithTrafficRules};
+use weft_backends::rules::{AnyRules, IptablesRules, IptablesVariant, NftRules};
 use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 use crate::backoff::Backoff;
@@ -53,15 +54,10 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--ip-masq is not supported by this weftd yet (it installs no masquerade rules); drop the flag, or masquerade with the CNI plugin's ipMasq")]
-    IpMasqUnsupported,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns an error only for problems an operator must fix first.
 pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
-    if args.ip_masq {
-        return Err(StartupError::IpMasqUnsupported);
-    }
     for warning in args.flannel.check().map_err(StartupError::Unsupported)? {
         warn!("{warning}");
     }
@@ -122,7 +118,26 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let listing = list_with_retry(&store, &mut shutdown).await;
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
-    let mut controller = Controller::new(kernel, NftRules::system(), backend, metrics.clone());
+    let backend = WithTrafficRules {
+        backend,
+        rules: TrafficRules {
+            masquerade: args.ip_masq,
+            forward: args.iptables_forward_rules,
+            fully_random: !args.ip_masq_fully_random_disable,
+        },
+        networks: families.iter().filter_map(|f| config.family(*f).map(|c| (*f, c.network))).collect(),
+    };
+    // flannel's EnableNFTables: nftables tables of our own; otherwise flannel's iptables chains, in the iptables
+    // backend the host's other tools use (docs/backends.md explains why that is where a FORWARD accept counts).
+    let rules = if config.enable_nftables {
+        AnyRules::Nft(NftRules::system())
+    } else {
+        let iptables = IptablesRules::system(IptablesVariant::Default);
+        let variant = iptables.detect_variant().await;
+        info!(?variant, "firewall rules go through iptables");
+        AnyRules::Iptables(iptables.with_variant(variant))
+    };
+    let mut controller = Controller::new(kernel, rules, backend, metrics.clone());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

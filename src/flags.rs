@@ -70,9 +70,18 @@ pub struct DaemonArgs {
     #[arg(long, env = "WEFTD_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,
 
-    /// value written as FLANNEL_IPMASQ; weftd itself installs no masquerade rules yet, so only false is accepted
+    /// masquerade pod traffic leaving the cluster network (flannel's rules); FLANNEL_IPMASQ=true tells the CNI
+    /// plugin not to masquerade a second time
     #[arg(long, env = "WEFTD_IP_MASQ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ip_masq: bool,
+
+    /// with --ip-masq, masquerade without fully random source ports
+    #[arg(long, env = "WEFTD_IP_MASQ_FULLY_RANDOM_DISABLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// accept forwarded traffic from and to the cluster network (needed where FORWARD's policy is DROP)
+    #[arg(long, env = "WEFTD_IPTABLES_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub iptables_forward_rules: bool,
 
     /// log format on stderr
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -104,8 +113,6 @@ pub struct FlannelOnlyArgs {
     pub subnet_lease_renew_margin: Option<u32>,
     #[arg(long, env = "WEFTD_IPTABLES_RESYNC", hide = true)]
     pub iptables_resync: Option<u32>,
-    #[arg(long, env = "WEFTD_IPTABLES_FORWARD_RULES", hide = true, num_args = 0..=1, default_missing_value = "true")]
-    pub iptables_forward_rules: Option<bool>,
     /// klog verbosity
     #[arg(short = 'v', long = "v", env = "WEFTD_V", hide = true)]
     pub verbosity: Option<u8>,
@@ -139,8 +146,8 @@ impl FlannelOnlyArgs {
         if self.subnet_lease_renew_margin.is_some() {
             warnings.push("--subnet-lease-renew-margin is ignored: weftd keeps its lease alive continuously".into());
         }
-        if self.iptables_resync.is_some() || self.iptables_forward_rules.is_some() {
-            warnings.push("--iptables-resync/--iptables-forward-rules are ignored: weftd installs no iptables rules; allow forwarding of the cluster network yourself if FORWARD's policy is DROP".into());
+        if self.iptables_resync.is_some() {
+            warnings.push("--iptables-resync is ignored: firewall rules are checked with everything else, every --resync-interval".into());
         }
         if self.verbosity.is_some() {
             warnings.push("-v is ignored: use --log-level debug".into());
@@ -226,6 +233,10 @@ mod tests {
         assert_eq!(args.subnet_lease_ttl, Duration::from_secs(86400));
         assert_eq!(args.resync_interval, Duration::from_secs(10));
         assert!(!args.ip_masq);
+        assert!(args.iptables_forward_rules, "flannel installs its FORWARD accepts by default");
+        assert!(!args.ip_masq_fully_random_disable);
+        let off = DaemonArgs::try_parse_from(["weftd", "--iptables-forward-rules=false", "--ip-masq"]).unwrap();
+        assert!(!off.iptables_forward_rules && off.ip_masq);
     }
 
     #[test]

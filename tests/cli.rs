@@ -49,13 +49,6 @@ fn weftd_names_the_weftd_variable_over_flannels() {
 }
 
 #[test]
-fn ip_masq_is_refused_rather_than_silently_ignored() {
-    let out = run(WEFTD, &["--ip-masq", "--etcd-endpoints", "http://127.0.0.1:1"], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--ip-masq is not supported"), "{}", stderr(&out));
-}
-
-#[test]
 fn a_bad_log_filter_is_named() {
     let out = run(WEFTD, &["--log-level", "weft=loud"], &[]);
     assert_eq!(out.status.code(), Some(2));

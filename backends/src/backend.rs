@@ -14,6 +14,7 @@ use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use crate::forwarding::ForwardingTable;
+use crate::hostgw::{self, HostGwBackend, HostGwConfig};
 use crate::model::{KernelState, Scope};
 use crate::rules::RuleSet;
 use crate::vxlan::{VxlanBackend, VxlanConfig};
@@ -82,6 +83,7 @@ pub trait Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     Vxlan(VxlanConfig),
+    HostGw(HostGwConfig),
 }
 
 impl BackendConfig {
@@ -89,6 +91,7 @@ impl BackendConfig {
     pub fn parse(kind: &str, backend: &Value) -> Result<BackendConfig, BackendError> {
         match kind {
             vxlan::BACKEND_TYPE => Ok(BackendConfig::Vxlan(VxlanConfig::from_json(backend)?)),
+            hostgw::BACKEND_TYPE => Ok(BackendConfig::HostGw(HostGwConfig::from_json(backend)?)),
             other => Err(BackendError::UnsupportedType(other.to_string())),
         }
     }
@@ -100,6 +103,8 @@ impl BackendConfig {
             BackendConfig::Vxlan(c) => {
                 Scope::links(families.iter().map(|f| vxlan::device_name(*f, c.vni)).collect(), route_protocol)
             }
+            // No devices of its own, so nothing of an earlier run to keep.
+            BackendConfig::HostGw(_) => Scope::links(Vec::new(), route_protocol),
         }
     }
 
@@ -115,6 +120,9 @@ impl BackendConfig {
             BackendConfig::Vxlan(c) => {
                 VxlanBackend::prepare(c, underlay, families, existing, route_protocol).map(AnyBackend::Vxlan)
             }
+            BackendConfig::HostGw(c) => {
+                HostGwBackend::prepare(c, underlay, families, route_protocol).map(AnyBackend::HostGw)
+            }
         }
     }
 }
@@ -123,37 +131,44 @@ impl BackendConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnyBackend {
     Vxlan(VxlanBackend),
+    HostGw(HostGwBackend),
 }
 
 impl Backend for AnyBackend {
     fn backend_type(&self) -> &'static str {
         match self {
             AnyBackend::Vxlan(b) => b.backend_type(),
+            AnyBackend::HostGw(b) => b.backend_type(),
         }
     }
     fn scope(&self) -> Scope {
         match self {
             AnyBackend::Vxlan(b) => b.scope(),
+            AnyBackend::HostGw(b) => b.scope(),
         }
     }
     fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
         match self {
             AnyBackend::Vxlan(b) => b.desired(own, peers),
+            AnyBackend::HostGw(b) => b.desired(own, peers),
         }
     }
     fn lease_data(&self, family: Family) -> Option<Value> {
         match self {
             AnyBackend::Vxlan(b) => b.lease_data(family),
+            AnyBackend::HostGw(b) => b.lease_data(family),
         }
     }
     fn mtu(&self) -> u32 {
         match self {
             AnyBackend::Vxlan(b) => b.mtu(),
+            AnyBackend::HostGw(b) => b.mtu(),
         }
     }
     fn notes(&self) -> &[String] {
         match self {
             AnyBackend::Vxlan(b) => b.notes(),
+            AnyBackend::HostGw(b) => b.notes(),
         }
     }
 }
@@ -176,5 +191,12 @@ mod tests {
         assert_eq!(backend.scope().links, vec!["flannel.4"]);
         assert!(backend.scope().tables.is_empty(), "VXLAN owns no firewall tables");
         assert!(backend.lease_data(Family::V6).is_none());
+
+        let config = BackendConfig::parse("host-gw", &serde_json::json!({"Type": "host-gw"})).unwrap();
+        assert!(config.existing_scope(&[Family::V4], WEFT_ROUTE_PROTOCOL).links.is_empty());
+        let underlay = Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
+        let backend = config.prepare(underlay, &[Family::V4], &KernelState::default(), WEFT_ROUTE_PROTOCOL).unwrap();
+        assert_eq!((backend.backend_type(), backend.mtu()), ("host-gw", 1500));
+        assert_eq!(backend.scope().referenced, vec!["eth0"]);
     }
 }

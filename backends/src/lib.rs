@@ -9,8 +9,10 @@
 
 pub mod backend;
 pub mod diff;
+pub mod direct;
 pub mod fake;
 pub mod forwarding;
+pub mod hostgw;
 pub mod kernel;
 pub mod model;
 pub mod netlink;
@@ -182,8 +184,8 @@ pub fn is_link_local(ip: IpAddr) -> bool {
 pub enum BackendError {
     #[error("invalid network config field {field}: {msg}")]
     Config { field: String, msg: String },
-    #[error("interface {interface} has no {family} address for the VXLAN endpoint")]
-    NoUnderlayAddress { interface: String, family: Family },
-    #[error("unsupported backend type {0:?}: this build supports \"vxlan\"")]
+    #[error("interface {interface} has no {family} address for the {backend} backend")]
+    NoUnderlayAddress { interface: String, family: Family, backend: &'static str },
+    #[error("unsupported backend type {0:?}: this build supports \"vxlan\" and \"host-gw\"")]
     UnsupportedType(String),
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::backend::Backend;
 pub use crate::backend::{Desired, SkippedPeer};
 use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
-use crate::{BackendError, Family, Peer, Underlay};
+use crate::{direct, BackendError, Family, Peer, Underlay};
 
 /// The lease's BackendType for this backend.
 pub const BACKEND_TYPE: &str = "vxlan";
@@ -202,9 +202,11 @@ impl VxlanBackend {
                          VXLAN's {overhead}-byte overhead"
                     ),
                 })?;
-            let local = underlay
-                .address(family)
-                .ok_or_else(|| BackendError::NoUnderlayAddress { interface: underlay.name.clone(), family })?;
+            let local = underlay.address(family).ok_or_else(|| BackendError::NoUnderlayAddress {
+                interface: underlay.name.clone(),
+                family,
+                backend: BACKEND_TYPE,
+            })?;
             let public = underlay.public_ip(family).unwrap_or(local);
             let name = device_name(family, config.vni);
             let mac = existing
@@ -303,10 +305,14 @@ impl Backend for VxlanBackend {
                     });
                     continue;
                 }
-                if self.config.direct_routing && self.underlay.is_directly_connected(public_ip) {
-                    let underlay = &self.underlay.name;
-                    state.add_route(Route::via(subnet, public_ip, underlay, false, self.route_protocol));
-                    continue;
+                // Peers on our own segment are routed to directly; the rest go through the tunnel.
+                if self.config.direct_routing {
+                    if let Ok(route) =
+                        direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol)
+                    {
+                        state.add_route(route);
+                        continue;
+                    }
                 }
                 let mac = match peer.backend_data(family).ok_or_else(|| "lease has no BackendData".to_string()) {
                     Ok(data) => check_vni(data, self.config.vni).and_then(|()| parse_lease_data(data)),

@@ -2,6 +2,7 @@
 //! plugin) in `weft`, the lab and the benchmarks in `weft-lab`.
 
 use clap::{Parser, Subcommand};
+use weft::cleanup::{self, CleanupArgs};
 use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
 use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
@@ -38,6 +39,9 @@ enum Command {
     Cni(CniCommand),
     /// Run the benchmark suite in lab namespaces (root): one table, raw JSON and a convergence plot
     Bench(BenchArgs),
+    /// Remove everything weftd created on this host (devices, routes, firewall rules, the subnet file); stop weftd
+    /// first. etcd is left alone unless --release-lease
+    Cleanup(CleanupArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench_cli::run(args),
         Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
+        Command::Cleanup(args) => run_cleanup(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -70,4 +75,16 @@ fn main() -> std::process::ExitCode {
 fn block_on(fut: impl std::future::Future<Output = Result<(), ctl::CtlError>>) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(fut).map_err(|e| e.to_string())
+}
+
+fn run_cleanup(args: &CleanupArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let done = runtime.block_on(cleanup::run(args)).map_err(|e| e.to_string())?;
+    if done.is_empty() {
+        println!("nothing of weft's left on this host");
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -137,6 +137,10 @@ fn render_rule(table: &Table, rule: &Rule, family: Family) -> Result<Option<Stri
             Match::Destination { net, negated } => ("-d", net.to_string(), *negated),
             Match::InInterface { name, negated } => ("-i", name.clone(), *negated),
             Match::OutInterface { name, negated } => ("-o", name.clone(), *negated),
+            Match::Mark { value, mask, negated } => {
+                words.push(format!("-m mark {}--mark {value:#x}/{mask:#x}", if *negated { "! " } else { "" }));
+                continue;
+            }
         };
         words.push(format!("{}{flag} {value}", if negated { "! " } else { "" }));
     }

@@ -7,9 +7,12 @@
 //! that need iptables, and so observed tables parse back into values that compare exactly.
 
 pub mod iptables;
+mod iptables_cli;
 pub mod nft;
 mod nft_cli;
+pub mod traffic;
 
+pub use iptables_cli::{IptablesRules, IptablesVariant};
 pub use nft_cli::NftRules;
 
 use std::collections::BTreeMap;
@@ -161,6 +164,13 @@ pub enum Match {
         name: String,
         negated: bool,
     },
+    /// The packet mark, masked, equals (or, negated, differs from) `value`: kube-proxy marks what it wants
+    /// masqueraded itself with 0x4000/0x4000.
+    Mark {
+        value: u32,
+        mask: u32,
+        negated: bool,
+    },
 }
 
 impl Match {
@@ -168,7 +178,7 @@ impl Match {
     pub fn family(&self) -> Option<Family> {
         match self {
             Match::Source { net, .. } | Match::Destination { net, .. } => Some(Family::of(net.ip())),
-            Match::InInterface { .. } | Match::OutInterface { .. } => None,
+            Match::InInterface { .. } | Match::OutInterface { .. } | Match::Mark { .. } => None,
         }
     }
 }
@@ -183,6 +193,9 @@ impl Match {
             }
             Match::InInterface { name, .. } | Match::OutInterface { name, .. } if !is_plain_text(name) => {
                 Some(format!("interface name {name:?} has quotes or control characters"))
+            }
+            Match::Mark { value, mask, .. } if value & !mask != 0 => {
+                Some(format!("mark {value:#x} has bits outside its mask {mask:#x}"))
             }
             _ => None,
         }
@@ -401,6 +414,29 @@ pub trait Rules: Send {
 
     /// Applies one operation atomically: after a failure the table is as it was before.
     fn apply(&mut self, op: &RuleOp) -> impl Future<Output = Result<(), RulesError>> + Send;
+}
+
+/// The applier the daemon runs, chosen by the network config's `EnableNFTables`.
+#[derive(Debug, Clone)]
+pub enum AnyRules {
+    Nft(NftRules),
+    Iptables(IptablesRules),
+}
+
+impl Rules for AnyRules {
+    async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
+        match self {
+            AnyRules::Nft(r) => r.observe(tables).await,
+            AnyRules::Iptables(r) => r.observe(tables).await,
+        }
+    }
+
+    async fn apply(&mut self, op: &RuleOp) -> Result<(), RulesError> {
+        match self {
+            AnyRules::Nft(r) => r.apply(op).await,
+            AnyRules::Iptables(r) => r.apply(op).await,
+        }
+    }
 }
 
 /// The outcome of reconciling the rules.

@@ -68,6 +68,9 @@ fn render_match(m: &Match) -> String {
         Match::Destination { net, negated } => format!("{} daddr {}{net}", proto(net), op(*negated)),
         Match::InInterface { name, negated } => format!("iifname {}\"{name}\"", op(*negated)),
         Match::OutInterface { name, negated } => format!("oifname {}\"{name}\"", op(*negated)),
+        Match::Mark { value, mask, negated } => {
+            format!("meta mark & {mask:#010x} {} {value:#010x}", if *negated { "!=" } else { "==" })
+        }
     }
 }
 
@@ -189,6 +192,15 @@ fn parse_match(expr: &Value) -> Option<Match> {
             "daddr" => Some(Match::Destination { net, negated }),
             _ => None,
         };
+    }
+    // `meta mark & MASK`: nft lists the masked mark as a binary operation.
+    if let Some([meta, mask]) = left.get("&").and_then(Value::as_array).map(Vec::as_slice) {
+        if str_field(meta.get("meta")?, "key")? != "mark" {
+            return None;
+        }
+        let mask = u32::try_from(mask.as_u64()?).ok()?;
+        let value = u32::try_from(right.as_u64()?).ok()?;
+        return Some(Match::Mark { value, mask, negated });
     }
     let key = str_field(left.get("meta")?, "key")?;
     let name = right.as_str()?.to_string();

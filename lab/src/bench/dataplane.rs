@@ -1,5 +1,5 @@
 //! Data-plane throughput: iperf3 TCP between two hosts of a weft lab (the underlay, and container to container
-//! through weft's VXLAN) and between the containers of a hand-built kernel VXLAN setup with the same topology,
+//! through weft's VXLAN), between the containers of a second lab running the host-gw backend, and between the containers of a hand-built kernel VXLAN setup with the same topology,
 //! MTU and device options (the physical limit for this backend). Runs are interleaved and repeated; idle CPU is
 //! recorded before each run and runs on a busy machine are flagged.
 
@@ -27,15 +27,21 @@ pub enum Path {
     Underlay,
     /// Container to container through weftd's VXLAN.
     WeftVxlan,
+    /// Container to container through weftd's host-gw routes (no encapsulation: the underlay's ceiling).
+    WeftHostGw,
     /// Container to container through a hand-built kernel VXLAN setup.
     KernelVxlan,
 }
 
 impl Path {
+    /// Every path, in the order of the table.
+    pub const ALL: [Path; 4] = [Path::Underlay, Path::WeftHostGw, Path::WeftVxlan, Path::KernelVxlan];
+
     pub fn label(self) -> &'static str {
         match self {
             Path::Underlay => "underlay host-host",
             Path::WeftVxlan => "weft vxlan c-c",
+            Path::WeftHostGw => "weft host-gw c-c",
             Path::KernelVxlan => "hand-built vxlan c-c",
         }
     }
@@ -100,11 +106,27 @@ pub fn run(
     crate::lab::wait_for(|| lab.ping(1, weft_c2), Duration::from_secs(10))
         .then_some(())
         .ok_or_else(|| super::error::BenchError("weft lab containers cannot reach each other".into()))?;
+    // The host-gw lab is a second lab of the same shape, so both data planes are measured in the same run.
+    let hostgw_spec = LabSpec {
+        backend: weft_backends::hostgw::BACKEND_TYPE.to_string(),
+        ..LabSpec::new(format!("g{}", std::process::id()), 2, lab.spec().weftd.clone())
+    };
+    let hostgw_spec = LabSpec { state_root: lab.spec().state_root.clone(), ..hostgw_spec };
+    let hostgw = LabGuard(Lab::up(hostgw_spec).context("building the host-gw data-plane lab")?);
+    let hostgw_c2 =
+        hostgw.container_ip(2).ok_or_else(|| super::error::BenchError("host-gw container 2 has no address".into()))?;
+    crate::lab::wait_for(|| hostgw.ping(1, hostgw_c2), Duration::from_secs(10))
+        .then_some(())
+        .ok_or_else(|| super::error::BenchError("host-gw lab containers cannot reach each other".into()))?;
     let mut scratch = ScratchNamespaces::new();
     let kernel = build_kernel_vxlan(&mut scratch)?;
 
     let paths = [
         (Path::Underlay, Endpoints { server_ns: lab.host_ns(2), server_ip: lab.host_ip(2), client_ns: lab.host_ns(1) }),
+        (
+            Path::WeftHostGw,
+            Endpoints { server_ns: hostgw.container_ns(2), server_ip: hostgw_c2, client_ns: hostgw.container_ns(1) },
+        ),
         (
             Path::WeftVxlan,
             Endpoints { server_ns: lab.container_ns(2), server_ip: weft_c2, client_ns: lab.container_ns(1) },
@@ -169,7 +191,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
     };
     let mut out = Vec::new();
     for streams in [1, 2] {
-        for path in [Path::Underlay, Path::WeftVxlan, Path::KernelVxlan] {
+        for path in Path::ALL {
             let of_path: Vec<&Run> = runs.iter().filter(|r| r.path == path && r.streams == streams).collect();
             let m = med(path, streams);
             let quiet: Vec<f64> = of_path.iter().filter(|r| !r.busy).map(|r| r.gbps).collect();

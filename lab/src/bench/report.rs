@@ -95,9 +95,7 @@ pub fn table(report: &Report) -> String {
             "-P 2 (vs underlay / vs hand-built)".into(),
             "busy runs".into(),
         );
-        for path in
-            [super::dataplane::Path::Underlay, super::dataplane::Path::WeftVxlan, super::dataplane::Path::KernelVxlan]
-        {
+        for path in super::dataplane::Path::ALL {
             let cell = |streams| {
                 d.summary.iter().find(|s| s.path == path && s.streams == streams).map_or(String::new(), |s| {
                     format!("{:.2} ({:.2} / {:.2})", s.median_gbps, s.vs_underlay, s.vs_kernel_vxlan)
@@ -107,9 +105,7 @@ pub fn table(report: &Report) -> String {
             let runs: usize = d.summary.iter().filter(|s| s.path == path).map(|s| s.runs).sum();
             row(&mut rows, path.label().into(), cell(1), cell(2), format!("{busy}/{runs}"));
         }
-        for path in
-            [super::dataplane::Path::Underlay, super::dataplane::Path::WeftVxlan, super::dataplane::Path::KernelVxlan]
-        {
+        for path in super::dataplane::Path::ALL {
             let cell = |streams| {
                 d.summary.iter().find(|s| s.path == path && s.streams == streams).map_or(String::new(), |s| {
                     format!("{:.2} quiet runs only ({} of {})", s.quiet_median_gbps, s.runs - s.busy_runs, s.runs)
@@ -117,13 +113,7 @@ pub fn table(report: &Report) -> String {
             };
             row(&mut rows, path.label().into(), cell(1), cell(2), String::new());
         }
-        row(
-            &mut rows,
-            "host-gw, udp backends".into(),
-            "pending (not implemented)".into(),
-            String::new(),
-            String::new(),
-        );
+        row(&mut rows, "udp backend".into(), "pending (not implemented)".into(), String::new(), String::new());
     }
     match &report.cni {
         Some(cni) => {
