@@ -241,12 +241,8 @@ async fn pick_underlay(
 ) -> Result<Underlay, StartupError> {
     let interfaces = kernel.interfaces().await?;
     let default_route_index = kernel.default_route_interface(family).await?;
-    let can_reach_source = match args.iface_can_reach {
-        Some(target) => {
-            Some(iface::source_address_towards(target).map_err(|_| iface::IfaceError::CannotReach(target, target))?)
-        }
-        None => None,
-    };
+    // No route to the target only fails --iface-can-reach, which comes after --iface and --iface-regex.
+    let can_reach_source = args.iface_can_reach.and_then(|target| iface::source_address_towards(target).ok());
     let opts = IfaceOptions {
         ifaces: args.iface.clone(),
         regexes: args.iface_regex.clone(),
