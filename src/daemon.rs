@@ -16,7 +16,7 @@ use weft_backends::kernel::Kernel;
 use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
 use weft_backends::rules::NftRules;
-use weft_backends::{Family, Peer, Underlay};
+use weft_backends::{BackendError, Family, Peer, Underlay};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
@@ -231,7 +231,11 @@ async fn wait_for_config(
 }
 
 fn backend_config(config: &NetworkConfig) -> Result<BackendConfig, String> {
-    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| e.to_string())
+    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| match e {
+        // Say where the backend type came from: a config without Backend asks for udp without naming it.
+        BackendError::UnsupportedType(_) => format!("{}: {e}", config.backend.origin()),
+        e => e.to_string(),
+    })
 }
 
 async fn pick_underlay(
