@@ -453,7 +453,8 @@ mod tests {
 
     #[test]
     fn accepted_oddities_become_warnings() {
-        let c = NetworkConfig::parse(r#"{"Network":"10.244.7.0/16","Netwrok":"x","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.244.7.0/16","Netwrok":"x","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(v4(&c).network.to_string(), "10.244.0.0/16");
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }

@@ -78,7 +78,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     }
 
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
-    let store = EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, user).await?;
+    let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };

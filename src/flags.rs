@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::store::etcd::{DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
+use crate::store::etcd_tls::EtcdTls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -45,6 +46,19 @@ pub struct DaemonArgs {
     /// etcd password
     #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_username")]
     pub etcd_password: Option<String>,
+
+    /// CA certificate (PEM) that etcd's server certificate must be signed by; without it, https:// endpoints are
+    /// verified against the system's CAs
+    #[arg(long, env = "WEFTD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// client certificate (PEM) for etcd's client-certificate authentication (with --etcd-keyfile)
+    #[arg(long, env = "WEFTD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// private key (PEM) of --etcd-certfile
+    #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
 
     /// interface to use for the overlay, by name or address; repeat (or comma-separate) to give fallbacks in order
     #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
@@ -151,12 +165,6 @@ pub struct FlannelOnlyArgs {
     #[arg(long, env = "WEFTD_SET_NODE_NETWORK_UNAVAILABLE", hide = true, num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub set_node_network_unavailable: Option<bool>,
-    #[arg(long, env = "WEFTD_ETCD_KEYFILE", hide = true)]
-    pub etcd_keyfile: Option<PathBuf>,
-    #[arg(long, env = "WEFTD_ETCD_CERTFILE", hide = true)]
-    pub etcd_certfile: Option<PathBuf>,
-    #[arg(long, env = "WEFTD_ETCD_CAFILE", hide = true)]
-    pub etcd_cafile: Option<PathBuf>,
 }
 
 /// The Kubernetes subnet manager's flags: flannel reads them only with `--kube-subnet-mgr`.
@@ -172,16 +180,6 @@ impl FlannelOnlyArgs {
             return Err("--ip-blackhole-route is not supported yet: weftd would not install the blackhole route for \
                         its own subnet that flanneld installs"
                 .into());
-        }
-        if let Some(flag) = [
-            ("--etcd-cafile", &self.etcd_cafile),
-            ("--etcd-certfile", &self.etcd_certfile),
-            ("--etcd-keyfile", &self.etcd_keyfile),
-        ]
-        .iter()
-        .find_map(|(flag, value)| value.as_ref().map(|_| flag))
-        {
-            return Err(format!("{flag}: TLS to etcd is not supported by this weftd yet; use an http:// endpoint"));
         }
         if let Some(margin) = self.subnet_lease_renew_margin {
             // flanneld refuses these too, so a command line that starts flanneld starts weftd and vice versa.
@@ -230,6 +228,15 @@ impl FlannelOnlyArgs {
 }
 
 impl DaemonArgs {
+    /// The TLS files for etcd.
+    pub fn etcd_tls(&self) -> EtcdTls {
+        EtcdTls {
+            ca_file: self.etcd_cafile.clone(),
+            cert_file: self.etcd_certfile.clone(),
+            key_file: self.etcd_keyfile.clone(),
+        }
+    }
+
     /// Parses a flanneld- or weftd-style command line (see [`go_style_args`]) plus the environment; on a bad
     /// flag prints clap's message and exits with status 2, as clap's own `parse` does.
     pub fn parse_go_style<I: IntoIterator<Item = OsString>>(args: I) -> Self {
@@ -414,9 +421,9 @@ mod tests {
     const FLANNEL_FLAGS: &[(&str, &str, bool, Outcome)] = &[
         ("etcd-endpoints", "http://198.18.0.1:2379", false, Implemented),
         ("etcd-prefix", "/vxlan/network", false, Implemented),
-        ("etcd-keyfile", "/etc/etcd/key.pem", false, Refused),
-        ("etcd-certfile", "/etc/etcd/cert.pem", false, Refused),
-        ("etcd-cafile", "/etc/etcd/ca.pem", false, Refused),
+        ("etcd-keyfile", "/etc/etcd/key.pem", false, Implemented),
+        ("etcd-certfile", "/etc/etcd/cert.pem", false, Implemented),
+        ("etcd-cafile", "/etc/etcd/ca.pem", false, Implemented),
         ("iface", "eth0", false, Implemented),
         ("iface-regex", "eth[0-9]{1,2}", false, Implemented),
         ("iface-can-reach", "198.18.0.1", false, Implemented),

@@ -11,6 +11,7 @@ use etcd_client::{
     TxnOp, WatchOptions, WatchStream,
 };
 
+use super::etcd_tls::{EtcdTls, Rejection};
 use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, WatchBatch};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
@@ -34,6 +35,17 @@ impl EtcdStore {
         prefix: &str,
         user: Option<(String, String)>,
     ) -> Result<EtcdStore, StoreError> {
+        Self::connect_secured(endpoints, prefix, user, &EtcdTls::default()).await
+    }
+
+    /// [`connect`](Self::connect) with TLS: `https://` endpoints, a CA file (else the system's CAs) and a client
+    /// certificate. User name and password travel inside the TLS connection.
+    pub async fn connect_secured(
+        endpoints: &[String],
+        prefix: &str,
+        user: Option<(String, String)>,
+        tls: &EtcdTls,
+    ) -> Result<EtcdStore, StoreError> {
         for e in endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
                 return Err(StoreError::BadEndpoint(e.clone()));
@@ -44,13 +56,16 @@ impl EtcdStore {
             // HTTP/2 pings notice a dead connection (e.g. a partition) on long-lived watch streams.
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls.options(endpoints)? {
+            options = options.with_tls(tls);
+        }
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
         let joined = endpoints.join(",");
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|source| StoreError::Unavailable { store: format!("etcd at {joined}"), source: source.into() })?;
+            .map_err(|source| failure(format!("etcd at {joined}"), source))?;
         Ok(EtcdStore { client, prefix: prefix.trim_end_matches('/').to_string(), endpoints: joined })
     }
 
@@ -76,7 +91,7 @@ impl EtcdStore {
     }
 
     fn unavailable(&self, source: etcd_client::Error) -> StoreError {
-        StoreError::Unavailable { store: self.name(), source: source.into() }
+        failure(self.name(), source)
     }
 
     async fn bounded<T>(
@@ -118,6 +133,14 @@ impl EtcdStore {
         self.bounded(keeper.keep_alive()).await?;
         let resp = self.bounded(stream.message()).await?;
         Ok(resp.map(|r| r.ttl()).unwrap_or(0))
+    }
+}
+
+/// An etcd error: a rejected handshake or login says which part to check; anything else means unreachable.
+fn failure(store: String, source: etcd_client::Error) -> StoreError {
+    match Rejection::classify(&source) {
+        Some(why) => StoreError::Rejected { store, why, source: source.into() },
+        None => StoreError::Unavailable { store, source: source.into() },
     }
 }
 
