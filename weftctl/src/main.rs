@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
+use weft::docker_opts::{self, DockerOptsArgs};
 use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
 use weft_lab::lab::cli::{self as lab_cli, LabCommand};
 
@@ -38,6 +39,8 @@ enum Command {
     Cni(CniCommand),
     /// Run the benchmark suite in lab namespaces (root): one table, raw JSON and a convergence plot
     Bench(BenchArgs),
+    /// Docker daemon options from the subnet file (flannel's mk-docker-opts.sh: -f, -d, -i, -c, -k, -m)
+    DockerOpts(DockerOptsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench_cli::run(args),
         Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
+        Command::DockerOpts(args) => docker_opts::run(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
