@@ -123,6 +123,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let mut controller = Controller::new(kernel, NftRules::system(), backend, metrics.clone());
+    controller
+        .claim_routes_into([&config.ipv4, &config.ipv6].into_iter().flatten().map(|family| family.network).collect());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

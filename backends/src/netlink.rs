@@ -277,7 +277,7 @@ impl Kernel for NetlinkKernel {
         }
         for family in [Family::V4, Family::V6] {
             for msg in self.dump_routes(family).await? {
-                if let Some(route) = route_from_message(&msg, &names, &owned, scope.route_protocol) {
+                if let Some(route) = route_from_message(&msg, &names, &owned, scope) {
                     state.add_route(route);
                 }
             }
@@ -655,7 +655,7 @@ fn route_from_message(
     msg: &RouteMessage,
     names: &HashMap<u32, String>,
     owned: &HashMap<u32, String>,
-    protocol: u8,
+    scope: &Scope,
 ) -> Option<Route> {
     let header = &msg.header;
     let kind = match header.kind {
@@ -672,8 +672,8 @@ fn route_from_message(
         .iter()
         .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
         .filter(|_| kind == RouteKind::Unicast);
-    let ours = u8::from(header.protocol) == protocol || oif.is_some_and(|i| owned.contains_key(&i));
-    if !ours {
+    let dst = route_destination(msg)?;
+    if !scope.owns_route(u8::from(header.protocol), oif.is_some_and(|i| owned.contains_key(&i)), dst) {
         return None;
     }
     let gateway =
@@ -683,7 +683,7 @@ fn route_from_message(
         None => None,
     };
     Some(Route {
-        dst: route_destination(msg)?,
+        dst,
         kind,
         gateway,
         device,
@@ -967,8 +967,10 @@ impl WatchState {
                 Some(format!("link {name} deleted"))
             }
             RouteNetlinkMessage::DelRoute(msg) => {
-                let ours = u8::from(msg.header.protocol) == self.scope.route_protocol
-                    || route_oif(msg).is_some_and(|i| self.links.contains_key(&i));
+                let on_owned_link = route_oif(msg).is_some_and(|i| self.links.contains_key(&i));
+                let ours = route_destination(msg).map_or(on_owned_link, |dst| {
+                    self.scope.owns_route(u8::from(msg.header.protocol), on_owned_link, dst)
+                });
                 ours.then(|| describe_route(msg))
             }
             RouteNetlinkMessage::DelNeighbour(msg) => {
@@ -1209,22 +1211,30 @@ mod tests {
     fn selects_our_routes() {
         let names = HashMap::from([(2, "u0".to_string()), (7, "flannel.1".to_string())]);
         let owned = owned(7, "flannel.1");
+        let scope = Scope::links(vec!["flannel.1".into()], 87);
         let mut on_device = route("10.244.2.0/24", Some("10.244.2.0"), 7, 87);
         on_device.header.flags.insert(RouteFlags::Onlink);
         let want = Route::via("10.244.2.0/24".parse().unwrap(), "10.244.2.0".parse().unwrap(), "flannel.1", true, 87);
-        assert_eq!(route_from_message(&on_device, &names, &owned, 87), Some(want));
+        assert_eq!(route_from_message(&on_device, &names, &owned, &scope), Some(want));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(route_from_message(&direct, &names, &owned, 87).map(|r| r.device), Some(Some("u0".to_string())));
+        assert_eq!(route_from_message(&direct, &names, &owned, &scope).map(|r| r.device), Some(Some("u0".to_string())));
+
+        // Another weftd's direct route (its own network) is not ours once our networks are known.
+        let narrowed = Scope { route_networks: vec!["10.244.0.0/16".parse().unwrap()], ..scope.clone() };
+        let other_network = route("10.245.3.0/24", Some("198.18.0.3"), 2, 87);
+        assert!(route_from_message(&other_network, &names, &owned, &scope).is_some());
+        assert_eq!(route_from_message(&other_network, &names, &owned, &narrowed), None);
+        assert!(route_from_message(&direct, &names, &owned, &narrowed).is_some());
 
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
-        assert_eq!(route_from_message(&foreign, &names, &owned, 87), None);
+        assert_eq!(route_from_message(&foreign, &names, &owned, &scope), None);
         let connected = route("10.244.1.0/24", None, 7, 2);
-        assert_eq!(route_from_message(&connected, &names, &owned, 87), None);
+        assert_eq!(route_from_message(&connected, &names, &owned, &scope), None);
         // A device route (WireGuard, TUN) has no gateway; a blackhole route has no device either.
         let no_gateway = route("10.244.4.0/24", None, 7, 87);
         let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
-        assert_eq!(route_from_message(&no_gateway, &names, &owned, 87), Some(device_route));
+        assert_eq!(route_from_message(&no_gateway, &names, &owned, &scope), Some(device_route));
         let mut blackhole = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix("10.244.1.0".parse().unwrap(), 24)
             .table_id(MAIN_TABLE)
@@ -1232,26 +1242,26 @@ mod tests {
             .protocol(RouteProtocol::from(87))
             .build();
         let want = Route::blackhole("10.244.1.0/24".parse().unwrap(), 87);
-        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
+        assert_eq!(route_from_message(&blackhole, &names, &owned, &scope), Some(want.clone()));
         // IPv6 reports blackholes on lo: still no device.
         blackhole.attributes.push(RouteAttribute::Oif(1));
-        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), Some(want.clone()));
+        assert_eq!(route_from_message(&blackhole, &names, &owned, &scope), Some(want.clone()));
         blackhole.header.protocol = RouteProtocol::Static;
-        assert_eq!(route_from_message(&blackhole, &names, &owned, 87), None, "someone else's blackhole");
+        assert_eq!(route_from_message(&blackhole, &names, &owned, &scope), None, "someone else's blackhole");
         // What we send reads back as what we meant.
         let sent = route_message(&want, NO_DEVICE).unwrap();
-        assert_eq!(route_from_message(&sent, &names, &owned, 87), Some(want));
+        assert_eq!(route_from_message(&sent, &names, &owned, &scope), Some(want));
         let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
         let sent = route_message(&device_route, 7).unwrap();
-        assert_eq!(route_from_message(&sent, &names, &owned, 87), Some(device_route));
+        assert_eq!(route_from_message(&sent, &names, &owned, &scope), Some(device_route));
 
         let mut other_table = route("10.244.2.0/24", Some("10.244.2.0"), 7, 87);
         other_table.header.table = 0;
         other_table.attributes.push(RouteAttribute::Table(1000));
-        assert_eq!(route_from_message(&other_table, &names, &owned, 87), None);
+        assert_eq!(route_from_message(&other_table, &names, &owned, &scope), None);
         let mut local = route("10.244.1.0/32", Some("10.244.1.0"), 7, 87);
         local.header.kind = RouteType::Local;
-        assert_eq!(route_from_message(&local, &names, &owned, 87), None);
+        assert_eq!(route_from_message(&local, &names, &owned, &scope), None);
     }
 
     #[test]

@@ -279,6 +279,7 @@ impl Backend for VxlanBackend {
             route_protocol: self.route_protocol,
             referenced: self.direct_routing_device().into_iter().collect(),
             tables: Vec::new(),
+            route_networks: Vec::new(),
         }
     }
 
