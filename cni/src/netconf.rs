@@ -41,6 +41,8 @@ pub struct NetConf {
     pub subnet_file: PathBuf,
     /// flannel's `dataDir` (flannel mode only).
     pub flannel_data_dir: Option<PathBuf>,
+    /// flannel's whole netconf (flannel mode only), for the delegate netconf stored under `dataDir`.
+    pub flannel_netconf: Option<Map<String, Value>>,
     pub bridge: String,
     pub is_gateway: bool,
     pub is_default_gateway: bool,
@@ -148,6 +150,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf> {
             .then(|| top.string("dataDir"))
             .transpose()?
             .map(|d| d.unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into()).into()),
+        flannel_netconf: flannel_mode.then(|| top.obj.clone()),
         bridge,
         is_gateway: bridge_opts.bool("isGateway")?.unwrap_or(true),
         // weft's own netconf gives containers a default route unless told otherwise; flannel's follows the bridge
