@@ -458,3 +458,48 @@ fn another_ipam_type_is_run_from_cni_path() {
     assert_eq!(run.json["code"], 7, "{}", run.raw);
     assert!(run.raw.contains("no-such-ipam") && run.raw.contains("CNI_PATH"), "{}", run.raw);
 }
+
+/// A node rolled back from weft's plugin to flannel's: flannel's DEL runs the delegate with the netconf stored
+/// under `dataDir` at ADD. weft stores flannel's netconf, so the reference bridge plugin (what flannel's plugin
+/// runs) removes the container's interface and host-local releases its address: nothing leaks.
+#[test]
+fn a_container_weft_added_is_deleted_by_flannels_delegate_without_leaks() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": unique("cbr"),
+        "type": "flannel",
+        "subnetFile": lab.subnet_file(1),
+        "dataDir": dir.0.join("flannel"),
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true, "ipMasq": false},
+        "ipam": {"dataDir": dir.0.join("ipam")},
+        "runtimeConfig": {"portMappings": []},
+    });
+    let pod = Pod::new();
+    let result = ok(cni(&lab, 1, &flannel, "ADD", &pod.id(), &pod.path(), &conf));
+    assert_eq!(allocations(&conf), vec![address_of(&result)]);
+    let state_path = dir.0.join("flannel").join(pod.id());
+    let stored: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let subnet = lab.subnet_env(1).unwrap().subnet.unwrap();
+    assert_eq!(stored["type"], "bridge");
+    assert_eq!(stored["name"], conf["name"]);
+    assert_eq!(stored["runtimeConfig"], json!({"portMappings": []}));
+    assert_eq!(stored["ipam"]["ranges"][0][0]["subnet"], format!("{}/{}", subnet.network(), subnet.prefix()));
+    assert_eq!(stored["ipam"]["dataDir"], conf["ipam"]["dataDir"]);
+    assert_eq!(host_veths(&lab, 1), 1);
+
+    // What flannel's plugin does on DEL: the stored netconf, handed to the delegate it names.
+    let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
+    ok(cni(&lab, 1, &bridge, "DEL", &pod.id(), &pod.path(), &stored));
+    assert!(allocations(&conf).is_empty(), "host-local released weft's allocation");
+    assert_eq!(host_veths(&lab, 1), 0, "the bridge plugin removed weft's veth");
+    // weft's own DEL afterwards (a runtime retrying) finds nothing to do and succeeds.
+    ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+    assert!(!state_path.exists());
+}
