@@ -503,3 +503,91 @@ fn a_container_weft_added_is_deleted_by_flannels_delegate_without_leaks() {
     ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
     assert!(!state_path.exists());
 }
+
+/// What weft does not do in process is delegated exactly as flannel's plugin does: a macvlan delegate and bridge
+/// options weft does not implement run the reference plugins from CNI_PATH with flannel's delegate netconf, whose
+/// stored copy drives DEL. Nothing leaks.
+#[test]
+fn delegates_weft_does_not_implement_run_from_cni_path() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let subnet = lab.subnet_env(1).unwrap().subnet.unwrap();
+    for delegate in [
+        json!({"type": "macvlan", "master": "eth0", "mode": "bridge", "ipMasq": false}),
+        json!({"promiscMode": true, "isDefaultGateway": true, "ipMasq": false}),
+    ] {
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": unique("dlg"),
+            "type": "flannel",
+            "subnetFile": lab.subnet_file(1),
+            "dataDir": dir.0.join("flannel"),
+            "delegate": delegate,
+            "ipam": {"dataDir": dir.0.join("ipam")},
+        });
+        let pod = Pod::new();
+        let result = ok(cni(&lab, 1, &flannel, "ADD", &pod.id(), &pod.path(), &conf));
+        let address = address_of(&result);
+        assert!(subnet.contains(address.parse().unwrap()), "{address} from the host's subnet {subnet}");
+        assert_eq!(allocations(&conf), vec![address.clone()], "{delegate}");
+        let stored: Value =
+            serde_json::from_slice(&std::fs::read(dir.0.join("flannel").join(pod.id())).unwrap()).unwrap();
+        let link = String::from_utf8_lossy(&pod.sh(&["ip", "-d", "link", "show", "eth0"]).stdout).into_owned();
+        if stored["type"] == "macvlan" {
+            assert!(link.contains("macvlan mode bridge"), "{link}");
+        } else {
+            assert_eq!(stored["promiscMode"], true);
+            let bridge = host(&lab, 1, &["ip", "-d", "link", "show", "cni0"]);
+            assert!(bridge.contains("PROMISC"), "promiscMode reached the bridge plugin: {bridge}");
+        }
+        ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+        assert!(allocations(&conf).is_empty(), "{delegate}: the delegate's IPAM released the address");
+        assert!(!dir.0.join("flannel").join(pod.id()).exists());
+    }
+    assert_eq!(host_veths(&lab, 1), 0);
+}
+
+/// The other way round: a container flannel's plugin ADDed (the reference bridge and host-local plugins with
+/// flannel's delegate netconf, stored under dataDir) is DELeted by weft without leaking.
+#[test]
+fn a_container_flannels_delegate_added_is_deleted_by_weft_without_leaks() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let env = lab.subnet_env(1).unwrap();
+    let subnet = env.subnet.unwrap();
+    let name = unique("cbr");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "flannel", "subnetFile": lab.subnet_file(1),
+        "dataDir": dir.0.join("flannel"), "delegate": {"hairpinMode": true, "ipMasq": false},
+        "ipam": {"dataDir": dir.0.join("ipam")},
+    });
+    // The netconf flannel's plugin builds for this conflist and stores before running the bridge plugin.
+    let flannels = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "bridge", "hairpinMode": true, "ipMasq": false,
+        "isGateway": true, "mtu": env.mtu,
+        "ipam": {"type": "host-local", "dataDir": dir.0.join("ipam"),
+                 "ranges": [[{"subnet": format!("{}/{}", subnet.network(), subnet.prefix())}]],
+                 "routes": [{"dst": "10.244.0.0/16"}]},
+    });
+    let pod = Pod::new();
+    std::fs::create_dir_all(dir.0.join("flannel")).unwrap();
+    std::fs::write(dir.0.join("flannel").join(pod.id()), flannels.to_string()).unwrap();
+    let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
+    ok(cni(&lab, 1, &bridge, "ADD", &pod.id(), &pod.path(), &flannels));
+    assert_eq!(allocations(&conf).len(), 1);
+    assert_eq!(host_veths(&lab, 1), 1);
+    ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+    assert!(allocations(&conf).is_empty(), "weft released host-local's allocation");
+    assert_eq!(host_veths(&lab, 1), 0, "weft removed the bridge plugin's veth");
+    assert!(!dir.0.join("flannel").join(pod.id()).exists());
+}
