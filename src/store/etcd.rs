@@ -24,6 +24,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// TLS without a client certificate: a connection etcd closes right after the handshake then most likely
+    /// means it wants one (TLS 1.3 reports that after the handshake, and not always with an alert).
+    tls_without_client_cert: bool,
     prefix: String,
     endpoints: String,
 }
@@ -63,10 +66,16 @@ impl EtcdStore {
             options = options.with_user(name, password);
         }
         let joined = endpoints.join(",");
+        let tls_without_client_cert = endpoints.iter().any(|e| e.starts_with("https://")) && tls.cert_file.is_none();
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|source| failure(format!("etcd at {joined}"), source))?;
-        Ok(EtcdStore { client, prefix: prefix.trim_end_matches('/').to_string(), endpoints: joined })
+            .map_err(|source| failure(format!("etcd at {joined}"), source, tls_without_client_cert))?;
+        Ok(EtcdStore {
+            client,
+            tls_without_client_cert,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: joined,
+        })
     }
 
     pub fn endpoints(&self) -> &str {
@@ -91,7 +100,7 @@ impl EtcdStore {
     }
 
     fn unavailable(&self, source: etcd_client::Error) -> StoreError {
-        failure(self.name(), source)
+        failure(self.name(), source, self.tls_without_client_cert)
     }
 
     async fn bounded<T>(
@@ -137,8 +146,10 @@ impl EtcdStore {
 }
 
 /// An etcd error: a rejected handshake or login says which part to check; anything else means unreachable.
-fn failure(store: String, source: etcd_client::Error) -> StoreError {
-    match Rejection::classify(&source) {
+fn failure(store: String, source: etcd_client::Error, tls_without_client_cert: bool) -> StoreError {
+    let why = Rejection::classify(&source)
+        .or_else(|| (tls_without_client_cert && Rejection::closed_early(&source)).then_some(Rejection::ClosedAfterTls));
+    match why {
         Some(why) => StoreError::Rejected { store, why, source: source.into() },
         None => StoreError::Unavailable { store, source: source.into() },
     }

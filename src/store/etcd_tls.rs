@@ -111,18 +111,14 @@ pub enum Rejection {
     Credentials,
     /// The endpoint does not speak TLS (an https:// URL for a plain-text etcd).
     NotTls,
+    /// etcd closed the connection right after the TLS handshake while we sent no client certificate.
+    ClosedAfterTls,
 }
 
 impl Rejection {
     /// Recognises a rejection in the text of an error and its sources (the TLS stack's and etcd's messages).
     pub fn classify(error: &(dyn std::error::Error + 'static)) -> Option<Rejection> {
-        let mut text = format!("{error:?}");
-        let mut source = error.source();
-        while let Some(e) = source {
-            text.push_str(&format!(" | {e} {e:?}"));
-            source = e.source();
-        }
-        let text = text.to_ascii_lowercase();
+        let text = chain_text(error);
         let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
         if has(&["unknownissuer", "unknown issuer", "badsignature", "invalid peer certificate: expired"]) {
             Some(Rejection::ServerCertificate)
@@ -145,6 +141,12 @@ impl Rejection {
         }
     }
 
+    /// Whether the connection was closed under us (rather than refused or timed out).
+    pub fn closed_early(error: &(dyn std::error::Error + 'static)) -> bool {
+        let text = chain_text(error);
+        ["connection closed", "connection reset", "broken pipe"].iter().any(|n| text.contains(n))
+    }
+
     pub fn advice(self) -> &'static str {
         match self {
             Rejection::ServerCertificate => {
@@ -158,8 +160,23 @@ impl Rejection {
             }
             Rejection::Credentials => "etcd rejected the user name or password (--etcd-username, --etcd-password)",
             Rejection::NotTls => "the endpoint does not speak TLS: is it an https:// URL for a plain-text etcd?",
+            Rejection::ClosedAfterTls => {
+                "etcd closed the connection after the TLS handshake and no client certificate was sent: it \
+                 probably requires a client certificate (--etcd-certfile, --etcd-keyfile)"
+            }
         }
     }
+}
+
+/// An error and all its sources as one lower-case text, Debug forms included (they carry the TLS alert names).
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("{error:?}");
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(" | {e} {e:?}"));
+        source = e.source();
+    }
+    text.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -234,5 +251,7 @@ mod tests {
         for (inner, expected) in cases {
             assert_eq!(Rejection::classify(&nested(inner)), expected, "{inner}");
         }
+        assert!(Rejection::closed_early(&nested("hyper::Error(Canceled, \"connection closed\")")));
+        assert!(!Rejection::closed_early(&nested("connection refused")));
     }
 }
