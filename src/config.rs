@@ -56,6 +56,19 @@ impl FamilyConfig {
 pub struct BackendConfig {
     pub kind: String,
     pub raw: Value,
+    /// The config has no `Backend` at all, so `kind` is flannel's fallback (udp), not the operator's choice.
+    pub implied: bool,
+}
+
+impl BackendConfig {
+    /// Why a backend this weftd does not implement was asked for, in the operator's terms.
+    pub fn origin(&self) -> String {
+        if self.implied {
+            format!("the network config has no Backend, which flannel reads as {:?}", self.kind)
+        } else {
+            format!("the network config asks for Backend.Type {:?}", self.kind)
+        }
+    }
 }
 
 /// A checked network config.
@@ -86,12 +99,20 @@ impl NetworkConfig {
         let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         let obj = value.as_object().ok_or(ConfigError::NotAnObject)?;
         let fields = Fields::new(obj);
-        let mut warnings = fields.unknown(KNOWN_FIELDS);
+        let mut warnings = fields.unknown(&[KNOWN_FIELDS, IGNORED_FIELDS].concat());
 
         let enable_v4 = fields.bool("EnableIPv4")?.unwrap_or(true);
         let enable_v6 = fields.bool("EnableIPv6")?.unwrap_or(false);
         if !enable_v4 && !enable_v6 {
             return Err(field_error("EnableIPv4", "both EnableIPv4 and EnableIPv6 are false: nothing to lease"));
+        }
+        for name in IGNORED_FIELDS {
+            if fields.get(name).is_some() {
+                warnings.push(format!(
+                "{name} is ignored: flannel 0.22 to 0.24 read it only for Kubernetes' MultiClusterCIDR and dropped it \
+                 with an etcd config, and later flannel does not know it; the cluster network is Network/IPv6Network"
+            ));
+            }
         }
         let ipv4 = if enable_v4 { Some(family_config(&fields, &V4_FIELDS, &mut warnings)?) } else { None };
         let ipv6 = if enable_v6 { Some(family_config(&fields, &V6_FIELDS, &mut warnings)?) } else { None };
@@ -99,7 +120,7 @@ impl NetworkConfig {
             ipv4,
             ipv6,
             enable_nftables: fields.bool("EnableNFTables")?.unwrap_or(false),
-            backend: backend_config(fields.get("Backend"))?,
+            backend: backend_config(fields.get("Backend"), &mut warnings)?,
             warnings,
         })
     }
@@ -119,6 +140,9 @@ const KNOWN_FIELDS: &[&str] = &[
     "IPv6SubnetMax",
     "Backend",
 ];
+
+/// Fields some flannel versions define and none applies with an etcd config.
+const IGNORED_FIELDS: &[&str] = &["Networks", "IPv6Networks"];
 
 /// The field names and limits of one family, so v4 and v6 go through the same code.
 struct FamilyFields {
@@ -218,10 +242,17 @@ fn family_config(fields: &Fields, f: &FamilyFields, warnings: &mut Vec<String>) 
     Ok(FamilyConfig { network, subnet_len, subnet_min, subnet_max })
 }
 
-fn backend_config(backend: Option<&Value>) -> Result<BackendConfig, ConfigError> {
-    // flannel falls back to "udp" when Backend is missing (its issue #1221); vxlan is what everyone expects.
+/// The backend flannel's code uses when the config has no `Backend` (its documentation says vxlan, issue #1221).
+/// A mixed cluster must agree on the backend, so weft follows the code.
+pub const IMPLIED_BACKEND: &str = "udp";
+
+fn backend_config(backend: Option<&Value>, warnings: &mut Vec<String>) -> Result<BackendConfig, ConfigError> {
     let Some(raw) = backend else {
-        return Ok(BackendConfig { kind: "vxlan".into(), raw: Value::Object(Map::new()) });
+        warnings.push(format!(
+            "Backend is missing: flannel then uses the {IMPLIED_BACKEND} backend, and so does weft; for VXLAN write \
+             \"Backend\":{{\"Type\":\"vxlan\"}}"
+        ));
+        return Ok(BackendConfig { kind: IMPLIED_BACKEND.into(), raw: Value::Object(Map::new()), implied: true });
     };
     let obj =
         raw.as_object().ok_or_else(|| field_error("Backend", "must be an object such as {\"Type\":\"vxlan\"}"))?;
@@ -231,7 +262,7 @@ fn backend_config(backend: Option<&Value>) -> Result<BackendConfig, ConfigError>
         .transpose()?
         .ok_or_else(|| field_error("Backend.Type", "is missing (for example \"vxlan\")"))?
         .to_ascii_lowercase();
-    Ok(BackendConfig { kind, raw: raw.clone() })
+    Ok(BackendConfig { kind, raw: raw.clone(), implied: false })
 }
 
 /// Case-insensitive field access with typed errors that name the field.
@@ -346,11 +377,28 @@ mod tests {
     }
 
     #[test]
-    fn missing_backend_means_vxlan_not_udp() {
+    fn missing_backend_means_udp_as_in_flannels_code() {
         let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert_eq!(c.backend.kind, "vxlan");
+        assert_eq!((c.backend.kind.as_str(), c.backend.implied), ("udp", true));
+        assert!(c.warnings[0].starts_with("Backend is missing: flannel then uses the udp backend"), "{:?}", c.warnings);
+        assert!(c.backend.origin().contains("has no Backend"), "{}", c.backend.origin());
+        let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert!(!c.backend.implied && c.warnings.is_empty());
+        assert_eq!(c.backend.origin(), "the network config asks for Backend.Type \"udp\"");
         let c = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"VXLAN"}}"#).unwrap();
         assert_eq!(c.backend.kind, "vxlan", "Type is lowercased like flannel does");
+    }
+
+    #[test]
+    fn networks_lists_are_accepted_and_ignored_with_a_warning() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","Networks":["10.245.0.0/16"],"IPv6Networks":[],"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(v4(&c).network.to_string(), "10.244.0.0/16");
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings.iter().all(|w| w.contains("is ignored")), "{:?}", c.warnings);
+        assert!(!c.warnings.iter().any(|w| w.contains("unknown")), "not reported as unknown: {:?}", c.warnings);
     }
 
     #[test]
@@ -405,7 +453,8 @@ mod tests {
 
     #[test]
     fn accepted_oddities_become_warnings() {
-        let c = NetworkConfig::parse(r#"{"Network":"10.244.7.0/16","Netwrok":"x"}"#).unwrap();
+        let c =
+            NetworkConfig::parse(r#"{"Network":"10.244.7.0/16","Netwrok":"x","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(v4(&c).network.to_string(), "10.244.0.0/16");
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }

@@ -83,6 +83,8 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     metrics: Arc<Metrics>,
     /// Objects the last pass compared (desired plus observed are built and dropped each pass).
     last_pass_objects: usize,
+    /// The cluster networks: routes with weft's protocol are ours only inside them (see [`Scope::route_networks`]).
+    route_networks: Vec<ipnetwork::IpNetwork>,
 }
 
 impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
@@ -96,7 +98,14 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             known_skipped: BTreeSet::new(),
             metrics,
             last_pass_objects: 0,
+            route_networks: Vec::new(),
         }
+    }
+
+    /// Claims only the routes into `networks` among those with weft's protocol, so another weftd on this host
+    /// (another prefix and network) keeps its own.
+    pub fn claim_routes_into(&mut self, networks: Vec<ipnetwork::IpNetwork>) {
+        self.route_networks = networks;
     }
 
     pub fn kernel(&mut self) -> &mut K {
@@ -112,9 +121,9 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         self.forwarding.subscribe()
     }
 
-    /// What the backend owns in the kernel.
+    /// What this weftd owns in the kernel: the backend's scope, narrowed to our networks.
     pub fn scope(&self) -> weft_backends::model::Scope {
-        self.backend.scope()
+        weft_backends::model::Scope { route_networks: self.route_networks.clone(), ..self.backend.scope() }
     }
 
     /// One pass. Returns the report; errors observing the kernel are returned as is.
@@ -136,7 +145,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         m.peers.store(peer_views.len() as i64, Ordering::Relaxed);
         m.skipped_peers.store(desired.skipped.len() as i64, Ordering::Relaxed);
         m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
-        let scope = self.backend.scope();
+        let scope = self.scope();
         let mut report = match reconcile(&mut self.kernel, &scope, &desired.state).await {
             Ok(report) => report,
             Err(e) => {

@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ipnetwork::IpNetwork;
@@ -9,6 +10,7 @@ use ipnetwork::IpNetwork;
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::store::etcd::{EtcdStore, DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
+use crate::store::etcd_tls::EtcdTls;
 use crate::store::LeaseStore;
 
 #[derive(Debug, Clone, Args)]
@@ -19,6 +21,21 @@ pub struct EtcdArgs {
     /// etcd key prefix
     #[arg(long, global = true, env = "WEFTCTL_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
     pub etcd_prefix: String,
+    /// etcd user name (with --etcd-password)
+    #[arg(long, global = true, env = "WEFTCTL_ETCD_USERNAME", requires = "etcd_password")]
+    pub etcd_username: Option<String>,
+    /// etcd password
+    #[arg(long, global = true, env = "WEFTCTL_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_username")]
+    pub etcd_password: Option<String>,
+    /// CA certificate (PEM) for etcd's server certificate; without it https:// uses the system's CAs
+    #[arg(long, global = true, env = "WEFTCTL_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// client certificate (PEM) for etcd (with --etcd-keyfile)
+    #[arg(long, global = true, env = "WEFTCTL_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// private key (PEM) of --etcd-certfile
+    #[arg(long, global = true, env = "WEFTCTL_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -67,7 +84,13 @@ pub enum CtlError {
 }
 
 async fn store(etcd: &EtcdArgs) -> Result<EtcdStore, CtlError> {
-    Ok(EtcdStore::connect(&etcd.etcd_endpoints, &etcd.etcd_prefix, None).await?)
+    let user = etcd.etcd_username.clone().zip(etcd.etcd_password.clone());
+    let tls = EtcdTls {
+        ca_file: etcd.etcd_cafile.clone(),
+        cert_file: etcd.etcd_certfile.clone(),
+        key_file: etcd.etcd_keyfile.clone(),
+    };
+    Ok(EtcdStore::connect_secured(&etcd.etcd_endpoints, &etcd.etcd_prefix, user, &tls).await?)
 }
 
 pub async fn config(etcd: &EtcdArgs, cmd: &ConfigCommand) -> Result<(), CtlError> {

@@ -17,7 +17,7 @@ use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
 use weft_backends::rules::traffic::{TrafficRules, WithTrafficRules};
 use weft_backends::rules::{AnyRules, IptablesRules, IptablesVariant, NftRules};
-use weft_backends::{Family, Peer, PerFamily, Underlay};
+use weft_backends::{BackendError, Family, Peer, PerFamily, Underlay};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
@@ -74,7 +74,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     }
 
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
-    let store = EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, user).await?;
+    let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
@@ -138,6 +138,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         AnyRules::Iptables(iptables.with_variant(variant))
     };
     let mut controller = Controller::new(kernel, rules, backend, metrics.clone());
+    controller
+        .claim_routes_into([&config.ipv4, &config.ipv6].into_iter().flatten().map(|family| family.network).collect());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
@@ -246,7 +248,11 @@ async fn wait_for_config(
 }
 
 fn backend_config(config: &NetworkConfig) -> Result<BackendConfig, String> {
-    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| e.to_string())
+    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| match e {
+        // Say where the backend type came from: a config without Backend asks for udp without naming it.
+        BackendError::UnsupportedType(_) => format!("{}: {e}", config.backend.origin()),
+        e => e.to_string(),
+    })
 }
 
 async fn pick_underlay(
@@ -256,12 +262,8 @@ async fn pick_underlay(
 ) -> Result<Underlay, StartupError> {
     let interfaces = kernel.interfaces().await?;
     let default_route_index = kernel.default_route_interface(family).await?;
-    let can_reach_source = match args.iface_can_reach {
-        Some(target) => {
-            Some(iface::source_address_towards(target).map_err(|_| iface::IfaceError::CannotReach(target, target))?)
-        }
-        None => None,
-    };
+    // No route to the target only fails --iface-can-reach, which comes after --iface and --iface-regex.
+    let can_reach_source = args.iface_can_reach.and_then(|target| iface::source_address_towards(target).ok());
     let opts = IfaceOptions {
         ifaces: args.iface.clone(),
         regexes: args.iface_regex.clone(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod daemon;
+pub mod docker_opts;
 pub mod flags;
 pub mod http;
 pub mod iface;

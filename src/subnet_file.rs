@@ -20,6 +20,7 @@ pub fn for_lease(config: &NetworkConfig, key: &SubnetKey, mtu: u32, ipmasq: bool
         ipv6_subnet: config.ipv6.as_ref().and(first_usable(Family::V6)),
         mtu,
         ipmasq,
+        more_networks: Vec::new(),
     }
 }
 

@@ -61,3 +61,31 @@ fn a_bad_etcd_endpoint_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("invalid etcd endpoint \"127.0.0.1:2379\""), "{}", stderr(&out));
 }
+
+#[test]
+fn flanneld_variables_take_gos_boolean_spellings() {
+    for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+        let out = run(WEFTD, &[], &[("FLANNELD_IP_BLACKHOLE_ROUTE", yes)]);
+        assert_eq!(out.status.code(), Some(1), "{yes}");
+        assert!(stderr(&out).contains("--ip-blackhole-route is not supported yet"), "{yes}: {}", stderr(&out));
+    }
+    for no in ["0", "f", "F", "FALSE", "false", "False"] {
+        // false passes the blackhole check, so the next refusal (an out-of-range margin) is the one reported.
+        let out = run(WEFTD, &["-subnet-lease-renew-margin=0"], &[("FLANNELD_IP_BLACKHOLE_ROUTE", no)]);
+        assert_eq!(out.status.code(), Some(1), "{no}");
+        assert!(stderr(&out).contains("--subnet-lease-renew-margin=0 is out of range"), "{no}: {}", stderr(&out));
+    }
+    let out = run(WEFTD, &[], &[("FLANNELD_IP_MASQ", "yes")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("\"yes\" is not a boolean"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_single_dash_flanneld_command_line_reaches_the_daemon() {
+    let out = run(WEFTD, &["-etcd-endpoints=http://127.0.0.1:1", "-iface", "eth0", "-kube-subnet-mgr"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--kube-subnet-mgr is not supported yet"), "{}", stderr(&out));
+    let out = run(WEFTD, &["-version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("weftd "));
+}

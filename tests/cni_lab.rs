@@ -458,3 +458,136 @@ fn another_ipam_type_is_run_from_cni_path() {
     assert_eq!(run.json["code"], 7, "{}", run.raw);
     assert!(run.raw.contains("no-such-ipam") && run.raw.contains("CNI_PATH"), "{}", run.raw);
 }
+
+/// A node rolled back from weft's plugin to flannel's: flannel's DEL runs the delegate with the netconf stored
+/// under `dataDir` at ADD. weft stores flannel's netconf, so the reference bridge plugin (what flannel's plugin
+/// runs) removes the container's interface and host-local releases its address: nothing leaks.
+#[test]
+fn a_container_weft_added_is_deleted_by_flannels_delegate_without_leaks() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": unique("cbr"),
+        "type": "flannel",
+        "subnetFile": lab.subnet_file(1),
+        "dataDir": dir.0.join("flannel"),
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true, "ipMasq": false},
+        "ipam": {"dataDir": dir.0.join("ipam")},
+        "runtimeConfig": {"portMappings": []},
+    });
+    let pod = Pod::new();
+    let result = ok(cni(&lab, 1, &flannel, "ADD", &pod.id(), &pod.path(), &conf));
+    assert_eq!(allocations(&conf), vec![address_of(&result)]);
+    let state_path = dir.0.join("flannel").join(pod.id());
+    let stored: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let subnet = lab.subnet_env(1).unwrap().subnet.unwrap();
+    assert_eq!(stored["type"], "bridge");
+    assert_eq!(stored["name"], conf["name"]);
+    assert_eq!(stored["runtimeConfig"], json!({"portMappings": []}));
+    assert_eq!(stored["ipam"]["ranges"][0][0]["subnet"], format!("{}/{}", subnet.network(), subnet.prefix()));
+    assert_eq!(stored["ipam"]["dataDir"], conf["ipam"]["dataDir"]);
+    assert_eq!(host_veths(&lab, 1), 1);
+
+    // What flannel's plugin does on DEL: the stored netconf, handed to the delegate it names.
+    let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
+    ok(cni(&lab, 1, &bridge, "DEL", &pod.id(), &pod.path(), &stored));
+    assert!(allocations(&conf).is_empty(), "host-local released weft's allocation");
+    assert_eq!(host_veths(&lab, 1), 0, "the bridge plugin removed weft's veth");
+    // weft's own DEL afterwards (a runtime retrying) finds nothing to do and succeeds.
+    ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+    assert!(!state_path.exists());
+}
+
+/// What weft does not do in process is delegated exactly as flannel's plugin does: a macvlan delegate and bridge
+/// options weft does not implement run the reference plugins from CNI_PATH with flannel's delegate netconf, whose
+/// stored copy drives DEL. Nothing leaks.
+#[test]
+fn delegates_weft_does_not_implement_run_from_cni_path() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let subnet = lab.subnet_env(1).unwrap().subnet.unwrap();
+    for delegate in [
+        json!({"type": "macvlan", "master": "eth0", "mode": "bridge", "ipMasq": false}),
+        json!({"promiscMode": true, "isDefaultGateway": true, "ipMasq": false}),
+    ] {
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": unique("dlg"),
+            "type": "flannel",
+            "subnetFile": lab.subnet_file(1),
+            "dataDir": dir.0.join("flannel"),
+            "delegate": delegate,
+            "ipam": {"dataDir": dir.0.join("ipam")},
+        });
+        let pod = Pod::new();
+        let result = ok(cni(&lab, 1, &flannel, "ADD", &pod.id(), &pod.path(), &conf));
+        let address = address_of(&result);
+        assert!(subnet.contains(address.parse().unwrap()), "{address} from the host's subnet {subnet}");
+        assert_eq!(allocations(&conf), vec![address.clone()], "{delegate}");
+        let stored: Value =
+            serde_json::from_slice(&std::fs::read(dir.0.join("flannel").join(pod.id())).unwrap()).unwrap();
+        let link = String::from_utf8_lossy(&pod.sh(&["ip", "-d", "link", "show", "eth0"]).stdout).into_owned();
+        if stored["type"] == "macvlan" {
+            assert!(link.contains("macvlan mode bridge"), "{link}");
+        } else {
+            assert_eq!(stored["promiscMode"], true);
+            let bridge = host(&lab, 1, &["ip", "-d", "link", "show", "cni0"]);
+            assert!(bridge.contains("PROMISC"), "promiscMode reached the bridge plugin: {bridge}");
+        }
+        ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+        assert!(allocations(&conf).is_empty(), "{delegate}: the delegate's IPAM released the address");
+        assert!(!dir.0.join("flannel").join(pod.id()).exists());
+    }
+    assert_eq!(host_veths(&lab, 1), 0);
+}
+
+/// The other way round: a container flannel's plugin ADDed (the reference bridge and host-local plugins with
+/// flannel's delegate netconf, stored under dataDir) is DELeted by weft without leaking.
+#[test]
+fn a_container_flannels_delegate_added_is_deleted_by_weft_without_leaks() {
+    require_root();
+    let lab = lab_with_weftd(1);
+    let dir = TempDir::new();
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let flannel = bin.join("flannel");
+    std::fs::copy(PLUGIN, &flannel).unwrap();
+    let env = lab.subnet_env(1).unwrap();
+    let subnet = env.subnet.unwrap();
+    let name = unique("cbr");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "flannel", "subnetFile": lab.subnet_file(1),
+        "dataDir": dir.0.join("flannel"), "delegate": {"hairpinMode": true, "ipMasq": false},
+        "ipam": {"dataDir": dir.0.join("ipam")},
+    });
+    // The netconf flannel's plugin builds for this conflist and stores before running the bridge plugin.
+    let flannels = json!({
+        "cniVersion": "1.0.0", "name": name, "type": "bridge", "hairpinMode": true, "ipMasq": false,
+        "isGateway": true, "mtu": env.mtu,
+        "ipam": {"type": "host-local", "dataDir": dir.0.join("ipam"),
+                 "ranges": [[{"subnet": format!("{}/{}", subnet.network(), subnet.prefix())}]],
+                 "routes": [{"dst": "10.244.0.0/16"}]},
+    });
+    let pod = Pod::new();
+    std::fs::create_dir_all(dir.0.join("flannel")).unwrap();
+    std::fs::write(dir.0.join("flannel").join(pod.id()), flannels.to_string()).unwrap();
+    let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
+    ok(cni(&lab, 1, &bridge, "ADD", &pod.id(), &pod.path(), &flannels));
+    assert_eq!(allocations(&conf).len(), 1);
+    assert_eq!(host_veths(&lab, 1), 1);
+    ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
+    assert!(allocations(&conf).is_empty(), "weft released host-local's allocation");
+    assert_eq!(host_veths(&lab, 1), 0, "weft removed the bridge plugin's veth");
+    assert!(!dir.0.join("flannel").join(pod.id()).exists());
+}

@@ -130,7 +130,7 @@ pub fn restrict(state: &KernelState, scope: &Scope) -> KernelState {
         out.add_link(Link::unowned(name.clone()));
     }
     for r in
-        state.routes.values().filter(|r| r.device.as_deref().is_some_and(owned) || r.protocol == scope.route_protocol)
+        state.routes.values().filter(|r| scope.owns_route(r.protocol, r.device.as_deref().is_some_and(owned), r.dst))
     {
         out.add_route(r.clone());
     }

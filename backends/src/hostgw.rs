@@ -71,7 +71,7 @@ impl Backend for HostGwBackend {
             links: Vec::new(),
             route_protocol: self.route_protocol,
             referenced: vec![self.underlay.name.clone()],
-            tables: Vec::new(),
+            ..Scope::default()
         }
     }
 

@@ -352,8 +352,12 @@ pub fn render_route(r: &Route) -> String {
 pub struct Scope {
     /// Devices weft owns. Addresses, neighbours, FDB entries and routes on them are weft's.
     pub links: Vec<String>,
-    /// Routes in the main table with this protocol are weft's, whatever their device.
+    /// Routes in the main table with this protocol are weft's, whatever their device (within `route_networks`).
     pub route_protocol: u8,
+    /// The destinations a `route_protocol` route must fall inside to be ours: the cluster networks. Several weftd
+    /// on one host (different etcd prefixes, networks and VNIs) tag their routes with the same protocol, so each
+    /// claims only the routes into its own networks. Empty: every route with the protocol.
+    pub route_networks: Vec<IpNetwork>,
     /// Devices weft only references ([`LinkKind::Unowned`]): observed as present or absent, never changed.
     pub referenced: Vec<String>,
     /// Firewall tables weft owns; every rule in them is weft's, nothing outside them is.
@@ -365,11 +369,36 @@ impl Scope {
     pub fn links(links: Vec<String>, route_protocol: u8) -> Scope {
         Scope { links, route_protocol, ..Scope::default() }
     }
+
+    /// Whether a main-table route is ours: it leaves through a device we own, or it carries our protocol and
+    /// leads into one of our networks.
+    pub fn owns_route(&self, protocol: u8, on_owned_link: bool, dst: IpNetwork) -> bool {
+        let inside = |n: &IpNetwork| {
+            Family::of(n.ip()) == Family::of(dst.ip()) && n.prefix() <= dst.prefix() && n.contains(dst.network())
+        };
+        on_owned_link
+            || (protocol == self.route_protocol
+                && (self.route_networks.is_empty() || self.route_networks.iter().any(inside)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_owned_by_device_or_by_protocol_inside_our_networks() {
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let any = Scope::links(vec!["flannel.1".into()], 87);
+        assert!(any.owns_route(87, false, net("10.9.0.0/24")), "no networks: every protocol-87 route");
+        assert!(!any.owns_route(4, false, net("10.9.0.0/24")));
+        let mine = Scope { route_networks: vec![net("10.244.0.0/16"), net("fd00:244::/56")], ..any };
+        assert!(mine.owns_route(87, false, net("10.244.3.0/24")));
+        assert!(mine.owns_route(87, false, net("fd00:244:0:3::/64")));
+        assert!(!mine.owns_route(87, false, net("10.245.3.0/24")), "another weftd's network");
+        assert!(!mine.owns_route(87, false, net("10.0.0.0/8")), "wider than our network");
+        assert!(mine.owns_route(4, true, net("10.245.3.0/24")), "on our own device, whatever it is");
+    }
 
     #[test]
     fn mac_round_trips_through_text() {

@@ -44,6 +44,9 @@ pub struct VxlanConfig {
     /// Underlay MTU to assume instead of the interface's (flannel's `MTU` option); the overlay gets this minus 50
     /// (70 on the IPv6 VTEP). Only a smaller value than the interface's can take effect.
     pub mtu: Option<u32>,
+    /// Keys of the `Backend` object that are no vxlan option on Linux (flannel's Windows-only `Name` and
+    /// `MacPrefix`, typos): ignored as flannel ignores them, and reported as notes.
+    pub ignored: Vec<String>,
 }
 
 impl Default for VxlanConfig {
@@ -55,6 +58,7 @@ impl Default for VxlanConfig {
             learning: false,
             direct_routing: false,
             mtu: None,
+            ignored: Vec::new(),
         }
     }
 }
@@ -103,9 +107,9 @@ impl VxlanConfig {
                 "directrouting" => {
                     cfg.direct_routing = value.as_bool().ok_or_else(|| field("must be true or false"))?
                 }
-                // flannel's Windows-only options: accepted so a shared config parses, ignored on Linux.
-                "macprefix" => {}
-                _ => return Err(field("is not a vxlan backend option (VNI, Port, MTU, GBP, Learning, DirectRouting)")),
+                // flannel decodes only the keys it knows and drops the rest, so a config shared with Windows nodes
+                // (Name, MacPrefix) or carrying a typo still starts it: ignore them too, but say so.
+                _ => cfg.ignored.push(key.clone()),
             }
         }
         Ok(cfg)
@@ -172,7 +176,16 @@ impl VxlanBackend {
         existing: &KernelState,
         route_protocol: u8,
     ) -> Result<VxlanBackend, BackendError> {
-        let mut notes = Vec::new();
+        let mut notes: Vec<String> = config
+            .ignored
+            .iter()
+            .map(|key| {
+                format!(
+                    "Backend.{key} is not a vxlan option on Linux (VNI, Port, MTU, GBP, Learning, DirectRouting) \
+                     and is ignored"
+                )
+            })
+            .collect();
         // The kernel caps a VXLAN device at its lower device's MTU minus the overhead: it clamps a larger MTU at
         // creation and refuses it on every later change, so asking for more would fail every reconcile pass.
         let underlay_mtu = match config.mtu {
@@ -268,6 +281,7 @@ impl Backend for VxlanBackend {
             route_protocol: self.route_protocol,
             referenced: self.direct_routing_device().into_iter().collect(),
             tables: Vec::new(),
+            route_networks: Vec::new(),
         }
     }
 

@@ -286,11 +286,25 @@ fn mtu_follows_the_interface_or_the_backend_option() {
         (json!({"Port": 70000}), "Backend.Port"),
         (json!({"MTU": 100}), "Backend.MTU"),
         (json!({"GBP": "yes"}), "Backend.GBP"),
-        (json!({"Colour": "blue"}), "Backend.Colour"),
     ] {
         let err = VxlanConfig::from_json(&bad).unwrap_err().to_string();
         assert!(err.contains(field), "{err}");
     }
+}
+
+#[test]
+fn unknown_backend_keys_are_ignored_with_a_note_as_flannel_ignores_them() {
+    // Windows-only options from a config shared with Windows nodes, and a typo.
+    let config =
+        VxlanConfig::from_json(&json!({"Type": "vxlan", "Name": "vxlan0", "MacPrefix": "0E-2A", "Colour": "blue"}))
+            .unwrap();
+    let mut ignored = config.ignored.clone();
+    ignored.sort();
+    assert_eq!(ignored, ["Colour", "MacPrefix", "Name"]);
+    assert_eq!(config.vni, 1);
+    let b = backend(config, &KernelState::default());
+    assert_eq!(b.notes.len(), 3, "{:?}", b.notes);
+    assert!(b.notes.iter().any(|n| n.starts_with("Backend.Name is not a vxlan option on Linux")), "{:?}", b.notes);
 }
 
 #[test]

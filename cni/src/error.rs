@@ -19,6 +19,8 @@ pub mod code {
     pub const POOL_EXHAUSTED: u32 = 101;
     /// weft's own: a delegated IPAM plugin failed (its message is passed on).
     pub const IPAM_PLUGIN: u32 = 102;
+    /// weft's own: the delegate plugin of a flannel config failed without a code of its own.
+    pub const DELEGATE_PLUGIN: u32 = 103;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum CniError {
     PoolExhausted(String),
     #[error("IPAM plugin {plugin}: {msg}")]
     IpamPlugin { plugin: String, code: u32, msg: String },
+    #[error("delegate plugin {plugin}: {msg}")]
+    DelegatePlugin { plugin: String, code: u32, msg: String },
 }
 
 pub type Result<T, E = CniError> = std::result::Result<T, E>;
@@ -89,6 +93,8 @@ impl CniError {
             CniError::PoolExhausted(_) => POOL_EXHAUSTED,
             CniError::IpamPlugin { code, .. } if *code != 0 => *code,
             CniError::IpamPlugin { .. } => IPAM_PLUGIN,
+            CniError::DelegatePlugin { code, .. } if *code != 0 => *code,
+            CniError::DelegatePlugin { .. } => DELEGATE_PLUGIN,
         }
     }
 

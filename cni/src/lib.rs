@@ -8,6 +8,7 @@
 
 pub mod env;
 pub mod error;
+pub mod flannel_state;
 pub mod ipam;
 pub mod masq;
 pub mod netconf;

@@ -41,6 +41,11 @@ pub struct NetConf {
     pub subnet_file: PathBuf,
     /// flannel's `dataDir` (flannel mode only).
     pub flannel_data_dir: Option<PathBuf>,
+    /// flannel's whole netconf (flannel mode only), for the delegate netconf stored under `dataDir`.
+    pub flannel_netconf: Option<Map<String, Value>>,
+    /// The plugin flannel's config delegates to when weft does not do its work in process: a delegate type other
+    /// than bridge, or bridge options weft does not implement. Run from CNI_PATH exactly as flannel's plugin runs it.
+    pub delegate_plugin: Option<String>,
     pub bridge: String,
     pub is_gateway: bool,
     pub is_default_gateway: bool,
@@ -89,15 +94,14 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf> {
             }
         }
         match d.get("type") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(t)) if t == "bridge" => {}
-            Some(Value::String(t)) => {
-                return Err(CniError::UnsupportedField(format!(
-                    "delegate.type {t:?} is not supported: weft performs the bridge plugin's work itself, so only \"bridge\" (the default) is accepted"
-                )))
-            }
+            None | Some(Value::Null) | Some(Value::String(_)) => {}
             Some(_) => return Err(invalid("delegate.type must be a string")),
         }
+    }
+    let delegate_plugin = delegate_obj.and_then(delegated_plugin);
+    if let Some(plugin) = &delegate_plugin {
+        validate::plugin_name(plugin)
+            .map_err(|_| invalid(&format!("delegate.type {plugin:?} is not a plugin name")))?;
     }
 
     let ipam_raw = match top.obj.get("ipam") {
@@ -148,6 +152,8 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf> {
             .then(|| top.string("dataDir"))
             .transpose()?
             .map(|d| d.unwrap_or_else(|| DEFAULT_FLANNEL_DATA_DIR.into()).into()),
+        flannel_netconf: flannel_mode.then(|| top.obj.clone()),
+        delegate_plugin,
         bridge,
         is_gateway: bridge_opts.bool("isGateway")?.unwrap_or(true),
         // weft's own netconf gives containers a default route unless told otherwise; flannel's follows the bridge
@@ -166,6 +172,17 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf> {
         name,
         plugin_type,
     })
+}
+
+/// The bridge options weft implements in process (see docs/cni.md).
+const NATIVE_BRIDGE_OPTIONS: &[&str] =
+    &["type", "bridge", "isGateway", "isDefaultGateway", "hairpinMode", "mtu", "ipMasq"];
+
+/// The plugin to run for a flannel `delegate`, or None when weft does the bridge plugin's work itself.
+fn delegated_plugin(delegate: &Map<String, Value>) -> Option<String> {
+    let kind = delegate.get("type").and_then(Value::as_str).unwrap_or("bridge");
+    let native = kind == "bridge" && delegate.keys().all(|k| NATIVE_BRIDGE_OPTIONS.contains(&k.as_str()));
+    (!native).then(|| kind.to_string())
 }
 
 /// The cniVersion of stdin if it can be read at all: errors are reported in the version the runtime asked for.
@@ -292,8 +309,8 @@ mod tests {
                 "hairpinMode must be true or false",
             ),
             (
-                br#"{"cniVersion":"1.0.0","name":"n","type":"flannel","delegate":{"type":"macvlan"}}"#,
-                2,
+                br#"{"cniVersion":"1.0.0","name":"n","type":"flannel","delegate":{"type":"../macvlan"}}"#,
+                7,
                 "delegate.type",
             ),
             (
@@ -309,6 +326,23 @@ mod tests {
             assert_eq!(e.code(), *code, "{}: {e}", String::from_utf8_lossy(input));
             assert!(e.to_string().contains(text), "{e} should mention {text}");
         }
+    }
+
+    #[test]
+    fn delegates_weft_does_not_implement_are_run_from_cni_path() {
+        let conf = |delegate: &str| {
+            parse(format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"flannel","delegate":{delegate}}}"#).as_bytes())
+                .unwrap()
+        };
+        assert_eq!(conf(r#"{"hairpinMode":true,"isDefaultGateway":true,"mtu":1400}"#).delegate_plugin, None);
+        assert_eq!(conf(r#"{"type":"ipvlan","master":"eth0"}"#).delegate_plugin.as_deref(), Some("ipvlan"));
+        assert_eq!(conf(r#"{"type":"macvlan"}"#).delegate_plugin.as_deref(), Some("macvlan"));
+        for option in [r#""promiscMode":true"#, r#""vlan":7"#, r#""forceAddress":true"#, r#""macspoofchk":true"#] {
+            let c = conf(&format!("{{{option}}}"));
+            assert_eq!(c.delegate_plugin.as_deref(), Some("bridge"), "{option} needs the bridge plugin itself");
+        }
+        let weft = parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft","vlan":7}"#).unwrap();
+        assert_eq!(weft.delegate_plugin, None, "weft's own config never delegates");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct SubnetFile {
     pub ipv6_subnet: Option<IpNetwork>,
     pub mtu: u32,
     pub ipmasq: bool,
+    /// Further entries of a comma-separated FLANNEL_NETWORK or FLANNEL_IPV6_NETWORK: every one is a cluster
+    /// network, as flannel's plugin reads them.
+    pub more_networks: Vec<IpNetwork>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,20 +46,32 @@ pub enum SubnetFileError {
 impl SubnetFile {
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let list = |first: IpNetwork| {
+            let more = self.more_networks.iter().filter(|n| n.is_ipv4() == first.is_ipv4());
+            std::iter::once(first).chain(more.copied()).map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+        };
         if let (Some(net), Some(sub)) = (self.network, self.subnet) {
-            out.push_str(&format!("FLANNEL_NETWORK={net}\nFLANNEL_SUBNET={sub}\n"));
+            out.push_str(&format!("FLANNEL_NETWORK={}\nFLANNEL_SUBNET={sub}\n", list(net)));
         }
         if let (Some(net), Some(sub)) = (self.ipv6_network, self.ipv6_subnet) {
-            out.push_str(&format!("FLANNEL_IPV6_NETWORK={net}\nFLANNEL_IPV6_SUBNET={sub}\n"));
+            out.push_str(&format!("FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={sub}\n", list(net)));
         }
         out.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq));
         out
     }
 
-    /// Parses the file. Unknown variables are ignored; comma-separated lists (a legacy form) use the first entry.
+    /// Parses the file. Unknown variables are ignored; a comma-separated network list keeps every entry (the first
+    /// in `network`/`ipv6_network`, the rest in `more_networks`); a subnet list uses its first entry.
     pub fn parse(path: &Path, text: &str) -> Result<SubnetFile, SubnetFileError> {
-        let mut file =
-            SubnetFile { network: None, subnet: None, ipv6_network: None, ipv6_subnet: None, mtu: 0, ipmasq: false };
+        let mut file = SubnetFile {
+            network: None,
+            subnet: None,
+            ipv6_network: None,
+            ipv6_subnet: None,
+            mtu: 0,
+            ipmasq: false,
+            more_networks: Vec::new(),
+        };
         let mut saw_mtu = false;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -70,10 +85,24 @@ impl SubnetFile {
                 let first = value.split(',').next().unwrap_or_default();
                 first.parse().map_err(|_| fail(format!("{name}={value:?} is not a CIDR")))
             };
+            let all = || -> Result<Vec<IpNetwork>, SubnetFileError> {
+                value
+                    .split(',')
+                    .map(|v| v.parse().map_err(|_| fail(format!("{name}={value:?} is not a CIDR"))))
+                    .collect()
+            };
             match name.trim() {
-                "FLANNEL_NETWORK" => file.network = Some(cidr()?),
+                "FLANNEL_NETWORK" | "FLANNEL_IPV6_NETWORK" => {
+                    let mut nets = all()?.into_iter();
+                    let first = nets.next();
+                    if name.trim() == "FLANNEL_NETWORK" {
+                        file.network = first;
+                    } else {
+                        file.ipv6_network = first;
+                    }
+                    file.more_networks.extend(nets.filter(|n| Some(*n) != first));
+                }
                 "FLANNEL_SUBNET" => file.subnet = Some(cidr()?),
-                "FLANNEL_IPV6_NETWORK" => file.ipv6_network = Some(cidr()?),
                 "FLANNEL_IPV6_SUBNET" => file.ipv6_subnet = Some(cidr()?),
                 "FLANNEL_MTU" => {
                     file.mtu = value.parse().map_err(|_| fail(format!("FLANNEL_MTU={value:?} is not a number")))?;
@@ -139,6 +168,7 @@ mod tests {
             ipv6_subnet: Some("fd42:0:0:5::1/64".parse().unwrap()),
             mtu: 1450,
             ipmasq: true,
+            more_networks: Vec::new(),
         };
         let text = file.render();
         assert_eq!(
@@ -146,6 +176,15 @@ mod tests {
             "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.5.1/24\nFLANNEL_IPV6_NETWORK=fd42::/56\nFLANNEL_IPV6_SUBNET=fd42:0:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
         );
         assert_eq!(SubnetFile::parse(Path::new("x"), &text).unwrap(), file);
+    }
+
+    #[test]
+    fn every_network_of_a_list_is_kept() {
+        let text = "FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n";
+        let file = SubnetFile::parse(Path::new("x"), text).unwrap();
+        assert_eq!(file.network.unwrap().to_string(), "10.244.0.0/16");
+        assert_eq!(file.more_networks, vec!["10.245.0.0/16".parse::<IpNetwork>().unwrap()]);
+        assert!(file.render().starts_with("FLANNEL_NETWORK=10.244.0.0/16,10.245.0.0/16\n"));
     }
 
     #[test]

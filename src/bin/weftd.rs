@@ -1,12 +1,15 @@
 //! weftd: the host daemon. All logic lives in the library (`weft::daemon`).
 
-use clap::Parser;
 use weft::flags::{self, DaemonArgs};
 
 fn main() -> std::process::ExitCode {
     // Before any thread exists: setting environment variables is only safe while single-threaded.
     flags::adopt_flannel_env();
-    let args = DaemonArgs::parse();
+    let args = DaemonArgs::parse_go_style(std::env::args_os());
+    if args.version {
+        println!("weftd {}", env!("CARGO_PKG_VERSION"));
+        return std::process::ExitCode::SUCCESS;
+    }
     if let Err(e) = weft::logging::init(args.log_format, &args.log_level) {
         eprintln!("weftd: {e}");
         return std::process::ExitCode::from(2);

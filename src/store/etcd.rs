@@ -11,6 +11,7 @@ use etcd_client::{
     TxnOp, WatchOptions, WatchStream,
 };
 
+use super::etcd_tls::{EtcdTls, Rejection};
 use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, WatchBatch};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
@@ -23,6 +24,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// TLS without a client certificate: a connection etcd closes right after the handshake then most likely
+    /// means it wants one (TLS 1.3 reports that after the handshake, and not always with an alert).
+    tls_without_client_cert: bool,
     prefix: String,
     endpoints: String,
 }
@@ -34,6 +38,17 @@ impl EtcdStore {
         prefix: &str,
         user: Option<(String, String)>,
     ) -> Result<EtcdStore, StoreError> {
+        Self::connect_secured(endpoints, prefix, user, &EtcdTls::default()).await
+    }
+
+    /// [`connect`](Self::connect) with TLS: `https://` endpoints, a CA file (else the system's CAs) and a client
+    /// certificate. User name and password travel inside the TLS connection.
+    pub async fn connect_secured(
+        endpoints: &[String],
+        prefix: &str,
+        user: Option<(String, String)>,
+        tls: &EtcdTls,
+    ) -> Result<EtcdStore, StoreError> {
         for e in endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
                 return Err(StoreError::BadEndpoint(e.clone()));
@@ -44,14 +59,23 @@ impl EtcdStore {
             // HTTP/2 pings notice a dead connection (e.g. a partition) on long-lived watch streams.
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls.options(endpoints)? {
+            options = options.with_tls(tls);
+        }
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
         let joined = endpoints.join(",");
+        let tls_without_client_cert = endpoints.iter().any(|e| e.starts_with("https://")) && tls.cert_file.is_none();
         let client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|source| StoreError::Unavailable { store: format!("etcd at {joined}"), source: source.into() })?;
-        Ok(EtcdStore { client, prefix: prefix.trim_end_matches('/').to_string(), endpoints: joined })
+            .map_err(|source| failure(format!("etcd at {joined}"), source, tls_without_client_cert))?;
+        Ok(EtcdStore {
+            client,
+            tls_without_client_cert,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            endpoints: joined,
+        })
     }
 
     pub fn endpoints(&self) -> &str {
@@ -76,7 +100,7 @@ impl EtcdStore {
     }
 
     fn unavailable(&self, source: etcd_client::Error) -> StoreError {
-        StoreError::Unavailable { store: self.name(), source: source.into() }
+        failure(self.name(), source, self.tls_without_client_cert)
     }
 
     async fn bounded<T>(
@@ -118,6 +142,16 @@ impl EtcdStore {
         self.bounded(keeper.keep_alive()).await?;
         let resp = self.bounded(stream.message()).await?;
         Ok(resp.map(|r| r.ttl()).unwrap_or(0))
+    }
+}
+
+/// An etcd error: a rejected handshake or login says which part to check; anything else means unreachable.
+fn failure(store: String, source: etcd_client::Error, tls_without_client_cert: bool) -> StoreError {
+    let why = Rejection::classify(&source)
+        .or_else(|| (tls_without_client_cert && Rejection::closed_early(&source)).then_some(Rejection::ClosedAfterTls));
+    match why {
+        Some(why) => StoreError::Rejected { store, why, source: source.into() },
+        None => StoreError::Unavailable { store, source: source.into() },
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 use crate::lease::{InvalidAttrs, InvalidKey, Lease, LeaseAttrs, SubnetKey};
 
 pub mod etcd;
+pub mod etcd_tls;
 mod feed;
 pub mod memory;
 
@@ -51,6 +52,17 @@ pub enum StoreError {
     Malformed { store: String, what: &'static str },
     #[error("invalid etcd endpoint {0:?}: expected a URL such as http://127.0.0.1:2379")]
     BadEndpoint(String),
+    /// The TLS files or endpoints cannot work together; nothing was sent.
+    #[error(transparent)]
+    TlsSetup(#[from] etcd_tls::TlsSetupError),
+    /// The store was reached, but the TLS handshake or the authentication failed; `why` says what to check.
+    #[error("{store}: {}: {source}", why.advice())]
+    Rejected {
+        store: String,
+        why: etcd_tls::Rejection,
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// A key or value below the subnets prefix that is not a lease. Never fatal: it is reported to the operator, and a

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use weft::cleanup::{self, CleanupArgs};
 use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
+use weft::docker_opts::{self, DockerOptsArgs};
 use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
 use weft_lab::lab::cli::{self as lab_cli, LabCommand};
 
@@ -42,6 +43,8 @@ enum Command {
     /// Remove everything weftd created on this host (devices, routes, firewall rules, the subnet file); stop weftd
     /// first. etcd is left alone unless --release-lease
     Cleanup(CleanupArgs),
+    /// Docker daemon options from the subnet file (flannel's mk-docker-opts.sh: -f, -d, -i, -c, -k, -m)
+    DockerOpts(DockerOptsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Config { etcd, command } => block_on(ctl::config(etcd, command)),
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
         Command::Cleanup(args) => run_cleanup(args),
+        Command::DockerOpts(args) => docker_opts::run(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -43,3 +43,27 @@ fn weftctl_rejects_a_subnet_with_host_bits() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("10.244.9.1/24 has host bits set; use 10.244.9.0/24"), "{}", stderr(&out));
 }
+
+#[test]
+fn docker_opts_writes_mk_docker_opts_variables() {
+    let dir = std::env::temp_dir().join(format!("weftctl-docker-opts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = dir.join("subnet.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    )
+    .unwrap();
+    let out_file = dir.join("docker_opts.env");
+    let out = run(&["docker-opts", "-f", env.to_str().unwrap(), "-d", out_file.to_str().unwrap(), "-c"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        "DOCKER_OPTS=\" --bip=10.244.3.1/24 --ip-masq=false --mtu=1450\"\n"
+    );
+    std::fs::write(&env, "FLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_IPMASQ=maybe\n").unwrap();
+    let out = run(&["docker-opts", "-f", env.to_str().unwrap(), "-d", out_file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Invalid value of FLANNEL_IPMASQ"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -33,7 +33,7 @@ pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result
     }
     for family in [Family::V4, Family::V6] {
         for r in kernel.dump_routes(family).await? {
-            if let Some(route) = route_from(&r, &names, &owned, scope.route_protocol) {
+            if let Some(route) = route_from(&r, &names, &owned, scope) {
                 state.add_route(route);
             }
         }
@@ -104,9 +104,15 @@ fn address_from(a: &address::Address, owned: &Owned) -> Option<Address> {
     Some(Address { device: device.clone(), addr: a.addr })
 }
 
-/// A main-table unicast or blackhole route that weft owns: it carries our protocol or leaves through one of our
-/// devices. Connected routes (proto kernel) are the kernel's, not weft's.
-pub(super) fn route_from(r: &route::Route, names: &HashMap<u32, String>, owned: &Owned, protocol: u8) -> Option<Route> {
+/// A main-table unicast or blackhole route that weft owns ([`Scope::owns_route`]: it leaves through one of our
+/// devices, or carries our protocol and leads into our networks). Connected routes (proto kernel) are the
+/// kernel's, not weft's.
+pub(super) fn route_from(
+    r: &route::Route,
+    names: &HashMap<u32, String>,
+    owned: &Owned,
+    scope: &Scope,
+) -> Option<Route> {
     const KERNEL_PROTOCOL: u8 = 2;
     let kind = match r.kind {
         route::RouteKind::Unicast => RouteKind::Unicast,
@@ -117,7 +123,7 @@ pub(super) fn route_from(r: &route::Route, names: &HashMap<u32, String>, owned: 
         return None;
     }
     // The codec gives a blackhole no device (IPv6 reports one on lo).
-    if r.protocol != protocol && !r.device.is_some_and(|i| owned.contains_key(&i)) {
+    if !scope.owns_route(r.protocol, r.device.is_some_and(|i| owned.contains_key(&i)), r.dst) {
         return None;
     }
     let device = match r.device {
@@ -194,33 +200,41 @@ mod tests {
     fn selects_our_routes() {
         let names = HashMap::from([(2, "u0".to_string()), (7, "flannel.1".to_string())]);
         let owned = owned(7, "flannel.1");
+        let scope = Scope::links(vec!["flannel.1".into()], 87);
         let on_device = route::Route { onlink: true, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
-        assert_eq!(route_from(&on_device, &names, &owned, 87), Some(flannel_route()));
+        assert_eq!(route_from(&on_device, &names, &owned, &scope), Some(flannel_route()));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(route_from(&direct, &names, &owned, 87).map(|r| r.device), Some(Some("u0".to_string())));
+        assert_eq!(route_from(&direct, &names, &owned, &scope).map(|r| r.device), Some(Some("u0".to_string())));
+
+        // Another weftd's direct route (its own network) is not ours once our networks are known.
+        let narrowed = Scope { route_networks: vec!["10.244.0.0/16".parse().unwrap()], ..scope.clone() };
+        let other_network = route("10.245.3.0/24", Some("198.18.0.3"), 2, 87);
+        assert!(route_from(&other_network, &names, &owned, &scope).is_some());
+        assert_eq!(route_from(&other_network, &names, &owned, &narrowed), None);
+        assert!(route_from(&direct, &names, &owned, &narrowed).is_some());
 
         let foreign = route("10.244.9.0/24", Some("198.18.0.9"), 2, 4);
-        assert_eq!(route_from(&foreign, &names, &owned, 87), None);
+        assert_eq!(route_from(&foreign, &names, &owned, &scope), None);
         let connected = route("10.244.1.0/24", None, 7, 2);
-        assert_eq!(route_from(&connected, &names, &owned, 87), None);
+        assert_eq!(route_from(&connected, &names, &owned, &scope), None);
         // A device route (WireGuard, TUN) has no gateway; a blackhole route has no device either.
         let no_gateway = route("10.244.4.0/24", None, 7, 87);
         let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
-        assert_eq!(route_from(&no_gateway, &names, &owned, 87), Some(device_route));
+        assert_eq!(route_from(&no_gateway, &names, &owned, &scope), Some(device_route));
         let blackhole = route::Route {
             kind: route::RouteKind::Blackhole,
             ..route::Route::unicast("10.244.1.0/24".parse().unwrap(), 87)
         };
         let want = Route::blackhole("10.244.1.0/24".parse().unwrap(), 87);
-        assert_eq!(route_from(&blackhole, &names, &owned, 87), Some(want));
+        assert_eq!(route_from(&blackhole, &names, &owned, &scope), Some(want));
         let theirs = route::Route { protocol: 4, ..blackhole };
-        assert_eq!(route_from(&theirs, &names, &owned, 87), None, "someone else's blackhole");
+        assert_eq!(route_from(&theirs, &names, &owned, &scope), None, "someone else's blackhole");
         let other_table = route::Route { table: 1000, ..route("10.244.2.0/24", Some("10.244.2.0"), 7, 87) };
-        assert_eq!(route_from(&other_table, &names, &owned, 87), None);
+        assert_eq!(route_from(&other_table, &names, &owned, &scope), None);
         let local =
             route::Route { kind: route::RouteKind::Other(2), ..route("10.244.1.0/32", Some("10.244.1.0"), 7, 87) };
-        assert_eq!(route_from(&local, &names, &owned, 87), None);
+        assert_eq!(route_from(&local, &names, &owned, &scope), None);
     }
 
     fn flannel_route() -> Route {
@@ -253,7 +267,10 @@ mod tests {
             let request = super::super::apply::request_for(&op, index).unwrap();
             let Message::NewRoute(msg) = request.message().clone() else { panic!() };
             let read = route::Route::from_message(&msg).unwrap();
-            assert_eq!(route_from(&read, &names, &owned(7, "flannel.1"), 87), Some(route));
+            assert_eq!(
+                route_from(&read, &names, &owned(7, "flannel.1"), &Scope::links(vec!["flannel.1".into()], 87)),
+                Some(route)
+            );
         }
         let wireguard =
             Link { name: "wg0".into(), kind: LinkKind::Wireguard, mac: MacAddr::default(), mtu: 1420, up: true };

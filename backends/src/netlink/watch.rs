@@ -132,8 +132,8 @@ impl WatchState {
                 Some(Drift::LinkDeleted { device: name })
             }
             Event::RouteDeleted(r) => {
-                let ours =
-                    r.protocol == self.scope.route_protocol || r.device.is_some_and(|i| self.links.contains_key(&i));
+                let on_owned_link = r.device.is_some_and(|i| self.links.contains_key(&i));
+                let ours = self.scope.owns_route(r.protocol, on_owned_link, r.dst);
                 ours.then_some(Drift::RouteDeleted { dst: r.dst, table: r.table })
             }
             Event::NeighbourDeleted(n) => {

@@ -17,7 +17,7 @@ use crate::netconf::{Ipam, NetConf};
 use crate::netlink;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::subnet_file::SubnetFile;
-use crate::{masq, trace, version};
+use crate::{flannel_state, masq, trace, version};
 use weft_netlink::blocking::Socket;
 use weft_netlink::link::{self, LinkRef, VethPair};
 use weft_netlink::Request;
@@ -32,6 +32,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     let format = version::format_of(&conf.cni_version)?;
     let file = read_subnet_file(&conf.subnet_file)?;
     let plan = Plan::new(conf, &file)?;
+    // Stored before anything is attached, as flannel's plugin does, so a DEL after a failed ADD finds it too.
+    save_flannel_state(conf, id)?;
     trace::mark("config and subnet file read");
     let netns = std::fs::File::open(netns_path)
         .map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
@@ -50,6 +52,22 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
             Err(e)
         }
     }
+}
+
+/// In flannel mode, writes the delegate netconf flannel's plugin would have stored for this container, so that
+/// flannel's plugin can DEL it after a roll-back (see [`flannel_state`]).
+fn save_flannel_state(conf: &NetConf, id: &str) -> Result<()> {
+    let (Some(dir), Some(netconf)) = (&conf.flannel_data_dir, &conf.flannel_netconf) else { return Ok(()) };
+    let text = std::fs::read_to_string(&conf.subnet_file)
+        .map_err(|e| CniError::io(format!("reading subnet file {}", conf.subnet_file.display()), e))?;
+    let env = flannel_state::FlannelEnv::parse(&conf.subnet_file, &text)
+        .map_err(|e| CniError::InvalidConfig(e.to_string()))?;
+    flannel_state::save(dir, id, &flannel_state::delegate_netconf(netconf, &env)).map_err(|e| match e {
+        flannel_state::StateError::Io { path, source } => {
+            CniError::io(format!("writing flannel's state {}", path.display()), source)
+        }
+        other => CniError::InvalidConfig(other.to_string()),
+    })
 }
 
 fn allocate(

@@ -4,6 +4,7 @@
 mod add;
 mod check;
 mod del;
+mod delegate;
 mod plan;
 
 use std::path::Path;
@@ -43,8 +44,14 @@ fn dispatch(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<String
     let conf = netconf::parse(stdin)?;
     let env = Env::read(get);
     match command {
-        Command::Add => add::add(&conf, &env),
+        Command::Add => match &conf.delegate_plugin {
+            Some(plugin) => delegate::add(&conf, &env, plugin),
+            None => add::add(&conf, &env),
+        },
+        Command::Del if delegate::del_if_delegated(&conf, &env)? => Ok(String::new()),
         Command::Del => del::del(&conf, &env).map(|()| String::new()),
+        // flannel's plugin answers CHECK without checking; weft cannot check what a delegate it ran set up.
+        Command::Check if conf.delegate_plugin.is_some() => Ok(String::new()),
         Command::Check => check::check(&conf, &env).map(|()| String::new()),
         Command::Gc => gc(&conf, &env).map(|()| String::new()),
         Command::Status => status(&conf).map(|_| String::new()),

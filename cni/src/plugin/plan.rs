@@ -36,6 +36,8 @@ impl Plan {
             }
             networks.extend(network);
         }
+        // Every entry of a FLANNEL_NETWORK list is a cluster network the container routes to the overlay.
+        networks.extend(file.more_networks.iter().filter(|n| ranges.iter().any(|r| r.subnet.is_ipv4() == n.is_ipv4())));
         if ranges.is_empty() {
             return Err(CniError::InvalidConfig(format!(
                 "subnet file {} has neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET",
@@ -98,7 +100,7 @@ pub fn ipam_plugin_conf(conf: &NetConf, file: Option<&SubnetFile>) -> Value {
             ipam.insert("ranges".into(), Value::Array(ranges));
         }
         let mut routes = ipam.get("routes").and_then(Value::as_array).cloned().unwrap_or_default();
-        for n in [file.network, file.ipv6_network].into_iter().flatten() {
+        for n in [file.network, file.ipv6_network].into_iter().flatten().chain(file.more_networks.iter().copied()) {
             routes.push(json!({"dst": n.to_string()}));
         }
         ipam.insert("routes".into(), Value::Array(routes));
@@ -126,6 +128,14 @@ mod tests {
         let routes: Vec<String> = plan.routes.iter().map(|r| format!("{} {:?}", r.dst, r.gw)).collect();
         assert_eq!(routes, ["10.244.0.0/16 None", "0.0.0.0/0 Some(10.244.3.1)"]);
         assert_eq!(plan.gateway_for("10.244.3.9".parse().unwrap()), Some("10.244.3.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_entry_of_a_network_list_is_routed() {
+        let conf = crate::netconf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft"}"#).unwrap();
+        let plan = Plan::new(&conf, &file(&V4.replace("10.244.0.0/16", "10.244.0.0/16,10.245.0.0/16"))).unwrap();
+        let routes: Vec<String> = plan.routes.iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(routes, ["10.244.0.0/16", "10.245.0.0/16", "0.0.0.0/0"]);
     }
 
     #[test]
