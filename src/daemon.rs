@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use weft_backends::backend::{Backend, BackendConfig};
@@ -30,6 +31,7 @@ use crate::registry::{self, LeaseSet};
 use crate::store::etcd::EtcdStore;
 use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
+use crate::trust::TrustPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -92,6 +94,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     // Everything backend-specific is behind the Backend seam from here on: what it owns, its devices, its lease
     // data and MTU.
     let existing = kernel.observe(&backend_config.existing_scope(&families, WEFT_ROUTE_PROTOCOL)).await?;
+    let policy = TrustPolicy {
+        config: config.clone(),
+        backend: backend_config.clone(),
+        host_addresses: host_addresses(&underlay),
+    };
     let backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
     for note in backend.notes() {
         warn!("{note}");
@@ -122,7 +129,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let listing = list_with_retry(&store, &mut shutdown).await;
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
-    let mut controller = Controller::new(kernel, NftRules::system(), backend, metrics.clone());
+    let mut controller = Controller::new(kernel, NftRules::system(), backend, policy, metrics.clone());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
@@ -192,6 +199,18 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
 
 /// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
 /// daemon that stays up picks the fix up without a restart loop.
+/// This host's addresses as the trust boundary protects them: the underlay's, with their connected prefixes, and
+/// the public IPs published in our lease (as single addresses, when they differ: NAT).
+fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
+    let mut addresses = underlay.addresses.clone();
+    for ip in [underlay.public_ipv4, underlay.public_ipv6].into_iter().flatten() {
+        if !addresses.iter().any(|a| a.ip() == ip) {
+            addresses.push(IpNetwork::new(ip, Family::of(ip).host_prefix()).expect("a host prefix is valid"));
+        }
+    }
+    addresses
+}
+
 async fn wait_for_config(
     store: &EtcdStore,
     shutdown: &mut watch::Receiver<bool>,

@@ -19,7 +19,8 @@ pub struct Metrics {
     pub ready: AtomicBool,
     pub etcd_connected: AtomicBool,
     pub peers: AtomicI64,
-    pub skipped_peers: AtomicI64,
+    /// Rejected peer leases by reason (short name), as of the last pass.
+    pub skipped_peers: Mutex<std::collections::BTreeMap<&'static str, i64>>,
     pub reconcile_passes: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub drift_repairs: AtomicU64,
@@ -32,6 +33,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Replaces the rejected-lease counts with one per reason of `reasons`.
+    pub fn set_skipped(&self, reasons: impl Iterator<Item = &'static str>) {
+        let mut counts = std::collections::BTreeMap::new();
+        for name in reasons {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        *lock(&self.skipped_peers) = counts;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
@@ -44,11 +54,6 @@ impl Metrics {
                 self.peers.load(Ordering::Relaxed).to_string(),
             ),
             (
-                "weft_peers_skipped",
-                "Peer leases the backend cannot use (wrong type, malformed data).",
-                self.skipped_peers.load(Ordering::Relaxed).to_string(),
-            ),
-            (
                 "weft_last_reconcile_duration_seconds",
                 "Duration of the last reconcile pass.",
                 lock(&self.last_reconcile_seconds).to_string(),
@@ -57,6 +62,16 @@ impl Metrics {
         for (name, help, value) in gauges {
             sample(&mut out, name, "gauge", help, "", &value);
         }
+        let _ = writeln!(
+            out,
+            "# HELP weft_peers_skipped Peer leases not programmed, by reason (see docs/reliability.md).\n\
+             # TYPE weft_peers_skipped gauge"
+        );
+        let skipped = lock(&self.skipped_peers);
+        for reason in weft_backends::trust::RejectReason::NAMES {
+            let _ = writeln!(out, "weft_peers_skipped{{reason=\"{reason}\"}} {}", skipped.get(reason).unwrap_or(&0));
+        }
+        drop(skipped);
         let counters = [
             ("weft_reconcile_passes_total", "Reconcile passes run.", &self.reconcile_passes),
             ("weft_reconcile_failures_total", "Passes that could not observe the kernel.", &self.reconcile_failures),

@@ -20,3 +20,4 @@ pub mod registry;
 pub mod sd_notify;
 pub mod store;
 pub mod subnet_file;
+pub mod trust;
