@@ -6,10 +6,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use clap::{Args, Subcommand};
 use ipnetwork::IpNetwork;
 
+use std::collections::BTreeMap;
+
+use weft_backends::trust::RejectReason;
+
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::registry::LeaseSet;
 use crate::store::etcd::{EtcdStore, DEFAULT_ENDPOINTS, DEFAULT_PREFIX};
 use crate::store::LeaseStore;
+use crate::trust::{self, TrustPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
@@ -125,12 +131,13 @@ pub async fn lease(etcd: &EtcdArgs, cmd: &LeaseCommand) -> Result<(), CtlError> 
             for p in &listing.problems {
                 eprintln!("warning: {p}");
             }
+            let rejected = judge_listing(&store, &listing).await;
             if *json {
                 for l in &listing.leases {
-                    println!("{}", lease_json(l));
+                    println!("{}", lease_json(l, rejected.get(&l.key.to_string())));
                 }
             } else {
-                print!("{}", lease_table(&listing.leases));
+                print!("{}", lease_table(&listing.leases, &rejected));
             }
         }
         LeaseCommand::Delete { subnet } => {
@@ -166,24 +173,62 @@ async fn find_key(store: &EtcdStore, subnet: IpNetwork) -> Result<SubnetKey, Ctl
         .ok_or_else(|| CtlError::Invalid(format!("no lease holds {subnet}")))
 }
 
-pub fn lease_json(l: &Lease) -> String {
+/// Why each lease would not be programmed by a host, judged as weftd does (without a host's own lease and
+/// addresses), by lease name. Empty, with a warning, when there is no valid network config to judge against.
+async fn judge_listing(store: &EtcdStore, listing: &crate::store::Listing) -> BTreeMap<String, RejectReason> {
+    let policy = match store.get_config().await {
+        Ok(Some(text)) => NetworkConfig::parse(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|c| TrustPolicy::outside(c).map_err(|e| e.to_string())),
+        Ok(None) => Err("there is no network config".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match policy {
+        Ok(policy) => {
+            let set = LeaseSet::from_listing(listing);
+            trust::screen(&policy, None, &set).rejected.into_iter().map(|r| (r.name, r.reason)).collect()
+        }
+        Err(why) => {
+            eprintln!("warning: leases are not checked: {why}");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// One lease as JSON; `skipped` says why hosts do not program it (null when they do).
+pub fn lease_json(l: &Lease, skipped: Option<&RejectReason>) -> String {
     serde_json::json!({
         "subnet": l.key.to_string(),
         "etcdLease": l.etcd_lease,
         "reservation": l.is_reservation(),
         "value": serde_json::from_str::<serde_json::Value>(&l.attrs.to_json()).unwrap_or_default(),
+        "skipped": skipped.map(|r| serde_json::json!({"reason": r.name(), "detail": r.to_string()})),
     })
     .to_string()
 }
 
-pub fn lease_table(leases: &[Lease]) -> String {
-    let mut out = format!("{:<36} {:<16} {:<8} {:<18} {}\n", "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES");
+/// The lease table. A lease hosts do not program says why in its last column; keys that are no lease at all
+/// (bad keys) get a row of their own.
+pub fn lease_table(leases: &[Lease], rejected: &BTreeMap<String, RejectReason>) -> String {
+    let mut out = format!(
+        "{:<36} {:<16} {:<8} {:<18} {:<22} {}\n",
+        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "STATUS"
+    );
     for l in leases {
         let mac = l.attrs.backend_data.as_ref().and_then(|d| d.get("VtepMAC")).and_then(|m| m.as_str()).unwrap_or("-");
         let ip = l.attrs.public_ip.map(IpAddr::V4).or(l.attrs.public_ipv6.map(IpAddr::V6));
+        let name = l.key.to_string();
+        let status = match rejected.get(&name) {
+            // A reservation nobody has taken yet has no backend data: it is waiting, not wrong.
+            Some(RejectReason::WrongBackendType { theirs, .. }) if l.is_reservation() && theirs.is_empty() => {
+                "reserved, not taken yet".to_string()
+            }
+            Some(reason) => format!("skipped: {} ({reason})", reason.name()),
+            None => "ok".to_string(),
+        };
         out.push_str(&format!(
-            "{:<36} {:<16} {:<8} {:<18} {}\n",
-            l.key.to_string(),
+            "{:<36} {:<16} {:<8} {:<18} {:<22} {}\n",
+            name,
             ip.map_or("-".to_string(), |i| i.to_string()),
             if l.attrs.backend_type.is_empty() { "-" } else { &l.attrs.backend_type },
             mac,
@@ -192,7 +237,55 @@ pub fn lease_table(leases: &[Lease]) -> String {
             } else {
                 format!("etcd lease {:x}", l.etcd_lease)
             },
+            status,
         ));
     }
+    for (name, reason) in rejected.iter().filter(|(_, r)| r.name() == "bad_key") {
+        let status = format!("skipped: {} ({reason})", reason.name());
+        out.push_str(&format!("{name:<36} {:<16} {:<8} {:<18} {:<22} {status}\n", "-", "-", "-", "-"));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_says_why_a_lease_is_skipped() {
+        let good = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
+        let lease = |key: &str, value: &str, etcd_lease| Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs::from_json(value).unwrap(),
+            etcd_lease,
+            mod_revision: 1,
+        };
+        let leases = [
+            lease("10.244.2.0-24", good, 7),
+            lease("198.18.0.0-24", good, 8),
+            lease("10.244.9.0-24", r#"{"PublicIP":"198.18.0.9"}"#, 0),
+        ];
+        let mut listing = crate::store::Listing { leases: leases.to_vec(), ..Default::default() };
+        let stored = crate::store::StoredLease { path: "/p/x", name: "x", value: b"{}", ttl_lease: 0, mod_revision: 2 };
+        listing.add(stored);
+        let policy = TrustPolicy::outside(NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap()).unwrap();
+        let set = LeaseSet::from_listing(&listing);
+        let rejected = trust::screen(&policy, None, &set).rejected.into_iter().map(|r| (r.name, r.reason)).collect();
+        let table = lease_table(&leases, &rejected);
+        let status: Vec<&str> =
+            table.lines().map(|l| l.split_at(36 + 1 + 16 + 1 + 8 + 1 + 18 + 1 + 22 + 1).1).collect();
+        assert_eq!(
+            status,
+            [
+                "STATUS",
+                "ok",
+                "skipped: outside_network (198.18.0.0/24 is not inside the network 10.244.0.0/16)",
+                "reserved, not taken yet",
+                "skipped: bad_key (invalid subnet key \"x\": the IPv4 half is not ADDRESS-PREFIXLEN)",
+            ]
+        );
+        let json = lease_json(&leases[1], rejected.get("198.18.0.0-24"));
+        assert!(json.contains(r#""skipped":{"detail":"198.18.0.0/24 is not inside the network 10.244.0.0/16","reason":"outside_network"}"#), "{json}");
+        assert!(lease_json(&leases[0], None).contains(r#""skipped":null"#));
+    }
 }
