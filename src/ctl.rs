@@ -85,7 +85,7 @@ pub async fn config(etcd: &EtcdArgs, cmd: &ConfigCommand) -> Result<(), CtlError
         }
         ConfigCommand::Set { config } => {
             let text = read_argument(config)?;
-            let parsed = NetworkConfig::parse(&text)?;
+            let (parsed, _) = NetworkConfig::validate(&text)?;
             for w in &parsed.warnings {
                 eprintln!("warning: {w}");
             }
@@ -96,17 +96,27 @@ pub async fn config(etcd: &EtcdArgs, cmd: &ConfigCommand) -> Result<(), CtlError
     Ok(())
 }
 
-/// JSON text, `@path`, or `-` for stdin.
+/// JSON text, `@path`, or `-` for stdin; never more than the config size limit (so `@/dev/zero` ends).
 fn read_argument(arg: &str) -> Result<String, CtlError> {
-    if arg == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).map_err(|e| CtlError::Read("stdin".into(), e))?;
-        Ok(text)
+    let (name, reader): (&str, Box<dyn Read>) = if arg == "-" {
+        ("stdin", Box::new(std::io::stdin()))
     } else if let Some(path) = arg.strip_prefix('@') {
-        std::fs::read_to_string(path).map_err(|e| CtlError::Read(path.into(), e))
+        (path, Box::new(std::fs::File::open(path).map_err(|e| CtlError::Read(path.into(), e))?))
     } else {
-        Ok(arg.to_string())
+        return Ok(arg.to_string());
+    };
+    read_limited(name, reader)
+}
+
+fn read_limited(name: &str, reader: impl Read) -> Result<String, CtlError> {
+    let mut bytes = Vec::new();
+    let limit = crate::config::MAX_CONFIG_BYTES;
+    reader.take(limit as u64 + 1).read_to_end(&mut bytes).map_err(|e| CtlError::Read(name.into(), e))?;
+    if bytes.len() > limit {
+        return Err(crate::config::ConfigError::TooLarge { limit }.into());
     }
+    String::from_utf8(bytes)
+        .map_err(|e| CtlError::Read(name.into(), std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 fn key_for(subnet: IpNetwork) -> Result<SubnetKey, CtlError> {
@@ -250,6 +260,13 @@ pub fn lease_table(leases: &[Lease], rejected: &BTreeMap<String, RejectReason>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_input_is_cut_at_the_limit() {
+        let err = read_argument("@/dev/zero").unwrap_err().to_string();
+        assert_eq!(err, "network config is larger than 65536 bytes");
+        assert_eq!(read_limited("x", &b"{}"[..]).unwrap(), "{}");
+    }
 
     #[test]
     fn the_table_says_why_a_lease_is_skipped() {

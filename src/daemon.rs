@@ -197,8 +197,6 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
-/// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
-/// daemon that stays up picks the fix up without a restart loop.
 /// This host's addresses as the trust boundary protects them: the underlay's, with their connected prefixes, and
 /// the public IPs published in our lease (as single addresses, when they differ: NAT).
 fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
@@ -211,6 +209,8 @@ fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
     addresses
 }
 
+/// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
+/// daemon that stays up picks the fix up without a restart loop.
 async fn wait_for_config(
     store: &EtcdStore,
     shutdown: &mut watch::Receiver<bool>,
@@ -219,10 +219,7 @@ async fn wait_for_config(
     let mut last_complaint = String::new();
     loop {
         let complaint = match store.get_config().await {
-            Ok(Some(text)) => match NetworkConfig::parse(&text).map_err(|e| e.to_string()).and_then(|c| {
-                let backend = backend_config(&c)?;
-                Ok((c, backend))
-            }) {
+            Ok(Some(text)) => match NetworkConfig::validate(&text) {
                 Ok((config, backend)) => {
                     for w in &config.warnings {
                         warn!("network config: {w}");
@@ -247,10 +244,6 @@ async fn wait_for_config(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-}
-
-fn backend_config(config: &NetworkConfig) -> Result<BackendConfig, String> {
-    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| e.to_string())
 }
 
 async fn pick_underlay(
