@@ -210,7 +210,12 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         let now: BTreeSet<(String, String)> = rejected.iter().map(|r| (r.name.clone(), r.reason.to_string())).collect();
         for r in rejected {
             if !self.known_rejected.contains(&(r.name.clone(), r.reason.to_string())) {
-                warn!(lease = %r.name, reason = r.reason.name(), "ignoring peer lease: {}", r.reason);
+                // The subnets as CIDRs where the key has them, the raw name where it is no key at all.
+                let shown = r
+                    .name
+                    .parse::<SubnetKey>()
+                    .map_or(r.name.clone(), |k| k.subnets().map(|s| s.to_string()).collect::<Vec<_>>().join(" & "));
+                warn!(lease = %r.name, reason = r.reason.name(), "ignoring peer lease {shown}: {}", r.reason);
             }
         }
         self.known_rejected = now;
