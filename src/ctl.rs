@@ -55,6 +55,9 @@ pub enum LeaseCommand {
         /// the public IP of the host that gets it (weftd matches its own public IP)
         #[arg(long)]
         public_ip: Ipv4Addr,
+        /// overwrite a live lease that holds the subnet (its host loses the subnet and must re-acquire)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -155,7 +158,7 @@ pub async fn lease(etcd: &EtcdArgs, cmd: &LeaseCommand) -> Result<(), CtlError> 
             store.delete_lease(&key).await?;
             eprintln!("deleted {}", store.lease_key(&key));
         }
-        LeaseCommand::Reserve { subnet, public_ip } => {
+        LeaseCommand::Reserve { subnet, public_ip, force } => {
             let key = key_for(*subnet)?;
             let config = store.get_config().await?.ok_or_else(|| CtlError::NoConfig(store.config_key()))?;
             let config = NetworkConfig::parse(&config)?;
@@ -164,12 +167,47 @@ pub async fn lease(etcd: &EtcdArgs, cmd: &LeaseCommand) -> Result<(), CtlError> 
                     "{subnet} does not fit the network config (wrong length, or outside SubnetMin..SubnetMax)"
                 )));
             }
+            let listing = store.list_leases().await?;
+            let check = check_reservation(&listing.leases, &key, *public_ip);
+            if let Some(holder) = check.held_by {
+                if !*force {
+                    return Err(CtlError::Invalid(format!(
+                        "{holder} is a live lease over {subnet}; reserving would take the subnet from its host \
+                         (use --force to do it anyway)"
+                    )));
+                }
+                eprintln!("warning: overwriting the live lease {holder} (--force)");
+            }
+            if let Some(current) = check.ip_lives_at {
+                eprintln!(
+                    "warning: {public_ip} is the public IP of the live lease {current}; its host moves to {key} at its \
+                     next restart and releases {current} then"
+                );
+            }
             let attrs = LeaseAttrs { public_ip: Some(*public_ip), ..Default::default() };
             store.put_reservation(&key, &attrs).await?;
             eprintln!("reserved {key} for {public_ip}");
         }
     }
     Ok(())
+}
+
+/// What a reservation of `key` for `public_ip` would do to live hosts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReservationCheck {
+    /// A live (TTL) lease over the subnet, which the reservation would overwrite or overlap.
+    pub held_by: Option<SubnetKey>,
+    /// A live lease of the host with that public IP (the host that will move to the reservation).
+    pub ip_lives_at: Option<SubnetKey>,
+}
+
+pub fn check_reservation(leases: &[Lease], key: &SubnetKey, public_ip: Ipv4Addr) -> ReservationCheck {
+    let live = || leases.iter().filter(|l| !l.is_reservation());
+    let overlaps = |l: &&Lease| l.key.subnets().any(|s| key.subnets().any(|k| crate::ipmath::overlaps(s, k)));
+    ReservationCheck {
+        held_by: live().find(overlaps).map(|l| l.key),
+        ip_lives_at: live().find(|l| l.attrs.public_ip == Some(public_ip) && l.key != *key).map(|l| l.key),
+    }
 }
 
 /// The full key of the lease holding `subnet` (dual-stack keys carry both families).
@@ -260,6 +298,26 @@ pub fn lease_table(leases: &[Lease], rejected: &BTreeMap<String, RejectReason>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_never_silently_takes_a_live_hosts_subnet() {
+        let live = |key: &str, ip: &str, etcd_lease| Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() },
+            etcd_lease,
+            mod_revision: 1,
+        };
+        let leases = [live("10.244.2.0-24", "198.18.0.2", 7), live("10.244.9.0-24", "198.18.0.9", 0)];
+        let check = |key: &str, ip: &str| check_reservation(&leases, &key.parse().unwrap(), ip.parse().unwrap());
+        assert_eq!(check("10.244.2.0-24", "198.18.0.5").held_by, Some("10.244.2.0-24".parse().unwrap()));
+        assert_eq!(
+            check("10.244.2.0-24&fc00:0:0:2::-64", "198.18.0.5").held_by.map(|k| k.to_string()).as_deref(),
+            Some("10.244.2.0-24")
+        );
+        assert_eq!(check("10.244.50.0-24", "198.18.0.2").ip_lives_at, Some("10.244.2.0-24".parse().unwrap()));
+        assert_eq!(check("10.244.9.0-24", "198.18.0.9"), ReservationCheck::default(), "re-reserving a reservation");
+        assert_eq!(check("10.244.2.0-24", "198.18.0.2").ip_lives_at, None, "the host's own subnet");
+    }
 
     #[test]
     fn an_endless_input_is_cut_at_the_limit() {

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub kernel_ops: AtomicU64,
     pub kernel_op_failures: AtomicU64,
     pub lease_acquisitions: AtomicU64,
+    /// Times our lease value was changed by someone else and written back.
+    pub own_lease_restores: AtomicU64,
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
@@ -82,6 +84,11 @@ impl Metrics {
                 "weft_lease_acquisitions_total",
                 "Subnet leases acquired (1 at start, more after a lease was lost).",
                 &self.lease_acquisitions,
+            ),
+            (
+                "weft_own_lease_restores_total",
+                "Times our lease's value was changed by someone else and written back.",
+                &self.own_lease_restores,
             ),
         ];
         for (name, help, value) in counters {
