@@ -45,6 +45,12 @@ pub enum StartupError {
     Kernel(#[from] weft_backends::kernel::KernelError),
     #[error(transparent)]
     SubnetFile(#[from] crate::subnet_file::SubnetFileError),
+    #[error("--subnet-file {path}: cannot write there: {source}")]
+    SubnetFileNotWritable {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("netlink socket: {0}")]
     Netlink(std::io::Error),
     #[error("{0}")]
@@ -79,12 +85,18 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         tasks.spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
     }
 
+    // Before etcd, so nothing is claimed for a host that could not use it: the subnet file can be written and
+    // the interface exists.
+    subnet_file::check_writable(&args.subnet_file)
+        .map_err(|source| StartupError::SubnetFileNotWritable { path: args.subnet_file.clone(), source })?;
+    let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
+    iface::check_present(&args.iface, &kernel.interfaces().await?)?;
+
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
     let store = EtcdStore::connect(&args.etcd_endpoints, &args.etcd_prefix, user).await?;
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
-    let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
     let identity_family = if config.ipv4.is_some() { Family::V4 } else { Family::V6 };
     let underlay = pick_underlay(&mut kernel, &args, identity_family).await?;
     let address = underlay.address(identity_family).map_or("-".to_string(), |a| a.to_string());
