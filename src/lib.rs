@@ -10,6 +10,7 @@ pub mod controller;
 pub mod ctl;
 pub mod daemon;
 pub mod flags;
+pub mod fuzz_checks;
 pub mod http;
 pub mod iface;
 pub mod ipmath;
