@@ -193,3 +193,19 @@ fn missing_subnet_file_says_weftd_is_not_there() {
     conf["subnetFile"] = json!(dir.0.join("bad.env"));
     expect_error(&with(&ADD, "CNI_COMMAND", "STATUS"), &conf.to_string(), 50, "bad.env", &dir);
 }
+
+#[test]
+fn subnet_file_values_that_would_break_a_container_are_invalid_config() {
+    for (name, text, names) in [
+        ("mtu0", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=0\n", "FLANNEL_MTU=0"),
+        (
+            "outside",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.99.9.1/24\nFLANNEL_MTU=1450\n",
+            "is not inside FLANNEL_NETWORK",
+        ),
+    ] {
+        let (dir, conf) = setup(name);
+        std::fs::write(dir.0.join("subnet.env"), text).unwrap();
+        expect_error(&ADD, &conf.to_string(), 7, names, &dir);
+    }
+}
