@@ -39,7 +39,12 @@ impl Drop for TempDir {
 
 /// Runs the plugin with exactly `vars` in its environment and `stdin`; returns (exit ok, stdout JSON).
 fn run(vars: &[(&str, &str)], stdin: &str) -> (bool, Value) {
-    let mut child = Command::new(PLUGIN)
+    run_via(Command::new(PLUGIN), vars, stdin)
+}
+
+/// [`run`] through `command` (the plugin, or a wrapper that runs it).
+fn run_via(mut command: Command, vars: &[(&str, &str)], stdin: &str) -> (bool, Value) {
+    let mut child = command
         .env_clear()
         .envs(vars.iter().copied())
         .stdin(Stdio::piped())
@@ -208,4 +213,20 @@ fn subnet_file_values_that_would_break_a_container_are_invalid_config() {
         std::fs::write(dir.0.join("subnet.env"), text).unwrap();
         expect_error(&ADD, &conf.to_string(), 7, names, &dir);
     }
+}
+
+#[test]
+fn the_plugins_own_netns_is_never_a_containers() {
+    let (dir, conf) = setup("ownns");
+    // /proc/self is the plugin process itself: its own netns. The plugin runs in a throwaway user and network
+    // namespace, so even a plugin that failed this check would only touch that namespace, never the host's.
+    let vars = with(&ADD, "CNI_NETNS", "/proc/self/ns/net");
+    let mut unshare = Command::new("/usr/bin/unshare");
+    unshare.args(["--user", "--map-root-user", "--net", PLUGIN]);
+    let before = dir.entries();
+    let (ok, out) = run_via(unshare, &vars, &conf.to_string());
+    assert!(!ok, "must fail: {out}");
+    assert_eq!(out["code"], 4, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("is the plugin's own network namespace"), "{out}");
+    assert_eq!(dir.entries(), before, "nothing changed on disk");
 }

@@ -18,6 +18,15 @@ pub fn open(path: &Path) -> io::Result<File> {
     File::open(path)
 }
 
+/// Whether `netns` is the network namespace this thread runs in (the host's, for a plugin the runtime started):
+/// configuring it as a container's would move host interfaces and addresses around.
+pub fn is_own(netns: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = netns.metadata()?;
+    let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
+}
+
 /// A netlink socket inside `netns`, created by the calling thread, which is back in its own netns on return, also
 /// on errors. Two setns calls cost less than a thread that does it for us. Call it only while nothing else runs on
 /// this thread (no async runtime yet), so no other code ever sees the container's netns.

@@ -33,6 +33,12 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     trace::mark("config and subnet file read");
     let netns =
         netns::open(netns_path).map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
+    if netns::is_own(&netns).map_err(|e| CniError::io(format!("inspecting CNI_NETNS {}", netns_path.display()), e))? {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_NETNS {} is the plugin's own network namespace (the host's), not a container's",
+            netns_path.display()
+        )));
+    }
     // First, so that a failure has nothing to undo.
     let container_socket = netns::socket_in(&netns)?;
     trace::mark("container socket open");
