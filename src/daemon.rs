@@ -173,6 +173,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     });
 
     tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
+    let every = args.resync_interval;
+    tasks.spawn(crate::config_watch::run(store.clone(), config.clone(), every, metrics.clone(), shutdown.clone()));
     tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
     tasks.spawn(rewrite_subnet_file_on_change(config.clone(), args.clone(), mtu, own_rx.clone(), shutdown.clone()));
     tasks.spawn(controller.run(own_rx, leases_rx, kernel_events, args.resync_interval, shutdown.clone()));

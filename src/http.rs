@@ -29,6 +29,8 @@ pub struct Metrics {
     pub lease_acquisitions: AtomicU64,
     /// Times our lease value was changed by someone else and written back.
     pub own_lease_restores: AtomicU64,
+    /// Times the network config in etcd was found changed, invalid or deleted while weftd ran.
+    pub config_changes: AtomicU64,
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
@@ -89,6 +91,11 @@ impl Metrics {
                 "weft_own_lease_restores_total",
                 "Times our lease's value was changed by someone else and written back.",
                 &self.own_lease_restores,
+            ),
+            (
+                "weft_config_changes_total",
+                "Times the network config in etcd was found changed, invalid or deleted while weftd ran.",
+                &self.config_changes,
             ),
         ];
         for (name, help, value) in counters {

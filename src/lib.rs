@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod backoff;
 pub mod cni_install;
 pub mod config;
+pub mod config_watch;
 pub mod controller;
 pub mod ctl;
 pub mod daemon;
