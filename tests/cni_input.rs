@@ -230,3 +230,20 @@ fn the_plugins_own_netns_is_never_a_containers() {
     assert!(out["msg"].as_str().unwrap().contains("is the plugin's own network namespace"), "{out}");
     assert_eq!(dir.entries(), before, "nothing changed on disk");
 }
+
+#[test]
+fn a_repeated_add_for_the_same_container_and_interface_is_refused_before_anything_changes() {
+    let (dir, conf) = setup("repeat");
+    // An earlier ADD of ctr1/eth0 holds 10.244.9.2 in the built-in IPAM's records.
+    let records = dir.0.join("ipam/wci");
+    std::fs::create_dir_all(&records).unwrap();
+    std::fs::write(records.join("lock"), "").unwrap();
+    std::fs::write(records.join("10.244.9.2"), "ctr1\r\neth0").unwrap();
+    let before: Vec<_> = std::fs::read_dir(&records).unwrap().flatten().map(|e| e.file_name()).collect();
+    expect_error(&ADD, &conf.to_string(), 4, "container ctr1 already has eth0 with 10.244.9.2", &dir);
+    let after: Vec<_> = std::fs::read_dir(&records).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(after.len(), before.len(), "no second address");
+    // Another interface of the same container is a different attachment (it fails later, at the missing netns).
+    let (ok, out) = run(&with(&ADD, "CNI_IFNAME", "eth1"), &conf.to_string());
+    assert!(!ok && !out["msg"].as_str().unwrap().contains("already has"), "{out}");
+}

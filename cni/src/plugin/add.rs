@@ -31,6 +31,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     let file = read_subnet_file(&conf.subnet_file)?;
     let plan = Plan::new(conf, &file)?;
     trace::mark("config and subnet file read");
+    refuse_repeat(conf, id, ifname)?;
     let netns =
         netns::open(netns_path).map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
     if netns::is_own(&netns).map_err(|e| CniError::io(format!("inspecting CNI_NETNS {}", netns_path.display()), e))? {
@@ -53,6 +54,26 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
             Err(e)
         }
     }
+}
+
+/// A second ADD for a container ID and interface that already have an address would allocate another one and
+/// replace the interface in whatever netns it names now (possibly another container's): refused before anything
+/// is touched, with what to do. (An IPAM plugin keeps its own records and answers for itself.)
+fn refuse_repeat(conf: &NetConf, id: &str, ifname: &str) -> Result<()> {
+    let Ipam::Builtin { data_dir } = &conf.ipam else { return Ok(()) };
+    // No records yet: nothing was ever added (and nothing is created on disk just to find that out).
+    if !data_dir.join(&conf.name).is_dir() {
+        return Ok(());
+    }
+    let held = Store::open(data_dir, &conf.name)?.find(id, ifname)?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+    Err(CniError::InvalidEnv(format!(
+        "container {id} already has {ifname} with {} from an earlier ADD; DEL it before adding it again",
+        held.join(", ")
+    )))
 }
 
 fn allocate(
