@@ -129,7 +129,7 @@ impl<S: LeaseStore> LeaseManager<S> {
                             _ = shutdown.changed() => return,
                             _ = tokio::time::sleep(restore_backoff.next_delay()) => {}
                         }
-                        if let Some(restored) = self.restore(theirs).await {
+                        if let Some(restored) = self.restore(&own, theirs).await {
                             own = restored;
                             own_tx.send_replace(own.clone());
                         }
@@ -153,7 +153,7 @@ impl<S: LeaseStore> LeaseManager<S> {
 
     /// Writes our value back over a lease someone else changed (only if nobody changed it again meanwhile; a
     /// lost race is retried on the next change). Returns the restored lease.
-    async fn restore(&self, theirs: &Lease) -> Option<Lease> {
+    async fn restore(&self, own: &Lease, theirs: &Lease) -> Option<Lease> {
         warn!(
             subnet = %theirs.key,
             value = %theirs.attrs.to_json(),
@@ -161,7 +161,9 @@ impl<S: LeaseStore> LeaseManager<S> {
              public IP, or an operator's mistake)"
         );
         self.metrics.own_lease_restores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.store.renew_lease(theirs, &self.attrs, self.ttl).await {
+        // On our own TTL lease (a plain put detaches the key from it), over their revision (compare-and-swap).
+        let target = Lease { etcd_lease: own.etcd_lease, ..theirs.clone() };
+        match self.store.renew_lease(&target, &self.attrs, self.ttl).await {
             Ok(lease) => {
                 info!(subnet = %lease.key, "our lease value is restored");
                 Some(lease)
@@ -311,10 +313,13 @@ mod tests {
         let mut host = start(manager(&store, "198.18.0.1"), true).await;
         let key = host.first.key.to_string();
         let forged = r#"{"PublicIP":"198.18.0.66","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:66"}}"#;
-        store.put_with_ttl(&key, forged, TTL);
+        // A plain put, as etcdctl does it: the key loses its TTL lease.
+        store.put(&key, forged);
         timeout(Duration::from_secs(10), host.own.changed()).await.expect("restored in time").unwrap();
         let restored = host.own.borrow_and_update().clone();
         assert_eq!(restored.key, host.first.key, "same subnet");
+        assert_eq!(restored.etcd_lease, host.first.etcd_lease, "back on our TTL lease, not a reservation");
+        assert!(!store.leases()[0].is_reservation());
         assert_eq!(restored.attrs, host.first.attrs);
         assert_eq!(store.value(&key), Some(host.first.attrs.to_json()), "our value is back in the store");
         assert_eq!(store.leases().len(), 1);
