@@ -99,6 +99,10 @@ impl SubnetFile {
             ("FLANNEL_NETWORK", file.network, "FLANNEL_SUBNET", file.subnet),
             ("FLANNEL_IPV6_NETWORK", file.ipv6_network, "FLANNEL_IPV6_SUBNET", file.ipv6_subnet),
         ] {
+            if network.is_some() != subnet.is_some() {
+                // flannel writes both or neither; half a pair would be dropped or half-used.
+                return Err(invalid(format!("{net_name} and {sub_name} must be set together")));
+            }
             if let (Some(network), Some(subnet)) = (network, subnet) {
                 let inside = network.is_ipv4() == subnet.is_ipv4()
                     && network.contains(subnet.ip())
