@@ -54,13 +54,21 @@ pub fn plan(config: &NetworkConfig, leases: &[Lease], me: &Identity, rng: &mut i
         Family::V4 => me.public_ip,
         Family::V6 => me.public_ipv6,
     };
-    for lease in leases.iter().filter(|l| my_ip.is_some() && public_ip(l, identity_family) == my_ip) {
-        if fits(config, &lease.key) {
-            return Ok(Plan { choice: Choice::Renew(lease.clone()), stale });
-        }
-        if !lease.is_reservation() {
+    // Ours by public IP. A reservation for us comes first, as flannel documents; every other live lease of ours
+    // is released, so our old subnet is not left behind as a "peer" pointing at ourselves.
+    let mut mine: Vec<&Lease> =
+        leases.iter().filter(|l| my_ip.is_some() && public_ip(l, identity_family) == my_ip).collect();
+    mine.sort_by_key(|l| !l.is_reservation());
+    let mut renew = None;
+    for lease in mine {
+        if renew.is_none() && fits(config, &lease.key) {
+            renew = Some(lease.clone());
+        } else if !lease.is_reservation() {
             stale.push(lease.clone());
         }
+    }
+    if let Some(lease) = renew {
+        return Ok(Plan { choice: Choice::Renew(lease), stale });
     }
     let others: Vec<&Lease> = leases.iter().filter(|l| !stale.contains(l)).collect();
     let taken = |net: IpNetwork| others.iter().any(|l| l.key.subnets().any(|s| ipmath::overlaps(s, net)));
@@ -259,6 +267,27 @@ mod tests {
         let reserved = lease("10.244.200.0-24", "198.18.0.1", 0);
         let p = plan(&c, std::slice::from_ref(&reserved), &me("198.18.0.1"), &mut rng()).unwrap();
         assert_eq!(p.choice, Choice::Renew(reserved));
+    }
+
+    #[test]
+    fn a_reservation_for_our_ip_wins_over_our_old_lease_which_is_released() {
+        let c = config(r#"{"Network":"10.244.0.0/16"}"#);
+        // The old lease sorts first by key: the reservation must win anyway.
+        let old = lease("10.244.3.0-24", "198.18.0.1", 42);
+        let reserved = lease("10.244.200.0-24", "198.18.0.1", 0);
+        let leases = [old.clone(), lease("10.244.4.0-24", "198.18.0.2", 41), reserved.clone()];
+        let p = plan(&c, &leases, &me("198.18.0.1"), &mut rng()).unwrap();
+        assert_eq!(p.choice, Choice::Renew(reserved));
+        assert_eq!(p.stale, vec![old], "our old live lease is released, not left behind as a peer");
+    }
+
+    #[test]
+    fn of_two_live_leases_with_our_ip_one_is_kept_and_the_other_released() {
+        let c = config(r#"{"Network":"10.244.0.0/16"}"#);
+        let first = lease("10.244.3.0-24", "198.18.0.1", 42);
+        let second = lease("10.244.5.0-24", "198.18.0.1", 43);
+        let p = plan(&c, &[first.clone(), second.clone()], &me("198.18.0.1"), &mut rng()).unwrap();
+        assert_eq!((p.choice, p.stale), (Choice::Renew(first), vec![second]));
     }
 
     #[test]

@@ -19,7 +19,13 @@ pub enum ConfigError {
     NotAnObject,
     #[error("network config field {field}: {msg}")]
     Field { field: String, msg: String },
+    #[error("network config is larger than {limit} bytes")]
+    TooLarge { limit: usize },
 }
+
+/// The largest network config weft reads or stores. A real one is a few hundred bytes; the limit keeps a wrong
+/// file (or `@/dev/zero`) from being read forever or stored in etcd.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 fn field_error(field: &str, msg: impl Into<String>) -> ConfigError {
     ConfigError::Field { field: field.to_string(), msg: msg.into() }
@@ -95,7 +101,27 @@ impl NetworkConfig {
         [Family::V4, Family::V6].into_iter().filter(|f| self.family(*f).is_some()).collect()
     }
 
+    /// The one validation weftctl runs before storing a config and weftd runs before using it: every rule of
+    /// [`parse`](Self::parse), and every option of the backend the config names.
+    pub fn validate(text: &str) -> Result<(NetworkConfig, weft_backends::backend::BackendConfig), ConfigError> {
+        let config = NetworkConfig::parse(text)?;
+        let backend = weft_backends::backend::BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(
+            |e| match e {
+                weft_backends::BackendError::Config { field, msg } => ConfigError::Field { field, msg },
+                // Say where the backend type came from: a config without Backend asks for udp without naming it.
+                other if config.backend.implied => {
+                    field_error("Backend", format!("{}: {other}", config.backend.origin()))
+                }
+                other => field_error("Backend.Type", other.to_string()),
+            },
+        )?;
+        Ok((config, backend))
+    }
+
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { limit: MAX_CONFIG_BYTES });
+        }
         let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         let obj = value.as_object().ok_or(ConfigError::NotAnObject)?;
         let fields = Fields::new(obj);
@@ -192,6 +218,12 @@ fn family_config(fields: &Fields, f: &FamilyFields, warnings: &mut Vec<String>) 
     if network.ip() != given.ip() {
         warnings.push(format!("{} {given} has host bits set; using {network}", f.network));
     }
+    if let Some(special) = special_range(network) {
+        return Err(field_error(
+            f.network,
+            format!("{network} overlaps {special}, which is never a container network"),
+        ));
+    }
     let prefix = network.prefix();
     let subnet_len = match fields.uint(f.subnet_len)? {
         Some(0) | None => {
@@ -240,6 +272,24 @@ fn family_config(fields: &Fields, f: &FamilyFields, warnings: &mut Vec<String>) 
         return Err(field_error(f.subnet_min, format!("{subnet_min} is above {} {subnet_max}", f.subnet_max)));
     }
     Ok(FamilyConfig { network, subnet_len, subnet_min, subnet_max })
+}
+
+/// The ranges no container network may touch: routing any of them into the overlay breaks the host itself.
+fn special_range(network: IpNetwork) -> Option<&'static str> {
+    const SPECIAL: &[(&str, &str)] = &[
+        ("0.0.0.0/8", "0.0.0.0/8 (\"this network\")"),
+        ("127.0.0.0/8", "the loopback range 127.0.0.0/8"),
+        ("169.254.0.0/16", "the link-local range 169.254.0.0/16"),
+        ("224.0.0.0/4", "the multicast range 224.0.0.0/4"),
+        ("240.0.0.0/4", "the reserved range 240.0.0.0/4 (with the broadcast address)"),
+        ("::/127", "the unspecified and loopback addresses ::/127"),
+        ("fe80::/10", "the link-local range fe80::/10"),
+        ("ff00::/8", "the multicast range ff00::/8"),
+    ];
+    SPECIAL
+        .iter()
+        .find(|(range, _)| ipmath::overlaps(network, range.parse().expect("a valid range")))
+        .map(|(_, what)| *what)
 }
 
 /// The backend flannel's code uses when the config has no `Backend` (its documentation says vxlan, issue #1221).
@@ -449,6 +499,30 @@ mod tests {
         assert!(err(r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#).contains("field IPv6Network: is required"));
         assert!(err(r#"{"EnableIPv4":false}"#).contains("nothing to lease"));
         assert!(err(r#"{"Network":"10.244.0.0/16","EnableIPv4":"yes"}"#).contains("field EnableIPv4"));
+    }
+
+    #[test]
+    fn networks_over_special_ranges_are_refused() {
+        assert!(err(r#"{"Network":"0.0.0.0/0"}"#).contains("field Network: 0.0.0.0/0 overlaps 0.0.0.0/8"));
+        assert!(err(r#"{"Network":"127.0.0.0/16"}"#).contains("loopback"));
+        assert!(err(r#"{"Network":"224.0.0.0/16"}"#).contains("multicast"));
+        assert!(err(r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"::/0"}"#).contains("field IPv6Network"));
+        assert!(err(r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fe80::/64"}"#).contains("link-local"));
+    }
+
+    #[test]
+    fn validation_covers_every_backend_option_and_the_size() {
+        let invalid = |text: &str| NetworkConfig::validate(text).unwrap_err().to_string();
+        let with = |backend: &str| format!(r#"{{"Network":"10.244.0.0/16","Backend":{backend}}}"#);
+        assert!(invalid(&with(r#"{"Type":"vxlan","VNI":0}"#)).contains("field Backend.VNI: 0 is outside"));
+        assert!(invalid(&with(r#"{"Type":"vxlan","VNI":16777216}"#)).contains("field Backend.VNI"));
+        assert!(invalid(&with(r#"{"Type":"vxlan","Port":70000}"#)).contains("field Backend.Port"));
+        assert!(invalid(&with(r#"{"Type":"vxlan","MTU":10}"#)).contains("field Backend.MTU"));
+        assert!(invalid(&with(r#"{"Type":"bogus"}"#)).contains("field Backend.Type: unsupported backend type"));
+        let (config, backend) = NetworkConfig::validate(&with(r#"{"Type":"vxlan","VNI":4}"#)).unwrap();
+        assert_eq!((config.backend.kind.as_str(), backend.backend_type()), ("vxlan", "vxlan"));
+        let huge = format!(r#"{{"Network":"10.244.0.0/16","Pad":"{}"}}"#, " ".repeat(MAX_CONFIG_BYTES));
+        assert_eq!(invalid(&huge), "network config is larger than 65536 bytes");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! deleted, on a periodic resync, and to retry failures with backoff. Every pass computes the whole desired state,
 //! so there is no event ordering to get wrong, and a pass with nothing to do performs no operations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use weft_backends::backend::{AnyBackend, Backend, SkippedPeer};
+use weft_backends::backend::{AnyBackend, Backend};
 use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
 use weft_backends::kernel::{reconcile, ApplyReport, Drift, Kernel, KernelError};
 use weft_backends::rules::{reconcile_rules, Rules, RulesError};
@@ -25,6 +25,7 @@ use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 use crate::registry::LeaseSet;
+use crate::trust::{self, Rejected, TrustPolicy};
 
 fn public_ip(lease: &Lease) -> String {
     let ip = lease.attrs.public_ip.map(std::net::IpAddr::V4).or(lease.attrs.public_ipv6.map(std::net::IpAddr::V6));
@@ -73,13 +74,15 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     kernel: K,
     rules: R,
     backend: B,
+    /// What peer leases are judged against before anything of theirs reaches the backend.
+    policy: TrustPolicy,
     /// The latest forwarding table, for a userspace data plane (unused by kernel data planes).
     forwarding: ForwardingPublisher,
-    /// The lease set and our own key as of the last pass, to log additions and removals. Shared with the
-    /// registry rather than copied: with 10,000 peers a copy of the set is megabytes.
-    known: Option<(Arc<LeaseSet>, SubnetKey)>,
-    /// Peers the backend refused, to warn once per distinct reason.
-    known_skipped: BTreeSet<String>,
+    /// The accepted peers (with the store revision of their value) as of the last pass, to log additions, changes
+    /// and removals.
+    known: BTreeMap<SubnetKey, i64>,
+    /// Rejected leases as of the last pass, to warn once per lease and distinct reason.
+    known_rejected: BTreeSet<(String, String)>,
     metrics: Arc<Metrics>,
     /// Objects the last pass compared (desired plus observed are built and dropped each pass).
     last_pass_objects: usize,
@@ -88,14 +91,15 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
 }
 
 impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
-    pub fn new(kernel: K, rules: R, backend: B, metrics: Arc<Metrics>) -> Self {
+    pub fn new(kernel: K, rules: R, backend: B, policy: TrustPolicy, metrics: Arc<Metrics>) -> Self {
         Controller {
             kernel,
             rules,
             backend,
+            policy,
             forwarding: ForwardingPublisher::new(),
-            known: None,
-            known_skipped: BTreeSet::new(),
+            known: BTreeMap::new(),
+            known_rejected: BTreeSet::new(),
             metrics,
             last_pass_objects: 0,
             route_networks: Vec::new(),
@@ -128,10 +132,11 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// One pass. Returns the report; errors observing the kernel are returned as is.
     pub async fn pass(&mut self, own: &Lease, set: &Arc<LeaseSet>, trigger: Trigger) -> Result<ApplyReport, PassError> {
-        self.log_peer_changes(&own.key, set);
-        let peer_views: Vec<_> = set.leases.iter().filter(|(k, _)| **k != own.key).map(|(_, l)| l.to_peer()).collect();
-        let desired = self.backend.desired(&own.to_peer(), &peer_views);
-        self.log_skipped(&desired.skipped);
+        let judgement = trust::judge(&self.policy, &self.backend, own, set);
+        self.log_peer_changes(&judgement.accepted);
+        self.log_rejected(&judgement.rejected);
+        let accepted = judgement.accepted.len();
+        let desired = judgement.desired;
         self.last_pass_objects = desired.state.object_count();
         if let Some(table) = &desired.forwarding {
             // Published before the kernel is touched: the data plane needs no kernel object to forward.
@@ -142,8 +147,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
         let started = std::time::Instant::now();
         let m = &self.metrics;
-        m.peers.store(peer_views.len() as i64, Ordering::Relaxed);
-        m.skipped_peers.store(desired.skipped.len() as i64, Ordering::Relaxed);
+        m.peers.store(accepted as i64, Ordering::Relaxed);
+        m.set_skipped(judgement.rejected.iter().map(|r| r.reason.name()));
         m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
         let scope = self.scope();
         let mut report = match reconcile(&mut self.kernel, &scope, &desired.state).await {
@@ -191,37 +196,38 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         Ok(report)
     }
 
-    fn log_peer_changes(&mut self, own: &SubnetKey, set: &Arc<LeaseSet>) {
-        let empty = LeaseSet::default();
-        let (old, old_own) = match &self.known {
-            // The same set for the same lease: nothing to compare (a resync or a kernel event).
-            Some((known, known_own)) if Arc::ptr_eq(known, set) && known_own == own => return,
-            Some((known, known_own)) => (&**known, *known_own),
-            None => (&empty, *own),
-        };
-        for (key, lease) in set.leases.iter().filter(|(k, _)| *k != own) {
-            match old.leases.get(key).filter(|_| *key != old_own) {
+    fn log_peer_changes(&mut self, accepted: &[&Lease]) {
+        let now: BTreeMap<SubnetKey, i64> = accepted.iter().map(|l| (l.key, l.mod_revision)).collect();
+        for lease in accepted {
+            match self.known.get(&lease.key) {
                 None => {
-                    info!(subnet = %key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added")
+                    info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added")
                 }
-                Some(previous) if previous.attrs != lease.attrs => {
-                    info!(subnet = %key, public_ip = %public_ip(lease), "peer changed")
+                Some(revision) if *revision != lease.mod_revision => {
+                    info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed")
                 }
                 _ => {}
             }
         }
-        for key in old.leases.keys().filter(|k| **k != old_own && (*k == own || !set.leases.contains_key(k))) {
+        for key in self.known.keys().filter(|k| !now.contains_key(k)) {
             info!(subnet = %key, "peer removed");
         }
-        self.known = Some((set.clone(), *own));
+        self.known = now;
     }
 
-    fn log_skipped(&mut self, skipped: &[SkippedPeer]) {
-        let now: BTreeSet<String> = skipped.iter().map(|s| format!("{}: {}", s.subnet, s.reason)).collect();
-        for s in now.difference(&self.known_skipped) {
-            warn!("ignoring peer lease {s}");
+    fn log_rejected(&mut self, rejected: &[Rejected]) {
+        let now: BTreeSet<(String, String)> = rejected.iter().map(|r| (r.name.clone(), r.reason.to_string())).collect();
+        for r in rejected {
+            if !self.known_rejected.contains(&(r.name.clone(), r.reason.to_string())) {
+                // The subnets as CIDRs where the key has them, the raw name where it is no key at all.
+                let shown = r
+                    .name
+                    .parse::<SubnetKey>()
+                    .map_or(r.name.clone(), |k| k.subnets().map(|s| s.to_string()).collect::<Vec<_>>().join(" & "));
+                warn!(lease = %r.name, reason = r.reason.name(), "ignoring peer lease {shown}: {}", r.reason);
+            }
         }
-        self.known_skipped = now;
+        self.known_rejected = now;
     }
 
     /// Runs until shutdown.
@@ -316,6 +322,11 @@ mod tests {
         }
     }
 
+    fn policy() -> TrustPolicy {
+        let config = crate::config::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        TrustPolicy { host_addresses: vec!["198.18.0.1/24".parse().unwrap()], ..TrustPolicy::outside(config).unwrap() }
+    }
+
     fn controller() -> Controller<FakeKernel, FakeRules> {
         let underlay = Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
         let backend = VxlanBackend::prepare(
@@ -330,6 +341,7 @@ mod tests {
             FakeKernel::new(),
             FakeRules::default(),
             AnyBackend::Vxlan(backend),
+            policy(),
             Arc::new(Metrics::default()),
         )
     }
@@ -410,7 +422,8 @@ mod tests {
 
     #[tokio::test]
     async fn rules_and_forwarding_go_through_the_same_pass() {
-        let mut c = Controller::new(FakeKernel::new(), FakeRules::default(), TunLike, Arc::new(Metrics::default()));
+        let metrics = Arc::new(Metrics::default());
+        let mut c = Controller::new(FakeKernel::new(), FakeRules::default(), TunLike, policy(), metrics);
         let mut plane = c.forwarding();
         let own = lease("10.244.1.0-24", "198.18.0.1", "0e:00:00:00:00:01");
         let mut set = LeaseSet::default();

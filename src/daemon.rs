@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use weft_backends::backend::{Backend, BackendConfig};
@@ -17,7 +18,7 @@ use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
 use weft_backends::rules::traffic::{TrafficRules, WithTrafficRules};
 use weft_backends::rules::{AnyRules, IptablesRules, IptablesVariant, NftRules};
-use weft_backends::{BackendError, Family, Peer, PerFamily, Underlay};
+use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
@@ -31,6 +32,7 @@ use crate::registry::{self, LeaseSet};
 use crate::store::etcd::EtcdStore;
 use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
+use crate::trust::TrustPolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -44,6 +46,12 @@ pub enum StartupError {
     Kernel(#[from] weft_backends::kernel::KernelError),
     #[error(transparent)]
     SubnetFile(#[from] crate::subnet_file::SubnetFileError),
+    #[error("--subnet-file {path}: cannot write there: {source}")]
+    SubnetFileNotWritable {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("netlink socket: {0}")]
     Netlink(std::io::Error),
     #[error("{0}")]
@@ -73,12 +81,18 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         tasks.spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
     }
 
+    // Before etcd, so nothing is claimed for a host that could not use it: the subnet file can be written and
+    // the interface exists.
+    subnet_file::check_writable(&args.subnet_file)
+        .map_err(|source| StartupError::SubnetFileNotWritable { path: args.subnet_file.clone(), source })?;
+    let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
+    iface::check_present(&args.iface, &kernel.interfaces().await?)?;
+
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
     let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
-    let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
     let identity_family = if config.ipv4.is_some() { Family::V4 } else { Family::V6 };
     let underlay = pick_underlay(&mut kernel, &args, identity_family).await?;
     let address = underlay.address(identity_family).map_or("-".to_string(), |a| a.to_string());
@@ -88,6 +102,11 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     // Everything backend-specific is behind the Backend seam from here on: what it owns, its devices, its lease
     // data and MTU.
     let existing = kernel.observe(&backend_config.existing_scope(&families, WEFT_ROUTE_PROTOCOL)).await?;
+    let policy = TrustPolicy {
+        config: config.clone(),
+        backend: backend_config.clone(),
+        host_addresses: host_addresses(&underlay),
+    };
     let backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
     for note in backend.notes() {
         warn!("{note}");
@@ -137,7 +156,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         info!(?variant, "firewall rules go through iptables");
         AnyRules::Iptables(iptables.with_variant(variant))
     };
-    let mut controller = Controller::new(kernel, rules, backend, metrics.clone());
+    let mut controller = Controller::new(kernel, rules, backend, policy, metrics.clone());
     controller
         .claim_routes_into([&config.ipv4, &config.ipv6].into_iter().flatten().map(|family| family.network).collect());
     // One copy of the set serves the startup pass and then the watch channel.
@@ -171,6 +190,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     });
 
     tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
+    let every = args.resync_interval;
+    tasks.spawn(crate::config_watch::run(store.clone(), config.clone(), every, metrics.clone(), shutdown.clone()));
     tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
     tasks.spawn(rewrite_subnet_file_on_change(config.clone(), args.clone(), mtu, own_rx.clone(), shutdown.clone()));
     tasks.spawn(controller.run(own_rx, leases_rx, kernel_events, args.resync_interval, shutdown.clone()));
@@ -207,6 +228,18 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
+/// This host's addresses as the trust boundary protects them: the underlay's, with their connected prefixes, and
+/// the public IPs published in our lease (as single addresses, when they differ: NAT).
+fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
+    let mut addresses = underlay.addresses.clone();
+    for (_, &ip) in underlay.public_ips.iter() {
+        if !addresses.iter().any(|a| a.ip() == ip) {
+            addresses.push(IpNetwork::new(ip, Family::of(ip).host_prefix()).expect("a host prefix is valid"));
+        }
+    }
+    addresses
+}
+
 /// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
 /// daemon that stays up picks the fix up without a restart loop.
 async fn wait_for_config(
@@ -217,10 +250,7 @@ async fn wait_for_config(
     let mut last_complaint = String::new();
     loop {
         let complaint = match store.get_config().await {
-            Ok(Some(text)) => match NetworkConfig::parse(&text).map_err(|e| e.to_string()).and_then(|c| {
-                let backend = backend_config(&c)?;
-                Ok((c, backend))
-            }) {
+            Ok(Some(text)) => match NetworkConfig::validate(&text) {
                 Ok((config, backend)) => {
                     for w in &config.warnings {
                         warn!("network config: {w}");
@@ -245,14 +275,6 @@ async fn wait_for_config(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-}
-
-fn backend_config(config: &NetworkConfig) -> Result<BackendConfig, String> {
-    BackendConfig::parse(&config.backend.kind, &config.backend.raw).map_err(|e| match e {
-        // Say where the backend type came from: a config without Backend asks for udp without naming it.
-        BackendError::UnsupportedType(_) => format!("{}: {e}", config.backend.origin()),
-        e => e.to_string(),
-    })
 }
 
 async fn pick_underlay(

@@ -19,19 +19,33 @@ pub struct Metrics {
     pub ready: AtomicBool,
     pub etcd_connected: AtomicBool,
     pub peers: AtomicI64,
-    pub skipped_peers: AtomicI64,
+    /// Rejected peer leases by reason (short name), as of the last pass.
+    pub skipped_peers: Mutex<std::collections::BTreeMap<&'static str, i64>>,
     pub reconcile_passes: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub drift_repairs: AtomicU64,
     pub kernel_ops: AtomicU64,
     pub kernel_op_failures: AtomicU64,
     pub lease_acquisitions: AtomicU64,
+    /// Times our lease value was changed by someone else and written back.
+    pub own_lease_restores: AtomicU64,
+    /// Times the network config in etcd was found changed, invalid or deleted while weftd ran.
+    pub config_changes: AtomicU64,
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
 }
 
 impl Metrics {
+    /// Replaces the rejected-lease counts with one per reason of `reasons`.
+    pub fn set_skipped(&self, reasons: impl Iterator<Item = &'static str>) {
+        let mut counts = std::collections::BTreeMap::new();
+        for name in reasons {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        *lock(&self.skipped_peers) = counts;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let flag = |b: &AtomicBool| u8::from(b.load(Ordering::Relaxed)).to_string();
@@ -44,11 +58,6 @@ impl Metrics {
                 self.peers.load(Ordering::Relaxed).to_string(),
             ),
             (
-                "weft_peers_skipped",
-                "Peer leases the backend cannot use (wrong type, malformed data).",
-                self.skipped_peers.load(Ordering::Relaxed).to_string(),
-            ),
-            (
                 "weft_last_reconcile_duration_seconds",
                 "Duration of the last reconcile pass.",
                 lock(&self.last_reconcile_seconds).to_string(),
@@ -57,6 +66,16 @@ impl Metrics {
         for (name, help, value) in gauges {
             sample(&mut out, name, "gauge", help, "", &value);
         }
+        let _ = writeln!(
+            out,
+            "# HELP weft_peers_skipped Peer leases not programmed, by reason (see docs/reliability.md).\n\
+             # TYPE weft_peers_skipped gauge"
+        );
+        let skipped = lock(&self.skipped_peers);
+        for reason in weft_backends::trust::RejectReason::NAMES {
+            let _ = writeln!(out, "weft_peers_skipped{{reason=\"{reason}\"}} {}", skipped.get(reason).unwrap_or(&0));
+        }
+        drop(skipped);
         let counters = [
             ("weft_reconcile_passes_total", "Reconcile passes run.", &self.reconcile_passes),
             ("weft_reconcile_failures_total", "Passes that could not observe the kernel.", &self.reconcile_failures),
@@ -67,6 +86,16 @@ impl Metrics {
                 "weft_lease_acquisitions_total",
                 "Subnet leases acquired (1 at start, more after a lease was lost).",
                 &self.lease_acquisitions,
+            ),
+            (
+                "weft_own_lease_restores_total",
+                "Times our lease's value was changed by someone else and written back.",
+                &self.own_lease_restores,
+            ),
+            (
+                "weft_config_changes_total",
+                "Times the network config in etcd was found changed, invalid or deleted while weftd ran.",
+                &self.config_changes,
             ),
         ];
         for (name, help, value) in counters {

@@ -36,6 +36,8 @@ pub enum IfaceError {
     NoMatch(String, Family, String),
     #[error("no interface matches --iface-regex {0:?} with an {1} address (interfaces: {2})")]
     NoRegexMatch(String, Family, String),
+    #[error("none of --iface {0:?} is an interface or an interface's address (interfaces: {1})")]
+    NotPresent(Vec<String>, String),
     #[error("no interface has the address {0} that routes to --iface-can-reach {1}")]
     CannotReach(IpAddr, IpAddr),
     #[error("there is no default route to pick an interface from; pass --iface")]
@@ -56,6 +58,20 @@ pub struct HostFacts<'a> {
     pub default_route_index: Option<u32>,
     /// The source address the kernel would use towards `--iface-can-reach` (None: no route to it).
     pub can_reach_source: Option<IpAddr>,
+}
+
+/// Checked before weftd talks to etcd or claims anything: at least one `--iface` value names an interface or one
+/// of its addresses (whatever the family the config will ask for, which is not known yet).
+pub fn check_present(ifaces: &[String], interfaces: &[Interface]) -> Result<(), IfaceError> {
+    let present = |value: &String| {
+        let ip = value.parse::<IpAddr>().ok();
+        interfaces.iter().any(|i| i.name == *value || i.addresses.iter().any(|a| Some(a.ip()) == ip))
+    };
+    if ifaces.is_empty() || ifaces.iter().any(present) {
+        return Ok(());
+    }
+    let names = interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    Err(IfaceError::NotPresent(ifaces.to_vec(), names))
 }
 
 /// Picks the underlay for `family` (the family the lease identity uses: IPv4 unless IPv4 is off).
@@ -203,6 +219,18 @@ mod tests {
             iface("eth0", 2, &["198.18.0.1/24", "fe80::1/64"]),
             iface("eth1", 3, &["198.19.5.1/24", "198.19.6.1/24"]),
         ]
+    }
+
+    #[test]
+    fn a_missing_iface_is_found_before_anything_else() {
+        let host = host();
+        let values = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_present(&[], &host).is_ok());
+        assert!(check_present(&values(&["nope", &host[0].name]), &host).is_ok());
+        let address = host.iter().flat_map(|i| &i.addresses).next().unwrap().ip().to_string();
+        assert!(check_present(&values(&[&address]), &host).is_ok());
+        let err = check_present(&values(&["eth9", "203.0.113.9"]), &host).unwrap_err().to_string();
+        assert!(err.starts_with("none of --iface [\"eth9\", \"203.0.113.9\"] is an interface"), "{err}");
     }
 
     fn pick(opts: IfaceOptions, default: Option<u32>) -> Result<Underlay, IfaceError> {

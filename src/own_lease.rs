@@ -3,6 +3,7 @@
 //! flanneld exits when its lease disappears ("Lease has been revoked"), which takes every pod on the node down
 //! with it. weftd re-acquires instead, preferring the same subnet, so nothing on the node changes.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,17 +108,33 @@ impl<S: LeaseStore> LeaseManager<S> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let interval = keepalive_interval(self.ttl);
+        let mut impostors = BTreeSet::new();
+        let mut restore_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let mut next_keepalive = tokio::time::Instant::now() + interval;
         loop {
             let lost = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(next_keepalive) => {
                     next_keepalive = tokio::time::Instant::now() + interval;
+                    restore_backoff.reset();
                     self.refresh(&own).await
                 }
                 changed = leases.changed() => {
                     if changed.is_err() { return; }
                     let set = leases.borrow_and_update().clone();
+                    self.report_impostors(&own, &set, &mut impostors);
+                    if let Some(theirs) = changed_by_someone_else(&own, &set) {
+                        // Two hosts that both restore "their" value would otherwise write in a tight loop.
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            _ = tokio::time::sleep(restore_backoff.next_delay()) => {}
+                        }
+                        if let Some(restored) = self.restore(&own, theirs).await {
+                            own = restored;
+                            own_tx.send_replace(own.clone());
+                        }
+                        continue;
+                    }
                     is_gone(&own, &set)
                 }
             };
@@ -132,6 +149,50 @@ impl<S: LeaseStore> LeaseManager<S> {
             own = lease;
             own_tx.send_replace(own.clone());
         }
+    }
+
+    /// Writes our value back over a lease someone else changed (only if nobody changed it again meanwhile; a
+    /// lost race is retried on the next change). Returns the restored lease.
+    async fn restore(&self, own: &Lease, theirs: &Lease) -> Option<Lease> {
+        warn!(
+            subnet = %theirs.key,
+            value = %theirs.attrs.to_json(),
+            "our lease was changed by someone else; writing our own value back (another host configured with our \
+             public IP, or an operator's mistake)"
+        );
+        self.metrics.own_lease_restores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // On our own TTL lease (a plain put detaches the key from it), over their revision (compare-and-swap).
+        let target = Lease { etcd_lease: own.etcd_lease, ..theirs.clone() };
+        match self.store.renew_lease(&target, &self.attrs, self.ttl).await {
+            Ok(lease) => {
+                info!(subnet = %lease.key, "our lease value is restored");
+                Some(lease)
+            }
+            Err(e) => {
+                warn!(subnet = %theirs.key, error = %e, "could not restore our lease value yet; retrying on the next change");
+                None
+            }
+        }
+    }
+
+    /// Warns once per lease about every other live lease that carries our public IP: two hosts configured with
+    /// the same address would send each other's traffic to one of them.
+    fn report_impostors(&self, own: &Lease, set: &LeaseSet, reported: &mut BTreeSet<SubnetKey>) {
+        let now: BTreeSet<SubnetKey> = set
+            .leases
+            .values()
+            .filter(|l| l.key != own.key && !l.is_reservation() && shares_public_ip(l, &self.attrs))
+            .map(|l| l.key)
+            .collect();
+        for key in now.difference(reported) {
+            error!(
+                subnet = %key,
+                our_subnet = %own.key,
+                "another live lease carries our public IP: is a second host running with the same --public-ip? \
+                 Hosts ignore it; check the hosts' addresses"
+            );
+        }
+        *reported = now;
     }
 
     /// Sends one keepalive. Returns true when the lease's TTL ran out (so the key is gone too).
@@ -151,6 +212,17 @@ impl<S: LeaseStore> LeaseManager<S> {
             }
         }
     }
+}
+
+/// Our lease as the set has it, when someone else wrote another value into it after our last write.
+pub fn changed_by_someone_else<'a>(own: &Lease, set: &'a LeaseSet) -> Option<&'a Lease> {
+    set.leases.get(&own.key).filter(|l| l.mod_revision > own.mod_revision && l.attrs != own.attrs)
+}
+
+/// Whether `lease` publishes one of the public IPs in `ours`.
+fn shares_public_ip(lease: &Lease, ours: &LeaseAttrs) -> bool {
+    (ours.public_ip.is_some() && lease.attrs.public_ip == ours.public_ip)
+        || (ours.public_ipv6.is_some() && lease.attrs.public_ipv6 == ours.public_ipv6)
 }
 
 /// Whether our key is missing from a lease set that is at least as new as our last write.
@@ -233,6 +305,51 @@ mod tests {
             assert_eq!(store.value(&key.to_string()), Some(after.attrs.to_json()));
         }
         assert_eq!(store.leases().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_changed_by_someone_else_is_restored() {
+        let store = MemoryStore::with_config(CONFIG);
+        let mut host = start(manager(&store, "198.18.0.1"), true).await;
+        let key = host.first.key.to_string();
+        let forged = r#"{"PublicIP":"198.18.0.66","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:66"}}"#;
+        // A plain put, as etcdctl does it: the key loses its TTL lease.
+        store.put(&key, forged);
+        timeout(Duration::from_secs(10), host.own.changed()).await.expect("restored in time").unwrap();
+        let restored = host.own.borrow_and_update().clone();
+        assert_eq!(restored.key, host.first.key, "same subnet");
+        assert_eq!(restored.etcd_lease, host.first.etcd_lease, "back on our TTL lease, not a reservation");
+        assert!(!store.leases()[0].is_reservation());
+        assert_eq!(restored.attrs, host.first.attrs);
+        assert_eq!(store.value(&key), Some(host.first.attrs.to_json()), "our value is back in the store");
+        assert_eq!(store.leases().len(), 1);
+    }
+
+    #[test]
+    fn changes_are_ours_or_someone_elses() {
+        let mut own = lease("10.244.3.0-24", 10);
+        own.attrs.public_ip = Some("198.18.0.1".parse().unwrap());
+        let mut set = LeaseSet { revision: 12, ..Default::default() };
+        set.leases.insert(own.key, Lease { mod_revision: 12, ..own.clone() });
+        assert!(changed_by_someone_else(&own, &set).is_none(), "a newer revision of the same value (a renewal)");
+        let mut theirs = Lease { mod_revision: 12, ..own.clone() };
+        theirs.attrs.public_ip = Some("198.18.0.66".parse().unwrap());
+        set.leases.insert(own.key, theirs.clone());
+        assert_eq!(changed_by_someone_else(&own, &set), Some(&theirs));
+        let older = Lease { mod_revision: 9, ..theirs };
+        set.leases.insert(own.key, older);
+        assert!(changed_by_someone_else(&own, &set).is_none(), "a set older than our last write");
+    }
+
+    #[test]
+    fn another_live_lease_with_our_public_ip_is_an_impostor_but_a_reservation_is_not() {
+        let ours = LeaseAttrs { public_ip: Some("198.18.0.1".parse().unwrap()), ..Default::default() };
+        let mut other = lease("10.244.5.0-24", 3);
+        other.attrs = ours.clone();
+        assert!(shares_public_ip(&other, &ours));
+        other.attrs.public_ip = Some("198.18.0.2".parse().unwrap());
+        assert!(!shares_public_ip(&other, &ours));
+        assert!(!shares_public_ip(&lease("10.244.6.0-24", 3), &LeaseAttrs::default()), "no IP is nobody's IP");
     }
 
     #[tokio::test(start_paused = true)]

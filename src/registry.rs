@@ -22,23 +22,54 @@ use crate::store::{Change, LeaseProblem, LeaseStore, Listing, ResyncCause, Watch
 pub struct LeaseSet {
     pub leases: BTreeMap<SubnetKey, Lease>,
     pub revision: i64,
+    /// Keys below the subnets prefix that are not leases (by their name there), and why: never programmed, but
+    /// reported and counted like every other rejected lease.
+    pub bad_keys: BTreeMap<String, String>,
+    /// Leases whose value is not flannel's JSON, and why. They hold their subnet (in `leases`, without
+    /// attributes) and are never programmed.
+    pub bad_values: BTreeMap<SubnetKey, String>,
 }
 
 impl LeaseSet {
     pub fn from_listing(listing: &Listing) -> LeaseSet {
-        LeaseSet { leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(), revision: listing.revision }
+        let mut set = LeaseSet {
+            leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(),
+            revision: listing.revision,
+            ..LeaseSet::default()
+        };
+        for problem in &listing.problems {
+            set.note(problem);
+        }
+        set
+    }
+
+    fn note(&mut self, problem: &LeaseProblem) {
+        match problem {
+            LeaseProblem::BadKey { name, reason, .. } => {
+                self.bad_keys.insert(name.clone(), reason.to_string());
+            }
+            LeaseProblem::BadValue { key, reason, .. } => {
+                self.bad_values.insert(*key, reason.to_string());
+            }
+        }
     }
 
     fn apply(&mut self, changes: &[Change], revision: i64) {
         for change in changes {
             match change {
                 Change::Put(lease) => {
+                    // A bad value comes as a put followed by its problem; a good one clears an earlier problem.
+                    self.bad_values.remove(&lease.key);
                     self.leases.insert(lease.key, lease.clone());
                 }
                 Change::Delete(key) => {
+                    self.bad_values.remove(key);
                     self.leases.remove(key);
                 }
-                Change::Problem(_) => {}
+                Change::Problem(problem) => self.note(problem),
+                Change::DeleteUnparsable(name) => {
+                    self.bad_keys.remove(name);
+                }
             }
         }
         self.revision = revision;
@@ -277,5 +308,26 @@ mod tests {
         set.apply(&[Change::Delete("10.244.1.0-24".parse().unwrap()), Change::Problem(problem())], 6);
         assert_eq!(set.leases.keys().map(|k| k.to_string()).collect::<Vec<_>>(), vec!["10.244.2.0-24"]);
         assert_eq!(set.revision, 6);
+        assert_eq!(set.bad_keys.keys().collect::<Vec<_>>(), ["bad"], "a bad key is remembered to be reported");
+        set.apply(&[Change::DeleteUnparsable("bad".into())], 7);
+        assert!(set.bad_keys.is_empty(), "and forgotten when deleted");
+    }
+
+    #[tokio::test]
+    async fn bad_values_are_remembered_until_fixed_or_deleted() {
+        let store = MemoryStore::new();
+        store.put("10.244.1.0-24", "{not json");
+        store.put("nonsense", "{}");
+        let mut running = start(&store, store.list_leases().await.unwrap());
+        assert_eq!(running.rx.borrow().bad_values.len(), 1);
+        assert_eq!(running.rx.borrow().bad_keys.len(), 1);
+        store.put("10.244.2.0-24", "[]");
+        store.put("10.244.1.0-24", &value("198.18.0.1"));
+        store.delete("nonsense");
+        let revision = store.revision();
+        let set = published(&mut running.rx, |set| set.revision == revision).await;
+        let bad: Vec<String> = set.bad_values.keys().map(ToString::to_string).collect();
+        assert_eq!(bad, ["10.244.2.0-24"]);
+        assert!(set.bad_keys.is_empty());
     }
 }

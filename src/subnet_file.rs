@@ -1,6 +1,9 @@
 //! The subnet file weftd writes for the CNI plugin. The format itself belongs to the plugin's crate
 //! ([`weft_cni::subnet_file`]); this module fills it from our lease.
 
+use std::io;
+use std::path::Path;
+
 use ipnetwork::IpNetwork;
 use weft_backends::Family;
 pub use weft_cni::subnet_file::{write_atomically, SubnetFile, SubnetFileError};
@@ -31,9 +34,36 @@ pub fn lease_key(file: &SubnetFile) -> Option<SubnetKey> {
     (key.ipv4.is_some() || key.ipv6.is_some()).then_some(key)
 }
 
+/// Whether weftd can write `path` the way it will (a temporary file in its directory, renamed over it). Checked
+/// before any lease is claimed, so a wrong path fails before anything in etcd or the kernel changes.
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let probe = dir.join(format!(".{}.probe-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writability_is_checked_where_the_file_goes() {
+        let dir = std::env::temp_dir().join(format!("weft-subnet-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("run/subnet.env");
+        check_writable(&file).unwrap();
+        assert_eq!(std::fs::read_dir(dir.join("run")).unwrap().count(), 0, "the probe is removed");
+        assert_eq!(check_writable(&dir.join("run")).unwrap_err().kind(), io::ErrorKind::IsADirectory);
+        std::fs::write(dir.join("plain"), "").unwrap();
+        assert!(check_writable(&dir.join("plain/subnet.env")).is_err(), "a parent that is a file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_file_carries_the_first_usable_address() {

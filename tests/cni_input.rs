@@ -39,7 +39,12 @@ impl Drop for TempDir {
 
 /// Runs the plugin with exactly `vars` in its environment and `stdin`; returns (exit ok, stdout JSON).
 fn run(vars: &[(&str, &str)], stdin: &str) -> (bool, Value) {
-    let mut child = Command::new(PLUGIN)
+    run_via(Command::new(PLUGIN), vars, stdin)
+}
+
+/// [`run`] through `command` (the plugin, or a wrapper that runs it).
+fn run_via(mut command: Command, vars: &[(&str, &str)], stdin: &str) -> (bool, Value) {
+    let mut child = command
         .env_clear()
         .envs(vars.iter().copied())
         .stdin(Stdio::piped())
@@ -192,4 +197,53 @@ fn missing_subnet_file_says_weftd_is_not_there() {
     std::fs::write(dir.0.join("bad.env"), "FLANNEL_SUBNET=nope\n").unwrap();
     conf["subnetFile"] = json!(dir.0.join("bad.env"));
     expect_error(&with(&ADD, "CNI_COMMAND", "STATUS"), &conf.to_string(), 50, "bad.env", &dir);
+}
+
+#[test]
+fn subnet_file_values_that_would_break_a_container_are_invalid_config() {
+    for (name, text, names) in [
+        ("mtu0", "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=0\n", "FLANNEL_MTU=0"),
+        (
+            "outside",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.99.9.1/24\nFLANNEL_MTU=1450\n",
+            "is not inside FLANNEL_NETWORK",
+        ),
+    ] {
+        let (dir, conf) = setup(name);
+        std::fs::write(dir.0.join("subnet.env"), text).unwrap();
+        expect_error(&ADD, &conf.to_string(), 7, names, &dir);
+    }
+}
+
+#[test]
+fn the_plugins_own_netns_is_never_a_containers() {
+    let (dir, conf) = setup("ownns");
+    // /proc/self is the plugin process itself: its own netns. The plugin runs in a throwaway user and network
+    // namespace, so even a plugin that failed this check would only touch that namespace, never the host's.
+    let vars = with(&ADD, "CNI_NETNS", "/proc/self/ns/net");
+    let mut unshare = Command::new("/usr/bin/unshare");
+    unshare.args(["--user", "--map-root-user", "--net", PLUGIN]);
+    let before = dir.entries();
+    let (ok, out) = run_via(unshare, &vars, &conf.to_string());
+    assert!(!ok, "must fail: {out}");
+    assert_eq!(out["code"], 4, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("is the plugin's own network namespace"), "{out}");
+    assert_eq!(dir.entries(), before, "nothing changed on disk");
+}
+
+#[test]
+fn a_repeated_add_for_the_same_container_and_interface_is_refused_before_anything_changes() {
+    let (dir, conf) = setup("repeat");
+    // An earlier ADD of ctr1/eth0 holds 10.244.9.2 in the built-in IPAM's records.
+    let records = dir.0.join("ipam/wci");
+    std::fs::create_dir_all(&records).unwrap();
+    std::fs::write(records.join("lock"), "").unwrap();
+    std::fs::write(records.join("10.244.9.2"), "ctr1\r\neth0").unwrap();
+    let before: Vec<_> = std::fs::read_dir(&records).unwrap().flatten().map(|e| e.file_name()).collect();
+    expect_error(&ADD, &conf.to_string(), 4, "container ctr1 already has eth0 with 10.244.9.2", &dir);
+    let after: Vec<_> = std::fs::read_dir(&records).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(after.len(), before.len(), "no second address");
+    // Another interface of the same container is a different attachment (it fails later, at the missing netns).
+    let (ok, out) = run(&with(&ADD, "CNI_IFNAME", "eth1"), &conf.to_string());
+    assert!(!ok && !out["msg"].as_str().unwrap().contains("already has"), "{out}");
 }

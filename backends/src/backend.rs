@@ -15,8 +15,10 @@ use serde_json::Value;
 
 use crate::forwarding::ForwardingTable;
 use crate::hostgw::{self, HostGwBackend, HostGwConfig};
+use crate::model::MacAddr;
 use crate::model::{KernelState, Scope};
 use crate::rules::RuleSet;
+use crate::trust::RejectReason;
 use crate::vxlan::{VxlanBackend, VxlanConfig};
 use crate::{vxlan, BackendError, Family, Peer, Underlay};
 
@@ -52,7 +54,7 @@ impl Desired {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedPeer {
     pub subnet: IpNetwork,
-    pub reason: String,
+    pub reason: RejectReason,
 }
 
 /// A prepared backend.
@@ -93,6 +95,25 @@ impl BackendConfig {
             vxlan::BACKEND_TYPE => Ok(BackendConfig::Vxlan(VxlanConfig::from_json(backend)?)),
             hostgw::BACKEND_TYPE => Ok(BackendConfig::HostGw(HostGwConfig::from_json(backend)?)),
             other => Err(BackendError::UnsupportedType(other.to_string())),
+        }
+    }
+
+    /// The lease's BackendType for this backend.
+    pub fn backend_type(&self) -> &'static str {
+        match self {
+            BackendConfig::Vxlan(_) => vxlan::BACKEND_TYPE,
+            BackendConfig::HostGw(_) => hostgw::BACKEND_TYPE,
+        }
+    }
+
+    /// Checks a peer's BackendData (or BackendV6Data) for `family` against our configuration: Ok with the
+    /// tunnel endpoint's MAC when the backend has one (it must be unique among hosts), or why the data cannot be
+    /// used. Pure, and available before the backend is prepared, so weftctl judges leases the way weftd does.
+    pub fn check_peer_data(&self, data: Option<&Value>) -> Result<Option<MacAddr>, RejectReason> {
+        match self {
+            BackendConfig::Vxlan(c) => vxlan::check_peer_data(data, c.vni).map(Some),
+            // flannel's host-gw leases carry no BackendData, and whatever another host put there is not used.
+            BackendConfig::HostGw(_) => Ok(None),
         }
     }
 

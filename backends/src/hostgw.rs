@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::backend::{Backend, Desired, SkippedPeer};
 use crate::model::{KernelState, Link, Scope};
+use crate::trust::RejectReason;
 use crate::{direct, BackendError, Family, Peer, Underlay};
 
 /// The lease's BackendType for this backend.
@@ -88,22 +89,18 @@ impl Backend for HostGwBackend {
                     continue;
                 }
                 if peer.backend_type != BACKEND_TYPE {
-                    let reason = format!("BackendType is {:?}, not \"host-gw\"", peer.backend_type);
+                    let reason =
+                        RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
                     skipped.push(SkippedPeer { subnet, reason });
                     continue;
                 }
                 match direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol) {
                     Ok(route) => state.add_route(route),
-                    Err(e) => skipped.push(SkippedPeer {
-                        subnet,
-                        reason: format!(
-                            "{e}; host-gw needs every host on one L2 segment (use vxlan with DirectRouting)"
-                        ),
-                    }),
+                    Err(e) => skipped.push(SkippedPeer { subnet, reason: RejectReason::NotOnSegment(e) }),
                 }
             }
         }
-        skipped.sort_by(|a, b| (a.subnet, &a.reason).cmp(&(b.subnet, &b.reason)));
+        skipped.sort_by_key(|s| (s.subnet, s.reason.to_string()));
         Desired { state, skipped, ..Desired::default() }
     }
 

@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod model;
 pub mod netlink;
 pub mod rules;
+pub mod trust;
 pub mod vxlan;
 
 use std::fmt;

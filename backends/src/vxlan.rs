@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::backend::Backend;
 pub use crate::backend::{Desired, SkippedPeer};
 use crate::model::{Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, Scope, VxlanAttrs};
+use crate::trust::RejectReason;
 use crate::{direct, BackendError, Family, Peer, Underlay};
 
 /// The lease's BackendType for this backend.
@@ -313,10 +314,9 @@ impl Backend for VxlanBackend {
                     continue;
                 }
                 if peer.backend_type != BACKEND_TYPE {
-                    skipped.push(SkippedPeer {
-                        subnet,
-                        reason: format!("BackendType is {:?}, not \"vxlan\"", peer.backend_type),
-                    });
+                    let reason =
+                        RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
+                    skipped.push(SkippedPeer { subnet, reason });
                     continue;
                 }
                 // Peers on our own segment are routed to directly; the rest go through the tunnel.
@@ -328,11 +328,7 @@ impl Backend for VxlanBackend {
                         continue;
                     }
                 }
-                let mac = match peer.backend_data(family).ok_or_else(|| "lease has no BackendData".to_string()) {
-                    Ok(data) => check_vni(data, self.config.vni).and_then(|()| parse_lease_data(data)),
-                    Err(e) => Err(e),
-                };
-                let mac = match mac {
+                let mac = match check_peer_data(peer.backend_data(family), self.config.vni) {
                     Ok(mac) => mac,
                     Err(reason) => {
                         skipped.push(SkippedPeer { subnet, reason });
@@ -346,18 +342,20 @@ impl Backend for VxlanBackend {
             }
         }
         // Peers come in any order; what the backend says about them must not depend on it.
-        skipped.sort_by(|a, b| (a.subnet, &a.reason).cmp(&(b.subnet, &b.reason)));
+        skipped.sort_by_cached_key(|s| (s.subnet, s.reason.to_string()));
         Desired { state, skipped, ..Desired::default() }
     }
 }
 
-fn check_vni(data: &Value, vni: u32) -> Result<(), String> {
+/// A peer's BackendData checked against our VNI: its VtepMAC, or why it cannot be used.
+pub fn check_peer_data(data: Option<&Value>, vni: u32) -> Result<MacAddr, RejectReason> {
+    let data = data.ok_or_else(|| RejectReason::BadBackendData { detail: "lease has no BackendData".into() })?;
     let theirs = data
         .as_object()
         .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("VNI")))
         .and_then(|(_, v)| v.as_u64());
     match theirs {
-        Some(v) if v != u64::from(vni) => Err(format!("BackendData.VNI is {v}, ours is {vni}")),
-        _ => Ok(()),
+        Some(v) if v != u64::from(vni) => Err(RejectReason::WrongVni { theirs: v, ours: vni }),
+        _ => parse_lease_data(data).map_err(|detail| RejectReason::BadBackendData { detail }),
     }
 }

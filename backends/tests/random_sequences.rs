@@ -316,7 +316,7 @@ fn one_golden_text_covers_kernel_objects_rules_and_forwarding() {
     desired.forwarding = Some(forwarding);
     desired.skipped.push(weft_backends::backend::SkippedPeer {
         subnet: "10.244.3.0/24".parse().unwrap(),
-        reason: "lease has no BackendData".into(),
+        reason: weft_backends::trust::RejectReason::BadBackendData { detail: "lease has no BackendData".into() },
     });
     assert_eq!(
         desired.render(),

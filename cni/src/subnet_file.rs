@@ -43,6 +43,10 @@ pub enum SubnetFileError {
     Parse { path: PathBuf, line: usize, msg: String },
 }
 
+/// The smallest MTU an IPv4 link may have (RFC 791) and the largest the kernel takes.
+pub const MIN_MTU: u32 = 68;
+pub const MAX_MTU: u32 = 65535;
+
 impl SubnetFile {
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -112,12 +116,30 @@ impl SubnetFile {
                 _ => {}
             }
         }
+        let invalid = |msg: String| SubnetFileError::Parse { path: path.to_path_buf(), line: 0, msg };
         if !saw_mtu {
-            return Err(SubnetFileError::Parse {
-                path: path.to_path_buf(),
-                line: 0,
-                msg: "FLANNEL_MTU is missing".into(),
-            });
+            return Err(invalid("FLANNEL_MTU is missing".into()));
+        }
+        // The values go into containers' interfaces and routes: checked here, so a bad file is refused up front.
+        if !(MIN_MTU..=MAX_MTU).contains(&file.mtu) {
+            return Err(invalid(format!("FLANNEL_MTU={} is outside {MIN_MTU}..{MAX_MTU}", file.mtu)));
+        }
+        for (net_name, network, sub_name, subnet) in [
+            ("FLANNEL_NETWORK", file.network, "FLANNEL_SUBNET", file.subnet),
+            ("FLANNEL_IPV6_NETWORK", file.ipv6_network, "FLANNEL_IPV6_SUBNET", file.ipv6_subnet),
+        ] {
+            if network.is_some() != subnet.is_some() {
+                // flannel writes both or neither; half a pair would be dropped or half-used.
+                return Err(invalid(format!("{net_name} and {sub_name} must be set together")));
+            }
+            if let (Some(network), Some(subnet)) = (network, subnet) {
+                let inside = network.is_ipv4() == subnet.is_ipv4()
+                    && network.contains(subnet.ip())
+                    && subnet.prefix() >= network.prefix();
+                if !inside {
+                    return Err(invalid(format!("{sub_name}={subnet} is not inside {net_name}={network}")));
+                }
+            }
         }
         Ok(file)
     }
@@ -197,6 +219,25 @@ mod tests {
         assert!(e.to_string().contains("FLANNEL_MTU is missing"));
         let e = SubnetFile::parse(p, "garbage\nFLANNEL_MTU=1\n").unwrap_err();
         assert!(e.to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn values_that_would_break_a_container_are_refused() {
+        let p = Path::new("/run/flannel/subnet.env");
+        let err = |text: &str| SubnetFile::parse(p, text).unwrap_err().to_string();
+        assert!(err("FLANNEL_MTU=0\n").contains("FLANNEL_MTU=0 is outside 68..65535"));
+        assert!(err("FLANNEL_MTU=70000\n").contains("outside"));
+        let outside = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.99.3.1/24\nFLANNEL_MTU=1450\n";
+        assert!(err(outside).contains("FLANNEL_SUBNET=10.99.3.1/24 is not inside FLANNEL_NETWORK=10.244.0.0/16"));
+        let wider = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.0.1/8\nFLANNEL_MTU=1450\n";
+        assert!(err(wider).contains("is not inside"));
+        let v6 = "FLANNEL_IPV6_NETWORK=fd42::/56\nFLANNEL_IPV6_SUBNET=fd43::1/64\nFLANNEL_MTU=1450\n";
+        assert!(err(v6).contains("FLANNEL_IPV6_SUBNET=fd43::1/64 is not inside"));
+        assert!(SubnetFile::parse(
+            p,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n"
+        )
+        .is_ok());
     }
 
     #[test]

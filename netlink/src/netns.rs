@@ -78,6 +78,14 @@ pub fn set_receive_buffer(socket: &Socket, bytes: usize) {
 /// SO_NETNS_COOKIE (Linux 5.14+; asm-generic value, not in the libc crate yet).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
+/// Whether `netns` is the network namespace the calling thread runs in (for a plugin the runtime started, the
+/// host's): configuring it as a container's would move the host's own interfaces and addresses around.
+pub fn is_current(netns: &File) -> io::Result<bool> {
+    let theirs = netns.metadata()?;
+    let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
+    Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
+}
+
 /// An identifier of the calling thread's netns that is never reused while the machine runs: the netns cookie
 /// (an inode number can come back for a later netns). Falls back on the inode on kernels without cookies.
 pub fn current_id() -> io::Result<String> {

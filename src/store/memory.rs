@@ -547,6 +547,7 @@ mod tests {
         store.put("10.244.1.0-24", HOST_VALUE);
         store.put("garbage", HOST_VALUE);
         store.delete("10.244.1.0-24");
+        store.delete("garbage");
         let mut watch = store.watch_changes(start).await.unwrap();
         let batch = watch.next().await.unwrap();
         assert_eq!(batch.revision, store.revision());
@@ -557,9 +558,10 @@ mod tests {
                 Change::Put(_) => "put",
                 Change::Delete(_) => "delete",
                 Change::Problem(_) => "problem",
+                Change::DeleteUnparsable(_) => "delete unparsable",
             })
             .collect();
-        assert_eq!(kinds, ["put", "problem", "delete"]);
+        assert_eq!(kinds, ["put", "problem", "delete", "delete unparsable"]);
 
         let compacted = store.compact();
         let old = store.watch_changes(start).await;

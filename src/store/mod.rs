@@ -70,9 +70,9 @@ pub enum StoreError {
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseProblem {
     #[error("ignoring {path}: {reason}")]
-    BadKey { path: String, reason: InvalidKey },
+    BadKey { path: String, name: String, reason: InvalidKey },
     #[error("lease {path}: {reason} (value {value:?})")]
-    BadValue { path: String, value: String, reason: InvalidAttrs },
+    BadValue { path: String, key: SubnetKey, value: String, reason: InvalidAttrs },
 }
 
 /// One key/value pair as a store holds it below the subnets prefix.
@@ -95,7 +95,10 @@ impl StoredLease<'_> {
     pub fn decode(&self) -> (Option<Lease>, Option<LeaseProblem>) {
         let key: SubnetKey = match self.name.parse() {
             Ok(key) => key,
-            Err(reason) => return (None, Some(LeaseProblem::BadKey { path: self.path.to_string(), reason })),
+            Err(reason) => {
+                let problem = LeaseProblem::BadKey { path: self.path.to_string(), name: self.name.to_string(), reason };
+                return (None, Some(problem));
+            }
         };
         let text = String::from_utf8_lossy(self.value);
         let lease = |attrs| Lease { key, attrs, etcd_lease: self.ttl_lease, mod_revision: self.mod_revision };
@@ -103,7 +106,7 @@ impl StoredLease<'_> {
             Ok(attrs) => (Some(lease(attrs)), None),
             Err(reason) => (
                 Some(lease(LeaseAttrs::default())),
-                Some(LeaseProblem::BadValue { path: self.path.to_string(), value: text.into_owned(), reason }),
+                Some(LeaseProblem::BadValue { path: self.path.to_string(), key, value: text.into_owned(), reason }),
             ),
         }
     }
@@ -133,6 +136,8 @@ pub enum Change {
     Delete(SubnetKey),
     /// A key or value that could not be parsed (a bad value also comes as a `Put` that holds the subnet).
     Problem(LeaseProblem),
+    /// A key that never was a lease (it did not parse) was deleted: forget its problem.
+    DeleteUnparsable(String),
 }
 
 impl Change {
@@ -142,9 +147,9 @@ impl Change {
         lease.map(Change::Put).into_iter().chain(problem.map(Change::Problem))
     }
 
-    /// The change a delete of `name` makes; none for a key that was never a lease.
+    /// The change a delete of `name` makes.
     pub fn delete(name: &str) -> Option<Change> {
-        name.parse().ok().map(Change::Delete)
+        Some(name.parse().map_or_else(|_| Change::DeleteUnparsable(name.to_string()), Change::Delete))
     }
 }
 

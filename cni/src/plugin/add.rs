@@ -32,11 +32,20 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     let format = version::format_of(&conf.cni_version)?;
     let file = read_subnet_file(&conf.subnet_file)?;
     let plan = Plan::new(conf, &file)?;
+    refuse_repeat(conf, id, ifname)?;
     // Stored before anything is attached, as flannel's plugin does, so a DEL after a failed ADD finds it too.
     save_flannel_state(conf, id)?;
     trace::mark("config and subnet file read");
     let netns = std::fs::File::open(netns_path)
         .map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
+    let own = weft_netlink::netns::is_current(&netns)
+        .map_err(|e| CniError::io(format!("inspecting CNI_NETNS {}", netns_path.display()), e))?;
+    if own {
+        return Err(CniError::InvalidEnv(format!(
+            "CNI_NETNS {} is the plugin's own network namespace (the host's), not a container's",
+            netns_path.display()
+        )));
+    }
     // First, so that a failure has nothing to undo.
     let container_socket =
         Socket::open_in(&netns).map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
@@ -68,6 +77,26 @@ fn save_flannel_state(conf: &NetConf, id: &str) -> Result<()> {
         }
         other => CniError::InvalidConfig(other.to_string()),
     })
+}
+
+/// A second ADD for a container ID and interface that already have an address would allocate another one and
+/// replace the interface in whatever netns it names now (possibly another container's): refused before anything
+/// is touched, with what to do. (An IPAM plugin keeps its own records and answers for itself.)
+fn refuse_repeat(conf: &NetConf, id: &str, ifname: &str) -> Result<()> {
+    let Ipam::Builtin { data_dir } = &conf.ipam else { return Ok(()) };
+    // No records yet: nothing was ever added (and nothing is created on disk just to find that out).
+    if !data_dir.join(&conf.name).is_dir() {
+        return Ok(());
+    }
+    let held = Store::open(data_dir, &conf.name)?.find(id, ifname)?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<String> = held.iter().map(ToString::to_string).collect();
+    Err(CniError::InvalidEnv(format!(
+        "container {id} already has {ifname} with {} from an earlier ADD; DEL it before adding it again",
+        held.join(", ")
+    )))
 }
 
 fn allocate(

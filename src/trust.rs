@@ -1,0 +1,496 @@
+//! The trust boundary for peer leases: which of the leases in the store this host programs.
+//!
+//! etcd is shared by every host and every operator, so a lease is someone else's claim. [`screen`] is the one
+//! pure function that decides, with one table of reasons ([`RejectReason`]): a lease is programmed only if its key
+//! and value parse, each subnet lies inside the configured network of its family with exactly the configured
+//! subnet length, it overlaps neither our subnet nor an accepted lease (the older store revision wins), each public
+//! IP is a unicast host address that is not ours and not inside the cluster network, its backend type, VNI and
+//! data match ours and its VtepMAC is unique. [`judge`] then asks the backend for the desired state of what was
+//! accepted and applies the last guard ([`guard_routes`]): no route over the underlay, a host address or our own
+//! subnet, whatever the leases and the backend said.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use weft_backends::backend::{Backend, BackendConfig, Desired};
+use weft_backends::model::MacAddr;
+use weft_backends::trust::{guard_routes, unusable_endpoint, Protected, RejectReason};
+use weft_backends::Family;
+
+use crate::config::NetworkConfig;
+use crate::ipmath;
+use crate::lease::{Lease, SubnetKey};
+use crate::registry::LeaseSet;
+
+/// What a host (or weftctl) judges peer leases against.
+#[derive(Debug, Clone)]
+pub struct TrustPolicy {
+    /// The networks and subnet lengths leases must fit.
+    pub config: NetworkConfig,
+    /// Our backend's configuration: its type, and how to check a peer's BackendData.
+    pub backend: BackendConfig,
+    /// This host's addresses (public IPs and the underlay's), with their prefixes: no peer may claim one, and no
+    /// route may cover one or the prefix it is on. Empty in weftctl, which is no host.
+    pub host_addresses: Vec<IpNetwork>,
+}
+
+impl TrustPolicy {
+    /// A policy for judging leases from outside any host (weftctl).
+    pub fn outside(config: NetworkConfig) -> Result<TrustPolicy, weft_backends::BackendError> {
+        let backend = BackendConfig::parse(&config.backend.kind, &config.backend.raw)?;
+        Ok(TrustPolicy { config, backend, host_addresses: Vec::new() })
+    }
+
+    fn is_ours(&self, ip: IpAddr) -> bool {
+        self.host_addresses.iter().any(|a| a.ip() == ip)
+    }
+
+    fn inside_cluster(&self, ip: IpAddr) -> bool {
+        self.config.families().into_iter().filter_map(|f| self.config.family(f)).any(|p| p.network.contains(ip))
+    }
+
+    /// What no route may cover: the underlay's connected prefixes, this host's addresses, our own subnets.
+    pub fn protected(&self, own: Option<&Lease>) -> Vec<Protected> {
+        let mut protected = Vec::new();
+        for a in &self.host_addresses {
+            if a.prefix() < Family::of(a.ip()).host_prefix() {
+                protected.push(Protected::connected_prefix(*a));
+            }
+            protected.push(Protected::host_address(a.ip()));
+        }
+        protected.extend(own.into_iter().flat_map(|o| o.key.subnets()).map(Protected::own_subnet));
+        protected
+    }
+}
+
+/// A lease that is not programmed, by its name below the subnets prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub name: String,
+    pub reason: RejectReason,
+}
+
+/// The leases that passed, and the rest with the reason.
+#[derive(Debug, Default)]
+pub struct Screening<'a> {
+    pub accepted: Vec<&'a Lease>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Judges every lease in `set` but our own (`own`; None in weftctl). Deterministic: leases are taken in store
+/// order (oldest revision first, then key), so of two conflicting leases the older is kept and the newer reported.
+pub fn screen<'a>(policy: &TrustPolicy, own: Option<&Lease>, set: &'a LeaseSet) -> Screening<'a> {
+    let mut out = Screening::default();
+    for (name, why) in &set.bad_keys {
+        out.rejected.push(Rejected { name: name.clone(), reason: RejectReason::BadKey { detail: why.clone() } });
+    }
+    for (key, why) in &set.bad_values {
+        out.rejected.push(Rejected { name: key.to_string(), reason: RejectReason::BadValue { detail: why.clone() } });
+    }
+    let own_key = own.map(|o| o.key);
+    // Who holds each accepted subnet and VtepMAC. Accepted subnets all have the configured length inside the
+    // configured network, so two of them overlap exactly when they are equal.
+    let mut subnets: BTreeMap<IpNetwork, String> = BTreeMap::new();
+    let mut macs: BTreeMap<MacAddr, String> = BTreeMap::new();
+    if let Some(own) = own {
+        for family in [Family::V4, Family::V6] {
+            if let Ok(Some(mac)) = policy.backend.check_peer_data(own.to_peer().backend_data(family)) {
+                macs.insert(mac, "this host".to_string());
+            }
+        }
+    }
+    let mut order: Vec<&Lease> =
+        set.leases.values().filter(|l| Some(l.key) != own_key && !set.bad_values.contains_key(&l.key)).collect();
+    order.sort_by_key(|l| (l.mod_revision, l.key));
+    for lease in order {
+        match judge_lease(policy, own, lease, &subnets, &macs) {
+            Ok(lease_macs) => {
+                let name = lease.key.to_string();
+                subnets.extend(lease.key.subnets().map(|s| (s, name.clone())));
+                macs.extend(lease_macs.into_iter().map(|m| (m, name.clone())));
+                out.accepted.push(lease);
+            }
+            Err(reason) => out.rejected.push(Rejected { name: lease.key.to_string(), reason }),
+        }
+    }
+    out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// One lease against the policy and what is accepted so far: the VtepMACs it uses, or the first reason it fails.
+fn judge_lease(
+    policy: &TrustPolicy,
+    own: Option<&Lease>,
+    lease: &Lease,
+    subnets: &BTreeMap<IpNetwork, String>,
+    macs: &BTreeMap<MacAddr, String>,
+) -> Result<Vec<MacAddr>, RejectReason> {
+    let key: &SubnetKey = &lease.key;
+    for subnet in key.subnets() {
+        let family = Family::of(subnet.ip());
+        let plan = policy.config.family(family);
+        let Some(plan) = plan.filter(|p| p.network.contains(subnet.network()) && subnet.prefix() >= p.network.prefix())
+        else {
+            return Err(RejectReason::OutsideNetwork { subnet, network: plan.map(|p| p.network) });
+        };
+        if subnet.prefix() != plan.subnet_len {
+            return Err(RejectReason::WrongLength { subnet, expected: plan.subnet_len });
+        }
+    }
+    let ours = policy.backend.backend_type();
+    if lease.attrs.backend_type != ours {
+        return Err(RejectReason::WrongBackendType { theirs: lease.attrs.backend_type.clone(), ours: ours.into() });
+    }
+    let peer = lease.to_peer();
+    let mut lease_macs = Vec::new();
+    for subnet in key.subnets() {
+        let family = Family::of(subnet.ip());
+        let ip = peer.public_ip(family).ok_or(RejectReason::NoPublicIp { family })?;
+        if let Some(why) = unusable_endpoint(ip) {
+            return Err(RejectReason::BadPublicIp { ip, why });
+        }
+        if policy.inside_cluster(ip) {
+            return Err(RejectReason::BadPublicIp { ip, why: "inside the cluster network" });
+        }
+        if policy.is_ours(ip) {
+            return Err(RejectReason::OurPublicIp { ip });
+        }
+        if let Some(mac) = policy.backend.check_peer_data(peer.backend_data(family))? {
+            if let Some(holder) = macs.get(&mac) {
+                return Err(RejectReason::DuplicateVtepMac { mac, holder: holder.clone() });
+            }
+            lease_macs.push(mac);
+        }
+    }
+    for subnet in key.subnets() {
+        if let Some(own) = own.into_iter().flat_map(|o| o.key.subnets()).find(|o| ipmath::overlaps(*o, subnet)) {
+            return Err(RejectReason::OverlapsOwn { subnet, own });
+        }
+        if let Some(winner) = subnets.get(&subnet) {
+            return Err(RejectReason::OverlapsPeer { subnet, winner: winner.clone() });
+        }
+    }
+    Ok(lease_macs)
+}
+
+/// The desired state for `own` and the set, and every lease that is not programmed with the reason.
+#[derive(Debug)]
+pub struct Judgement<'a> {
+    pub desired: Desired,
+    pub accepted: Vec<&'a Lease>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Screens the set, asks the backend for the accepted peers' desired state, and applies the last guard. What the
+/// backend itself skipped is reported the same way.
+pub fn judge<'a, B: Backend>(policy: &TrustPolicy, backend: &B, own: &Lease, set: &'a LeaseSet) -> Judgement<'a> {
+    let Screening { accepted, mut rejected } = screen(policy, Some(own), set);
+    let peers: Vec<_> = accepted.iter().map(|l| l.to_peer()).collect();
+    let mut desired = backend.desired(&own.to_peer(), &peers);
+    let refused = guard_routes(&mut desired.state, &policy.protected(Some(own)));
+    let name_of = |subnet: IpNetwork| {
+        accepted.iter().find(|l| l.key.subnets().any(|s| s == subnet)).map_or(subnet.to_string(), |l| l.key.to_string())
+    };
+    for s in desired.skipped.iter().chain(&refused) {
+        rejected.push(Rejected { name: name_of(s.subnet), reason: s.reason.clone() });
+    }
+    desired.skipped.extend(refused);
+    let refused_names: std::collections::BTreeSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
+    let accepted = if refused_names.is_empty() {
+        accepted
+    } else {
+        accepted.into_iter().filter(|l| !refused_names.contains(l.key.to_string().as_str())).collect()
+    };
+    rejected.sort_by(|a, b| a.name.cmp(&b.name));
+    Judgement { desired, accepted, rejected }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+    use weft_backends::backend::AnyBackend;
+    use weft_backends::model::{KernelState, WEFT_ROUTE_PROTOCOL};
+    use weft_backends::vxlan::{VxlanBackend, VxlanConfig};
+    use weft_backends::Underlay;
+
+    use super::*;
+    use crate::lease::LeaseAttrs;
+    use crate::store::memory::MemoryStore;
+    use crate::store::LeaseStore;
+
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
+    const OWN_KEY: &str = "10.244.1.0-24&fc00:0:0:1::-64";
+    const OWN_MAC: &str = "0e:00:00:00:00:01";
+
+    fn value(ip: &str, mac: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    }
+
+    fn v6_value(ip: &str, ip6: &str, mac: &str, mac6: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        )
+    }
+
+    fn policy(config: &str, underlay: &[&str]) -> TrustPolicy {
+        let config = NetworkConfig::parse(config).unwrap();
+        let host_addresses = underlay.iter().map(|a| a.parse().unwrap()).collect();
+        TrustPolicy { host_addresses, ..TrustPolicy::outside(config).unwrap() }
+    }
+
+    fn own_lease() -> Lease {
+        Lease {
+            key: OWN_KEY.parse().unwrap(),
+            attrs: LeaseAttrs::from_json(&v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01")).unwrap(),
+            etcd_lease: 1,
+            mod_revision: 1,
+        }
+    }
+
+    /// The leases in `store`, as the daemon's registry holds them.
+    async fn set_of(store: &MemoryStore) -> LeaseSet {
+        LeaseSet::from_listing(&store.list_leases().await.unwrap())
+    }
+
+    fn reasons(screening: &Screening) -> BTreeMap<String, &'static str> {
+        screening.rejected.iter().map(|r| (r.name.clone(), r.reason.name())).collect()
+    }
+
+    #[tokio::test]
+    async fn every_reason_of_the_table_is_found_and_the_good_peers_are_kept() {
+        let store = MemoryStore::new();
+        store.put(OWN_KEY, &v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01"));
+        // Two legitimate hosts, written first: they are the older leases.
+        store.put("10.244.2.0-24", &value("198.18.0.2", "0e:00:00:00:00:02"));
+        store.put(
+            "10.244.3.0-24&fc00:0:0:3::-64",
+            &v6_value("198.18.0.3", "fd00::3", "0e:00:00:00:00:03", "0e:00:00:00:01:03"),
+        );
+        let cases: &[(&str, String, &str)] = &[
+            ("garbage", value("198.18.0.9", "0e:00:00:00:00:09"), "bad_key"),
+            ("10.244.9.0-24", "{not json".into(), "bad_value"),
+            ("198.18.0.0-24", value("198.18.0.9", "0e:00:00:00:00:09"), "outside_network"),
+            ("0.0.0.0-0", value("198.18.0.9", "0e:00:00:00:00:09"), "outside_network"),
+            ("10.0.0.0-8", value("198.18.0.9", "0e:00:00:00:00:09"), "outside_network"),
+            ("10.244.0.0-16", value("198.18.0.9", "0e:00:00:00:00:09"), "wrong_length"),
+            ("10.244.2.128-25", value("198.18.0.9", "0e:00:00:00:00:09"), "wrong_length"),
+            ("10.244.10.0-24", value("127.0.0.1", "0e:00:00:00:00:0a"), "bad_public_ip"),
+            ("10.244.11.0-24", value("224.0.0.1", "0e:00:00:00:00:0b"), "bad_public_ip"),
+            ("10.244.12.0-24", value("255.255.255.255", "0e:00:00:00:00:0c"), "bad_public_ip"),
+            ("10.244.13.0-24", value("169.254.0.1", "0e:00:00:00:00:0d"), "bad_public_ip"),
+            ("10.244.14.0-24", value("10.244.2.1", "0e:00:00:00:00:0e"), "bad_public_ip"),
+            ("10.244.15.0-24", value("0.0.0.0", "0e:00:00:00:00:0f"), "no_public_ip"),
+            ("10.244.16.0-24", value("198.18.0.1", "0e:00:00:00:00:10"), "our_public_ip"),
+            ("10.244.17.0-24", value("198.18.0.17", OWN_MAC), "duplicate_vtep_mac"),
+            ("10.244.18.0-24", value("198.18.0.18", "0e:00:00:00:00:02"), "duplicate_vtep_mac"),
+            ("10.244.19.0-24", value("198.18.0.19", "01:00:5e:00:00:01"), "bad_backend_data"),
+            (
+                "10.244.20.0-24",
+                value("198.18.0.20", "0e:00:00:00:00:14").replace("vxlan", "host-gw"),
+                "wrong_backend_type",
+            ),
+            (
+                "10.244.21.0-24",
+                value("198.18.0.21", "0e:00:00:00:00:15").replace("\"VNI\":1", "\"VNI\":7"),
+                "wrong_vni",
+            ),
+            ("10.244.1.0-24", value("198.18.0.22", "0e:00:00:00:00:16"), "overlaps_own"),
+            ("10.244.3.0-24", value("198.18.0.23", "0e:00:00:00:00:17"), "overlaps_peer"),
+            (
+                "10.244.24.0-24&fc00:0:0:24::-64",
+                v6_value("198.18.0.24", "::1", "0e:00:00:00:00:18", "0e:00:00:00:01:18"),
+                "bad_public_ip",
+            ),
+            ("10.244.25.0-24&fc00:0:0:25::-64", value("198.18.0.25", "0e:00:00:00:00:19"), "no_public_ip"),
+            ("10.244.26.0-24&fc00:0:0:1::-64", value("198.18.0.26", "0e:00:00:00:00:1a"), "no_public_ip"),
+            ("10.244.27.0-24&fc01::-64", value("198.18.0.27", "0e:00:00:00:00:1b"), "outside_network"),
+        ];
+        for (name, value, _) in cases {
+            store.put(name, value);
+        }
+        let set = set_of(&store).await;
+        let policy = policy(DUAL, &["198.18.0.1/24", "fd00::1/64"]);
+        let own = own_lease();
+        let screening = screen(&policy, Some(&own), &set);
+        let accepted: Vec<String> = screening.accepted.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(accepted, ["10.244.2.0-24", "10.244.3.0-24&fc00:0:0:3::-64"]);
+        let expected: BTreeMap<String, &str> = cases.iter().map(|(n, _, r)| (n.to_string(), *r)).collect();
+        assert_eq!(reasons(&screening), expected);
+        let found: BTreeSet<&str> = screening.rejected.iter().map(|r| r.reason.name()).collect();
+        let table: BTreeSet<&str> = RejectReason::NAMES.iter().copied().filter(|n| *n != "protected_route").collect();
+        assert_eq!(found, table, "every reason but the last guard's is reachable from a lease");
+        let overlap = screening.rejected.iter().find(|r| r.reason.name() == "overlaps_peer").unwrap();
+        assert_eq!(
+            overlap.reason.to_string(),
+            "10.244.3.0/24 overlaps the older lease 10.244.3.0-24&fc00:0:0:3::-64, which is kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_older_lease_wins_whatever_the_key_order() {
+        for (first, second) in
+            [("10.244.5.0-24", "10.244.5.0-24&fc00:0:0:5::-64"), ("10.244.5.0-24&fc00:0:0:5::-64", "10.244.5.0-24")]
+        {
+            let store = MemoryStore::new();
+            store.put(first, &v6_value("198.18.0.5", "fd00::5", "0e:00:00:00:00:05", "0e:00:00:00:01:05"));
+            store.put(second, &v6_value("198.18.0.6", "fd00::6", "0e:00:00:00:00:06", "0e:00:00:00:01:06"));
+            let set = set_of(&store).await;
+            let screening = screen(&policy(DUAL, &[]), None, &set);
+            let accepted: Vec<String> = screening.accepted.iter().map(|l| l.key.to_string()).collect();
+            assert_eq!(accepted, [first]);
+            assert_eq!(reasons(&screening), BTreeMap::from([(second.to_string(), "overlaps_peer")]));
+        }
+    }
+
+    #[tokio::test]
+    async fn weftctl_judges_without_a_host() {
+        let store = MemoryStore::new();
+        store.put("10.244.2.0-24", &value("198.18.0.2", "0e:00:00:00:00:02"));
+        store.put("198.18.0.0-24", &value("198.18.0.3", "0e:00:00:00:00:03"));
+        let set = set_of(&store).await;
+        let screening = screen(&policy(r#"{"Network":"10.244.0.0/16"}"#, &[]), None, &set);
+        assert_eq!(screening.accepted.len(), 1);
+        assert_eq!(reasons(&screening), BTreeMap::from([("198.18.0.0-24".to_string(), "outside_network")]));
+    }
+
+    fn vxlan(underlay: &[&str], families: &[Family]) -> AnyBackend {
+        let mut u = Underlay::new("eth0", 2, 1500, underlay.iter().map(|a| a.parse().unwrap()).collect());
+        u.public_ips.v4 = None;
+        let b =
+            VxlanBackend::prepare(VxlanConfig::default(), u, families, &KernelState::default(), WEFT_ROUTE_PROTOCOL);
+        AnyBackend::Vxlan(b.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_last_guard_refuses_a_route_over_the_underlay_even_when_the_config_allows_it() {
+        // A network config that contains the underlay: every rule of the screen passes for 10.9.0.0/24.
+        let config = r#"{"Network":"10.0.0.0/8","SubnetLen":24}"#;
+        let policy = policy(config, &["10.9.0.1/24"]);
+        let store = MemoryStore::new();
+        store.put("10.1.0.0-24", &value("198.18.0.1", OWN_MAC));
+        store.put("10.2.0.0-24", &value("198.18.0.2", "0e:00:00:00:00:02"));
+        store.put("10.9.0.0-24", &value("198.18.0.3", "0e:00:00:00:00:03"));
+        let set = set_of(&store).await;
+        let own = set.leases[&"10.1.0.0-24".parse().unwrap()].clone();
+        let judged = judge(&policy, &vxlan(&["10.9.0.1/24"], &[Family::V4]), &own, &set);
+        let routes: Vec<String> = judged.desired.state.routes.keys().map(ToString::to_string).collect();
+        assert_eq!(routes, ["10.2.0.0/24"]);
+        assert_eq!(
+            judged.rejected,
+            [Rejected {
+                name: "10.9.0.0-24".into(),
+                reason: RejectReason::ProtectedRoute {
+                    dst: "10.9.0.0/24".parse().unwrap(),
+                    protected: "10.9.0.0/24".parse().unwrap(),
+                    what: "the underlay's connected prefix",
+                },
+            }]
+        );
+        let accepted: Vec<String> = judged.accepted.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(accepted, ["10.2.0.0-24"], "a refused lease is not counted as a peer");
+    }
+
+    /// Subnets around and inside the cluster network, the underlay and everything.
+    fn any_subnet() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => (0u8..6).prop_map(|n| format!("10.244.{n}.0-24")),
+            4 => (0u8..4).prop_map(|n| format!("10.244.{n}.128-25")),
+            1 => Just("10.244.0.0-16".to_string()),
+            1 => Just("10.0.0.0-8".to_string()),
+            1 => Just("198.18.0.0-24".to_string()),
+            1 => Just("198.18.0.0-15".to_string()),
+            1 => Just("198.18.0.1-32".to_string()),
+            1 => Just("0.0.0.0-0".to_string()),
+            4 => (0u8..4).prop_map(|n| format!("10.244.{n}.0-24&fc00:0:0:{n}::-64")),
+            3 => (0u8..3).prop_map(|n| format!("0.0.0.0-0&fc00:0:0:{n}::-64")),
+            1 => Just("0.0.0.0-0&fd00::-64".to_string()),
+            1 => Just("0.0.0.0-0&::-0".to_string()),
+        ]
+    }
+
+    fn any_ip() -> impl Strategy<Value = String> {
+        prop_oneof![
+            12 => (1u8..6).prop_map(|n| format!("198.18.0.{n}")),
+            1 => Just("127.0.0.1".to_string()),
+            1 => Just("224.0.0.1".to_string()),
+            1 => Just("255.255.255.255".to_string()),
+            1 => Just("10.244.1.1".to_string()),
+            1 => Just("0.0.0.0".to_string()),
+        ]
+    }
+
+    fn any_ip6() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => (1u8..6).prop_map(|n| format!("fd00::{n}")),
+            1 => Just("::1".to_string()),
+            1 => Just("ff02::1".to_string()),
+            1 => Just("fe80::1".to_string()),
+        ]
+    }
+
+    fn any_lease() -> impl Strategy<Value = (String, String, i64)> {
+        let mac = (0u8..16).prop_map(|n| format!("0e:00:00:00:00:{n:02x}"));
+        let mac6 = (0u8..16).prop_map(|n| format!("0e:00:00:00:01:{n:02x}"));
+        let kind = prop_oneof![6 => Just("vxlan"), 1 => Just("host-gw")];
+        let vni = prop_oneof![6 => Just(1u32), 1 => Just(2u32)];
+        (any_subnet(), any_ip(), any_ip6(), mac, mac6, kind, vni, 1i64..50).prop_map(
+            |(key, ip, ip6, mac, mac6, kind, vni, revision)| {
+                let value = format!(
+                    r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"{kind}","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":{vni},"VtepMAC":"{mac6}"}}}}"#
+                );
+                (key, value, revision)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever set of leases is in etcd, the desired state never routes the underlay, our own subnet or our
+        /// addresses, never has two routes for overlapping prefixes, and never two neighbours or FDB entries for
+        /// one VtepMAC.
+        #[test]
+        fn no_lease_set_routes_what_is_ours(leases in proptest::collection::vec(any_lease(), 0..12)) {
+            let policy = policy(DUAL, &["198.18.0.1/24", "fd00::1/64"]);
+            let mut set = LeaseSet::default();
+            for (key, value, revision) in &leases {
+                let key: SubnetKey = key.parse().unwrap();
+                let attrs = LeaseAttrs::from_json(value).unwrap();
+                set.leases.insert(key, Lease { key, attrs, etcd_lease: 1, mod_revision: *revision });
+            }
+            let own = own_lease();
+            set.leases.insert(own.key, own.clone());
+            let backend = vxlan(&["198.18.0.1/24", "fd00::1/64"], &[Family::V4, Family::V6]);
+            let judged = judge(&policy, &backend, &own, &set);
+            let routes: Vec<IpNetwork> = judged.desired.state.routes.keys().copied().collect();
+            let ours: Vec<IpNetwork> = ["198.18.0.0/24", "fd00::/64", "10.244.1.0/24", "fc00:0:0:1::/64"]
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect();
+            for (i, r) in routes.iter().enumerate() {
+                for o in &ours {
+                    prop_assert!(!ipmath::overlaps(*r, *o), "route {r} overlaps {o}");
+                }
+                for other in &routes[i + 1..] {
+                    prop_assert!(!ipmath::overlaps(*r, *other), "routes {r} and {other} overlap");
+                }
+            }
+            for fdb in judged.desired.state.fdb.values() {
+                prop_assert!(unusable_endpoint(fdb.dst).is_none() && !policy.is_ours(fdb.dst), "{fdb:?}");
+            }
+            let macs: Vec<_> = judged.desired.state.neighbours.values().map(|n| n.mac).collect();
+            let unique: BTreeSet<_> = macs.iter().collect();
+            prop_assert_eq!(macs.len(), unique.len(), "one VtepMAC per host");
+            prop_assert_eq!(
+                judged.accepted.len() + judged.rejected.len(),
+                set.leases.len() - 1,
+                "every lease but ours is either a peer or reported"
+            );
+        }
+    }
+}
