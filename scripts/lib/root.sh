@@ -30,7 +30,9 @@ weft_find_toolchain() {
   if [ -n "$home" ] && [ -x "$home/.cargo/bin/cargo" ]; then
     export PATH="$home/.cargo/bin:$PATH"
     export CARGO_HOME="${CARGO_HOME:-$home/.cargo}"
-    [ -d "$home/.rustup" ] && export RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}"
+    if [ -d "$home/.rustup" ]; then
+      export RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}"
+    fi
   fi
 }
 
