@@ -93,7 +93,10 @@ mod tests {
         let running = NetworkConfig::parse(CONFIG).unwrap();
         let spaced = r#"{ "Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"} }"#;
         assert_eq!(drift(&running, Some(spaced)), ConfigDrift::Same, "whitespace is no change");
-        assert_eq!(drift(&running, Some(r#"{"Network":"10.245.0.0/16"}"#)), ConfigDrift::Changed);
+        assert_eq!(
+            drift(&running, Some(r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#)),
+            ConfigDrift::Changed
+        );
         assert!(matches!(drift(&running, Some(r#"{"Network":"0.0.0.0/0"}"#)), ConfigDrift::Invalid(_)));
         assert!(matches!(
             drift(&running, Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}"#)),
@@ -112,7 +115,7 @@ mod tests {
         let count = || metrics.config_changes.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(count(), 0);
-        store.set_config(r#"{"Network":"10.245.0.0/16"}"#);
+        store.set_config(r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#);
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(count(), 1, "seen three times, counted once");
         store.set_config("{not json");

@@ -323,7 +323,8 @@ mod tests {
     }
 
     fn policy() -> TrustPolicy {
-        let config = crate::config::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let config =
+            crate::config::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         TrustPolicy { host_addresses: vec!["198.18.0.1/24".parse().unwrap()], ..TrustPolicy::outside(config).unwrap() }
     }
 

@@ -366,7 +366,10 @@ mod tests {
         let mut listing = crate::store::Listing { leases: leases.to_vec(), ..Default::default() };
         let stored = crate::store::StoredLease { path: "/p/x", name: "x", value: b"{}", ttl_lease: 0, mod_revision: 2 };
         listing.add(stored);
-        let policy = TrustPolicy::outside(NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap()).unwrap();
+        let policy = TrustPolicy::outside(
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap(),
+        )
+        .unwrap();
         let set = LeaseSet::from_listing(&listing);
         let rejected = trust::screen(&policy, None, &set).rejected.into_iter().map(|r| (r.name, r.reason)).collect();
         let table = lease_table(&leases, &rejected);

@@ -221,7 +221,8 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::LeaseStore;
 
-    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#;
+    const DUAL: &str =
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
     const OWN_KEY: &str = "10.244.1.0-24&fc00:0:0:1::-64";
     const OWN_MAC: &str = "0e:00:00:00:00:01";
 
@@ -353,7 +354,7 @@ mod tests {
         store.put("10.244.2.0-24", &value("198.18.0.2", "0e:00:00:00:00:02"));
         store.put("198.18.0.0-24", &value("198.18.0.3", "0e:00:00:00:00:03"));
         let set = set_of(&store).await;
-        let screening = screen(&policy(r#"{"Network":"10.244.0.0/16"}"#, &[]), None, &set);
+        let screening = screen(&policy(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#, &[]), None, &set);
         assert_eq!(screening.accepted.len(), 1);
         assert_eq!(reasons(&screening), BTreeMap::from([("198.18.0.0-24".to_string(), "outside_network")]));
     }
@@ -369,7 +370,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_guard_refuses_a_route_over_the_underlay_even_when_the_config_allows_it() {
         // A network config that contains the underlay: every rule of the screen passes for 10.9.0.0/24.
-        let config = r#"{"Network":"10.0.0.0/8","SubnetLen":24}"#;
+        let config = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
         let policy = policy(config, &["10.9.0.1/24"]);
         let store = MemoryStore::new();
         store.put("10.1.0.0-24", &value("198.18.0.1", OWN_MAC));
