@@ -90,8 +90,10 @@ pub fn trust(data: &[u8]) {
             StoredLease { path: &path, name, value: value.as_bytes(), ttl_lease: 1, mod_revision: revision as i64 + 2 };
         listing.add(stored);
     }
-    let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#)
-        .expect("the fuzz config is valid");
+    let config = NetworkConfig::parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .expect("the fuzz config is valid");
     let own_value = r#"{"PublicIP":"198.18.0.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:01:01"}}"#;
     let own_key = "10.244.1.0-24&fc00:0:0:1::-64";
     let stored =

@@ -137,7 +137,7 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
     put_lease(&lab, "10.244.201.0-24", r#"{"PublicIP":"198.19.7.7","PublicIPv6":null,"BackendType":"host-gw"}"#);
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let route = host(&lab, 2, &["ip", "route", "show", "10.244.200.0/24"]);
-        let skipped = metric(&lab, 2, "weft_peers_skipped");
+        let skipped = metric(&lab, 2, "weft_peers_skipped{reason=\"not_on_segment\"}");
         if route.trim() == "10.244.200.0/24 via 198.18.0.77 dev eth0 proto 87" && skipped.as_deref() == Some("1") {
             Ok(())
         } else {

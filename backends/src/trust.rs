@@ -226,6 +226,7 @@ mod tests {
             RejectReason::BadBackendData { detail: String::new() },
             RejectReason::DuplicateVtepMac { mac: MacAddr::default(), holder: String::new() },
             RejectReason::ProtectedRoute { dst: net, protected: net, what: "" },
+            RejectReason::NotOnSegment(NotOnSegment { public_ip: ip, interface: String::new(), segments: Vec::new() }),
         ];
         let names: Vec<&str> = all.iter().map(RejectReason::name).collect();
         assert_eq!(names, RejectReason::NAMES);
