@@ -49,7 +49,7 @@ pub struct Identity {
 
 pub fn plan(config: &NetworkConfig, leases: &[Lease], me: &Identity, rng: &mut impl Rng) -> Result<Plan, AllocError> {
     let mut stale = Vec::new();
-    let identity_family = if config.ipv4.is_some() { Family::V4 } else { Family::V6 };
+    let identity_family = if config.networks.v4.is_some() { Family::V4 } else { Family::V6 };
     let my_ip = match identity_family {
         Family::V4 => me.public_ip,
         Family::V6 => me.public_ipv6,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
-use weft_backends::Family;
+use weft_backends::{Family, PerFamily};
 
 use crate::ipmath;
 
@@ -80,8 +80,8 @@ impl BackendConfig {
 /// A checked network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
-    pub ipv4: Option<FamilyConfig>,
-    pub ipv6: Option<FamilyConfig>,
+    /// `Network` and `IPv6Network` with their subnet lengths and ranges, for the enabled families.
+    pub networks: PerFamily<FamilyConfig>,
     pub enable_nftables: bool,
     pub backend: BackendConfig,
     /// Things that are accepted but probably not what the operator meant (unknown fields, host bits set).
@@ -90,15 +90,12 @@ pub struct NetworkConfig {
 
 impl NetworkConfig {
     pub fn family(&self, family: Family) -> Option<&FamilyConfig> {
-        match family {
-            Family::V4 => self.ipv4.as_ref(),
-            Family::V6 => self.ipv6.as_ref(),
-        }
+        self.networks.get(family)
     }
 
     /// The enabled families, IPv4 first.
     pub fn families(&self) -> Vec<Family> {
-        [Family::V4, Family::V6].into_iter().filter(|f| self.family(*f).is_some()).collect()
+        self.networks.families()
     }
 
     /// The one validation weftctl runs before storing a config and weftd runs before using it: every rule of
@@ -143,8 +140,7 @@ impl NetworkConfig {
         let ipv4 = if enable_v4 { Some(family_config(&fields, &V4_FIELDS, &mut warnings)?) } else { None };
         let ipv6 = if enable_v6 { Some(family_config(&fields, &V6_FIELDS, &mut warnings)?) } else { None };
         Ok(NetworkConfig {
-            ipv4,
-            ipv6,
+            networks: PerFamily::new(ipv4, ipv6),
             enable_nftables: fields.bool("EnableNFTables")?.unwrap_or(false),
             backend: backend_config(fields.get("Backend"), &mut warnings)?,
             warnings,
@@ -389,7 +385,7 @@ mod tests {
     use super::*;
 
     fn v4(c: &NetworkConfig) -> &FamilyConfig {
-        c.ipv4.as_ref().unwrap()
+        c.networks.v4.as_ref().unwrap()
     }
 
     fn err(text: &str) -> String {
@@ -413,7 +409,7 @@ mod tests {
         assert_eq!(v4(&c).subnet_len, 24);
         assert_eq!(v4(&c).subnet_min.to_string(), "10.244.1.0");
         assert_eq!(v4(&c).subnet_max.to_string(), "10.244.255.0");
-        assert!(c.ipv6.is_none());
+        assert!(c.networks.v6.is_none());
         assert!(c.warnings.is_empty());
     }
 
@@ -464,15 +460,15 @@ mod tests {
             r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-        let v6 = c.ipv6.as_ref().unwrap();
+        let v6 = c.networks.v6.as_ref().unwrap();
         assert_eq!(v6.subnet_len, 64);
         assert_eq!(v6.subnet_min.to_string(), "2001:cafe:42:1::");
         assert_eq!(v6.subnet_max.to_string(), "2001:cafe:42:ff::");
         assert_eq!(c.families(), vec![Family::V4, Family::V6]);
 
         let c = NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/120"}"#).unwrap();
-        assert!(c.ipv4.is_none());
-        assert_eq!(c.ipv6.as_ref().unwrap().subnet_len, 122);
+        assert!(c.networks.v4.is_none());
+        assert_eq!(c.networks.v6.as_ref().unwrap().subnet_len, 122);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
-    let identity_family = if config.ipv4.is_some() { Family::V4 } else { Family::V6 };
+    let identity_family = if config.networks.v4.is_some() { Family::V4 } else { Family::V6 };
     let underlay = pick_underlay(&mut kernel, &args, identity_family).await?;
     let address = underlay.address(identity_family).map_or("-".to_string(), |a| a.to_string());
     info!(interface = %underlay.name, %address, mtu = underlay.mtu, "using interface");
@@ -117,8 +117,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     }
 
     let attrs = LeaseAttrs {
-        public_ip: underlay.public_ip(Family::V4).filter(|_| config.ipv4.is_some()).and_then(v4),
-        public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.ipv6.is_some()).and_then(v6),
+        public_ip: underlay.public_ip(Family::V4).filter(|_| config.networks.v4.is_some()).and_then(v4),
+        public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.networks.v6.is_some()).and_then(v6),
         backend_type: backend.backend_type().to_string(),
         backend_data: backend.lease_data(Family::V4),
         backend_v6_data: backend.lease_data(Family::V6),
@@ -157,8 +157,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         AnyRules::Iptables(iptables.with_variant(variant))
     };
     let mut controller = Controller::new(kernel, rules, backend, policy, metrics.clone());
-    controller
-        .claim_routes_into([&config.ipv4, &config.ipv6].into_iter().flatten().map(|family| family.network).collect());
+    controller.claim_routes_into(config.networks.iter().map(|(_, family)| family.network).collect());
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

@@ -17,10 +17,10 @@ pub fn for_lease(config: &NetworkConfig, key: &SubnetKey, mtu: u32, ipmasq: bool
     let first_usable =
         |family| key.subnet(family).map(|s| IpNetwork::new(ipmath::nth(s, 1), s.prefix()).expect("prefix is valid"));
     SubnetFile {
-        network: config.ipv4.as_ref().map(|c| c.network),
-        subnet: config.ipv4.as_ref().and(first_usable(Family::V4)),
-        ipv6_network: config.ipv6.as_ref().map(|c| c.network),
-        ipv6_subnet: config.ipv6.as_ref().and(first_usable(Family::V6)),
+        network: config.networks.v4.as_ref().map(|c| c.network),
+        subnet: config.networks.v4.as_ref().and(first_usable(Family::V4)),
+        ipv6_network: config.networks.v6.as_ref().map(|c| c.network),
+        ipv6_subnet: config.networks.v6.as_ref().and(first_usable(Family::V6)),
         mtu,
         ipmasq,
         more_networks: Vec::new(),
