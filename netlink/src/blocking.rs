@@ -40,6 +40,12 @@ impl Socket {
         Socket::from_socket(netns::in_netns(netns, || netns::route_socket(0)).map_err(open_error)?)
     }
 
+    /// [`Socket::open_in`] without a thread: the calling thread enters `netns` and comes back
+    /// ([`netns::on_this_thread_in`]). For single-threaded programs without an async runtime (the CNI plugin).
+    pub fn open_in_on_this_thread(netns: &File) -> Result<Socket, Error> {
+        Socket::from_socket(netns::on_this_thread_in(netns, || netns::route_socket(0)).map_err(open_error)?)
+    }
+
     /// Uses `socket` (from [`netns::route_socket`] or [`netns::route_socket_at`]).
     pub fn from_socket(socket: netlink_sys::Socket) -> Result<Socket, Error> {
         // Connected to the kernel, so that plain send() reaches it and only the kernel's answers come back.

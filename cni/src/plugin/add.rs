@@ -47,8 +47,8 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
         )));
     }
     // First, so that a failure has nothing to undo.
-    let container_socket =
-        Socket::open_in(&netns).map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
+    let container_socket = Socket::open_in_on_this_thread(&netns)
+        .map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
     trace::mark("container socket open");
     let ips = allocate(conf, env, &file, &plan, id, ifname)?;
     trace::mark("address allocated");

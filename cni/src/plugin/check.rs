@@ -25,8 +25,8 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
     let prev = CniResult::from_json(prev)?;
     let netns = std::fs::File::open(netns_path)
         .map_err(|e| CniError::UnknownContainer(format!("CNI_NETNS {}: {e}", netns_path.display())))?;
-    let mut container =
-        Socket::open_in(&netns).map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
+    let mut container = Socket::open_in_on_this_thread(&netns)
+        .map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
     let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
     let mut diffs = kernel_differences(&mut container, &mut host, &prev, conf, id, ifname, netns_path)?;
     if let Ipam::Builtin { data_dir } = &conf.ipam {

@@ -32,8 +32,11 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
 
 fn remove_interfaces(env: &Env, id: &str, ifname: &str) -> Result<()> {
     // A netns that is gone (or is no netns) has taken the container's interface with it.
-    let container_socket =
-        env.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()).and_then(|f| Socket::open_in(&f).ok());
+    let container_socket = env
+        .netns
+        .as_deref()
+        .and_then(|p| std::fs::File::open(p).ok())
+        .and_then(|f| Socket::open_in_on_this_thread(&f).ok());
     if let Some(mut socket) = container_socket {
         if netlink::remove_link(&mut socket, ifname)? {
             // Deleting one end of the veth removed the host end too.
