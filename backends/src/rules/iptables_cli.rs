@@ -12,9 +12,6 @@
 //! as a table holding [`Rule::Unknown`], which the reconcile loop then replaces or deletes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt;
 
 use super::iptables::{render, Restore};
 use super::{Chain, Rule, RuleOp, RuleSet, Rules, RulesError, Table, TableFamily, TableId};
@@ -108,30 +105,7 @@ impl IptablesRules {
 
     async fn run(&self, what: &str, program: &str, args: &[&str], input: Option<&str>) -> Result<String, RulesError> {
         let full: Vec<&str> = self.wrapper.iter().map(String::as_str).chain([program]).collect();
-        let shown = format!("{} {}", full.join(" "), args.join(" "));
-        let spawn_error = |source| RulesError::Spawn { op: what.to_string(), program: shown.clone(), source };
-        let mut child = tokio::process::Command::new(full[0])
-            .args(&full[1..])
-            .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_error)?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(text.as_bytes()).await.map_err(spawn_error)?;
-        }
-        let output = child.wait_with_output().await.map_err(spawn_error)?;
-        if !output.status.success() {
-            return Err(RulesError::Failed {
-                op: what.to_string(),
-                program: shown,
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        super::command::run(what, &full, args, input).await
     }
 
     async fn save(&self, what: &str, id: &TableId, family: Family) -> Result<Saved, RulesError> {

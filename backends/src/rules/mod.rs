@@ -6,6 +6,7 @@
 //! model renders as nft ([`nft::render_table`]) and as iptables-restore input ([`iptables::render`]) for hosts
 //! that need iptables, and so observed tables parse back into values that compare exactly.
 
+mod command;
 pub mod iptables;
 mod iptables_cli;
 pub mod nft;

@@ -1,10 +1,7 @@
 //! [`Rules`] for a real host: runs the `nft` program. Each operation is one `nft -f -` script, which nft applies
 //! as one transaction; observation reads `nft -j list` output back into the model.
 
-use std::process::Stdio;
-
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 use super::{nft, RuleOp, RuleSet, Rules, RulesError, TableId};
 
@@ -27,36 +24,10 @@ impl NftRules {
         NftRules { command: ["ip", "netns", "exec", name, "nft"].map(String::from).to_vec() }
     }
 
-    fn program(&self) -> String {
-        self.command.join(" ")
-    }
-
     /// Runs nft with `args`, feeding `input` on stdin; returns stdout. `what` names the request in errors.
     async fn run(&self, what: &str, args: &[&str], input: Option<&str>) -> Result<String, RulesError> {
-        let spawn_error = |source| RulesError::Spawn { op: what.to_string(), program: self.program(), source };
-        let mut child = tokio::process::Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(spawn_error)?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin.write_all(text.as_bytes()).await.map_err(spawn_error)?;
-            // Dropping stdin closes it, which tells nft the script is complete.
-        }
-        let output = child.wait_with_output().await.map_err(spawn_error)?;
-        if !output.status.success() {
-            return Err(RulesError::Failed {
-                op: what.to_string(),
-                program: self.program(),
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let command: Vec<&str> = self.command.iter().map(String::as_str).collect();
+        super::command::run(what, &command, args, input).await
     }
 }
 
