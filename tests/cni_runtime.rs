@@ -10,50 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::system_paths::{need, SystemPaths};
 use common::{require_root, TestLab};
 use serde_json::json;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_weft");
-
-/// Paths outside our temp dir that the test creates, removed on drop (directories only if we created them).
-#[derive(Default)]
-struct SystemPaths {
-    files: Vec<PathBuf>,
-    dirs: Vec<PathBuf>,
-}
-
-impl SystemPaths {
-    fn dir(&mut self, dir: &Path) {
-        let mut missing = Vec::new();
-        let mut d = Some(dir);
-        while let Some(p) = d.filter(|p| !p.exists()) {
-            missing.push(p.to_path_buf());
-            d = p.parent();
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        // Removed deepest first.
-        self.dirs.extend(missing);
-    }
-
-    /// Remembers a directory someone else (containerd) may create, to remove it if it did not exist before.
-    fn watch(&mut self, dir: &str) {
-        if !Path::new(dir).exists() {
-            self.dirs.push(PathBuf::from(dir));
-        }
-    }
-}
-
-impl Drop for SystemPaths {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        for d in &self.dirs {
-            // Only directories that did not exist before the test; whatever is in them is ours.
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
 
 /// containerd, stopped by its pid on drop.
 struct Containerd(Child);
@@ -63,16 +24,6 @@ impl Drop for Containerd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn need(tool: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{tool} is missing: run scripts/deps (installs containerd, runc, busybox-static)");
 }
 
 #[test]

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use weft_lab::lab::{self, Lab, LabSpec};
 
+pub mod system_paths;
+
 /// The weftd built by cargo for this test run. (CARGO_BIN_EXE_* is set
 /// when integration tests are compiled, and this module is compiled as
 /// part of each of them.)
