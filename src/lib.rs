@@ -18,6 +18,7 @@ pub mod http;
 pub mod iface;
 pub mod ipmath;
 pub mod lease;
+pub mod lease_holder;
 pub mod logging;
 pub mod own_lease;
 pub mod registry;
