@@ -133,6 +133,8 @@ impl<S: LeaseStore> LeaseManager<S> {
         // write-back after a quiet interval is immediate: a single bad write is undone before peers act on it long.
         let mut overwritten = false;
         let mut quiet = true;
+        // The same for writes by another weftd with our public IP: reported (and answered) once per episode.
+        let mut twin_quiet = true;
         let mut next_keepalive = tokio::time::Instant::now() + interval;
         loop {
             let lost = tokio::select! {
@@ -142,6 +144,7 @@ impl<S: LeaseStore> LeaseManager<S> {
                     if !std::mem::take(&mut overwritten) {
                         restore_backoff.reset();
                         quiet = true;
+                        twin_quiet = true;
                     }
                     self.refresh(&own).await
                 }
@@ -151,17 +154,24 @@ impl<S: LeaseStore> LeaseManager<S> {
                     self.report_impostors(&own, &set, &mut impostors);
                     if let Some(write) = overwrite(&own, &set) {
                         overwritten = true;
+                        let first = std::mem::take(&mut quiet);
+                        let first_twin = write.is_duplicate_host() && std::mem::take(&mut twin_quiet);
                         let theirs = write.lease();
-                        if write.is_duplicate_host() {
+                        if first_twin {
                             self.report_duplicate(&own, theirs);
                         }
                         if let Overwrite::OurValue(_) = write {
-                            // Nothing to write back; follow their revision (and TTL lease) so this is reported once.
-                            own = theirs.clone();
+                            // Our very bytes: nothing to repair. Written once more, the first time only, so the
+                            // other weftd (which takes the lease for its own) sees a write it did not make and
+                            // reports it too; later ones are only followed, so the two never write in a loop.
+                            own = match first_twin {
+                                true => self.write_again(&own, theirs).await.unwrap_or_else(|| theirs.clone()),
+                                false => theirs.clone(),
+                            };
                             continue;
                         }
                         // Two hosts that both restore "their" value would otherwise write in a tight loop.
-                        let delay = if std::mem::take(&mut quiet) { Duration::ZERO } else { restore_backoff.next_delay() };
+                        let delay = if first { Duration::ZERO } else { restore_backoff.next_delay() };
                         tokio::select! {
                             _ = shutdown.changed() => return,
                             _ = tokio::time::sleep(delay) => {}
@@ -218,8 +228,12 @@ impl<S: LeaseStore> LeaseManager<S> {
         if lease.is_reservation() || lease.attrs == self.attrs {
             return Ok(());
         }
-        let Some(first) = self.store.time_to_live(lease).await? else { return Ok(()) };
+        let Some(first) = self.store.time_to_live(lease).await? else {
+            debug!(subnet = %lease.key, "the lease carrying our public IP has no TTL left: nobody holds it");
+            return Ok(());
+        };
         if lease_holder::missed_a_keepalive(first) {
+            debug!(subnet = %lease.key, ttl = ?first, "the lease carrying our public IP missed a keepalive");
             return Ok(());
         }
         info!(
@@ -243,6 +257,12 @@ impl<S: LeaseStore> LeaseManager<S> {
         Ok(())
     }
 
+    /// Writes our value over `theirs` (the same bytes) on our TTL lease; the lease as written.
+    async fn write_again(&self, own: &Lease, theirs: &Lease) -> Option<Lease> {
+        let target = Lease { etcd_lease: own.etcd_lease, ..theirs.clone() };
+        self.store.renew_lease(&target, &self.attrs, self.ttl).await.ok()
+    }
+
     /// Reports a write into our lease by another weftd configured with our public IP.
     fn report_duplicate(&self, own: &Lease, theirs: &Lease) {
         self.metrics.duplicate_public_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -260,16 +280,27 @@ impl<S: LeaseStore> LeaseManager<S> {
         let now: BTreeSet<SubnetKey> = set
             .leases
             .values()
-            .filter(|l| l.key != own.key && !l.is_reservation() && shares_public_ip(l, &self.attrs))
+            .filter(|l| l.key != own.key && shares_public_ip(l, &self.attrs))
             .map(|l| l.key)
             .collect();
         for key in now.difference(reported) {
-            error!(
-                subnet = %key,
-                our_subnet = %own.key,
-                "another live lease carries our public IP: is a second host running with the same --public-ip? \
-                 Hosts ignore it; check the hosts' addresses"
-            );
+            if set.leases.get(key).is_some_and(Lease::is_reservation) {
+                // flannel's reservations: legitimate, but the host only moves at its next start; say so now.
+                warn!(
+                    subnet = %key,
+                    our_subnet = %own.key,
+                    "a reservation (no TTL) carries our public IP: weftd moves to it at its next start and releases \
+                     {own}; delete it if it is a mistake",
+                    own = own.key
+                );
+            } else {
+                error!(
+                    subnet = %key,
+                    our_subnet = %own.key,
+                    "another live lease carries our public IP: is a second host running with the same --public-ip? \
+                     Hosts ignore it; check the hosts' addresses"
+                );
+            }
         }
         *reported = now;
     }
@@ -564,23 +595,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn our_own_value_written_by_someone_else_is_reported_once_and_not_fought_over() {
+    async fn our_own_value_written_by_someone_else_is_reported_on_both_sides_and_not_fought_over() {
         let store = MemoryStore::with_config(CONFIG);
         let clock = run_store_clock(&store);
         let first = manager(&store, "198.18.0.1");
         let host = start(first.clone(), true).await;
         let key = host.first.key.to_string();
-        // A twin with our exact value (host-gw writes only the public IP) renews our lease at its start.
-        let twin = manager(&store, "198.18.0.1");
-        let (_stop, mut shutdown) = watch::channel(false);
-        twin.acquire(&[], &mut shutdown).await.unwrap();
         let renewals = calls(&store, Op::Renew).len();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(duplicates(&first), 1, "reported once");
-        assert_eq!(calls(&store, Op::Renew).len(), renewals, "nothing written back");
+        // A twin with our exact value (the VTEP MAC is derived from the public IP) renews our lease at its start.
+        let twin = manager(&store, "198.18.0.1");
+        let twin_host = start(twin.clone(), true).await;
+        assert_eq!(twin_host.first.key, host.first.key, "it takes our lease for its own");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!((duplicates(&first), duplicates(&twin)), (1, 1), "each side reports once");
+        // The twin's renewal, then one write of the same bytes by each side; nothing after that.
+        assert_eq!(calls(&store, Op::Renew).len(), renewals + 3);
         assert_eq!(store.value(&key), Some(first.attrs.to_json()));
-        assert!(calls(&store, Op::KeepAlive).iter().all(|c| c.ok), "our keepalives follow the lease");
-        drop(host);
+        assert!(calls(&store, Op::KeepAlive).iter().all(|c| c.ok), "the keepalives follow the lease");
+        drop((host, twin_host));
         clock.abort();
     }
 
