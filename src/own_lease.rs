@@ -630,6 +630,29 @@ mod tests {
         assert_eq!(first.metrics.own_lease_restores.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_keeps_overwriting_us_gets_a_slowing_write_back() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let first = manager(&store, "198.18.0.1");
+        let host = start(first.clone(), true).await;
+        let key = host.first.key.to_string();
+        let twin = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
+        // Another weftd with our public IP that writes its value back every 100 ms, for 10 s.
+        for _ in 0..100 {
+            if store.value(&key).as_deref() != Some(twin) {
+                store.put_with_ttl(&key, twin, TTL);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let restores = first.metrics.own_lease_restores.load(std::sync::atomic::Ordering::Relaxed);
+        // At once, then after 0.5, 1, 2 and 4 s: the backoff never starts afresh while the overwrites go on.
+        assert_eq!(restores, 5, "write-backs in 10 s");
+        assert_eq!(duplicates(&first), 1, "reported once");
+        drop(host);
+        clock.abort();
+    }
+
     fn lease(key: &str, rev: i64) -> Lease {
         Lease { key: key.parse().unwrap(), attrs: Default::default(), etcd_lease: 9, mod_revision: rev }
     }
