@@ -282,6 +282,11 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
             assert!(!out.status.success(), "{bad} was stored");
             assert_eq!(etcd_value(&lab, CONFIG_KEY), config, "{bad} changed the stored config");
         }
+        // An endless input ends at the size limit instead of being read forever.
+        let out = weftctl(&lab, &["config", "set", "@/dev/zero"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("larger than 65536 bytes"), "{out:?}");
+        assert_eq!(etcd_value(&lab, CONFIG_KEY), config);
         let changed = r#"{"Network":"10.244.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#;
         lab.etcdctl_ok(["put", CONFIG_KEY, changed]).unwrap();
         for h in 1..=3 {
@@ -306,22 +311,26 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
     let not_a_dir = lab.dir().join("plain-file");
     std::fs::write(&not_a_dir, "").unwrap();
     let keys = lease_keys(&lab);
-    for (case, args) in [
+    let cases = [
         (
             "unwritable --subnet-file",
             vec!["--iface=eth0".to_string(), format!("--subnet-file={}/subnet.env", not_a_dir.display())],
         ),
         ("wrong --iface", vec!["--iface=nope0".to_string(), format!("--subnet-file={}", never_written.display())]),
-    ] {
-        let log = lab.dir().join("failing-weftd.log");
-        let mut all = vec![format!("--etcd-endpoints={}", lab.etcd_endpoint())];
-        all.extend(args);
-        let code = ExtraWeftd::start(&lab, 4, &log, &all).exit_code(WAIT);
-        assert_ne!(code, Some(0), "{case}: weftd must fail:\n{}", log_of(&log));
-        assert_eq!(lease_keys(&lab), keys, "{case}: nothing claimed in etcd");
-        assert!(!never_written.exists(), "{case}");
-        eprintln!("{case}: {}", log_of(&log).lines().last().unwrap_or_default());
-    }
+    ];
+    let lost = pinging_while(&lab, &everyone, Duration::from_millis(500), || {
+        for (case, args) in cases {
+            let log = lab.dir().join("failing-weftd.log");
+            let mut all = vec![format!("--etcd-endpoints={}", lab.etcd_endpoint())];
+            all.extend(args);
+            let code = ExtraWeftd::start(&lab, 4, &log, &all).exit_code(WAIT);
+            assert_ne!(code, Some(0), "{case}: weftd must fail:\n{}", log_of(&log));
+            assert_eq!(lease_keys(&lab), keys, "{case}: nothing claimed in etcd");
+            assert!(!never_written.exists(), "{case}");
+            eprintln!("{case}: {}", log_of(&log).lines().last().unwrap_or_default());
+        }
+    });
+    assert_eq!(lost, Vec::<String>::new(), "weftd failing at its start");
 
     for h in 1..=3 {
         assert_eq!(foreign_routes(&lab, h), before[h - 1], "h{h}'s underlay and bridge routes are untouched");
