@@ -108,7 +108,7 @@ fn pinging_while(lab: &TestLab, pairs: &[(usize, usize)], settle: Duration, bad:
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (sent, received) = ping_counts(&text);
-        assert!(sent > 20, "h{from}->h{to} sent only {sent}: {text}");
+        assert!(sent >= 5, "h{from}->h{to} sent only {sent}: {text}");
         eprintln!("h{from}->h{to}: {sent} sent, {received} received");
         if sent != received {
             lost.push(format!("h{from}->h{to}: {} of {sent} lost", sent - received));
