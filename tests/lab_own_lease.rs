@@ -260,6 +260,48 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
     assert_eq!(lease_keys(&lab).len(), 3, "{:?}", lease_keys(&lab));
     assert_eq!(host(&lab, 1, &["cat", "/sys/class/net/flannel.1/address"]).trim(), h1_mac);
 
+    // 3b. The same with another value: h4 kept a VXLAN device with a MAC of its own (as after flanneld), so its value
+    //     differs. It watches the lease's TTL, sees h1 refresh it, and never writes it.
+    let revision = |key: &str| -> String {
+        let out = lab.etcdctl_ok(["get", key, "-w", "fields"]).unwrap();
+        let line = out.lines().find(|l| l.contains("\"ModRevision\""));
+        line.unwrap_or_else(|| panic!("no ModRevision for {key}:\n{out}")).to_string()
+    };
+    let h1_revision = revision(&format!("{SUBNETS}{h1_key}"));
+    let other_log = lab.dir().join("duplicate-weftd-2.log");
+    let other_file = lab.dir().join("duplicate-subnet-2.env");
+    let lost = pinging_while(&lab, &everyone, Duration::from_secs(1), || {
+        host(&lab, 4, &["ip", "link", "del", "flannel.1"]);
+        let h4_ip = lab.host_ip(4).to_string();
+        host(
+            &lab,
+            4,
+            &["ip", "link", "add", "flannel.1", "address", "0e:44:00:00:00:04", "type", "vxlan", "id", "1", "local"]
+                .into_iter()
+                .chain([h4_ip.as_str(), "dev", "eth0", "dstport", "8472", "nolearning"])
+                .collect::<Vec<_>>(),
+        );
+        let args = [
+            format!("--etcd-endpoints={}", lab.etcd_endpoint()),
+            "--iface=eth0".to_string(),
+            format!("--public-ip={h1_ip}"),
+            format!("--subnet-file={}", other_file.display()),
+            format!("--healthz-port={METRICS_PORT}"),
+        ];
+        let duplicate = ExtraWeftd::start(&lab, 4, &other_log, &args);
+        eventually(WAIT, POLL, || {
+            let log = log_of(&other_log);
+            log.contains("another weftd keeps it alive").then_some(()).ok_or(format!("no report yet:\n{log}"))
+        });
+        let count = metric_value(&lab, 4, "weft_duplicate_public_ip_total");
+        assert!(count >= 1.0, "h4 counts the lease it was kept off: {count}");
+        drop(duplicate);
+    });
+    assert_eq!(lost, Vec::<String>::new(), "a second weftd with h1's public IP and another value");
+    assert_eq!(revision(&format!("{SUBNETS}{h1_key}")), h1_revision, "h1's lease was not written at all");
+    assert!(!other_file.exists(), "the second weftd got no subnet");
+    assert_eq!(metric_value(&lab, 1, "weft_duplicate_public_ip_total"), 1.0, "h1 saw no write");
+
     // 4. weftctl refuses a reservation over a live subnet and configs weftd would refuse; runtime config
     //    changes are logged and counted.
     let h2_key = lease_key(&lab, 2);
