@@ -611,6 +611,13 @@ fn a_repeated_add_returns_the_existing_result_and_never_touches_another_netns() 
 
     let eth0 = |pod: &Pod| String::from_utf8_lossy(&pod.sh(&["ip", "-o", "addr", "show", "eth0"]).stdout).into_owned();
     let before = eth0(&first);
+    // The first pod pings its gateway every 50 ms while the repeats run: not one reply may go missing.
+    let pinging = Command::new("ip")
+        .args(["netns", "exec", &first.ns, "ping", "-i", "0.05", "-W", "1", "-q", "-c", "100000", "10.244.9.1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let run = cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &other.path(), &conf);
     assert!(!run.ok, "{}", run.raw);
     assert_eq!(run.json["code"], 4, "{}", run.raw);
@@ -621,7 +628,16 @@ fn a_repeated_add_returns_the_existing_result_and_never_touches_another_netns() 
     assert_eq!(eth0(&first), before, "the first pod's eth0 is untouched");
     assert!(!other.sh(&["ip", "link", "show", "eth0"]).status.success(), "nothing was made in the other netns");
     assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (1, 1));
-    assert!(first.ping("10.244.9.1"));
+    let again = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &conf));
+    assert_eq!(again, added);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill on the pid of a child we spawned and have not waited for yet (SIGINT: ping prints its summary).
+    unsafe { libc::kill(pinging.id() as i32, libc::SIGINT) };
+    let summary = String::from_utf8_lossy(&pinging.wait_with_output().unwrap().stdout).into_owned();
+    let line = summary.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{summary}"));
+    let counts: Vec<&str> = line.split(", ").map(|part| part.split(' ').next().unwrap()).collect();
+    assert!(counts[0].parse::<u32>().unwrap() >= 5, "{line}");
+    assert_eq!(counts[0], counts[1], "the first pod lost pings during the repeated ADDs: {line}");
     ok(cni(&lab, 1, Path::new(PLUGIN), "DEL", &id, &first.path(), &conf));
     assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (0, 0));
 
