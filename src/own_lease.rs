@@ -595,6 +595,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_live_lease_of_another_weftd_with_our_ip_is_not_released_for_a_reservation() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let running = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:01");
+        let host = start(running, true).await;
+        let key = host.first.key.to_string();
+        // A reservation for that public IP, then a second weftd with it (another MAC) starts.
+        store.put("10.244.77.0-24", r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#);
+        let second = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:02");
+        let err = second.acquire_once(&[]).await.unwrap_err();
+        assert!(matches!(&err, AcquireError::HeldElsewhere { key: k, .. } if k.to_string() == key), "{err}");
+        assert!(calls(&store, Op::Delete).is_empty(), "the running host's lease is not released as stale");
+        assert_eq!(store.value("10.244.77.0-24").as_deref(), Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#));
+        drop(host);
+        clock.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn our_own_value_written_by_someone_else_is_reported_on_both_sides_and_not_fought_over() {
         let store = MemoryStore::with_config(CONFIG);
         let clock = run_store_clock(&store);
