@@ -641,12 +641,15 @@ fn a_repeated_add_returns_the_existing_result_and_never_touches_another_netns() 
     ok(cni(&lab, 1, Path::new(PLUGIN), "DEL", &id, &first.path(), &conf));
     assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (0, 0));
 
-    // An IPAM plugin keeps its own records: the host end tells that the attachment exists elsewhere.
+    // An IPAM plugin keeps its own records: the host end tells whether the attachment is here or elsewhere.
     let mut with_static = conf.clone();
     with_static["ipam"] =
         json!({"type": "static", "addresses": [{"address": "10.244.9.77/24", "gateway": "10.244.9.1"}]});
-    ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &with_static));
+    let added = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &with_static));
     let before = eth0(&first);
+    let again = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &with_static));
+    assert_eq!(again, added, "the same netns again: the existing result");
+    assert_eq!(eth0(&first), before, "and nothing was made again");
     let run = cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &other.path(), &with_static);
     assert_eq!(run.json["code"], 4, "{}", run.raw);
     assert!(run.raw.contains("lives in another network namespace"), "{}", run.raw);

@@ -59,7 +59,7 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
         )));
     }
     // First, so that a failure has nothing to undo.
-    let container_socket = Socket::open_in_on_this_thread(&netns)
+    let mut container_socket = Socket::open_in_on_this_thread(&netns)
         .map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
     trace::mark("container socket open");
     let target = Target { id, ifname, netns: &netns, netns_path };
@@ -69,6 +69,11 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     }
     let ips = allocate(conf, env, &file, &plan, id, ifname)?;
     trace::mark("address allocated");
+    if let Ipam::Plugin { .. } = conf.ipam {
+        if let Some(result) = existing_with_ipam_plugin(conf, &plan, &mut container_socket, &target, &ips)? {
+            return Ok(result.to_json(&conf.cni_version, format).to_string());
+        }
+    }
     match attach(conf, &plan, container_socket, &target, &ips) {
         Ok(result) => Ok(result.to_json(&conf.cni_version, format).to_string()),
         Err(e) => {
@@ -115,20 +120,6 @@ fn existing_result(
     target: &Target<'_>,
     held: &[IpAddr],
 ) -> Result<CniResult> {
-    let Target { id, ifname, netns_path, .. } = *target;
-    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
-    let host_name = host_veth_name(id, ifname);
-    let container_link = netlink::get_link(&mut container, ifname)?;
-    let container_addresses = match &container_link {
-        Some(link) => netlink::addresses(&mut container, link.index)?,
-        None => Vec::new(),
-    };
-    let observed = repeat::Observed {
-        container: container_link,
-        container_addresses,
-        host_veth: netlink::get_link(&mut host, &host_name)?,
-        bridge: netlink::get_link(&mut host, &conf.bridge)?,
-    };
     let mut diffs = Vec::new();
     let mut ips = Vec::new();
     for ip in held {
@@ -137,22 +128,88 @@ fn existing_result(
             None => diffs.push(format!("{ip} is outside the subnet file's subnets now")),
         }
     }
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+    let observed = observe(conf, &mut container, &mut host, target)?;
+    diffs.extend(differences(conf, target, &observed, &ips));
+    match (diffs.is_empty(), existing(conf, plan, target, &observed, &ips)) {
+        (true, Some(result)) => Ok(result),
+        _ => Err(repeat::refusal(target.id, target.ifname, held, &diffs)),
+    }
+}
+
+/// With an IPAM plugin (which keeps its own records): when our host end of this attachment exists already and
+/// its peer is CNI_IFNAME in this very CNI_NETNS with the addresses the plugin answered, the existing result.
+/// None sends the ADD on as usual (an attachment elsewhere is refused there; a partial one here is made again).
+fn existing_with_ipam_plugin(
+    conf: &NetConf,
+    plan: &Plan,
+    container: &mut Socket,
+    target: &Target<'_>,
+    ips: &[IpConfig],
+) -> Result<Option<CniResult>> {
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+    if netlink::get_link(&mut host, &host_veth_name(target.id, target.ifname))?.is_none() {
+        return Ok(None);
+    }
+    let observed = observe(conf, container, &mut host, target)?;
+    if !differences(conf, target, &observed, ips).is_empty() {
+        return Ok(None);
+    }
+    Ok(existing(conf, plan, target, &observed, ips))
+}
+
+/// The attachment's parts as the kernel shows them now.
+fn observe(conf: &NetConf, container: &mut Socket, host: &mut Socket, target: &Target<'_>) -> Result<repeat::Observed> {
+    let container_link = netlink::get_link(container, target.ifname)?;
+    let container_addresses = match &container_link {
+        Some(link) => netlink::addresses(container, link.index)?,
+        None => Vec::new(),
+    };
+    Ok(repeat::Observed {
+        container: container_link,
+        container_addresses,
+        host_veth: netlink::get_link(host, &host_veth_name(target.id, target.ifname))?,
+        bridge: netlink::get_link(host, &conf.bridge)?,
+    })
+}
+
+fn differences(conf: &NetConf, target: &Target<'_>, observed: &repeat::Observed, ips: &[IpConfig]) -> Vec<String> {
     let addresses: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
-    let netns = netns_path.display().to_string();
-    let expected =
-        repeat::Expected { ifname, netns: &netns, host_veth: &host_name, bridge: &conf.bridge, addresses: &addresses };
-    diffs.extend(repeat::differences(&expected, &observed));
-    let (Some(bridge), Some(host_end), Some(container_end), true) =
-        (&observed.bridge, &observed.host_veth, &observed.container, diffs.is_empty())
+    let (netns, host_veth) = (target.netns_path.display().to_string(), host_veth_name(target.id, target.ifname));
+    let expected = repeat::Expected {
+        ifname: target.ifname,
+        netns: &netns,
+        host_veth: &host_veth,
+        bridge: &conf.bridge,
+        addresses: &addresses,
+    };
+    repeat::differences(&expected, observed)
+}
+
+/// The result of the attachment `observed` shows (None when a part is missing).
+fn existing(
+    conf: &NetConf,
+    plan: &Plan,
+    target: &Target<'_>,
+    observed: &repeat::Observed,
+    ips: &[IpConfig],
+) -> Option<CniResult> {
+    let (Some(bridge), Some(host_end), Some(container_end)) =
+        (&observed.bridge, &observed.host_veth, &observed.container)
     else {
-        return Err(repeat::refusal(id, ifname, held, &diffs));
+        return None;
     };
     let mac = |link: &Link| link.mac.map(|mac| netlink::format_mac(&mac)).unwrap_or_default();
     let ends = [
-        Interface { name: host_name.clone(), mac: mac(host_end), sandbox: None, mtu: host_end.mtu },
-        Interface { name: ifname.to_string(), mac: mac(container_end), sandbox: Some(netns), mtu: container_end.mtu },
+        Interface { name: host_end.name.clone(), mac: mac(host_end), sandbox: None, mtu: host_end.mtu },
+        Interface {
+            name: target.ifname.to_string(),
+            mac: mac(container_end),
+            sandbox: Some(target.netns_path.display().to_string()),
+            mtu: container_end.mtu,
+        },
     ];
-    Ok(result(conf, plan, bridge, ends, ips))
+    Some(result(conf, plan, bridge, ends, ips.to_vec()))
 }
 
 fn allocate(
