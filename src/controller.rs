@@ -26,6 +26,7 @@ use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 use crate::registry::LeaseSet;
 use crate::trust::{self, Rejected, TrustPolicy};
+use crate::value_grace::ValueGrace;
 
 fn public_ip(lease: &Lease) -> String {
     let ip = lease.attrs.public_ip.map(std::net::IpAddr::V4).or(lease.attrs.public_ipv6.map(std::net::IpAddr::V6));
@@ -88,6 +89,8 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     last_pass_objects: usize,
     /// The cluster networks: routes with weft's protocol are ours only inside them (see [`Scope::route_networks`]).
     route_networks: Vec<ipnetwork::IpNetwork>,
+    /// Holds a rewritten peer value back until it has stood for a while (see [`ValueGrace`]).
+    grace: ValueGrace,
 }
 
 impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
@@ -103,6 +106,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             metrics,
             last_pass_objects: 0,
             route_networks: Vec::new(),
+            grace: ValueGrace::default(),
         }
     }
 
@@ -244,8 +248,9 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         let mut retry_at: Option<Instant> = None;
         let mut events_open = true;
         let mut release_at: Option<Instant> = None;
+        let mut grace_at: Option<Instant> = None;
         loop {
-            let wake = [retry_at, release_at].into_iter().flatten().fold(next_resync, Instant::min);
+            let wake = [retry_at, release_at, grace_at].into_iter().flatten().fold(next_resync, Instant::min);
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
                 r = own.changed() => { if r.is_err() { return; } Trigger::OwnLeaseChanged }
@@ -265,14 +270,25 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                         release_at = None;
                         continue;
                     }
-                    if retry_at.is_some_and(|r| r <= Instant::now()) { Trigger::Retry } else { Trigger::Resync }
+                    if grace_at.is_some_and(|g| g <= Instant::now()) {
+                        Trigger::LeasesChanged
+                    } else if retry_at.is_some_and(|r| r <= Instant::now()) {
+                        Trigger::Retry
+                    } else {
+                        Trigger::Resync
+                    }
                 }
             };
             if trigger == Trigger::Resync {
                 next_resync = Instant::now() + resync;
             }
             let own_lease = own.borrow_and_update().clone();
-            let set = leases.borrow_and_update().clone();
+            let mut set = leases.borrow_and_update().clone();
+            let (held_back, grace_ends) = self.grace.view(&set, &own_lease.key, Instant::now());
+            grace_at = grace_ends;
+            if let Some(view) = held_back {
+                set = Arc::new(view);
+            }
             let mut applied = 0;
             match self.pass(&own_lease, &set, trigger).await {
                 Ok(report) if report.is_clean() => {

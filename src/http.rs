@@ -29,6 +29,8 @@ pub struct Metrics {
     pub lease_acquisitions: AtomicU64,
     /// Times our lease value was changed by someone else and written back.
     pub own_lease_restores: AtomicU64,
+    /// Times another weftd with our public IP was seen (see own_lease.rs).
+    pub duplicate_public_ip: AtomicU64,
     /// Times the network config in etcd was found changed, invalid or deleted while weftd ran.
     pub config_changes: AtomicU64,
     /// The subnet key we hold, as a label.
@@ -91,6 +93,11 @@ impl Metrics {
                 "weft_own_lease_restores_total",
                 "Times our lease's value was changed by someone else and written back.",
                 &self.own_lease_restores,
+            ),
+            (
+                "weft_duplicate_public_ip_total",
+                "Times another weftd with our public IP was seen: keeping alive a lease we would take, or writing ours.",
+                &self.duplicate_public_ip,
             ),
             (
                 "weft_config_changes_total",

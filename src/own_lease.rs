@@ -15,11 +15,14 @@ use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::lease_holder::{self, overwrite, shares_public_ip, Overwrite};
 use crate::registry::LeaseSet;
 use crate::store::{LeaseStore, StoreError};
 
 /// How many times to re-plan after losing a creation race before backing off.
 const RACE_RETRIES: usize = 10;
+/// How often a lease's TTL is read while watching for its holder's keepalive (the store counts whole seconds).
+const TTL_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
@@ -29,6 +32,12 @@ pub enum AcquireError {
     Alloc(#[from] alloc::AllocError),
     #[error("lost the race for a free subnet {0} times in a row")]
     Contended(usize),
+    #[error(
+        "lease {key} carries our public IP and another weftd keeps it alive (value {value}): is a second host \
+         running with the same --public-ip? Leaving it alone and waiting; stop one of them or give each its own \
+         address"
+    )]
+    HeldElsewhere { key: SubnetKey, value: String },
 }
 
 pub struct LeaseManager<S> {
@@ -54,6 +63,14 @@ impl<S: LeaseStore> LeaseManager<S> {
             let listing = self.store.list_leases().await?;
             let plan =
                 alloc::plan(&self.config, &listing.leases, &self.identity(preferred.to_vec()), &mut rand::rng())?;
+            // Every lease the plan takes over or releases carries our public IP; none may be a running host's.
+            let renewed = match &plan.choice {
+                Choice::Renew(existing) => Some(existing),
+                Choice::Claim(_) => None,
+            };
+            for lease in plan.stale.iter().chain(renewed) {
+                self.refuse_if_held_elsewhere(lease).await?;
+            }
             for stale in &plan.stale {
                 info!(subnet = %stale.key, "deleting our old lease: it no longer fits the network config");
                 match self.store.delete_lease(&stale.key).await {
@@ -90,6 +107,7 @@ impl<S: LeaseStore> LeaseManager<S> {
                     return Some(lease);
                 }
                 Err(AcquireError::Alloc(e)) => error!("{e}"),
+                Err(e @ AcquireError::HeldElsewhere { .. }) => error!("{e}"),
                 Err(e) => warn!(error = %e, "could not acquire a subnet lease yet; retrying"),
             }
             tokio::select! {
@@ -110,24 +128,53 @@ impl<S: LeaseStore> LeaseManager<S> {
         let interval = keepalive_interval(self.ttl);
         let mut impostors = BTreeSet::new();
         let mut restore_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        // Whether someone else wrote our lease since the last keepalive: the restore backoff only starts afresh
+        // after a quiet interval, so a write-back war with another host slows down to one write a minute. The first
+        // write-back after a quiet interval is immediate: a single bad write is undone before peers act on it long.
+        let mut overwritten = false;
+        let mut quiet = true;
+        // The same for writes by another weftd with our public IP: reported (and answered) once per episode.
+        let mut twin_quiet = true;
         let mut next_keepalive = tokio::time::Instant::now() + interval;
         loop {
             let lost = tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(next_keepalive) => {
                     next_keepalive = tokio::time::Instant::now() + interval;
-                    restore_backoff.reset();
+                    if !std::mem::take(&mut overwritten) {
+                        restore_backoff.reset();
+                        quiet = true;
+                        twin_quiet = true;
+                    }
                     self.refresh(&own).await
                 }
                 changed = leases.changed() => {
                     if changed.is_err() { return; }
                     let set = leases.borrow_and_update().clone();
                     self.report_impostors(&own, &set, &mut impostors);
-                    if let Some(theirs) = changed_by_someone_else(&own, &set) {
+                    if let Some(write) = overwrite(&own, &set) {
+                        overwritten = true;
+                        let first = std::mem::take(&mut quiet);
+                        let first_twin = write.is_duplicate_host() && std::mem::take(&mut twin_quiet);
+                        let theirs = write.lease();
+                        if first_twin {
+                            self.report_duplicate(&own, theirs);
+                        }
+                        if let Overwrite::OurValue(_) = write {
+                            // Our very bytes: nothing to repair. Written once more, the first time only, so the
+                            // other weftd (which takes the lease for its own) sees a write it did not make and
+                            // reports it too; later ones are only followed, so the two never write in a loop.
+                            own = match first_twin {
+                                true => self.write_again(&own, theirs).await.unwrap_or_else(|| theirs.clone()),
+                                false => theirs.clone(),
+                            };
+                            continue;
+                        }
                         // Two hosts that both restore "their" value would otherwise write in a tight loop.
+                        let delay = if first { Duration::ZERO } else { restore_backoff.next_delay() };
                         tokio::select! {
                             _ = shutdown.changed() => return,
-                            _ = tokio::time::sleep(restore_backoff.next_delay()) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
                         if let Some(restored) = self.restore(&own, theirs).await {
                             own = restored;
@@ -175,22 +222,85 @@ impl<S: LeaseStore> LeaseManager<S> {
         }
     }
 
+    /// Leaves `lease` (a live lease carrying our public IP) alone when a running weftd keeps it alive: watched for one
+    /// keepalive interval of its holder unless it holds exactly our value (our own restart) or is a reservation.
+    async fn refuse_if_held_elsewhere(&self, lease: &Lease) -> Result<(), AcquireError> {
+        if lease.is_reservation() || lease.attrs == self.attrs {
+            return Ok(());
+        }
+        let Some(first) = self.store.time_to_live(lease).await? else {
+            debug!(subnet = %lease.key, "the lease carrying our public IP has no TTL left: nobody holds it");
+            return Ok(());
+        };
+        if lease_holder::missed_a_keepalive(first) {
+            debug!(subnet = %lease.key, ttl = ?first, "the lease carrying our public IP missed a keepalive");
+            return Ok(());
+        }
+        info!(
+            subnet = %lease.key,
+            "a live lease carries our public IP with another value; watching whether someone keeps it alive"
+        );
+        let deadline = tokio::time::Instant::now() + lease_holder::watch_for(first);
+        let mut last = first;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(TTL_POLL).await;
+            match self.store.time_to_live(lease).await? {
+                None => return Ok(()),
+                Some(now) if lease_holder::refreshed(last, now) => {
+                    self.metrics.duplicate_public_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(AcquireError::HeldElsewhere { key: lease.key, value: lease.attrs.to_json() });
+                }
+                Some(now) => last = now,
+            }
+        }
+        info!(subnet = %lease.key, "nobody kept it alive: it is ours from an earlier run");
+        Ok(())
+    }
+
+    /// Writes our value over `theirs` (the same bytes) on our TTL lease; the lease as written.
+    async fn write_again(&self, own: &Lease, theirs: &Lease) -> Option<Lease> {
+        let target = Lease { etcd_lease: own.etcd_lease, ..theirs.clone() };
+        self.store.renew_lease(&target, &self.attrs, self.ttl).await.ok()
+    }
+
+    /// Reports a write into our lease by another weftd configured with our public IP.
+    fn report_duplicate(&self, own: &Lease, theirs: &Lease) {
+        self.metrics.duplicate_public_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        error!(
+            subnet = %own.key,
+            value = %theirs.attrs.to_json(),
+            "another weftd with our public IP wrote our lease: two hosts run with the same --public-ip; stop one of \
+             them or give each its own address"
+        );
+    }
+
     /// Warns once per lease about every other live lease that carries our public IP: two hosts configured with
     /// the same address would send each other's traffic to one of them.
     fn report_impostors(&self, own: &Lease, set: &LeaseSet, reported: &mut BTreeSet<SubnetKey>) {
         let now: BTreeSet<SubnetKey> = set
             .leases
             .values()
-            .filter(|l| l.key != own.key && !l.is_reservation() && shares_public_ip(l, &self.attrs))
+            .filter(|l| l.key != own.key && shares_public_ip(l, &self.attrs))
             .map(|l| l.key)
             .collect();
         for key in now.difference(reported) {
-            error!(
-                subnet = %key,
-                our_subnet = %own.key,
-                "another live lease carries our public IP: is a second host running with the same --public-ip? \
-                 Hosts ignore it; check the hosts' addresses"
-            );
+            if set.leases.get(key).is_some_and(Lease::is_reservation) {
+                // flannel's reservations: legitimate, but the host only moves at its next start; say so now.
+                warn!(
+                    subnet = %key,
+                    our_subnet = %own.key,
+                    "a reservation (no TTL) carries our public IP: weftd moves to it at its next start and releases \
+                     {own}; delete it if it is a mistake",
+                    own = own.key
+                );
+            } else {
+                error!(
+                    subnet = %key,
+                    our_subnet = %own.key,
+                    "another live lease carries our public IP: is a second host running with the same --public-ip? \
+                     Hosts ignore it; check the hosts' addresses"
+                );
+            }
         }
         *reported = now;
     }
@@ -212,17 +322,6 @@ impl<S: LeaseStore> LeaseManager<S> {
             }
         }
     }
-}
-
-/// Our lease as the set has it, when someone else wrote another value into it after our last write.
-pub fn changed_by_someone_else<'a>(own: &Lease, set: &'a LeaseSet) -> Option<&'a Lease> {
-    set.leases.get(&own.key).filter(|l| l.mod_revision > own.mod_revision && l.attrs != own.attrs)
-}
-
-/// Whether `lease` publishes one of the public IPs in `ours`.
-fn shares_public_ip(lease: &Lease, ours: &LeaseAttrs) -> bool {
-    (ours.public_ip.is_some() && lease.attrs.public_ip == ours.public_ip)
-        || (ours.public_ipv6.is_some() && lease.attrs.public_ipv6 == ours.public_ipv6)
 }
 
 /// Whether our key is missing from a lease set that is at least as new as our last write.
@@ -248,13 +347,17 @@ mod tests {
     const TTL: Duration = Duration::from_secs(6);
 
     fn manager(store: &MemoryStore, public_ip: &str) -> Arc<LeaseManager<MemoryStore>> {
+        manager_with_mac(store, public_ip, "0e:00:00:00:00:01")
+    }
+
+    fn manager_with_mac(store: &MemoryStore, public_ip: &str, mac: &str) -> Arc<LeaseManager<MemoryStore>> {
         Arc::new(LeaseManager {
             store: store.clone(),
             config: NetworkConfig::parse(CONFIG).unwrap(),
             attrs: LeaseAttrs {
                 public_ip: Some(public_ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
                 ..Default::default()
             },
             ttl: TTL,
@@ -323,33 +426,6 @@ mod tests {
         assert_eq!(restored.attrs, host.first.attrs);
         assert_eq!(store.value(&key), Some(host.first.attrs.to_json()), "our value is back in the store");
         assert_eq!(store.leases().len(), 1);
-    }
-
-    #[test]
-    fn changes_are_ours_or_someone_elses() {
-        let mut own = lease("10.244.3.0-24", 10);
-        own.attrs.public_ip = Some("198.18.0.1".parse().unwrap());
-        let mut set = LeaseSet { revision: 12, ..Default::default() };
-        set.leases.insert(own.key, Lease { mod_revision: 12, ..own.clone() });
-        assert!(changed_by_someone_else(&own, &set).is_none(), "a newer revision of the same value (a renewal)");
-        let mut theirs = Lease { mod_revision: 12, ..own.clone() };
-        theirs.attrs.public_ip = Some("198.18.0.66".parse().unwrap());
-        set.leases.insert(own.key, theirs.clone());
-        assert_eq!(changed_by_someone_else(&own, &set), Some(&theirs));
-        let older = Lease { mod_revision: 9, ..theirs };
-        set.leases.insert(own.key, older);
-        assert!(changed_by_someone_else(&own, &set).is_none(), "a set older than our last write");
-    }
-
-    #[test]
-    fn another_live_lease_with_our_public_ip_is_an_impostor_but_a_reservation_is_not() {
-        let ours = LeaseAttrs { public_ip: Some("198.18.0.1".parse().unwrap()), ..Default::default() };
-        let mut other = lease("10.244.5.0-24", 3);
-        other.attrs = ours.clone();
-        assert!(shares_public_ip(&other, &ours));
-        other.attrs.public_ip = Some("198.18.0.2".parse().unwrap());
-        assert!(!shares_public_ip(&other, &ours));
-        assert!(!shares_public_ip(&lease("10.244.6.0-24", 3), &LeaseAttrs::default()), "no IP is nobody's IP");
     }
 
     #[tokio::test(start_paused = true)]
@@ -473,6 +549,126 @@ mod tests {
         assert_eq!(store.leases(), vec![lease]);
         let lists: Vec<u128> = calls(&store, Op::List).iter().map(|c| (c.at - began).as_millis()).collect();
         assert_eq!(lists, [0, 200, 600, 1400, 3000], "200 ms doubling, then success");
+    }
+
+    /// The store's clock in step with tokio's (paused) one, so TTLs run down while hosts keep them alive.
+    fn run_store_clock(store: &MemoryStore) -> tokio::task::JoinHandle<()> {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                store.advance(Duration::from_millis(100));
+            }
+        })
+    }
+
+    fn duplicates(manager: &LeaseManager<MemoryStore>) -> u64 {
+        manager.metrics.duplicate_public_ip.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_weftd_with_our_public_ip_leaves_our_live_lease_alone_until_we_stop() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let first = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:01");
+        let host = start(first.clone(), true).await;
+        let (own_key, key) = (host.first.key, host.first.key.to_string());
+        let value = store.value(&key);
+        // Another host, configured with our public IP: its VXLAN device has another MAC.
+        let second = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:02");
+        let err = second.acquire_once(&[]).await.unwrap_err();
+        assert!(matches!(&err, AcquireError::HeldElsewhere { key: k, .. } if k.to_string() == key), "{err}");
+        assert!(err.to_string().contains("same --public-ip"), "{err}");
+        assert_eq!(store.value(&key), value, "our lease is untouched");
+        assert_eq!(store.leases().len(), 1, "and the second took nothing else");
+        assert_eq!(duplicates(&second), 1);
+        assert!(calls(&store, Op::Renew).is_empty(), "nobody wrote it");
+
+        // Once we stop, nobody keeps it alive any more: the second takes it over after one keepalive interval.
+        drop(host);
+        let began = Instant::now();
+        let taken = second.acquire_once(&[own_key]).await.expect("taken over");
+        assert_eq!(taken.key.to_string(), key);
+        assert!(began.elapsed() <= keepalive_interval(TTL) + lease_holder::HOLDER_SLACK + Duration::from_secs(1));
+        assert_eq!(store.value(&key), Some(second.attrs.to_json()));
+        clock.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_lease_of_another_weftd_with_our_ip_is_not_released_for_a_reservation() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let running = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:01");
+        let host = start(running, true).await;
+        let key = host.first.key.to_string();
+        // A reservation for that public IP, then a second weftd with it (another MAC) starts.
+        store.put("10.244.77.0-24", r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#);
+        let second = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:02");
+        let err = second.acquire_once(&[]).await.unwrap_err();
+        assert!(matches!(&err, AcquireError::HeldElsewhere { key: k, .. } if k.to_string() == key), "{err}");
+        assert!(calls(&store, Op::Delete).is_empty(), "the running host's lease is not released as stale");
+        assert_eq!(store.value("10.244.77.0-24").as_deref(), Some(r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#));
+        drop(host);
+        clock.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn our_own_value_written_by_someone_else_is_reported_on_both_sides_and_not_fought_over() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let first = manager(&store, "198.18.0.1");
+        let host = start(first.clone(), true).await;
+        let key = host.first.key.to_string();
+        let renewals = calls(&store, Op::Renew).len();
+        // A twin with our exact value (the VTEP MAC is derived from the public IP) renews our lease at its start.
+        let twin = manager(&store, "198.18.0.1");
+        let twin_host = start(twin.clone(), true).await;
+        assert_eq!(twin_host.first.key, host.first.key, "it takes our lease for its own");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!((duplicates(&first), duplicates(&twin)), (1, 1), "each side reports once");
+        // The twin's renewal, then one write of the same bytes by each side; nothing after that.
+        assert_eq!(calls(&store, Op::Renew).len(), renewals + 3);
+        assert_eq!(store.value(&key), Some(first.attrs.to_json()));
+        assert!(calls(&store, Op::KeepAlive).iter().all(|c| c.ok), "the keepalives follow the lease");
+        drop((host, twin_host));
+        clock.abort();
+    }
+
+    #[tokio::test]
+    async fn another_value_with_our_public_ip_is_reported_and_restored() {
+        let store = MemoryStore::with_config(CONFIG);
+        let first = manager(&store, "198.18.0.1");
+        let mut host = start(first.clone(), true).await;
+        let key = host.first.key.to_string();
+        let twin = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
+        store.put_with_ttl(&key, twin, TTL);
+        timeout(Duration::from_secs(10), host.own.changed()).await.expect("restored in time").unwrap();
+        assert_eq!(store.value(&key), Some(first.attrs.to_json()));
+        assert_eq!(duplicates(&first), 1);
+        assert_eq!(first.metrics.own_lease_restores.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_that_keeps_overwriting_us_gets_a_slowing_write_back() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let first = manager(&store, "198.18.0.1");
+        let host = start(first.clone(), true).await;
+        let key = host.first.key.to_string();
+        let twin = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
+        // Another weftd with our public IP that writes its value back every 100 ms, for 10 s.
+        for _ in 0..100 {
+            if store.value(&key).as_deref() != Some(twin) {
+                store.put_with_ttl(&key, twin, TTL);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let restores = first.metrics.own_lease_restores.load(std::sync::atomic::Ordering::Relaxed);
+        // At once, then after 0.5, 1, 2 and 4 s: the backoff never starts afresh while the overwrites go on.
+        assert_eq!(restores, 5, "write-backs in 10 s");
+        assert_eq!(duplicates(&first), 1, "reported once");
+        drop(host);
+        clock.abort();
     }
 
     fn lease(key: &str, rev: i64) -> Lease {

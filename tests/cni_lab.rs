@@ -591,3 +591,71 @@ fn a_container_flannels_delegate_added_is_deleted_by_weft_without_leaks() {
     assert_eq!(host_veths(&lab, 1), 0, "weft removed the bridge plugin's veth");
     assert!(!dir.0.join("flannel").join(pod.id()).exists());
 }
+
+/// A runtime repeating ADD (after a timeout, or a restart) gets the earlier result back when the attachment is the
+/// same; the same container ID and interface with another netns are refused, and the first pod keeps its eth0 and
+/// its one address, whichever IPAM holds it.
+#[test]
+fn a_repeated_add_returns_the_existing_result_and_never_touches_another_netns() {
+    require_root();
+    let dir = TempDir::new();
+    let (lab, subnet_file) = lab_with_subnet("10.244.9.1/24", &dir);
+    let conf = conf(&subnet_file, &dir);
+    let (first, other) = (Pod::new(), Pod::new());
+    let id = first.id();
+    let added = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &conf));
+    let again = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &conf));
+    assert_eq!(again, added, "the same result, interfaces and MACs included");
+    assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (1, 1), "no second address, no second veth");
+    assert!(first.ping("10.244.9.1"), "the pod still reaches its gateway");
+
+    let eth0 = |pod: &Pod| String::from_utf8_lossy(&pod.sh(&["ip", "-o", "addr", "show", "eth0"]).stdout).into_owned();
+    let before = eth0(&first);
+    // The first pod pings its gateway every 50 ms while the repeats run: not one reply may go missing.
+    let pinging = Command::new("ip")
+        .args(["netns", "exec", &first.ns, "ping", "-i", "0.05", "-W", "1", "-q", "-c", "100000", "10.244.9.1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let run = cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &other.path(), &conf);
+    assert!(!run.ok, "{}", run.raw);
+    assert_eq!(run.json["code"], 4, "{}", run.raw);
+    let ip = address_of(&added);
+    for part in [format!("container {id} already has eth0 with {ip}"), "another network namespace".to_string()] {
+        assert!(run.raw.contains(&part), "{part:?} not in {}", run.raw);
+    }
+    assert_eq!(eth0(&first), before, "the first pod's eth0 is untouched");
+    assert!(!other.sh(&["ip", "link", "show", "eth0"]).status.success(), "nothing was made in the other netns");
+    assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (1, 1));
+    let again = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &conf));
+    assert_eq!(again, added);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill on the pid of a child we spawned and have not waited for yet (SIGINT: ping prints its summary).
+    unsafe { libc::kill(pinging.id() as i32, libc::SIGINT) };
+    let summary = String::from_utf8_lossy(&pinging.wait_with_output().unwrap().stdout).into_owned();
+    let line = summary.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{summary}"));
+    let counts: Vec<&str> = line.split(", ").map(|part| part.split(' ').next().unwrap()).collect();
+    assert!(counts[0].parse::<u32>().unwrap() >= 5, "{line}");
+    assert_eq!(counts[0], counts[1], "the first pod lost pings during the repeated ADDs: {line}");
+    ok(cni(&lab, 1, Path::new(PLUGIN), "DEL", &id, &first.path(), &conf));
+    assert_eq!((allocations(&conf).len(), host_veths(&lab, 1)), (0, 0));
+
+    // An IPAM plugin keeps its own records: the host end tells whether the attachment is here or elsewhere.
+    let mut with_static = conf.clone();
+    with_static["ipam"] =
+        json!({"type": "static", "addresses": [{"address": "10.244.9.77/24", "gateway": "10.244.9.1"}]});
+    let added = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &with_static));
+    let before = eth0(&first);
+    let again = ok(cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &first.path(), &with_static));
+    assert_eq!(again, added, "the same netns again: the existing result");
+    assert_eq!(eth0(&first), before, "and nothing was made again");
+    let run = cni(&lab, 1, Path::new(PLUGIN), "ADD", &id, &other.path(), &with_static);
+    assert_eq!(run.json["code"], 4, "{}", run.raw);
+    assert!(run.raw.contains("lives in another network namespace"), "{}", run.raw);
+    assert_eq!(eth0(&first), before, "the first pod's eth0 is untouched");
+    assert!(!other.sh(&["ip", "link", "show", "eth0"]).status.success());
+    assert!(first.ping("10.244.9.1"));
+    ok(cni(&lab, 1, Path::new(PLUGIN), "DEL", &id, &first.path(), &with_static));
+    assert_eq!(host_veths(&lab, 1), 0);
+}

@@ -12,7 +12,7 @@ use etcd_client::{
 };
 
 use super::etcd_tls::{EtcdTls, Rejection};
-use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, WatchBatch};
+use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, TimeToLive, WatchBatch};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -224,6 +224,20 @@ impl LeaseStore for EtcdStore {
             ttl if ttl > 0 => Ok(Duration::from_secs(ttl as u64)),
             _ => Err(StoreError::NotFound { key: lease.key }),
         }
+    }
+
+    async fn time_to_live(&self, lease: &Lease) -> Result<Option<TimeToLive>, StoreError> {
+        if lease.is_reservation() {
+            return Ok(None);
+        }
+        let mut client = self.client.clone();
+        let resp = self.bounded(client.lease_time_to_live(lease.etcd_lease, None)).await?;
+        // etcd answers -1 for a lease that expired or never existed.
+        if resp.ttl() <= 0 {
+            return Ok(None);
+        }
+        let secs = |s: i64| Duration::from_secs(s.max(0) as u64);
+        Ok(Some(TimeToLive { remaining: secs(resp.ttl()), granted: secs(resp.granted_ttl()) }))
     }
 
     async fn delete_lease(&self, key: &SubnetKey) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, WatchBatch};
+use super::{Change, ChangeStream, LeaseStore, Listing, StoreError, StoredLease, TimeToLive, WatchBatch};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 
 const NAME: &str = "memory store";
@@ -38,6 +38,7 @@ pub enum Op {
     Delete,
     Reserve,
     Watch,
+    TimeToLive,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -398,6 +399,16 @@ impl LeaseStore for MemoryStore {
             }
             None => Err(MemoryStore::failed(state, StoreError::NotFound { key: lease.key })),
         }
+    }
+
+    async fn time_to_live(&self, lease: &Lease) -> Result<Option<TimeToLive>, StoreError> {
+        let state = self.call(Op::TimeToLive)?;
+        let now = state.now;
+        Ok(state.ttl_leases.get(&lease.etcd_lease).filter(|_| !lease.is_reservation()).map(|live| TimeToLive {
+            // Whole seconds, rounded up, as etcd answers.
+            remaining: Duration::from_secs((live.expires.saturating_sub(now)).as_secs_f64().ceil() as u64),
+            granted: live.ttl,
+        }))
     }
 
     async fn delete_lease(&self, key: &SubnetKey) -> Result<(), StoreError> {

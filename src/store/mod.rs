@@ -195,6 +195,11 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// revoked (so its key is gone too). A reservation has no TTL to refresh: do not call this for one.
     fn keep_alive(&self, lease: &Lease) -> impl Future<Output = Result<Duration, StoreError>> + Send;
 
+    /// How long the TTL lease `lease` is attached to has left, and what it was granted; None for a reservation or
+    /// when it ran out. Read-only: unlike [`LeaseStore::keep_alive`], it never refreshes anything, so watching it
+    /// shows whether someone else keeps the lease alive.
+    fn time_to_live(&self, lease: &Lease) -> impl Future<Output = Result<Option<TimeToLive>, StoreError>> + Send;
+
     /// Deletes the lease for `key`; `NotFound` when there is none.
     fn delete_lease(&self, key: &SubnetKey) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -214,6 +219,13 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     fn watch(&self, seen_revision: i64) -> LeaseFeed<Self> {
         LeaseFeed::new(self.clone(), seen_revision)
     }
+}
+
+/// A TTL lease's remaining and granted time, in the store's whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeToLive {
+    pub remaining: Duration,
+    pub granted: Duration,
 }
 
 /// A running raw watch.

@@ -9,7 +9,7 @@ use std::path::Path;
 use ipnetwork::IpNetwork;
 
 use super::plan::{host_veth_name, ipam_plugin_conf, Plan};
-use super::read_subnet_file;
+use super::{read_subnet_file, repeat};
 use crate::env::Env;
 use crate::error::{CniError, Result};
 use crate::ipam::{exec, Range, Store};
@@ -19,7 +19,7 @@ use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::subnet_file::SubnetFile;
 use crate::{flannel_state, masq, trace, version};
 use weft_netlink::blocking::Socket;
-use weft_netlink::link::{self, LinkRef, VethPair};
+use weft_netlink::link::{self, Link, LinkRef, VethPair};
 use weft_netlink::Request;
 
 /// Index of the container's interface in the result's `interfaces` (bridge, host veth, container end).
@@ -32,12 +32,24 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
     let format = version::format_of(&conf.cni_version)?;
     let file = read_subnet_file(&conf.subnet_file)?;
     let plan = Plan::new(conf, &file)?;
-    refuse_repeat(conf, id, ifname)?;
-    // Stored before anything is attached, as flannel's plugin does, so a DEL after a failed ADD finds it too.
-    save_flannel_state(conf, id)?;
+    let held = held_addresses(conf, id, ifname)?;
+    if held.is_empty() {
+        // Stored before anything is attached, as flannel's plugin does, so a DEL after a failed ADD finds it too.
+        save_flannel_state(conf, id)?;
+    }
     trace::mark("config and subnet file read");
-    let netns = std::fs::File::open(netns_path)
-        .map_err(|e| CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e))?;
+    let netns = match std::fs::File::open(netns_path) {
+        Ok(netns) => netns,
+        Err(e) if !held.is_empty() => {
+            return Err(repeat::refusal(
+                id,
+                ifname,
+                &held,
+                &[format!("{} cannot be opened: {e}", netns_path.display())],
+            ))
+        }
+        Err(e) => return Err(CniError::io(format!("opening CNI_NETNS {}", netns_path.display()), e)),
+    };
     let own = weft_netlink::netns::is_current(&netns)
         .map_err(|e| CniError::io(format!("inspecting CNI_NETNS {}", netns_path.display()), e))?;
     if own {
@@ -47,12 +59,21 @@ pub fn add(conf: &NetConf, env: &Env) -> Result<String> {
         )));
     }
     // First, so that a failure has nothing to undo.
-    let container_socket = Socket::open_in_on_this_thread(&netns)
+    let mut container_socket = Socket::open_in_on_this_thread(&netns)
         .map_err(|e| CniError::netlink("opening a netlink socket inside CNI_NETNS", e))?;
     trace::mark("container socket open");
+    let target = Target { id, ifname, netns: &netns, netns_path };
+    if !held.is_empty() {
+        let result = existing_result(conf, &plan, container_socket, &target, &held)?;
+        return Ok(result.to_json(&conf.cni_version, format).to_string());
+    }
     let ips = allocate(conf, env, &file, &plan, id, ifname)?;
     trace::mark("address allocated");
-    let target = Target { id, ifname, netns: &netns, netns_path };
+    if let Ipam::Plugin { .. } = conf.ipam {
+        if let Some(result) = existing_with_ipam_plugin(conf, &plan, &mut container_socket, &target, &ips)? {
+            return Ok(result.to_json(&conf.cni_version, format).to_string());
+        }
+    }
     match attach(conf, &plan, container_socket, &target, &ips) {
         Ok(result) => Ok(result.to_json(&conf.cni_version, format).to_string()),
         Err(e) => {
@@ -79,24 +100,116 @@ fn save_flannel_state(conf: &NetConf, id: &str) -> Result<()> {
     })
 }
 
-/// A second ADD for a container ID and interface that already have an address would allocate another one and
-/// replace the interface in whatever netns it names now (possibly another container's): refused before anything
-/// is touched, with what to do. (An IPAM plugin keeps its own records and answers for itself.)
-fn refuse_repeat(conf: &NetConf, id: &str, ifname: &str) -> Result<()> {
-    let Ipam::Builtin { data_dir } = &conf.ipam else { return Ok(()) };
+/// The addresses the built-in IPAM holds for (container ID, ifname): any means an earlier ADD made this attachment
+/// (see [`repeat`]). An IPAM plugin keeps its own records and answers a repeat itself.
+fn held_addresses(conf: &NetConf, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+    let Ipam::Builtin { data_dir } = &conf.ipam else { return Ok(Vec::new()) };
     // No records yet: nothing was ever added (and nothing is created on disk just to find that out).
     if !data_dir.join(&conf.name).is_dir() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let held = Store::open(data_dir, &conf.name)?.find(id, ifname)?;
-    if held.is_empty() {
-        return Ok(());
+    Store::open(data_dir, &conf.name)?.find(id, ifname)
+}
+
+/// A repeated ADD: the earlier attachment's result when it is whole and in this CNI_NETNS, else the refusal naming
+/// every difference. Only reads; nothing is changed either way.
+fn existing_result(
+    conf: &NetConf,
+    plan: &Plan,
+    mut container: Socket,
+    target: &Target<'_>,
+    held: &[IpAddr],
+) -> Result<CniResult> {
+    let mut diffs = Vec::new();
+    let mut ips = Vec::new();
+    for ip in held {
+        match plan.ranges.iter().find(|r| r.contains(*ip)) {
+            Some(range) => ips.push(ip_config(*ip, range)),
+            None => diffs.push(format!("{ip} is outside the subnet file's subnets now")),
+        }
     }
-    let held: Vec<String> = held.iter().map(ToString::to_string).collect();
-    Err(CniError::InvalidEnv(format!(
-        "container {id} already has {ifname} with {} from an earlier ADD; DEL it before adding it again",
-        held.join(", ")
-    )))
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+    let observed = observe(conf, &mut container, &mut host, target)?;
+    diffs.extend(differences(conf, target, &observed, &ips));
+    match (diffs.is_empty(), existing(conf, plan, target, &observed, &ips)) {
+        (true, Some(result)) => Ok(result),
+        _ => Err(repeat::refusal(target.id, target.ifname, held, &diffs)),
+    }
+}
+
+/// With an IPAM plugin (which keeps its own records): when our host end of this attachment exists already and
+/// its peer is CNI_IFNAME in this very CNI_NETNS with the addresses the plugin answered, the existing result.
+/// None sends the ADD on as usual (an attachment elsewhere is refused there; a partial one here is made again).
+fn existing_with_ipam_plugin(
+    conf: &NetConf,
+    plan: &Plan,
+    container: &mut Socket,
+    target: &Target<'_>,
+    ips: &[IpConfig],
+) -> Result<Option<CniResult>> {
+    let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+    if netlink::get_link(&mut host, &host_veth_name(target.id, target.ifname))?.is_none() {
+        return Ok(None);
+    }
+    let observed = observe(conf, container, &mut host, target)?;
+    if !differences(conf, target, &observed, ips).is_empty() {
+        return Ok(None);
+    }
+    Ok(existing(conf, plan, target, &observed, ips))
+}
+
+/// The attachment's parts as the kernel shows them now.
+fn observe(conf: &NetConf, container: &mut Socket, host: &mut Socket, target: &Target<'_>) -> Result<repeat::Observed> {
+    let container_link = netlink::get_link(container, target.ifname)?;
+    let container_addresses = match &container_link {
+        Some(link) => netlink::addresses(container, link.index)?,
+        None => Vec::new(),
+    };
+    Ok(repeat::Observed {
+        container: container_link,
+        container_addresses,
+        host_veth: netlink::get_link(host, &host_veth_name(target.id, target.ifname))?,
+        bridge: netlink::get_link(host, &conf.bridge)?,
+    })
+}
+
+fn differences(conf: &NetConf, target: &Target<'_>, observed: &repeat::Observed, ips: &[IpConfig]) -> Vec<String> {
+    let addresses: Vec<IpNetwork> = ips.iter().map(|ip| ip.address).collect();
+    let (netns, host_veth) = (target.netns_path.display().to_string(), host_veth_name(target.id, target.ifname));
+    let expected = repeat::Expected {
+        ifname: target.ifname,
+        netns: &netns,
+        host_veth: &host_veth,
+        bridge: &conf.bridge,
+        addresses: &addresses,
+    };
+    repeat::differences(&expected, observed)
+}
+
+/// The result of the attachment `observed` shows (None when a part is missing).
+fn existing(
+    conf: &NetConf,
+    plan: &Plan,
+    target: &Target<'_>,
+    observed: &repeat::Observed,
+    ips: &[IpConfig],
+) -> Option<CniResult> {
+    let (Some(bridge), Some(host_end), Some(container_end)) =
+        (&observed.bridge, &observed.host_veth, &observed.container)
+    else {
+        return None;
+    };
+    let mac = |link: &Link| link.mac.map(|mac| netlink::format_mac(&mac)).unwrap_or_default();
+    let ends = [
+        Interface { name: host_end.name.clone(), mac: mac(host_end), sandbox: None, mtu: host_end.mtu },
+        Interface {
+            name: target.ifname.to_string(),
+            mac: mac(container_end),
+            sandbox: Some(target.netns_path.display().to_string()),
+            mtu: container_end.mtu,
+        },
+    ];
+    Some(result(conf, plan, bridge, ends, ips.to_vec()))
 }
 
 fn allocate(
@@ -183,7 +296,7 @@ struct Target<'a> {
 fn attach(
     conf: &NetConf,
     plan: &Plan,
-    container_socket: Socket,
+    mut container_socket: Socket,
     target: &Target<'_>,
     ips: &[IpConfig],
 ) -> Result<CniResult> {
@@ -213,35 +326,37 @@ fn attach(
         master: bridge.index,
         peer_netns_fd: std::os::fd::AsRawFd::as_raw_fd(netns),
     };
-    let peer_index = create_veth(conf, plan, &mut host, &veth, target)?;
+    let peer_index = create_veth(conf, plan, &mut host, &mut container_socket, &veth, target)?;
     trace::mark("veth created");
     if let Err(e) = configure_container(plan, container_socket, peer_index, target, ips) {
         let _ = netlink::remove_link(&mut host, &host_name);
         return Err(e);
     }
     trace::mark("container configured");
-    Ok(CniResult {
-        interfaces: vec![
-            Interface {
-                name: conf.bridge.clone(),
-                mac: bridge.mac.map(|mac| netlink::format_mac(&mac)).unwrap_or_default(),
-                sandbox: None,
-                mtu: bridge.mtu,
-            },
-            Interface {
-                name: host_name.clone(),
-                mac: netlink::format_mac(&host_mac),
-                sandbox: None,
-                mtu: Some(plan.mtu),
-            },
-            Interface {
-                name: ifname.to_string(),
-                mac: netlink::format_mac(&container_mac),
-                sandbox: Some(netns_path.display().to_string()),
-                mtu: Some(plan.mtu),
-            },
-        ],
-        ips: ips.to_vec(),
+    let ends = [
+        Interface { name: host_name, mac: netlink::format_mac(&host_mac), sandbox: None, mtu: Some(plan.mtu) },
+        Interface {
+            name: ifname.to_string(),
+            mac: netlink::format_mac(&container_mac),
+            sandbox: Some(netns_path.display().to_string()),
+            mtu: Some(plan.mtu),
+        },
+    ];
+    Ok(result(conf, plan, &bridge, ends, ips.to_vec()))
+}
+
+/// The ADD result: the bridge, the two ends of the veth (host, container), the addresses and the routes.
+fn result(conf: &NetConf, plan: &Plan, bridge: &Link, ends: [Interface; 2], ips: Vec<IpConfig>) -> CniResult {
+    let bridge = Interface {
+        name: conf.bridge.clone(),
+        mac: bridge.mac.map(|mac| netlink::format_mac(&mac)).unwrap_or_default(),
+        sandbox: None,
+        mtu: bridge.mtu,
+    };
+    let [host_end, container_end] = ends;
+    CniResult {
+        interfaces: vec![bridge, host_end, container_end],
+        ips,
         routes: plan
             .routes
             .iter()
@@ -251,7 +366,7 @@ fn attach(
             })
             .collect(),
         dns: conf.dns.clone(),
-    })
+    }
 }
 
 /// The bridge's gateway addresses, the veth pair and its hairpin setting, in one batch, which also reads the host end
@@ -261,6 +376,7 @@ fn create_veth(
     conf: &NetConf,
     plan: &Plan,
     host: &mut Socket,
+    container: &mut Socket,
     veth: &VethPair<'_>,
     target: &Target<'_>,
 ) -> Result<Option<u32>> {
@@ -277,6 +393,9 @@ fn create_veth(
     let socket_error = |e| CniError::netlink("creating the veth pair", e);
     let mut answers = host.batch(requests).map_err(socket_error)?;
     let exists = answers[veth_at].as_ref().is_err_and(weft_netlink::Error::is_exists);
+    if exists {
+        refuse_another_netns(host, container, veth, target)?;
+    }
     if exists && netlink::remove_link(host, veth.host)? {
         // Our host-side name is derived from the attachment, so an existing one is a leftover of an interrupted
         // ADD for this very attachment: it is gone now, so ours can be created (the gateways were answered).
@@ -294,6 +413,31 @@ fn create_veth(
         let _ = netlink::remove_link(host, veth.host);
     })?;
     Ok(peer_index)
+}
+
+/// Our host end exists already (an IPAM plugin answered a repeated ADD, or the built-in records were lost): it may
+/// be removed and made again only when its peer is CNI_IFNAME in this very CNI_NETNS (an interrupted ADD of this
+/// attachment). A peer anywhere else belongs to a container that still runs, and is left alone.
+fn refuse_another_netns(
+    host: &mut Socket,
+    container: &mut Socket,
+    veth: &VethPair<'_>,
+    target: &Target<'_>,
+) -> Result<()> {
+    let Some(host_end) = netlink::get_link(host, veth.host)? else { return Ok(()) };
+    let here = netlink::get_link(container, veth.peer)?;
+    if here.is_some_and(|c| c.link == Some(host_end.index) && host_end.link == Some(c.index)) {
+        return Ok(());
+    }
+    Err(CniError::InvalidEnv(format!(
+        "host interface {} of container {} and {} exists, and its peer is not {} in {}: that attachment lives in \
+         another network namespace; DEL it before adding it again",
+        veth.host,
+        target.id,
+        target.ifname,
+        target.ifname,
+        target.netns_path.display()
+    )))
 }
 
 /// The veth pair, hairpin mode on its host end when asked for, and the host end read back.

@@ -6,6 +6,7 @@ mod check;
 mod del;
 mod delegate;
 mod plan;
+mod repeat;
 
 use std::path::Path;
 

@@ -1,0 +1,185 @@
+//! A grace period for rewritten peer leases.
+//!
+//! A peer lease whose value changes is programmed with its new value only once that value has stood for
+//! [`GRACE`]. A host whose lease is overwritten by someone else writes its own value back at once (see
+//! `own_lease`), so a single bad write is undone before any host acts on it: nobody's traffic goes to a forged
+//! address or MAC, not even for the few milliseconds the repair takes. The price is that a real change of a
+//! peer's value (a host that came back with a new VTEP MAC) reaches the kernel [`GRACE`] later. New leases and
+//! deletions are not delayed: only a change of what a live key says.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::registry::LeaseSet;
+
+/// How long a changed peer value must stand before it is programmed: far more than a host needs to write its
+/// own value back (one etcd round trip), short next to any restart of a host.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// What was programmed for each peer key, and the value waiting for its grace to pass.
+#[derive(Debug, Default)]
+pub struct ValueGrace {
+    keys: BTreeMap<SubnetKey, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// The value programmed now (and whether it was a bad value, which is reported rather than programmed).
+    programmed: Lease,
+    programmed_bad: Option<String>,
+    /// A different value seen since, and when it was first seen.
+    pending: Option<(LeaseAttrs, Instant)>,
+}
+
+impl ValueGrace {
+    /// The lease set to program at `now`: `set`, except that a key whose value changed less than [`GRACE`] ago
+    /// keeps the value programmed before (None: `set` itself, nothing is held back). Also returns when a held
+    /// value's grace ends (look again then).
+    pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Option<LeaseSet>, Option<Instant>) {
+        self.keys.retain(|key, _| set.leases.contains_key(key) && key != own);
+        let mut held_back: Vec<(SubnetKey, Lease, Option<String>)> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, lease) in set.leases.iter().filter(|(key, _)| *key != own) {
+            let bad = set.bad_values.get(key);
+            let held = self.keys.entry(*key).or_insert_with(|| Held {
+                programmed: lease.clone(),
+                programmed_bad: bad.cloned(),
+                pending: None,
+            });
+            if held.programmed.attrs == lease.attrs && held.programmed_bad.as_ref() == bad {
+                if held.programmed.mod_revision != lease.mod_revision {
+                    held.programmed = lease.clone();
+                }
+                held.pending = None;
+                continue;
+            }
+            let since = match &held.pending {
+                Some((attrs, since)) if *attrs == lease.attrs => *since,
+                _ => now,
+            };
+            if now >= since + GRACE {
+                *held = Held { programmed: lease.clone(), programmed_bad: bad.cloned(), pending: None };
+                continue;
+            }
+            held.pending = Some((lease.attrs.clone(), since));
+            held_back.push((*key, held.programmed.clone(), held.programmed_bad.clone()));
+            next = Some(next.map_or(since + GRACE, |n| n.min(since + GRACE)));
+        }
+        if held_back.is_empty() {
+            return (None, None);
+        }
+        let mut view = LeaseSet {
+            leases: set.leases.clone(),
+            revision: set.revision,
+            bad_keys: set.bad_keys.clone(),
+            bad_values: set.bad_values.clone(),
+        };
+        for (key, lease, bad) in held_back {
+            view.leases.insert(key, lease);
+            match bad {
+                Some(why) => view.bad_values.insert(key, why),
+                None => view.bad_values.remove(&key),
+            };
+        }
+        (Some(view), next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(key: &str, ip: &str, rev: i64) -> Lease {
+        Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() },
+            etcd_lease: 7,
+            mod_revision: rev,
+        }
+    }
+
+    fn set(leases: &[Lease]) -> LeaseSet {
+        LeaseSet {
+            leases: leases.iter().map(|l| (l.key, l.clone())).collect(),
+            revision: leases.iter().map(|l| l.mod_revision).max().unwrap_or(0),
+            ..Default::default()
+        }
+    }
+
+    /// What would be programmed: the held-back view, or the set itself.
+    fn seen(grace: &mut ValueGrace, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (LeaseSet, Option<Instant>) {
+        let (view, next) = grace.view(set, own, now);
+        let view = view.unwrap_or_else(|| LeaseSet {
+            leases: set.leases.clone(),
+            revision: set.revision,
+            bad_keys: set.bad_keys.clone(),
+            bad_values: set.bad_values.clone(),
+        });
+        (view, next)
+    }
+
+    fn ip(view: &LeaseSet, key: &str) -> String {
+        view.leases[&key.parse().unwrap()].attrs.public_ip.unwrap().to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_rewritten_and_restored_within_the_grace_is_never_programmed() {
+        let own: SubnetKey = "10.244.1.0-24".parse().unwrap();
+        let mut grace = ValueGrace::default();
+        let t0 = Instant::now();
+        let (view, next) = seen(&mut grace, &set(&[lease("10.244.2.0-24", "198.18.0.2", 5)]), &own, t0);
+        assert_eq!((ip(&view, "10.244.2.0-24"), next), ("198.18.0.2".to_string(), None), "a new lease at once");
+
+        let forged = set(&[lease("10.244.2.0-24", "198.18.0.66", 6)]);
+        let (view, next) = seen(&mut grace, &forged, &own, t0 + Duration::from_millis(10));
+        assert_eq!(ip(&view, "10.244.2.0-24"), "198.18.0.2", "the forged value waits");
+        assert_eq!(next, Some(t0 + Duration::from_millis(10) + GRACE));
+
+        // Its owner writes its value back: nothing ever changed for the kernel.
+        let restored = set(&[lease("10.244.2.0-24", "198.18.0.2", 7)]);
+        let (view, next) = seen(&mut grace, &restored, &own, t0 + Duration::from_millis(40));
+        assert_eq!((ip(&view, "10.244.2.0-24"), next), ("198.18.0.2".to_string(), None));
+        assert_eq!(view.leases[&"10.244.2.0-24".parse().unwrap()].mod_revision, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_that_stands_for_the_grace_is_programmed_and_deletions_are_not_delayed() {
+        let own: SubnetKey = "10.244.1.0-24".parse().unwrap();
+        let mut grace = ValueGrace::default();
+        let t0 = Instant::now();
+        seen(&mut grace, &set(&[lease("10.244.2.0-24", "198.18.0.2", 5)]), &own, t0);
+        let moved = set(&[lease("10.244.2.0-24", "198.18.0.22", 6)]);
+        let (view, _) = seen(&mut grace, &moved, &own, t0 + Duration::from_secs(1));
+        assert_eq!(ip(&view, "10.244.2.0-24"), "198.18.0.2");
+        // Seen again (another pass) before the grace ends: still the old value, same deadline.
+        let (_, next) = seen(&mut grace, &moved, &own, t0 + Duration::from_secs(2));
+        assert_eq!(next, Some(t0 + Duration::from_secs(1) + GRACE));
+        let (view, next) = seen(&mut grace, &moved, &own, t0 + Duration::from_secs(1) + GRACE);
+        assert_eq!((ip(&view, "10.244.2.0-24"), next), ("198.18.0.22".to_string(), None));
+
+        let (view, next) = seen(&mut grace, &set(&[]), &own, t0 + Duration::from_secs(4));
+        assert!(view.leases.is_empty() && next.is_none(), "a deleted lease goes at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn our_own_key_and_bad_values_follow_the_same_rules() {
+        let own: SubnetKey = "10.244.1.0-24".parse().unwrap();
+        let mut grace = ValueGrace::default();
+        let t0 = Instant::now();
+        let mut first = set(&[lease("10.244.1.0-24", "198.18.0.1", 5), lease("10.244.2.0-24", "198.18.0.2", 5)]);
+        seen(&mut grace, &first, &own, t0);
+        // Our own key is never held back (the lease keeper reacts to it); garbage over a peer's value is.
+        first.leases.insert(own, lease("10.244.1.0-24", "198.18.0.66", 6));
+        let garbage: SubnetKey = "10.244.2.0-24".parse().unwrap();
+        first.leases.insert(garbage, Lease { attrs: LeaseAttrs::default(), ..lease("10.244.2.0-24", "198.18.0.2", 6) });
+        first.bad_values.insert(garbage, "not JSON".into());
+        let (view, next) = seen(&mut grace, &first, &own, t0 + Duration::from_millis(5));
+        assert_eq!(ip(&view, "10.244.1.0-24"), "198.18.0.66");
+        assert_eq!(ip(&view, "10.244.2.0-24"), "198.18.0.2");
+        assert!(view.bad_values.is_empty(), "the garbage is not reported while it waits");
+        assert!(next.is_some());
+    }
+}
