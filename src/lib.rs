@@ -22,6 +22,7 @@ pub mod logging;
 pub mod own_lease;
 pub mod registry;
 pub mod sd_notify;
+pub mod status;
 pub mod store;
 pub mod subnet_file;
 pub mod trust;
