@@ -171,7 +171,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Ok(report) => report,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
-                m.status.record_pass(trigger.name(), started.elapsed().as_secs_f64(), 0, vec![e.to_string()]);
+                m.status.record_pass(trigger.name(), started.elapsed(), 0, vec![e.to_string()]);
                 return Err(e.into());
             }
         };
@@ -181,13 +181,13 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
                 let failures = vec![e.to_string()];
-                m.status.record_pass(trigger.name(), started.elapsed().as_secs_f64(), report.applied.len(), failures);
+                m.status.record_pass(trigger.name(), started.elapsed(), report.applied.len(), failures);
                 return Err(e.into());
             }
         };
         let failures = report.failed.iter().map(|(op, e)| format!("{op}: {e}"));
         let failures = failures.chain(report.rules.failed.iter().map(|(op, e)| format!("{op}: {e}"))).collect();
-        m.status.record_pass(trigger.name(), started.elapsed().as_secs_f64(), report.applied_count(), failures);
+        m.status.record_pass(trigger.name(), started.elapsed(), report.applied_count(), failures);
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);

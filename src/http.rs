@@ -51,7 +51,8 @@ impl Metrics {
 
     /// `/status`: the status board with the live readiness and etcd flags.
     pub fn status_json(&self) -> String {
-        let status = self.status.snapshot(self.ready.load(Ordering::Relaxed), self.etcd_connected.load(Ordering::Relaxed));
+        let status =
+            self.status.snapshot(self.ready.load(Ordering::Relaxed), self.etcd_connected.load(Ordering::Relaxed));
         serde_json::to_string(&status).unwrap_or_default() + "\n"
     }
 

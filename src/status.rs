@@ -6,7 +6,7 @@
 //! so a lock per write is cheap next to the pass itself.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -177,11 +177,11 @@ impl RejectedStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReconcileStatus {
-    /// When the pass ended, in seconds since the Unix epoch.
-    pub finished_unix: f64,
+    /// When the pass ended, in milliseconds since the Unix epoch.
+    pub finished_unix_ms: u64,
     /// Why it ran: startup, leases_changed, own_lease_changed, kernel_event, resync, retry.
     pub trigger: String,
-    pub duration_seconds: f64,
+    pub duration_micros: u64,
     pub ops_applied: usize,
     pub ops_failed: usize,
     /// The failed operations with their errors, and the error when the state could not be observed at all.
@@ -232,14 +232,14 @@ impl StatusBoard {
     }
 
     /// Records how a pass ended: the operations it applied and the failures, or why it could not run.
-    pub fn record_pass(&self, trigger: &str, duration_seconds: f64, ops_applied: usize, failures: Vec<String>) {
-        let finished_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    pub fn record_pass(&self, trigger: &str, duration: Duration, ops_applied: usize, failures: Vec<String>) {
+        let finished = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.update(|s| {
             let passes = s.last_reconcile.as_ref().map_or(0, |r| r.passes) + 1;
             s.last_reconcile = Some(ReconcileStatus {
-                finished_unix,
+                finished_unix_ms: u64::try_from(finished.as_millis()).unwrap_or(u64::MAX),
                 trigger: trigger.to_string(),
-                duration_seconds,
+                duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
                 ops_applied,
                 ops_failed: failures.len(),
                 failures,
@@ -278,8 +278,8 @@ mod tests {
             reason: RejectReason::WrongBackendType { theirs: "udp".into(), ours: "vxlan".into() },
         };
         board.record_peers(&own, 2, &[&peer], &[rejected]);
-        board.record_pass("resync", 0.25, 3, vec!["replace route: boom".into()]);
-        board.record_pass("retry", 0.5, 0, Vec::new());
+        board.record_pass("resync", Duration::from_millis(250), 3, vec!["replace route: boom".into()]);
+        board.record_pass("retry", Duration::from_millis(500), 0, Vec::new());
         let status = board.snapshot(true, false);
         assert!(status.ready && !status.store.connected);
         assert_eq!(status.lease.as_ref().unwrap().subnets, ["10.244.1.0/24"]);
