@@ -238,7 +238,7 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
 
 /// This host's addresses as the trust boundary protects them: the underlay's, with their connected prefixes, and
 /// the public IPs published in our lease (as single addresses, when they differ: NAT).
-fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
+pub fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
     let mut addresses = underlay.addresses.clone();
     for (_, &ip) in underlay.public_ips.iter() {
         if !addresses.iter().any(|a| a.ip() == ip) {

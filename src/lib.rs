@@ -12,6 +12,7 @@ pub mod controller;
 pub mod ctl;
 pub mod daemon;
 pub mod docker_opts;
+pub mod doctor;
 pub mod flags;
 pub mod fuzz_checks;
 pub mod http;

@@ -6,6 +6,7 @@ use weft::cleanup::{self, CleanupArgs};
 use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
 use weft::docker_opts::{self, DockerOptsArgs};
+use weft::doctor::{self, DoctorArgs};
 use weft::status_cmd::{self, StatusArgs};
 use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
 use weft_lab::lab::cli::{self as lab_cli, LabCommand};
@@ -46,6 +47,9 @@ enum Command {
     Cleanup(CleanupArgs),
     /// This host as weftd sees it: lease, backend, peers programmed and rejected, last reconcile, etcd
     Status(StatusArgs),
+    /// Check this host (kernel, firewall, files, CNI, etcd, weftd) and explain each problem with its fix; exits 1
+    /// when a check fails
+    Doctor(DoctorArgs),
     /// Docker daemon options from the subnet file (flannel's mk-docker-opts.sh: -f, -d, -i, -c, -k, -m)
     DockerOpts(DockerOptsArgs),
 }
@@ -69,6 +73,11 @@ fn main() -> std::process::ExitCode {
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
         Command::Cleanup(args) => run_cleanup(args),
         Command::DockerOpts(args) => docker_opts::run(args).map_err(|e| e.to_string()),
+        Command::Doctor(args) => match runtime().and_then(|rt| rt.block_on(doctor::run(args))) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status_cmd::run(args))),
     };
     match result {
