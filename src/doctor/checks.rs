@@ -138,7 +138,8 @@ fn repair_fix(facts: &Facts) -> String {
          stays, weftd's log says why (\"operation failed\"), or something keeps undoing it (\"repaired drift\")"
             .to_string()
     } else {
-        "start weftd (systemctl start weftd): its first pass programs the kernel as the leases say".to_string()
+        "start weftd (systemctl start weftd): its first pass programs the kernel and the firewall as the leases say"
+            .to_string()
     }
 }
 
@@ -669,17 +670,18 @@ pub fn br_netfilter(facts: &Facts) -> Check {
     let mut c = Check::new("br-netfilter", "br_netfilter and bridge-nf-call-iptables where kube-proxy needs them");
     let fix = "modprobe br_netfilter; echo br_netfilter > /etc/modules-load.d/br_netfilter.conf; sysctl -w \
                net.bridge.bridge-nf-call-iptables=1 (and -ip6tables=1 with IPv6), kept in /etc/sysctl.d/";
-    match &facts.host.bridge_nf {
-        None if facts.host.kube_proxy => c.fail(
-            "br_netfilter is not loaded, but kube-proxy's rules are here: traffic between pods on this host's bridge \
-             skips iptables, so a pod reaching a Service whose backend is on this host gets no answer",
-            fix,
-        ),
-        None => {
-            return c.detail("br_netfilter is not loaded; it matters only with kube-proxy, whose rules are not here")
+    let on = |v: &Option<String>| v.as_deref().map(str::trim) == Some("1");
+    let detail = match &facts.host.bridge_nf {
+        None if facts.host.kube_proxy => {
+            c.fail(
+                "br_netfilter is not loaded, but kube-proxy's rules are here: traffic between pods on this host's \
+                 bridge skips iptables, so a pod reaching a Service whose backend is on this host gets no answer",
+                fix,
+            );
+            String::new()
         }
+        None => "br_netfilter is not loaded; it matters only with kube-proxy, whose rules are not here".to_string(),
         Some(nf) => {
-            let on = |v: &Option<String>| v.as_deref().map(str::trim) == Some("1");
             if facts.host.kube_proxy && !on(&nf.call_iptables) {
                 c.fail(
                     "net.bridge.bridge-nf-call-iptables is not 1, but kube-proxy's rules are here: traffic between \
@@ -687,13 +689,13 @@ pub fn br_netfilter(facts: &Facts) -> Check {
                     fix,
                 );
             }
-            return c.detail(format!(
+            format!(
                 "br_netfilter loaded, bridge-nf-call-iptables = {}",
                 nf.call_iptables.as_deref().map_or("?", str::trim)
-            ));
+            )
         }
-    }
-    c
+    };
+    c.detail(detail)
 }
 
 /// The first network config that uses weft, as the runtime would load it.
@@ -794,25 +796,31 @@ fn rejection_fix(reason: &RejectReason, name: &str, prefix: &str) -> String {
         Err(_) => format!("etcdctl del {prefix}/subnets/{name}"),
     };
     match reason {
-        RejectReason::BadKey { .. } | RejectReason::BadValue { .. } => format!("no host can use it; delete it: {delete}"),
+        RejectReason::BadKey { .. } | RejectReason::BadValue { .. } => {
+            format!("no host can use it; delete it: {delete}")
+        }
         RejectReason::OutsideNetwork { .. } | RejectReason::WrongLength { .. } => {
             format!("it was written for another network config; delete it ({delete}), and check the host that wrote it (another config or --etcd-prefix?)")
         }
-        RejectReason::OverlapsOwn { .. } | RejectReason::OverlapsPeer { .. } | RejectReason::DuplicateVtepMac { .. } => {
+        RejectReason::OverlapsOwn { .. }
+        | RejectReason::OverlapsPeer { .. }
+        | RejectReason::DuplicateVtepMac { .. } => {
             format!("two leases claim one subnet or VTEP; the older wins. Delete the newer one ({delete}): its host acquires a free subnet")
         }
         RejectReason::NoPublicIp { .. } | RejectReason::BadPublicIp { .. } => {
-            "its host publishes an address no other host can reach: fix that host's --public-ip or --iface and restart its weftd".to_string()
+            format!("its host publishes an address no other host can reach: fix that host's --public-ip or --iface and restart its weftd; if that host is gone: {delete}")
         }
         RejectReason::OurPublicIp { .. } => {
             format!("it claims this host's address: a leftover lease of this host, or two hosts with one --public-ip. Delete the one that is not in this host's subnet file ({delete})")
         }
         RejectReason::WrongBackendType { .. } | RejectReason::WrongVni { .. } | RejectReason::BadBackendData { .. } => {
-            "its host runs another backend or VNI: every host must run with the same network config; restart that host's weftd (or flanneld) after fixing it".to_string()
+            format!("its host runs another backend or VNI: every host must run with the same network config; restart that host's weftd (or flanneld) after fixing it; if that host is gone: {delete}")
         }
-        RejectReason::ProtectedRoute { .. } => format!("it would route over this host's own addresses; delete it: {delete}"),
+        RejectReason::ProtectedRoute { .. } => {
+            format!("it would route over this host's own addresses; delete it: {delete}")
+        }
         RejectReason::NotOnSegment(_) => {
-            "host-gw needs every host on one L2 segment: use vxlan (with DirectRouting) or move the host onto the segment".to_string()
+            format!("host-gw needs every host on one L2 segment: use vxlan (with DirectRouting) or move the host onto the segment; if that host is gone: {delete}")
         }
     }
 }
@@ -894,4 +902,437 @@ pub fn leases(facts: &Facts) -> Check {
         }
     }
     c.detail(format!("{} leases, {} programmable from here", store.listing.leases.len(), screening.accepted.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use weft_backends::model::{FdbEntry, KernelState, Link, MacAddr, Neighbour, Route, VxlanAttrs};
+    use weft_backends::netlink::Interface;
+    use weft_backends::rules::traffic::TrafficRules;
+    use weft_backends::rules::RuleSet;
+
+    use super::*;
+    use crate::doctor::facts::{
+        BridgeNf, CniConfigFile, CniFacts, FirewallFacts, HostFacts, PluginBinary, StoreFacts, SubnetFileFact,
+    };
+    use crate::lease::LeaseAttrs;
+    use crate::status::{BackendStatus, DaemonStatus, UnderlayStatus};
+    use crate::store::etcd::LeaseTtl;
+    use crate::store::Listing;
+
+    const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    const OWN_MAC: &str = "0e:00:00:00:00:01";
+    const PEER_MAC: &str = "0e:00:00:00:00:02";
+
+    fn lease(key: &str, ip: &str, mac: &str, etcd_lease: i64) -> Lease {
+        Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs {
+                public_ip: Some(ip.parse().unwrap()),
+                backend_type: "vxlan".into(),
+                backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap())),
+                ..Default::default()
+            },
+            etcd_lease,
+            mod_revision: etcd_lease,
+        }
+    }
+
+    fn iface(name: &str, index: u32, mtu: u32, master: Option<u32>, addrs: &[&str]) -> Interface {
+        Interface {
+            name: name.into(),
+            index,
+            mtu,
+            up: true,
+            mac: None,
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            master,
+        }
+    }
+
+    /// The kernel state of a healthy VXLAN host with one peer.
+    fn vxlan_state() -> KernelState {
+        let mut state = KernelState::default();
+        let vxlan = VxlanAttrs {
+            vni: 1,
+            local: "198.18.0.1".parse().unwrap(),
+            underlay_index: 2,
+            port: 8472,
+            learning: false,
+            gbp: false,
+        };
+        let mac: MacAddr = OWN_MAC.parse().unwrap();
+        state.add_link(Link { name: "flannel.1".into(), kind: LinkKind::Vxlan(vxlan), mac, mtu: 1450, up: true });
+        let peer_mac: MacAddr = PEER_MAC.parse().unwrap();
+        let gateway: IpAddr = "10.244.2.0".parse().unwrap();
+        state.add_neighbour(Neighbour { device: "flannel.1".into(), ip: gateway, mac: peer_mac });
+        state.add_fdb(FdbEntry { device: "flannel.1".into(), mac: peer_mac, dst: "198.18.0.2".parse().unwrap() });
+        state.add_route(Route::via("10.244.2.0/24".parse().unwrap(), gateway, "flannel.1", true, 87));
+        state
+    }
+
+    fn forward_rules() -> RuleSet {
+        let rules = TrafficRules { masquerade: false, forward: true, fully_random: true };
+        let nets = weft_backends::rules::traffic::FamilyNetworks {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+        };
+        rules.rule_set(&[(Family::V4, nets)])
+    }
+
+    fn healthy() -> Facts {
+        let listing = Listing {
+            leases: vec![
+                lease("10.244.1.0-24", "198.18.0.1", OWN_MAC, 1),
+                lease("10.244.2.0-24", "198.18.0.2", PEER_MAC, 2),
+            ],
+            ..Default::default()
+        };
+        let day = Duration::from_secs(86400);
+        let ttls = [(1, LeaseTtl { granted: day, left: day }), (2, LeaseTtl { granted: day, left: day })].into();
+        let subnet_file = crate::subnet_file::for_lease(
+            &NetworkConfig::parse(CONFIG).unwrap(),
+            &"10.244.1.0-24".parse().unwrap(),
+            1450,
+            false,
+        );
+        let status = DaemonStatus {
+            version: "0.1.0".into(),
+            ready: true,
+            lease: Some(crate::status::LeaseStatus::of(&listing.leases[0])),
+            backend: Some(BackendStatus {
+                kind: "vxlan".into(),
+                mtu: 1450,
+                underlay: UnderlayStatus { name: "eth0".into(), mtu: 1500, addresses: vec!["198.18.0.1/24".into()] },
+                devices: Vec::new(),
+            }),
+            store: crate::status::StoreStatus { endpoints: "http://198.18.0.254:2379".into(), connected: true },
+            ..Default::default()
+        };
+        Facts {
+            version: "0.1.0".into(),
+            weftd_endpoint: "127.0.0.1:8081".into(),
+            weftd: Ok(status),
+            subnet_file: SubnetFileFact {
+                path: "/run/flannel/subnet.env".into(),
+                state: FileState::Present(subnet_file),
+            },
+            store: Ok(StoreFacts {
+                endpoints: "http://198.18.0.254:2379".into(),
+                config_key: "/coreos.com/network/config".into(),
+                config: Some(CONFIG.into()),
+                listing,
+                ttls,
+            }),
+            host: HostFacts {
+                interfaces: vec![
+                    iface("eth0", 2, 1500, None, &["198.18.0.1/24"]),
+                    iface("flannel.1", 3, 1450, None, &["10.244.1.0/32"]),
+                    iface("cni0", 4, 1450, None, &["10.244.1.1/24"]),
+                    iface("veth0a1b2c3d", 5, 1450, Some(4), &[]),
+                ],
+                forwarding: [(Family::V4, Ok("1\n".to_string())), (Family::V6, Ok("0\n".to_string()))].into(),
+                bridge_nf: Some(BridgeNf { call_iptables: Some("1\n".into()), call_ip6tables: Some("1\n".into()) }),
+                kube_proxy: false,
+                host_addresses: vec!["198.18.0.1/24".parse().unwrap()],
+            },
+            kernel: Ok(KernelFacts {
+                backend: "vxlan".into(),
+                underlay: "eth0".into(),
+                underlay_mtu: 1500,
+                mtu: 1450,
+                desired: vxlan_state(),
+                observed: vxlan_state(),
+                networks: vec!["10.244.0.0/16".parse().unwrap()],
+            }),
+            firewall: Some(Ok(FirewallFacts {
+                firewall: "iptables (Default)".into(),
+                desired: forward_rules(),
+                observed: forward_rules(),
+                forward_rules: true,
+                forward_policy: [(Family::V4, "DROP".to_string())].into(),
+                drop_chains_elsewhere: Vec::new(),
+                networks: vec!["10.244.0.0/16".parse().unwrap()],
+            })),
+            cni: CniFacts {
+                conf_dir: "/etc/cni/net.d".into(),
+                bin_dir: "/opt/cni/bin".into(),
+                configs: Ok(vec![CniConfigFile {
+                    path: "/etc/cni/net.d/10-weft.conflist".into(),
+                    types: vec!["weft".into(), "portmap".into()],
+                    subnet_file: Some("/run/flannel/subnet.env".into()),
+                    bridge: None,
+                    error: None,
+                }]),
+                plugins: vec![PluginBinary {
+                    name: "weft".into(),
+                    path: "/opt/cni/bin/weft".into(),
+                    version: Ok("weft CNI plugin 0.1.0 (CNI spec versions 1.0.0)".into()),
+                }],
+            },
+        }
+    }
+
+    /// The failing checks' ids, and every problem and fix as one text.
+    fn failures(facts: &Facts) -> (Vec<&'static str>, String) {
+        let checks = all(facts);
+        let ids = checks.iter().filter(|c| c.outcome == Outcome::Fail).map(|c| c.id).collect();
+        let text = checks.iter().flat_map(|c| &c.problems).map(|p| format!("{} | {}\n", p.problem, p.fix)).collect();
+        (ids, text)
+    }
+
+    fn kernel(facts: &mut Facts) -> &mut KernelFacts {
+        facts.kernel.as_mut().unwrap()
+    }
+
+    #[test]
+    fn a_healthy_host_passes_every_check() {
+        let checks = all(&healthy());
+        assert_eq!(checks.len(), 13);
+        for c in &checks {
+            assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+        }
+        assert_eq!(worst(&checks), Outcome::Ok);
+    }
+
+    #[test]
+    fn ip_forward_off_is_named_with_the_sysctl_that_fixes_it() {
+        let mut facts = healthy();
+        facts.host.forwarding.insert(Family::V4, Ok("0\n".into()));
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["ip-forward"]);
+        assert!(
+            text.contains("net.ipv4.ip_forward is 0") && text.contains("sysctl -w net.ipv4.ip_forward=1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_route_neighbour_or_fdb_entry_is_missing() {
+        let mut facts = healthy();
+        kernel(&mut facts).observed.routes.clear();
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["routes"]);
+        assert!(text.contains("the route to 10.244.2.0/24 is missing"), "{text}");
+        assert!(text.contains("weftd puts it back"), "weftd runs, so it repairs: {text}");
+
+        let mut facts = healthy();
+        kernel(&mut facts).observed.neighbours.clear();
+        kernel(&mut facts).observed.fdb.clear();
+        facts.weftd = Err("nothing answers".into());
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["weftd", "neighbours", "fdb"]);
+        assert!(text.contains("start weftd (systemctl start weftd): its first pass"), "{text}");
+    }
+
+    #[test]
+    fn a_stale_route_is_a_warning() {
+        let mut facts = healthy();
+        let stale = Route::via("10.244.9.0/24".parse().unwrap(), "10.244.9.0".parse().unwrap(), "flannel.1", true, 87);
+        kernel(&mut facts).observed.add_route(stale);
+        let checks = all(&facts);
+        let routes = checks.iter().find(|c| c.id == "routes").unwrap();
+        assert_eq!(routes.outcome, Outcome::Warn);
+        assert!(routes.problems[0].problem.contains("stale route `route 10.244.9.0/24"), "{routes:?}");
+    }
+
+    #[test]
+    fn a_tunnel_that_is_down_or_has_the_wrong_mac_is_named() {
+        let mut facts = healthy();
+        let link = kernel(&mut facts).observed.links.get_mut("flannel.1").unwrap();
+        link.up = false;
+        link.mac = "0e:00:00:00:00:99".parse().unwrap();
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["tunnel-device"]);
+        assert!(text.contains("flannel.1 is down") && text.contains("has MAC 0e:00:00:00:00:99"), "{text}");
+
+        let mut facts = healthy();
+        kernel(&mut facts).observed.links.clear();
+        let (ids, text) = failures(&facts);
+        assert!(ids.contains(&"tunnel-device") && text.contains("flannel.1 is missing"), "{ids:?} {text}");
+    }
+
+    #[test]
+    fn mtus_must_fit_the_underlay() {
+        // The underlay shrank to 1400 under a running weftd: the tunnel wants 1350.
+        let mut facts = healthy();
+        let k = kernel(&mut facts);
+        k.underlay_mtu = 1400;
+        k.mtu = 1350;
+        k.desired.links.get_mut("flannel.1").unwrap().mtu = 1350;
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["mtu"]);
+        for expected in [
+            "flannel.1 has MTU 1450, but underlay eth0 (MTU 1400) carries only 1350",
+            "FLANNEL_MTU is 1450",
+            "bridge cni0 has MTU 1450, above the tunnel's 1350",
+            "pod interface veth0a1b2c3d on cni0 has MTU 1450",
+            "eth0's MTU changed from 1500 to 1400 since weftd started",
+            "restart weftd",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+        // A pod with a bigger MTU than the tunnel on a healthy host.
+        let mut facts = healthy();
+        facts.host.interfaces[3].mtu = 1500;
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["mtu"]);
+        assert!(text.contains("ip link set veth0a1b2c3d mtu 1450"), "{text}");
+    }
+
+    #[test]
+    fn flushed_forward_rules_under_a_drop_policy_break_forwarding() {
+        let mut facts = healthy();
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        fw.observed = RuleSet::default();
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["firewall"]);
+        assert!(text.contains("weft's rules in ip flannel (iptables (Default), chains FWD) are missing"), "{text}");
+        assert!(
+            text.contains("FORWARD policy is DROP and weft's accepts for 10.244.0.0/16 are not in place"),
+            "{text}"
+        );
+        assert!(text.contains("iptables -I FORWARD -s 10.244.0.0/16 -j ACCEPT"), "{text}");
+
+        // Under ACCEPT the missing table is still named, without the DROP consequence.
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        fw.forward_policy.insert(Family::V4, "ACCEPT".into());
+        let (_, text) = failures(&facts);
+        assert!(text.contains("are missing") && !text.contains("policy is DROP"), "{text}");
+
+        // Without weft's accepts by choice, a DROP policy is the operator's to open.
+        let mut facts = healthy();
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        fw.forward_rules = false;
+        fw.desired = RuleSet::default();
+        fw.observed = RuleSet::default();
+        let checks = all(&facts);
+        let c = checks.iter().find(|c| c.id == "firewall").unwrap();
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+    }
+
+    #[test]
+    fn an_nftables_drop_chain_elsewhere_is_explained() {
+        let mut facts = healthy();
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        fw.forward_policy.clear();
+        fw.drop_chains_elsewhere = vec!["inet filter forward".into()];
+        let c = firewall(&facts);
+        assert_eq!(c.outcome, Outcome::Warn);
+        assert!(c.problems[0].fix.contains("ip saddr 10.244.0.0/16 accept"), "{c:?}");
+    }
+
+    #[test]
+    fn a_missing_conflist_or_plugin_is_named_with_cni_install() {
+        let mut facts = healthy();
+        facts.cni.configs = Ok(Vec::new());
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["cni"]);
+        assert!(
+            text.contains("there is no CNI network config in /etc/cni/net.d") && text.contains("weftctl cni install")
+        );
+
+        let mut facts = healthy();
+        facts.cni.plugins[0].version = Err("/opt/cni/bin/weft does not exist".into());
+        let (ids, _) = failures(&facts);
+        assert_eq!(ids, ["cni"]);
+
+        let mut facts = healthy();
+        facts.cni.plugins[0].version = Ok("weft CNI plugin 0.0.9 (CNI spec versions 1.0.0)".into());
+        let c = cni(&facts);
+        assert_eq!(c.outcome, Outcome::Warn);
+        assert!(c.problems[0].problem.contains("version 0.0.9, weftd 0.1.0"), "{c:?}");
+
+        let mut facts = healthy();
+        if let Ok(configs) = facts.cni.configs.as_mut() {
+            configs[0].subnet_file = Some("/elsewhere/subnet.env".into());
+        }
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["cni"]);
+        assert!(text.contains("makes the plugin read /elsewhere/subnet.env"), "{text}");
+    }
+
+    #[test]
+    fn rejected_stale_and_duplicated_leases_are_reported() {
+        let mut facts = healthy();
+        let store = facts.store.as_mut().unwrap();
+        let mut udp = lease("10.244.9.0-24", "198.18.0.9", "0e:00:00:00:00:09", 9);
+        udp.attrs.backend_type = "udp".into();
+        store.listing.leases.push(udp);
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["leases"]);
+        assert!(text.contains("lease 10.244.9.0-24 is not programmed here (wrong_backend_type"), "{text}");
+        assert!(text.contains("weftctl lease delete 10.244.9.0/24"), "{text}");
+
+        let mut facts = healthy();
+        let store = facts.store.as_mut().unwrap();
+        store.listing.leases.push(lease("10.244.5.0-24", "198.18.0.2", "0e:00:00:00:00:05", 5));
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["leases"]);
+        assert!(text.contains("leases 10.244.2.0-24, 10.244.5.0-24 all name the public IP 198.18.0.2"), "{text}");
+
+        let mut facts = healthy();
+        let store = facts.store.as_mut().unwrap();
+        store.ttls.insert(2, LeaseTtl { granted: Duration::from_secs(86400), left: Duration::from_secs(600) });
+        let c = leases(&facts);
+        assert_eq!(c.outcome, Outcome::Warn);
+        assert!(c.problems[0].problem.contains("expires in 10m00s of 24h00m"), "{c:?}");
+        assert!(is_stale(Duration::from_secs(60), Duration::from_secs(20)));
+        assert!(!is_stale(Duration::from_secs(86400), Duration::from_secs(3600)), "flanneld renews an hour ahead");
+    }
+
+    #[test]
+    fn the_subnet_file_must_exist_and_match_the_lease_and_config() {
+        let mut facts = healthy();
+        facts.subnet_file.state = FileState::Missing;
+        let (ids, text) = failures(&facts);
+        assert!(ids.contains(&"subnet-file"), "{ids:?}");
+        assert!(text.contains("/run/flannel/subnet.env does not exist"), "{text}");
+
+        let mut facts = healthy();
+        facts.store.as_mut().unwrap().listing.leases.remove(0);
+        let (ids, text) = failures(&facts);
+        assert!(ids.contains(&"subnet-file"), "{ids:?}");
+        assert!(text.contains("etcd holds no lease for it"), "{text}");
+
+        let mut facts = healthy();
+        facts.store.as_mut().unwrap().config = Some(r#"{"Network":"10.250.0.0/16","Backend":{"Type":"vxlan"}}"#.into());
+        let (ids, text) = failures(&facts);
+        assert!(ids.contains(&"subnet-file"), "{ids:?}");
+        assert!(text.contains("IPv4 network 10.244.0.0/16, the network config 10.250.0.0/16"), "{text}");
+    }
+
+    #[test]
+    fn weftd_and_etcd_problems_come_first() {
+        let mut facts = healthy();
+        facts.store = Err("etcd at http://198.18.0.254:2379: connection refused".into());
+        facts.kernel = Err("etcd could not be read (see the etcd check)".into());
+        let checks = all(&facts);
+        let etcd = checks.iter().find(|c| c.id == "etcd").unwrap();
+        assert_eq!(etcd.outcome, Outcome::Fail);
+        assert!(etcd.problems[0].fix.contains("endpoint health"));
+        assert_eq!(checks.iter().find(|c| c.id == "routes").unwrap().outcome, Outcome::Skipped);
+        assert_eq!(checks.iter().find(|c| c.id == "leases").unwrap().outcome, Outcome::Skipped);
+
+        let mut facts = healthy();
+        if let Ok(s) = facts.weftd.as_mut() {
+            s.ready = false;
+            s.store.connected = false;
+        }
+        let (ids, _) = failures(&facts);
+        assert_eq!(ids, ["weftd"], "a weftd that is not ready has no etcd watch yet either");
+    }
+
+    #[test]
+    fn br_netfilter_matters_with_kube_proxy() {
+        let mut facts = healthy();
+        facts.host.bridge_nf = None;
+        assert_eq!(br_netfilter(&facts).outcome, Outcome::Ok);
+        facts.host.kube_proxy = true;
+        let c = br_netfilter(&facts);
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.problems[0].fix.contains("modprobe br_netfilter"));
+    }
 }
