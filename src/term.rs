@@ -71,6 +71,8 @@ pub struct Progress {
     total: usize,
     done: usize,
     what: String,
+    /// The step under way, redrawn after a note.
+    current: String,
 }
 
 impl Progress {
@@ -79,8 +81,13 @@ impl Progress {
         Progress::with_terminal(std::io::stderr().is_terminal(), what, total)
     }
 
+    /// Progress that shows nothing (for callers that are not watched, such as tests).
+    pub fn hidden(what: impl Into<String>, total: usize) -> Progress {
+        Progress::with_terminal(false, what, total)
+    }
+
     fn with_terminal(enabled: bool, what: impl Into<String>, total: usize) -> Progress {
-        Progress { enabled, total, done: 0, what: what.into() }
+        Progress { enabled, total, done: 0, what: what.into(), current: String::new() }
     }
 
     /// The line for the step now under way.
@@ -90,6 +97,7 @@ impl Progress {
 
     /// Shows `step` as under way.
     pub fn step(&mut self, step: &str) {
+        self.current = step.to_string();
         if self.enabled {
             let mut err = std::io::stderr().lock();
             // \r and "erase to end of line": the next line replaces this one.
@@ -102,6 +110,20 @@ impl Progress {
     pub fn advance(&mut self, step: &str) {
         self.done += 1;
         self.step(step);
+    }
+
+    /// Prints `text` as a line of its own on stderr (always, in pipes too), above the progress line, which is
+    /// drawn again below it.
+    pub fn note(&mut self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.enabled {
+            let _ = write!(err, "\r\x1b[K");
+        }
+        let _ = writeln!(err, "{text}");
+        if self.enabled {
+            let _ = write!(err, "{}", self.line(&self.current));
+            let _ = err.flush();
+        }
     }
 
     /// Clears the line, so what follows starts on a clean one.

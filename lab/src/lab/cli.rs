@@ -87,7 +87,7 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
 }
 
 fn up(spec: LabSpec) -> Result<(), LabError> {
-    let lab = Lab::up(spec)?;
+    let lab = Lab::up_with_progress(spec)?;
     let mut text = format!("{}\n", lab.quick_status()?);
     if let Some(ip) = (lab.hosts() > 1).then(|| lab.container_ip(2)).flatten() {
         text += &format!("try: ip netns exec {} ping -c 3 {ip}\n", lab.container_ns(1));
