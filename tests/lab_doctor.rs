@@ -220,3 +220,68 @@ fn doctor_names_each_broken_thing_and_status_matches_the_lab() {
         (failed == ["ip-forward", "mtu", "cni"]).then_some(()).ok_or(format!("{failed:?}: {report:#}"))
     });
 }
+
+/// The same checks through other code paths: host-gw (no device, routes via the peer), dual stack (IPv6 routes and
+/// forwarding), nftables with masquerade. Healthy hosts pass; broken IPv6 forwarding, a deleted IPv6 route and a
+/// flushed nftables chain are named.
+#[test]
+fn doctor_checks_host_gw_dual_stack_with_nftables() {
+    const CONFIG: &str = r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableNFTables":true,"Backend":{"Type":"host-gw"}}"#;
+    let lab = TestLab::from_spec(LabSpec {
+        start_weftd: false,
+        extra_weftd_args: ["--healthz-ip", "127.0.0.1", "--healthz-port", "8081", "--ip-masq"]
+            .map(String::from)
+            .to_vec(),
+        ..TestLab::spec(2)
+    });
+    for h in 1..=2 {
+        sh(&lab, h, &["ip", "-6", "addr", "add", &format!("fd00:198:18::{h}/64"), "dev", "eth0", "nodad"]);
+        sh(&lab, h, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    }
+    lab.etcdctl_ok(["put", "/coreos.com/network/config", CONFIG]).unwrap();
+    for h in 1..=2 {
+        lab.start_weftd(h).unwrap();
+    }
+    for h in 1..=2 {
+        lab.wait_for_subnet_env(h, Duration::from_secs(15)).unwrap();
+        lab.attach_container(h).unwrap();
+        install_cni(&lab, h);
+    }
+    for h in 1..=2 {
+        eventually(Duration::from_secs(20), Duration::from_millis(300), || {
+            let (passed, report) = weftctl_json(&lab, h, "doctor");
+            let failed = checks_with(&report, "fail");
+            (passed && failed.is_empty()).then_some(()).ok_or(format!("h{h}: {report:#}"))
+        });
+    }
+    let (_, report) = weftctl_json(&lab, 1, "doctor");
+    let tunnel = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "tunnel-device").unwrap();
+    assert!(tunnel["detail"].as_str().unwrap().contains("host-gw backend has no devices"), "{tunnel:#}");
+
+    let stopped = Stopped::stop(lab.weftd_pid(2).unwrap());
+    let h1_v6 = weft::subnet_file::lease_key(&lab.subnet_env(1).unwrap()).unwrap().ipv6.unwrap().to_string();
+    sh(&lab, 2, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+    sh(&lab, 2, &["ip", "-6", "route", "del", &h1_v6]);
+    sh(&lab, 2, &["nft", "flush", "chain", "ip", "flannel", "POSTRTG"]);
+    let (passed, report) = weftctl_json(&lab, 2, "doctor");
+    assert!(!passed, "{report:#}");
+    assert_names(
+        &report,
+        "ip-forward",
+        "net.ipv6.conf.all.forwarding is 0",
+        "sysctl -w net.ipv6.conf.all.forwarding=1",
+    );
+    assert_names(&report, "routes", &format!("the route to {h1_v6} is missing"), "start weftd");
+    assert_names(
+        &report,
+        "firewall",
+        "weft's rules in ip flannel (nftables, chains FWD, POSTRTG) differ",
+        "start weftd",
+    );
+    drop(stopped);
+    eventually(Duration::from_secs(15), Duration::from_millis(300), || {
+        let (_, report) = weftctl_json(&lab, 2, "doctor");
+        let failed = checks_with(&report, "fail");
+        (failed == ["ip-forward"]).then_some(()).ok_or(format!("{failed:?}: {report:#}"))
+    });
+}
