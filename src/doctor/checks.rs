@@ -705,7 +705,14 @@ fn weft_cni_config(facts: &Facts) -> Option<&super::facts::CniConfigFile> {
 
 pub fn cni(facts: &Facts) -> Check {
     let mut c = Check::new("cni", "the CNI network config and plugin are installed and match weftd");
-    let install = "weftctl cni install (--as-flannel for flannel's conflists)";
+    let dirs =
+        |flag: &str, dir: &str, default: &str| if dir == default { String::new() } else { format!(" {flag} {dir}") };
+    let install = format!(
+        "weftctl cni install{}{} (--as-flannel for flannel's conflists)",
+        dirs("--conf-dir", &facts.cni.conf_dir, "/etc/cni/net.d"),
+        dirs("--bin-dir", &facts.cni.bin_dir, "/opt/cni/bin"),
+    );
+    let install = install.as_str();
     let configs = match &facts.cni.configs {
         Ok(configs) => configs,
         Err(e) => {

@@ -6,7 +6,7 @@
 //! for the underlay, the leases judged by the trust boundary, the backend's desired state for the accepted ones.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use weft_backends::backend::Backend;
 use weft_backends::kernel::Kernel;
@@ -29,9 +29,14 @@ use crate::store::LeaseStore;
 use crate::subnet_file::{self, SubnetFile};
 use crate::trust::{self, TrustPolicy};
 
+/// Where weftd writes the subnet file unless told otherwise (flannel's path).
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
 pub async fn gather(args: &DoctorArgs) -> Facts {
     let weftd = crate::weftd_client::fetch_status(&args.weftd).await.map_err(|e| e.to_string());
-    let subnet_file = read_subnet_file(&args.subnet_file);
+    let reported = weftd.as_ref().ok().map(|s| PathBuf::from(&s.subnet_file)).filter(|p| !p.as_os_str().is_empty());
+    let path = args.subnet_file.clone().or(reported).unwrap_or_else(|| PathBuf::from(DEFAULT_SUBNET_FILE));
+    let subnet_file = read_subnet_file(&path);
     let store = read_store(args).await;
     let mut host = read_host().await;
     let (kernel, firewall) = match plan_inputs(&subnet_file, &store, weftd.as_ref().ok()) {

@@ -24,9 +24,10 @@ pub struct DoctorArgs {
     /// weftd's health endpoint: its --healthz-ip and --healthz-port
     #[arg(long, env = "WEFTCTL_WEFTD", default_value = crate::weftd_client::DEFAULT_ENDPOINT)]
     pub weftd: String,
-    /// The subnet file weftd writes (its --subnet-file)
-    #[arg(long, default_value = "/run/flannel/subnet.env")]
-    pub subnet_file: PathBuf,
+    /// The subnet file weftd writes (its --subnet-file) [default: the one weftd reports, else
+    /// /run/flannel/subnet.env]
+    #[arg(long)]
+    pub subnet_file: Option<PathBuf>,
     /// Where the container runtime reads CNI network configs
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
