@@ -80,7 +80,7 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         }
         LabCommand::Status { lab, no_ping, check } => status(&lab, no_ping, check),
         LabCommand::Down { lab } => {
-            Lab::load(&lab.state_root, &lab.name)?.down()?;
+            Lab::load(&lab.state_root, &lab.name)?.down_with_progress()?;
             emit(&format!("lab {} is down\n", lab.name))
         }
     }

@@ -221,16 +221,33 @@ impl Lab {
     /// after individual failures and reports them all, keeping the state
     /// file so that a retry knows what is left.
     pub fn down(&self) -> Result<()> {
+        self.down_reporting(false)
+    }
+
+    /// [`Lab::down`] with a progress line on stderr when stderr is a terminal (`weftctl lab down`).
+    pub fn down_with_progress(&self) -> Result<()> {
+        self.down_reporting(true)
+    }
+
+    fn down_reporting(&self, show_progress: bool) -> Result<()> {
+        let namespaces = self.lock().namespaces.clone();
+        let steps = namespaces.len() + 1;
+        let mut progress =
+            if show_progress { Progress::new("lab down", steps) } else { Progress::hidden("lab down", steps) };
+        progress.step("stopping weftd and etcd");
         let mut problems = self.stop_weftds_collecting_errors();
         if let Err(e) = self.stop_etcd() {
             problems.push(e.to_string());
         }
-        let namespaces = self.lock().namespaces.clone();
+        progress.advance("deleting namespaces");
         for ns in namespaces.iter().rev() {
+            progress.step(&format!("deleting {ns}"));
             if let Err(e) = self.delete_namespace(ns) {
                 problems.push(e.to_string());
             }
+            progress.advance("");
         }
+        progress.finish();
         if !problems.is_empty() {
             return Err(LabError::Teardown { name: self.spec.name.clone(), problems });
         }
