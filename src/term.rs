@@ -106,10 +106,11 @@ impl Progress {
         }
     }
 
-    /// Counts one step as done and shows `step`.
+    /// Counts one step as done and shows `step` (an empty `step` keeps the current text).
     pub fn advance(&mut self, step: &str) {
         self.done += 1;
-        self.step(step);
+        let step = if step.is_empty() { self.current.clone() } else { step.to_string() };
+        self.step(&step);
     }
 
     /// Prints `text` as a line of its own on stderr (always, in pipes too), above the progress line, which is
