@@ -850,7 +850,15 @@ pub fn leases(facts: &Facts) -> Check {
     let set = LeaseSet::from_listing(&store.listing);
     let own = own_lease(facts);
     let screening = trust::screen(&policy, own, &set);
-    for r in &screening.rejected {
+    // Plus weftd's judgement where the kernel facts have it: it adds what the backend refuses (host-gw peers off
+    // our segment).
+    let mut rejected = screening.rejected.clone();
+    for r in facts.kernel.as_ref().map(|k| k.rejected.as_slice()).unwrap_or_default() {
+        if !rejected.iter().any(|seen| seen.name == r.name) {
+            rejected.push(r.clone());
+        }
+    }
+    for r in &rejected {
         let waiting = matches!(&r.reason, RejectReason::WrongBackendType { theirs, .. } if theirs.is_empty())
             && set.leases.values().any(|l| l.key.to_string() == r.name && l.is_reservation());
         if waiting {
@@ -908,7 +916,7 @@ pub fn leases(facts: &Facts) -> Check {
             );
         }
     }
-    c.detail(format!("{} leases, {} programmable from here", store.listing.leases.len(), screening.accepted.len()))
+    c.detail(format!("{} leases, {} rejected from here", store.listing.leases.len(), rejected.len()))
 }
 
 #[cfg(test)]
@@ -1053,6 +1061,7 @@ mod tests {
                 desired: vxlan_state(),
                 observed: vxlan_state(),
                 networks: vec!["10.244.0.0/16".parse().unwrap()],
+                rejected: Vec::new(),
             }),
             firewall: Some(Ok(FirewallFacts {
                 firewall: "iptables (Default)".into(),
@@ -1272,6 +1281,21 @@ mod tests {
         assert_eq!(ids, ["leases"]);
         assert!(text.contains("lease 10.244.9.0-24 is not programmed here (wrong_backend_type"), "{text}");
         assert!(text.contains("weftctl lease delete 10.244.9.0/24"), "{text}");
+
+        // What only the backend refuses comes from weftd's judgement in the kernel facts.
+        let mut facts = healthy();
+        let off_segment = crate::trust::Rejected {
+            name: "10.244.2.0-24".into(),
+            reason: RejectReason::ProtectedRoute {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                protected: "198.18.0.0/24".parse().unwrap(),
+                what: "the underlay's prefix",
+            },
+        };
+        kernel(&mut facts).rejected.push(off_segment);
+        let (ids, text) = failures(&facts);
+        assert_eq!(ids, ["leases"]);
+        assert!(text.contains("lease 10.244.2.0-24 is not programmed here (protected_route"), "{text}");
 
         let mut facts = healthy();
         let store = facts.store.as_mut().unwrap();

@@ -95,6 +95,9 @@ pub struct KernelFacts {
     pub observed: KernelState,
     /// The cluster networks, IPv4 first.
     pub networks: Vec<IpNetwork>,
+    /// The leases this host does not program, as weftd judges them: the trust boundary's reasons and the
+    /// backend's (a host-gw peer off our segment).
+    pub rejected: Vec<crate::trust::Rejected>,
 }
 
 /// What weft wants in the firewall and what is there.

@@ -218,6 +218,7 @@ async fn read_kernel(
         desired: judgement.desired.state.clone(),
         observed,
         networks: route_networks.clone(),
+        rejected: judgement.rejected.clone(),
     };
     let firewall = if scope.tables.is_empty() {
         None
