@@ -88,6 +88,17 @@ fn assert_names(report: &Value, id: &str, problem: &str, fix: &str) {
     assert!(found, "{id}: no problem with {problem:?} and fix {fix:?}: {check:#}");
 }
 
+/// Waits until doctor passes on every host (each has programmed the others by then).
+fn doctor_passes_everywhere(lab: &TestLab) {
+    for h in 1..=lab.hosts() {
+        eventually(Duration::from_secs(20), Duration::from_millis(300), || {
+            let (passed, report) = weftctl_json(lab, h, "doctor");
+            let failed = checks_with(&report, "fail");
+            (passed && failed.is_empty()).then_some(()).ok_or(format!("h{h}: {report:#}"))
+        });
+    }
+}
+
 /// Continues a stopped weftd when dropped, so a failing test still tears its lab down quickly.
 struct Stopped(u32);
 
@@ -118,14 +129,8 @@ fn doctor_names_each_broken_thing_and_status_matches_the_lab() {
         install_cni(&lab, h);
     }
 
-    // Healthy: doctor passes on both hosts (once each has programmed the other).
-    for h in 1..=2 {
-        eventually(Duration::from_secs(20), Duration::from_millis(300), || {
-            let (passed, report) = weftctl_json(&lab, h, "doctor");
-            let failed = checks_with(&report, "fail");
-            (passed && failed.is_empty()).then_some(()).ok_or(format!("h{h}: {report:#}"))
-        });
-    }
+    // Healthy: doctor passes on both hosts.
+    doctor_passes_everywhere(&lab);
 
     // status agrees with the lab's truth.
     let (ok, status) = weftctl_json(&lab, 1, "status");
@@ -247,13 +252,7 @@ fn doctor_checks_host_gw_dual_stack_with_nftables() {
         lab.attach_container(h).unwrap();
         install_cni(&lab, h);
     }
-    for h in 1..=2 {
-        eventually(Duration::from_secs(20), Duration::from_millis(300), || {
-            let (passed, report) = weftctl_json(&lab, h, "doctor");
-            let failed = checks_with(&report, "fail");
-            (passed && failed.is_empty()).then_some(()).ok_or(format!("h{h}: {report:#}"))
-        });
-    }
+    doctor_passes_everywhere(&lab);
     let (_, report) = weftctl_json(&lab, 1, "doctor");
     let tunnel = report["checks"].as_array().unwrap().iter().find(|c| c["id"] == "tunnel-device").unwrap();
     assert!(tunnel["detail"].as_str().unwrap().contains("host-gw backend has no devices"), "{tunnel:#}");
