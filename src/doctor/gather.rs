@@ -381,6 +381,43 @@ pub fn parse_cni_config(path: &str, text: std::io::Result<String>) -> CniConfigF
 mod tests {
     use super::*;
 
+    fn iface(name: &str, index: u32, addrs: &[&str]) -> Interface {
+        Interface {
+            name: name.into(),
+            index,
+            mtu: 1500,
+            up: true,
+            mac: None,
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            master: None,
+        }
+    }
+
+    #[test]
+    fn the_underlay_is_weftds_else_the_public_ips_else_the_default_routes() {
+        let interfaces = [iface("eth0", 2, &["198.18.0.1/24"]), iface("eth1", 3, &["192.0.2.7/24"])];
+        let mut own = Lease {
+            key: "10.244.1.0-24".parse().unwrap(),
+            attrs: crate::lease::LeaseAttrs { public_ip: Some("192.0.2.7".parse().unwrap()), ..Default::default() },
+            etcd_lease: 1,
+            mod_revision: 1,
+        };
+        let reported = DaemonStatus {
+            backend: Some(crate::status::BackendStatus {
+                underlay: crate::status::UnderlayStatus { name: "eth0".into(), ..Default::default() },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let weftds = pick_underlay(&interfaces, &own, Some(&reported), Some(3)).unwrap();
+        assert_eq!(weftds.name, "eth0");
+        assert_eq!(weftds.public_ip(Family::V4), Some("192.0.2.7".parse().unwrap()), "a NAT address is published");
+        assert_eq!(pick_underlay(&interfaces, &own, None, Some(2)).unwrap().name, "eth1", "the one with our IP");
+        own.attrs.public_ip = Some("203.0.113.9".parse().unwrap());
+        assert_eq!(pick_underlay(&interfaces, &own, None, Some(2)).unwrap().name, "eth0", "the default route's");
+        assert!(pick_underlay(&interfaces, &own, None, None).is_none());
+    }
+
     #[test]
     fn reads_the_forward_policy_from_iptables_save() {
         let save = "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [3:180]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
