@@ -60,9 +60,13 @@ pub fn is_weft_device(name: &str) -> bool {
 /// Removes weft's objects; returns what was done, one line each.
 pub async fn run(args: &CleanupArgs) -> Result<Vec<String>, CleanupError> {
     let mut done = Vec::new();
+    // On a terminal only: releasing the lease waits for etcd, and iptables can take seconds on a busy host.
+    let mut progress = crate::term::Progress::new("cleanup", 4);
     if args.release_lease {
+        progress.step("releasing the lease in etcd");
         done.extend(release_lease(args).await?);
     }
+    progress.advance("removing devices and routes");
 
     let mut kernel = NetlinkKernel::connect().map_err(CleanupError::Netlink)?;
     let devices: Vec<String> =
@@ -75,11 +79,14 @@ pub async fn run(args: &CleanupArgs) -> Result<Vec<String>, CleanupError> {
         return Err(KernelError::Netlink(format!("{op}: {e}")).into());
     }
 
+    progress.advance("removing nftables tables");
     let tables = [table_id(Family::V4), table_id(Family::V6)];
     done.extend(clear_tables(NftRules::system(), &tables).await?);
     for variant in [IptablesVariant::Legacy, IptablesVariant::Nft] {
+        progress.step(&format!("removing iptables chains ({variant:?})"));
         done.extend(clear_tables(IptablesRules::system(variant), &tables).await?);
     }
+    progress.advance("removing the subnet file");
 
     match std::fs::remove_file(&args.subnet_file) {
         Ok(()) => done.push(format!("removed {}", args.subnet_file.display())),

@@ -62,6 +62,20 @@ pub enum Trigger {
     Retry,
 }
 
+impl Trigger {
+    /// The name `/status` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::LeasesChanged => "leases_changed",
+            Trigger::OwnLeaseChanged => "own_lease_changed",
+            Trigger::KernelEvent => "kernel_event",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+        }
+    }
+}
+
 /// Why a pass could not run: the current state could not be observed.
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -140,6 +154,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         self.log_peer_changes(&judgement.accepted);
         self.log_rejected(&judgement.rejected);
         let accepted = judgement.accepted.len();
+        let in_store = set.leases.len() + set.bad_keys.len() - usize::from(set.leases.contains_key(&own.key));
+        self.metrics.status.record_peers(own, in_store, &judgement.accepted, &judgement.rejected);
         let desired = judgement.desired;
         self.last_pass_objects = desired.state.object_count();
         if let Some(table) = &desired.forwarding {
@@ -159,6 +175,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Ok(report) => report,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                m.status.record_pass(trigger.name(), started.elapsed(), 0, vec![e.to_string()]);
                 return Err(e.into());
             }
         };
@@ -167,9 +184,14 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Ok(rules) => rules,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
+                let failures = vec![e.to_string()];
+                m.status.record_pass(trigger.name(), started.elapsed(), report.applied.len(), failures);
                 return Err(e.into());
             }
         };
+        let failures = report.failed.iter().map(|(op, e)| format!("{op}: {e}"));
+        let failures = failures.chain(report.rules.failed.iter().map(|(op, e)| format!("{op}: {e}"))).collect();
+        m.status.record_pass(trigger.name(), started.elapsed(), report.applied_count(), failures);
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);

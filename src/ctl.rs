@@ -92,7 +92,7 @@ pub enum CtlError {
     Invalid(String),
 }
 
-async fn store(etcd: &EtcdArgs) -> Result<EtcdStore, CtlError> {
+pub(crate) async fn store(etcd: &EtcdArgs) -> Result<EtcdStore, CtlError> {
     let user = etcd.etcd_username.clone().zip(etcd.etcd_password.clone());
     let tls = EtcdTls {
         ca_file: etcd.etcd_cafile.clone(),

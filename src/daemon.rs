@@ -29,6 +29,7 @@ use crate::iface::{self, HostFacts, IfaceOptions};
 use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
 use crate::registry::{self, LeaseSet};
+use crate::status::{BackendStatus, RulesStatus};
 use crate::store::etcd::EtcdStore;
 use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
@@ -91,6 +92,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let user = args.etcd_username.clone().zip(args.etcd_password.clone());
     let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
     info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
+    metrics.status.update(|s| {
+        s.store.endpoints = store.endpoints().to_string();
+        s.subnet_file = args.subnet_file.display().to_string();
+    });
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
     let identity_family = if config.networks.v4.is_some() { Family::V4 } else { Family::V6 };
@@ -148,14 +153,18 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     };
     // flannel's EnableNFTables: nftables tables of our own; otherwise flannel's iptables chains, in the iptables
     // backend the host's other tools use (docs/backends.md explains why that is where a FORWARD accept counts).
-    let rules = if config.enable_nftables {
-        AnyRules::Nft(NftRules::system())
+    let (rules, firewall) = if config.enable_nftables {
+        (AnyRules::Nft(NftRules::system()), "nftables".to_string())
     } else {
         let iptables = IptablesRules::system(IptablesVariant::Default);
         let variant = iptables.detect_variant().await;
         info!(?variant, "firewall rules go through iptables");
-        AnyRules::Iptables(iptables.with_variant(variant))
+        (AnyRules::Iptables(iptables.with_variant(variant)), format!("iptables ({variant:?})"))
     };
+    metrics.status.update(|s| {
+        s.backend = Some(BackendStatus::of(backend.backend.backend_type(), mtu, &underlay, devices.values()));
+        s.rules = Some(RulesStatus { firewall, masquerade: args.ip_masq, forward: args.iptables_forward_rules });
+    });
     let mut controller = Controller::new(kernel, rules, backend, policy, metrics.clone());
     controller.claim_routes_into(config.networks.iter().map(|(_, family)| family.network).collect());
     // One copy of the set serves the startup pass and then the watch channel.
@@ -229,7 +238,7 @@ async fn wait_for_signal(tx: watch::Sender<bool>) {
 
 /// This host's addresses as the trust boundary protects them: the underlay's, with their connected prefixes, and
 /// the public IPs published in our lease (as single addresses, when they differ: NAT).
-fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
+pub fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
     let mut addresses = underlay.addresses.clone();
     for (_, &ip) in underlay.public_ips.iter() {
         if !addresses.iter().any(|a| a.ip() == ip) {

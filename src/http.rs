@@ -1,8 +1,9 @@
 //! Health, readiness and Prometheus metrics over plain HTTP (flannel's `--healthz-ip`/`--healthz-port`).
 //!
 //! `GET /healthz` answers 200 while the process runs; `GET /readyz` answers 200 once the subnet file is written
-//! and the kernel programmed, 503 before; `GET /metrics` is Prometheus text. A hand-rolled HTTP/1.1 responder:
-//! three fixed GET routes do not justify an HTTP stack in the daemon.
+//! and the kernel programmed, 503 before; `GET /metrics` is Prometheus text; `GET /status` is JSON
+//! ([`crate::status::DaemonStatus`]). A hand-rolled HTTP/1.1 responder:
+//! four fixed GET routes do not justify an HTTP stack in the daemon.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -36,6 +37,8 @@ pub struct Metrics {
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
+    /// What `/status` serves (`weftctl status`, `weftctl doctor`).
+    pub status: crate::status::StatusBoard,
 }
 
 impl Metrics {
@@ -46,6 +49,13 @@ impl Metrics {
             *counts.entry(name).or_insert(0) += 1;
         }
         *lock(&self.skipped_peers) = counts;
+    }
+
+    /// `/status`: the status board with the live readiness and etcd flags.
+    pub fn status_json(&self) -> String {
+        let status =
+            self.status.snapshot(self.ready.load(Ordering::Relaxed), self.etcd_connected.load(Ordering::Relaxed));
+        serde_json::to_string(&status).unwrap_or_default() + "\n"
     }
 
     pub fn render(&self) -> String {
@@ -177,7 +187,8 @@ pub fn route(request_line: &str, metrics: &Metrics) -> (&'static str, &'static s
         ("GET", "/readyz") if metrics.ready.load(Ordering::Relaxed) => ("200 OK", TEXT, "ready\n".into()),
         ("GET", "/readyz") => ("503 Service Unavailable", TEXT, "not ready: no subnet lease programmed yet\n".into()),
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        ("GET", _) => ("404 Not Found", TEXT, "try /healthz, /readyz or /metrics\n".into()),
+        ("GET", "/status") => ("200 OK", "application/json", metrics.status_json()),
+        ("GET", _) => ("404 Not Found", TEXT, "try /healthz, /readyz, /metrics or /status\n".into()),
         _ => ("405 Method Not Allowed", TEXT, "only GET\n".into()),
     }
 }
@@ -194,6 +205,10 @@ mod tests {
         m.ready.store(true, Ordering::Relaxed);
         assert_eq!(route("GET /readyz?verbose HTTP/1.1", &m).0, "200 OK");
         assert_eq!(route("GET /nope HTTP/1.1", &m).0, "404 Not Found");
+        let (status, content_type, body) = route("GET /status HTTP/1.1", &m);
+        assert_eq!((status, content_type), ("200 OK", "application/json"));
+        let parsed: crate::status::DaemonStatus = serde_json::from_str(&body).unwrap();
+        assert!(parsed.ready && !parsed.version.is_empty());
         assert_eq!(route("POST /healthz HTTP/1.1", &m).0, "405 Method Not Allowed");
         assert_eq!(route("", &m).0, "405 Method Not Allowed");
     }

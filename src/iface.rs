@@ -209,6 +209,7 @@ mod tests {
             mtu: 1500,
             up: true,
             mac: None,
+            master: None,
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         }
     }

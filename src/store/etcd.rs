@@ -21,6 +21,13 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379
 /// How long one request may take before it counts as failed (etcd is then treated as unreachable).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An etcd lease's time to live (`weftctl status`, stale leases in `weftctl doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub granted: Duration,
+    pub left: Duration,
+}
+
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
@@ -133,6 +140,14 @@ impl EtcdStore {
 
     fn lease_name<'a>(&self, path: &'a str) -> &'a str {
         path.strip_prefix(&self.subnets_prefix()).unwrap_or(path)
+    }
+
+    /// The TTL etcd lease `id` was granted and the time it has left; None when it no longer exists.
+    pub async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, StoreError> {
+        let mut client = self.client.clone();
+        let answer = self.bounded(client.lease_time_to_live(id, None)).await?;
+        let secs = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+        Ok((answer.ttl() >= 0).then(|| LeaseTtl { granted: secs(answer.granted_ttl()), left: secs(answer.ttl()) }))
     }
 
     /// Refreshes an etcd lease once. Returns its TTL in seconds; 0 means the lease no longer exists.

@@ -6,6 +6,8 @@ use weft::cleanup::{self, CleanupArgs};
 use weft::cni_install::{self, InstallArgs};
 use weft::ctl::{self, ConfigCommand, EtcdArgs, LeaseCommand};
 use weft::docker_opts::{self, DockerOptsArgs};
+use weft::doctor::{self, DoctorArgs};
+use weft::status_cmd::{self, StatusArgs};
 use weft_lab::bench::cli::{self as bench_cli, BenchArgs, CniBenchArgs};
 use weft_lab::lab::cli::{self as lab_cli, LabCommand};
 
@@ -43,6 +45,11 @@ enum Command {
     /// Remove everything weftd created on this host (devices, routes, firewall rules, the subnet file); stop weftd
     /// first. etcd is left alone unless --release-lease
     Cleanup(CleanupArgs),
+    /// This host as weftd sees it: lease, backend, peers programmed and rejected, last reconcile, etcd
+    Status(StatusArgs),
+    /// Check this host (kernel, firewall, files, CNI, etcd, weftd) and explain each problem with its fix; exits 1
+    /// when a check fails
+    Doctor(DoctorArgs),
     /// Docker daemon options from the subnet file (flannel's mk-docker-opts.sh: -f, -d, -i, -c, -k, -m)
     DockerOpts(DockerOptsArgs),
 }
@@ -66,6 +73,12 @@ fn main() -> std::process::ExitCode {
         Command::Lease { etcd, command } => block_on(ctl::lease(etcd, command)),
         Command::Cleanup(args) => run_cleanup(args),
         Command::DockerOpts(args) => docker_opts::run(args).map_err(|e| e.to_string()),
+        Command::Doctor(args) => match runtime().and_then(|rt| rt.block_on(doctor::run(args))) {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(status_cmd::run(args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -74,6 +87,10 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
 fn block_on(fut: impl std::future::Future<Output = Result<(), ctl::CtlError>>) -> Result<(), String> {

@@ -67,3 +67,27 @@ fn docker_opts_writes_mk_docker_opts_variables() {
     assert!(stderr(&out).contains("Invalid value of FLANNEL_IPMASQ"), "{}", stderr(&out));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Nothing to talk to: status says weftd does not answer and exits 1; its JSON says the same, and piped output
+/// carries no colour codes.
+#[test]
+fn status_without_weftd_names_the_endpoint_and_fails() {
+    let base = ["status", "--weftd", "127.0.0.1:1", "--etcd-endpoints", "http://127.0.0.1:1"];
+    let out = run(&base);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not answering at 127.0.0.1:1"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour in a pipe: {text:?}");
+    assert!(stderr(&out).contains("nothing answers at 127.0.0.1:1"), "{}", stderr(&out));
+
+    let out = run(&[&base[..], &["--output", "json"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["weftd"].is_null(), "{json}");
+    assert!(json["weftd_error"].as_str().unwrap().contains("127.0.0.1:1"), "{json}");
+    assert_eq!(json["store"]["reachable"], false, "{json}");
+
+    let out = run(&["status", "--weftd", "127.0.0.1", "--etcd-endpoints", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("weftd endpoint \"127.0.0.1\" is not HOST:PORT"), "{}", stderr(&out));
+}

@@ -44,6 +44,8 @@ pub struct Interface {
     pub mac: Option<MacAddr>,
     /// Every address with its prefix, link-local ones included.
     pub addresses: Vec<IpNetwork>,
+    /// The ifindex of the bridge (or other master) the device is a port of.
+    pub master: Option<u32>,
 }
 
 /// rtnetlink access to one network namespace.
@@ -88,6 +90,7 @@ impl NetlinkKernel {
                 mtu: l.mtu.unwrap_or(0),
                 up: l.up,
                 mac: l.mac.map(MacAddr),
+                master: l.master,
             })
             .collect();
         out.sort_by_key(|i| i.index);

@@ -27,7 +27,8 @@ pub enum IptablesVariant {
 }
 
 impl IptablesVariant {
-    fn program(self, family: Family, tool: &str) -> String {
+    /// The program of this variant for `family`, e.g. `ip6tables-legacy-save` for (V6, "-save").
+    pub fn program(self, family: Family, tool: &str) -> String {
         let base = match family {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
@@ -95,6 +96,13 @@ impl IptablesRules {
     /// The same applier using `variant`.
     pub fn with_variant(self, variant: IptablesVariant) -> IptablesRules {
         IptablesRules { variant, ..self }
+    }
+
+    /// The same applier, taking `expected` as what it last applied: observing then reads a table as that table
+    /// exactly when iptables holds its rendering. `weftctl doctor` compares what weftd wants with the host so.
+    pub fn expecting(mut self, expected: &RuleSet) -> IptablesRules {
+        self.applied = expected.tables.iter().map(|(id, t)| (id.clone(), t.clone())).collect();
+        self
     }
 
     /// iptables inside the named network namespace, for tests and the lab.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
+use weft::term::Progress;
 
 use super::error::{fail, Context, Result};
 use super::etcd_load::LeaseLoader;
@@ -196,7 +197,7 @@ impl ControlLab {
         })
     }
 
-    async fn cold(&mut self, n: usize, reps: usize, window: Duration) -> Result<ColdResult> {
+    async fn cold(&mut self, n: usize, reps: usize, window: Duration, progress: &mut Progress) -> Result<ColdResult> {
         let lease_write = self.grow_to(n).await?;
         let (mut weftd_ms, mut limit_ms, mut polled) = (Vec::new(), Vec::new(), false);
         for _ in 0..reps.max(1) {
@@ -209,7 +210,7 @@ impl ControlLab {
         let verified = self.exact_counts().await?;
         let footprint = self.footprint(window)?;
         let (w, k) = (median(&weftd_ms).unwrap_or(f64::NAN), median(&limit_ms).unwrap_or(f64::NAN));
-        eprintln!("  cold start, {n} peers: weftd {w:.0} ms, kernel limit {k:.0} ms ({:.2}x)", w / k);
+        progress.note(&format!("  cold start, {n} peers: weftd {w:.0} ms, kernel limit {k:.0} ms ({:.2}x)", w / k));
         Ok(ColdResult {
             peers: n,
             weftd_median_ms: w,
@@ -233,7 +234,7 @@ impl ControlLab {
         Ok(())
     }
 
-    async fn incremental(&mut self, count: usize) -> Result<IncrementalResult> {
+    async fn incremental(&mut self, count: usize, progress: &mut Progress) -> Result<IncrementalResult> {
         let peers_before = self.peers;
         let mut samples = Vec::with_capacity(count);
         for _ in 0..count {
@@ -260,11 +261,11 @@ impl ControlLab {
             max_ms: percentile(&samples, 100.0).unwrap_or(f64::NAN),
             samples_ms: samples,
         };
-        eprintln!("  incremental: p50 {:.2} ms, p99 {:.2} ms", result.p50_ms, result.p99_ms);
+        progress.note(&format!("  incremental: p50 {:.2} ms, p99 {:.2} ms", result.p50_ms, result.p99_ms));
         Ok(result)
     }
 
-    async fn churn(&mut self, rate: usize, seconds: u64) -> Result<ChurnResult> {
+    async fn churn(&mut self, rate: usize, seconds: u64, progress: &mut Progress) -> Result<ChurnResult> {
         let peers = self.peers;
         let total = rate * seconds as usize;
         // Update k rewrites peer k % peers with a new generation, so every update changes its VTEP MAC.
@@ -313,10 +314,10 @@ impl ControlLab {
             final_exact,
             weftd_cpu_percent: cpu,
         };
-        eprintln!(
+        progress.note(&format!(
             "  churn: {} updates at {:.0}/s, exact: {}, caught up {:.0} ms after the last put",
             result.updates_sent, result.achieved_rate, result.final_exact, result.catch_up_ms
-        );
+        ));
         Ok(result)
     }
 }
@@ -327,27 +328,40 @@ pub async fn run(lab: &mut ControlLab, plan: &ControlPlan) -> Result<ControlResu
     let mut sizes = plan.sizes.clone();
     sizes.sort_unstable();
     let (small, large): (Vec<usize>, Vec<usize>) = sizes.iter().partition(|&&n| n <= plan.base);
+    let cold_runs = if plan.cold { sizes.len() } else { 0 };
+    let steps = cold_runs + usize::from(plan.incremental.is_some()) + usize::from(plan.churn.is_some());
+    let mut progress = Progress::new("control plane", steps);
     if plan.cold {
         for &n in &small {
-            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window).await?);
+            progress.step(&format!("cold start, {n} peers"));
+            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window, &mut progress).await?);
+            progress.advance("");
         }
     }
     if plan.incremental.is_some() || plan.churn.is_some() {
+        progress.step(&format!("growing etcd to {} leases", plan.base));
         lab.ensure(plan.base).await?;
         if let Some(count) = plan.incremental {
-            results.incremental = Some(lab.incremental(count).await?);
+            progress.step(&format!("incremental, {count} leases"));
+            results.incremental = Some(lab.incremental(count, &mut progress).await?);
+            progress.advance("");
         }
         if let Some((rate, seconds)) = plan.churn {
-            results.churn = Some(lab.churn(rate, seconds).await?);
+            progress.step(&format!("churn, {rate}/s for {seconds} s"));
+            results.churn = Some(lab.churn(rate, seconds, &mut progress).await?);
+            progress.advance("");
         }
     }
     if plan.cold {
         for &n in &large {
             if n < lab.peers {
-                eprintln!("  cold start at {n} peers skipped: etcd already holds {}", lab.peers);
+                progress.note(&format!("  cold start at {n} peers skipped: etcd already holds {}", lab.peers));
+                progress.advance("");
                 continue;
             }
-            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window).await?);
+            progress.step(&format!("cold start, {n} peers"));
+            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window, &mut progress).await?);
+            progress.advance("");
         }
     }
     Ok(results)

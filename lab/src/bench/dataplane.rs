@@ -134,19 +134,22 @@ pub fn run(
         (Path::KernelVxlan, kernel),
     ];
     let mut runs = Vec::new();
+    let mut progress = weft::term::Progress::new("data plane", reps.max(1) * 2 * paths.len());
     for rep in 0..reps.max(1) {
         for streams in [1, 2] {
             for (path, ends) in &paths {
+                progress.step(&format!("iperf3 over {} -P {streams} rep {rep}", path.label()));
                 let run = iperf(ends, streams, seconds).context(format!("iperf3 over {}", path.label()))?;
+                progress.advance("");
                 let busy = run.idle_before < BUSY_IDLE_PERCENT || run.client_cpu < STARVED_CLIENT_CPU;
-                eprintln!(
+                progress.note(&format!(
                     "  {:<22} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
                     path.label(),
                     run.gbps,
                     run.idle_before,
                     run.client_cpu,
                     if busy { " BUSY" } else { "" }
-                );
+                ));
                 runs.push(Run {
                     path: *path,
                     streams,

@@ -80,14 +80,14 @@ pub fn run(command: LabCommand) -> Result<(), LabError> {
         }
         LabCommand::Status { lab, no_ping, check } => status(&lab, no_ping, check),
         LabCommand::Down { lab } => {
-            Lab::load(&lab.state_root, &lab.name)?.down()?;
+            Lab::load(&lab.state_root, &lab.name)?.down_with_progress()?;
             emit(&format!("lab {} is down\n", lab.name))
         }
     }
 }
 
 fn up(spec: LabSpec) -> Result<(), LabError> {
-    let lab = Lab::up(spec)?;
+    let lab = Lab::up_with_progress(spec)?;
     let mut text = format!("{}\n", lab.quick_status()?);
     if let Some(ip) = (lab.hosts() > 1).then(|| lab.container_ip(2)).flatten() {
         text += &format!("try: ip netns exec {} ping -c 3 {ip}\n", lab.container_ns(1));

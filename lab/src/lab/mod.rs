@@ -55,6 +55,7 @@ pub use status::{Connectivity, HostStatus, LabStatus, Lease, SUBNETS_PREFIX};
 
 use cmd::Tool;
 use state::Runtime;
+use weft::term::Progress;
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
@@ -174,11 +175,27 @@ impl Lab {
     /// already exists under the state root; on any failure midway, removes
     /// what it created before returning the error.
     pub fn up(spec: LabSpec) -> Result<Lab> {
+        Lab::up_reporting(spec, false)
+    }
+
+    /// [`Lab::up`] with a progress line on stderr while it builds, when stderr is a terminal (`weftctl lab up`:
+    /// a lab of 200 hosts takes a while).
+    pub fn up_with_progress(spec: LabSpec) -> Result<Lab> {
+        Lab::up_reporting(spec, true)
+    }
+
+    fn up_reporting(spec: LabSpec, show_progress: bool) -> Result<Lab> {
         spec.validate()?;
         check_root()?;
         cmd::require(&[Tool::Ip, Tool::Etcd, Tool::Etcdctl, Tool::Sysctl])?;
+        // Namespaces per host, etcd, then weftd and a container per host.
+        let steps = spec.hosts + 1 + if spec.start_weftd { 2 * spec.hosts } else { 0 };
+        let mut progress =
+            if show_progress { Progress::new("lab up", steps) } else { Progress::hidden("lab up", steps) };
         let lab = Lab::claim(spec)?;
-        match lab.build() {
+        let built = lab.build(&mut progress);
+        progress.finish();
+        match built {
             Ok(()) => Ok(lab),
             Err(error) => match lab.down() {
                 Ok(()) => Err(error),
@@ -204,16 +221,33 @@ impl Lab {
     /// after individual failures and reports them all, keeping the state
     /// file so that a retry knows what is left.
     pub fn down(&self) -> Result<()> {
+        self.down_reporting(false)
+    }
+
+    /// [`Lab::down`] with a progress line on stderr when stderr is a terminal (`weftctl lab down`).
+    pub fn down_with_progress(&self) -> Result<()> {
+        self.down_reporting(true)
+    }
+
+    fn down_reporting(&self, show_progress: bool) -> Result<()> {
+        let namespaces = self.lock().namespaces.clone();
+        let steps = namespaces.len() + 1;
+        let mut progress =
+            if show_progress { Progress::new("lab down", steps) } else { Progress::hidden("lab down", steps) };
+        progress.step("stopping weftd and etcd");
         let mut problems = self.stop_weftds_collecting_errors();
         if let Err(e) = self.stop_etcd() {
             problems.push(e.to_string());
         }
-        let namespaces = self.lock().namespaces.clone();
+        progress.advance("deleting namespaces");
         for ns in namespaces.iter().rev() {
+            progress.step(&format!("deleting {ns}"));
             if let Err(e) = self.delete_namespace(ns) {
                 problems.push(e.to_string());
             }
+            progress.advance("");
         }
+        progress.finish();
         if !problems.is_empty() {
             return Err(LabError::Teardown { name: self.spec.name.clone(), problems });
         }
@@ -278,29 +312,37 @@ impl Lab {
         Ok(())
     }
 
-    fn build(&self) -> Result<()> {
+    fn build(&self, progress: &mut Progress) -> Result<()> {
+        progress.step("underlay switch");
         self.create_underlay()?;
         for host in 1..=self.spec.hosts {
+            progress.step(&format!("namespaces of h{host}"));
             self.create_host(host)?;
+            progress.advance(&format!("namespaces of h{host}"));
         }
         self.connect_hosts_to_underlay()?;
+        progress.step("starting etcd");
         self.start_etcd()?;
         self.put_network_config()?;
+        progress.advance("etcd up");
         if self.spec.start_weftd {
-            self.start_all_weftds_and_attach()?;
+            self.start_all_weftds_and_attach(progress)?;
         }
         Ok(())
     }
 
-    fn start_all_weftds_and_attach(&self) -> Result<()> {
+    fn start_all_weftds_and_attach(&self, progress: &mut Progress) -> Result<()> {
         // Start them all first so that they come up in parallel.
         for host in 1..=self.spec.hosts {
             self.start_weftd(host)?;
+            progress.advance(&format!("started weftd on h{host}"));
         }
         let deadline = Instant::now() + SUBNET_ENV_TIMEOUT;
         for host in 1..=self.spec.hosts {
+            progress.step(&format!("waiting for h{host}'s subnet.env"));
             let env = self.subnet_env_by(host, deadline)?;
             self.attach_container_with(host, &env)?;
+            progress.advance(&format!("attached h{host}'s container"));
         }
         Ok(())
     }
