@@ -82,10 +82,10 @@ async fn fill_store_view(etcd: &EtcdStore, weftd: Option<&DaemonStatus>, view: &
         }
     }
     let Some(lease) = weftd.and_then(|s| s.lease.as_ref()).filter(|l| !l.reservation) else { return };
-    match etcd.lease_ttl(lease.etcd_lease).await {
+    match etcd.lease_time_to_live(lease.etcd_lease).await {
         Ok(Some(ttl)) => {
             view.lease_ttl_granted_seconds = Some(ttl.granted.as_secs());
-            view.lease_ttl_left_seconds = Some(ttl.left.as_secs());
+            view.lease_ttl_left_seconds = Some(ttl.remaining.as_secs());
         }
         Ok(None) => view.error = Some(format!("our etcd lease {:x} no longer exists", lease.etcd_lease)),
         Err(e) => view.error = Some(e.to_string()),

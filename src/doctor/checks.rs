@@ -834,8 +834,8 @@ fn rejection_fix(reason: &RejectReason, name: &str, prefix: &str) -> String {
 
 /// A lease whose host stopped renewing it: less than half its TTL and less than 30 minutes left. weftd keeps its
 /// lease near the full TTL; flanneld renews an hour before expiry; so either would have renewed by then.
-pub fn is_stale(granted: Duration, left: Duration) -> bool {
-    left < (granted / 2).min(Duration::from_secs(30 * 60))
+pub fn is_stale(granted: Duration, remaining: Duration) -> bool {
+    remaining < (granted / 2).min(Duration::from_secs(30 * 60))
 }
 
 pub fn leases(facts: &Facts) -> Check {
@@ -899,14 +899,14 @@ pub fn leases(facts: &Facts) -> Check {
     }
     for lease in &store.listing.leases {
         let Some(ttl) = store.ttls.get(&lease.etcd_lease) else { continue };
-        if is_stale(ttl.granted, ttl.left) {
+        if is_stale(ttl.granted, ttl.remaining) {
             let subnet = lease.key.subnets().next().map_or(lease.key.to_string(), |s| s.to_string());
             c.warn(
                 format!(
                     "lease {} expires in {} of {}: its host has stopped renewing it (the host is down, or its \
                          weftd or flanneld stopped)",
                     lease.key,
-                    human_duration(ttl.left.as_secs()),
+                    human_duration(ttl.remaining.as_secs()),
                     human_duration(ttl.granted.as_secs())
                 ),
                 format!(
@@ -934,8 +934,8 @@ mod tests {
     };
     use crate::lease::LeaseAttrs;
     use crate::status::{BackendStatus, DaemonStatus, UnderlayStatus};
-    use crate::store::etcd::LeaseTtl;
     use crate::store::Listing;
+    use crate::store::TimeToLive;
 
     const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
     const OWN_MAC: &str = "0e:00:00:00:00:01";
@@ -1006,7 +1006,8 @@ mod tests {
             ..Default::default()
         };
         let day = Duration::from_secs(86400);
-        let ttls = [(1, LeaseTtl { granted: day, left: day }), (2, LeaseTtl { granted: day, left: day })].into();
+        let ttls =
+            [(1, TimeToLive { granted: day, remaining: day }), (2, TimeToLive { granted: day, remaining: day })].into();
         let subnet_file = crate::subnet_file::for_lease(
             &NetworkConfig::parse(CONFIG).unwrap(),
             &"10.244.1.0-24".parse().unwrap(),
@@ -1306,7 +1307,7 @@ mod tests {
 
         let mut facts = healthy();
         let store = facts.store.as_mut().unwrap();
-        store.ttls.insert(2, LeaseTtl { granted: Duration::from_secs(86400), left: Duration::from_secs(600) });
+        store.ttls.insert(2, TimeToLive { granted: Duration::from_secs(86400), remaining: Duration::from_secs(600) });
         let c = leases(&facts);
         assert_eq!(c.outcome, Outcome::Warn);
         assert!(c.problems[0].problem.contains("expires in 10m00s of 24h00m"), "{c:?}");

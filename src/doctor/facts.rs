@@ -11,8 +11,8 @@ use weft_backends::rules::RuleSet;
 use weft_backends::Family;
 
 use crate::status::DaemonStatus;
-use crate::store::etcd::LeaseTtl;
 use crate::store::Listing;
+use crate::store::TimeToLive;
 use crate::subnet_file::SubnetFile;
 
 /// Everything the checks look at.
@@ -57,7 +57,7 @@ pub struct StoreFacts {
     pub config: Option<String>,
     pub listing: Listing,
     /// The TTL of each etcd lease a listed lease is attached to, by etcd lease id.
-    pub ttls: BTreeMap<i64, LeaseTtl>,
+    pub ttls: BTreeMap<i64, TimeToLive>,
 }
 
 /// The host itself: interfaces and the kernel switches weft depends on.

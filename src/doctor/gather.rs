@@ -81,7 +81,7 @@ async fn read_store(args: &DoctorArgs) -> Result<StoreFacts, String> {
     let listing = store.list_leases().await.map_err(|e| e.to_string())?;
     let mut ttls = BTreeMap::new();
     for lease in listing.leases.iter().filter(|l| !l.is_reservation()) {
-        if let Ok(Some(ttl)) = store.lease_ttl(lease.etcd_lease).await {
+        if let Ok(Some(ttl)) = store.lease_time_to_live(lease.etcd_lease).await {
             ttls.insert(lease.etcd_lease, ttl);
         }
     }

@@ -21,13 +21,6 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:4001,http://127.0.0.1:2379
 /// How long one request may take before it counts as failed (etcd is then treated as unreachable).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An etcd lease's time to live (`weftctl status`, stale leases in `weftctl doctor`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseTtl {
-    pub granted: Duration,
-    pub left: Duration,
-}
-
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
@@ -143,11 +136,15 @@ impl EtcdStore {
     }
 
     /// The TTL etcd lease `id` was granted and the time it has left; None when it no longer exists.
-    pub async fn lease_ttl(&self, id: i64) -> Result<Option<LeaseTtl>, StoreError> {
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<TimeToLive>, StoreError> {
         let mut client = self.client.clone();
-        let answer = self.bounded(client.lease_time_to_live(id, None)).await?;
-        let secs = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
-        Ok((answer.ttl() >= 0).then(|| LeaseTtl { granted: secs(answer.granted_ttl()), left: secs(answer.ttl()) }))
+        let resp = self.bounded(client.lease_time_to_live(id, None)).await?;
+        // etcd answers -1 for a lease that expired or never existed.
+        if resp.ttl() < 0 {
+            return Ok(None);
+        }
+        let secs = |s: i64| Duration::from_secs(s.max(0) as u64);
+        Ok(Some(TimeToLive { remaining: secs(resp.ttl()), granted: secs(resp.granted_ttl()) }))
     }
 
     /// Refreshes an etcd lease once. Returns its TTL in seconds; 0 means the lease no longer exists.
@@ -245,14 +242,7 @@ impl LeaseStore for EtcdStore {
         if lease.is_reservation() {
             return Ok(None);
         }
-        let mut client = self.client.clone();
-        let resp = self.bounded(client.lease_time_to_live(lease.etcd_lease, None)).await?;
-        // etcd answers -1 for a lease that expired or never existed.
-        if resp.ttl() <= 0 {
-            return Ok(None);
-        }
-        let secs = |s: i64| Duration::from_secs(s.max(0) as u64);
-        Ok(Some(TimeToLive { remaining: secs(resp.ttl()), granted: secs(resp.granted_ttl()) }))
+        self.lease_time_to_live(lease.etcd_lease).await
     }
 
     async fn delete_lease(&self, key: &SubnetKey) -> Result<(), StoreError> {
