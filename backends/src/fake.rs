@@ -109,7 +109,11 @@ impl FakeKernel {
                 self.state.add_route(r.clone());
             }
             Op::DeleteRoute(r) => {
-                self.state.routes.remove(&r.dst);
+                // Like the kernel's, a delete naming a metric leaves a route to the prefix at another metric alone
+                // (the fake holds one route per prefix: a replacement at a new metric took the old one's place).
+                if self.state.routes.get(&r.dst).is_some_and(|have| have.metric == r.metric) {
+                    self.state.routes.remove(&r.dst);
+                }
             }
         }
         Ok(())

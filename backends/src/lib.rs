@@ -8,6 +8,7 @@
 //! Linux; [`fake::FakeKernel`] and [`fake::FakeRules`] stand in for them in tests.
 
 pub mod backend;
+pub mod blackhole;
 pub mod diff;
 pub mod direct;
 pub mod fake;
