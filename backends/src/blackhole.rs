@@ -80,7 +80,8 @@ mod tests {
             vec!["198.18.0.1/24".parse().unwrap(), "2001:db8:18::1/64".parse().unwrap()],
         );
         let families = [Family::V4, Family::V6];
-        let backend = HostGwBackend::prepare(HostGwConfig, underlay, &families, WEFT_ROUTE_PROTOCOL).unwrap();
+        let backend =
+            HostGwBackend::prepare(HostGwConfig::default(), underlay, &families, WEFT_ROUTE_PROTOCOL).unwrap();
         WithBlackholeRoute { backend, enabled }
     }
 

@@ -288,7 +288,7 @@ COMMIT
     fn wrapped_backends_gain_the_tables_for_our_lease() {
         use crate::hostgw::{HostGwBackend, HostGwConfig};
         let underlay = crate::Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
-        let backend = HostGwBackend::prepare(HostGwConfig, underlay, &[Family::V4], 87).unwrap();
+        let backend = HostGwBackend::prepare(HostGwConfig::default(), underlay, &[Family::V4], 87).unwrap();
         let wrapped =
             WithTrafficRules { backend, rules: ALL, networks: vec![(Family::V4, "10.244.0.0/16".parse().unwrap())] };
         assert_eq!(wrapped.scope().tables, vec![table_id(Family::V4)]);
