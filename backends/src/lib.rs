@@ -16,6 +16,7 @@ pub mod forwarding;
 pub mod hostgw;
 pub mod kernel;
 pub mod model;
+#[cfg(feature = "runtime")]
 pub mod netlink;
 pub mod rules;
 pub mod trust;

@@ -6,14 +6,20 @@
 //! model renders as nft ([`nft::render_table`]) and as iptables-restore input ([`iptables::render`]) for hosts
 //! that need iptables, and so observed tables parse back into values that compare exactly.
 
+pub mod cni_masq;
+#[cfg(feature = "runtime")]
 mod command;
 pub mod iptables;
+#[cfg(feature = "runtime")]
 mod iptables_cli;
 pub mod nft;
+#[cfg(feature = "runtime")]
 mod nft_cli;
 pub mod traffic;
 
+#[cfg(feature = "runtime")]
 pub use iptables_cli::{IptablesRules, IptablesVariant};
+#[cfg(feature = "runtime")]
 pub use nft_cli::NftRules;
 
 use std::collections::BTreeMap;
@@ -418,12 +424,14 @@ pub trait Rules: Send {
 }
 
 /// The applier the daemon runs, chosen by the network config's `EnableNFTables`.
+#[cfg(feature = "runtime")]
 #[derive(Debug, Clone)]
 pub enum AnyRules {
     Nft(NftRules),
     Iptables(IptablesRules),
 }
 
+#[cfg(feature = "runtime")]
 impl Rules for AnyRules {
     async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
         match self {
