@@ -174,6 +174,7 @@ impl Applier {
             }
             Applier::Iptables => {
                 let invalid = |e: weft_backends::rules::RulesError| CniError::InvalidConfig(e.to_string());
+                let mut replaced = false;
                 for restore in iptables::render(table).map_err(invalid)? {
                     let saved = run_ok(&tool(restore.family, "-save"), &["-t", "nat"], None)?;
                     if iptables_holds(&saved, &restore) {
@@ -184,8 +185,9 @@ impl Applier {
                     for jump in &restore.jumps {
                         ensure_jump(restore.family, jump)?;
                     }
+                    replaced = true;
                 }
-                return Ok(true);
+                return Ok(replaced);
             }
         }
         Ok(true)
