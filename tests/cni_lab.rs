@@ -435,6 +435,61 @@ fn a_flannel_conflist_works_with_the_binary_named_flannel() {
     assert_eq!(host_veths(&lab, 1), 0);
 }
 
+/// A directory holding only a link to `nft`: as PATH, a host with nftables and no iptables program.
+fn nft_only_path(dir: &TempDir) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let nft = std::env::split_paths(&path).map(|d| d.join("nft")).find(|p| p.is_file()).expect("nft is installed");
+    let bin = dir.0.join("nft-only");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(nft, bin.join("nft")).unwrap();
+    bin
+}
+
+/// ipMasq on a host with nftables and no iptables program: the plugin's table (the rule model rendered for nft)
+/// masquerades the pods (the lab's etcd address, which has no route back to the pods, answers them), a flushed
+/// table comes back on CHECK, and the table goes with the network's last container.
+#[test]
+fn ip_masq_without_iptables_goes_through_nftables_comes_back_on_check_and_leaves_with_the_last_pod() {
+    require_root();
+    let dir = TempDir::new();
+    let (lab, subnet_file) = lab_with_subnet("10.244.7.1/24", &dir);
+    let path = nft_only_path(&dir);
+    let mut conf = conf(&subnet_file, &dir);
+    conf["ipMasq"] = json!(true);
+    let name = conf["name"].as_str().unwrap().to_string();
+    let table = cni_masq::table_id(&name, Family::V4).name;
+    let pods = [Pod::new(), Pod::new()];
+    let plugin = Path::new(PLUGIN);
+    let run = |command: &str, pod: &Pod, conf: &Value| {
+        cni_with_path(&lab, 1, plugin, command, (&pod.id(), &pod.path()), conf, Some(&path))
+    };
+    let results: Vec<Value> = pods.iter().map(|pod| ok(run("ADD", pod, &conf))).collect();
+    let listing = host(&lab, 1, &["nft", "list", "table", "ip", &table]);
+    assert!(
+        listing.contains("ip saddr 10.244.7.0/24 ip daddr != 224.0.0.0/4 masquerade")
+            && listing.contains(&format!("weft-cni {name}")),
+        "{listing}"
+    );
+    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains("WEFT-CNI"), "nothing went to iptables");
+    const OUTSIDE: &str = "198.18.0.254";
+    common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        pods[0].ping(OUTSIDE).then_some(()).ok_or_else(|| "no answer from outside the cluster network".to_string())
+    });
+
+    host(&lab, 1, &["nft", "flush", "table", "ip", &table]);
+    assert!(!host(&lab, 1, &["nft", "list", "table", "ip", &table]).contains("masquerade"));
+    let mut check = conf.clone();
+    check["prevResult"] = results[0].clone();
+    ok(run("CHECK", &pods[0], &check));
+    assert_eq!(host(&lab, 1, &["nft", "list", "table", "ip", &table]), listing, "CHECK put the table back");
+
+    ok(run("DEL", &pods[0], &conf));
+    assert!(host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "one pod of the network is left");
+    ok(run("DEL", &pods[1], &conf));
+    assert!(!host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
+    ok(run("DEL", &pods[1], &conf));
+}
+
 #[test]
 fn a_dual_stack_subnet_file_gives_pods_ipv6_too() {
     require_root();
@@ -617,59 +672,4 @@ fn a_container_flannels_delegate_added_is_deleted_by_weft_without_leaks() {
     assert!(allocations(&conf).is_empty(), "weft released host-local's allocation");
     assert_eq!(host_veths(&lab, 1), 0, "weft removed the bridge plugin's veth");
     assert!(!dir.0.join("flannel").join(pod.id()).exists());
-}
-
-/// A directory holding only a link to `nft`: as PATH, a host with nftables and no iptables program.
-fn nft_only_path(dir: &TempDir) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let nft = std::env::split_paths(&path).map(|d| d.join("nft")).find(|p| p.is_file()).expect("nft is installed");
-    let bin = dir.0.join("nft-only");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(nft, bin.join("nft")).unwrap();
-    bin
-}
-
-/// ipMasq on a host with nftables and no iptables program: the plugin's table (the rule model rendered for nft)
-/// masquerades the pods (the lab's etcd address, which has no route back to the pods, answers them), a flushed
-/// table comes back on CHECK, and the table goes with the network's last container.
-#[test]
-fn ip_masq_without_iptables_goes_through_nftables_comes_back_on_check_and_leaves_with_the_last_pod() {
-    require_root();
-    let dir = TempDir::new();
-    let (lab, subnet_file) = lab_with_subnet("10.244.7.1/24", &dir);
-    let path = nft_only_path(&dir);
-    let mut conf = conf(&subnet_file, &dir);
-    conf["ipMasq"] = json!(true);
-    let name = conf["name"].as_str().unwrap().to_string();
-    let table = cni_masq::table_id(&name, Family::V4).name;
-    let pods = [Pod::new(), Pod::new()];
-    let plugin = Path::new(PLUGIN);
-    let run = |command: &str, pod: &Pod, conf: &Value| {
-        cni_with_path(&lab, 1, plugin, command, (&pod.id(), &pod.path()), conf, Some(&path))
-    };
-    let results: Vec<Value> = pods.iter().map(|pod| ok(run("ADD", pod, &conf))).collect();
-    let listing = host(&lab, 1, &["nft", "list", "table", "ip", &table]);
-    assert!(
-        listing.contains("ip saddr 10.244.7.0/24 ip daddr != 224.0.0.0/4 masquerade")
-            && listing.contains(&format!("weft-cni {name}")),
-        "{listing}"
-    );
-    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains("WEFT-CNI"), "nothing went to iptables");
-    const OUTSIDE: &str = "198.18.0.254";
-    common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
-        pods[0].ping(OUTSIDE).then_some(()).ok_or_else(|| "no answer from outside the cluster network".to_string())
-    });
-
-    host(&lab, 1, &["nft", "flush", "table", "ip", &table]);
-    assert!(!host(&lab, 1, &["nft", "list", "table", "ip", &table]).contains("masquerade"));
-    let mut check = conf.clone();
-    check["prevResult"] = results[0].clone();
-    ok(run("CHECK", &pods[0], &check));
-    assert_eq!(host(&lab, 1, &["nft", "list", "table", "ip", &table]), listing, "CHECK put the table back");
-
-    ok(run("DEL", &pods[0], &conf));
-    assert!(host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "one pod of the network is left");
-    ok(run("DEL", &pods[1], &conf));
-    assert!(!host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
-    ok(run("DEL", &pods[1], &conf));
 }
