@@ -2,8 +2,9 @@
 //! another overlay). Safe to run twice, and with weftd stopped: a running weftd would put everything back.
 //!
 //! What goes: the VXLAN devices of any VNI (`flannel.<VNI>`, `flannel-v6.<VNI>`, with their addresses,
-//! neighbours and FDB entries), every route tagged with weft's protocol (VXLAN, DirectRouting and host-gw routes),
-//! the host rule tables in nftables and in both iptables backends, and the subnet file. etcd is left alone unless
+//! neighbours and FDB entries), every route tagged with weft's protocol (VXLAN, DirectRouting and host-gw routes,
+//! the `--ip-blackhole-route` blackhole), the host rule tables in nftables and in both iptables backends (with the
+//! accepts weftd put in other nftables tables' forward chains), and the subnet file. etcd is left alone unless
 //! `--release-lease` is given, so a later weftd gets the same subnet back.
 
 use std::path::PathBuf;

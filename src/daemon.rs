@@ -13,6 +13,7 @@ use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 use weft_backends::backend::{Backend, BackendConfig};
+use weft_backends::blackhole::WithBlackholeRoute;
 use weft_backends::kernel::Kernel;
 use weft_backends::model::WEFT_ROUTE_PROTOCOL;
 use weft_backends::netlink::{self, NetlinkKernel};
@@ -143,7 +144,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let backend = WithTrafficRules {
-        backend,
+        backend: WithBlackholeRoute { backend, enabled: args.ip_blackhole_route },
         rules: TrafficRules {
             masquerade: args.ip_masq,
             forward: args.iptables_forward_rules,

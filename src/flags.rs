@@ -109,6 +109,12 @@ pub struct DaemonArgs {
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub iptables_forward_rules: bool,
 
+    /// add a blackhole route for this host's own subnet (at the lowest priority, under the bridge's route), so
+    /// traffic to its unallocated addresses is dropped here instead of leaving through the default route
+    #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE", default_value = "false", action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub ip_blackhole_route: bool,
+
     /// log format on stderr
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,9 +150,6 @@ pub struct FlannelOnlyArgs {
     pub subnet_lease_renew_margin: Option<i64>,
     #[arg(long, env = "WEFTD_IPTABLES_RESYNC", hide = true)]
     pub iptables_resync: Option<i64>,
-    #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE", hide = true, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_go_bool)]
-    pub ip_blackhole_route: Option<bool>,
     /// klog verbosity
     #[arg(short = 'v', long = "v", env = "WEFTD_V", hide = true)]
     pub verbosity: Option<i64>,
@@ -180,11 +183,6 @@ impl FlannelOnlyArgs {
     pub fn check(&self) -> Result<Vec<String>, String> {
         if self.kube_subnet_mgr == Some(true) {
             return Err("--kube-subnet-mgr is not supported yet: this weftd leases subnets from etcd only".into());
-        }
-        if self.ip_blackhole_route == Some(true) {
-            return Err("--ip-blackhole-route is not supported yet: weftd would not install the blackhole route for \
-                        its own subnet that flanneld installs"
-                .into());
         }
         if let Some(margin) = self.subnet_lease_renew_margin {
             // flanneld refuses these too, so a command line that starts flanneld starts weftd and vice versa.
@@ -388,8 +386,10 @@ mod tests {
         assert!(!args.ip_masq);
         assert!(args.iptables_forward_rules, "flannel installs its FORWARD accepts by default");
         assert!(!args.ip_masq_fully_random_disable);
+        assert!(!args.ip_blackhole_route, "flannel adds no blackhole by default");
         let off = DaemonArgs::try_parse_from(["weftd", "--iptables-forward-rules=false", "--ip-masq"]).unwrap();
         assert!(!off.iptables_forward_rules && off.ip_masq);
+        assert!(DaemonArgs::try_parse_from(["weftd", "--ip-blackhole-route"]).unwrap().ip_blackhole_route);
     }
 
     #[test]
@@ -438,7 +438,7 @@ mod tests {
         ("healthz-port", "8471", false, Implemented),
         ("iptables-resync", "5", false, Warned),
         ("iptables-forward-rules", "true", true, Implemented),
-        ("ip-blackhole-route", "true", true, Refused),
+        ("ip-blackhole-route", "true", true, Implemented),
         ("net-config-path", "/etc/kube-flannel/net-conf.json", false, Warned),
         ("set-node-network-unavailable", "true", true, Warned),
         ("v", "2", false, Warned),

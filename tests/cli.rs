@@ -65,13 +65,13 @@ fn a_bad_etcd_endpoint_is_named() {
 #[test]
 fn flanneld_variables_take_gos_boolean_spellings() {
     for yes in ["1", "t", "T", "TRUE", "true", "True"] {
-        let out = run(WEFTD, &[], &[("FLANNELD_IP_BLACKHOLE_ROUTE", yes)]);
+        let out = run(WEFTD, &[], &[("FLANNELD_KUBE_SUBNET_MGR", yes)]);
         assert_eq!(out.status.code(), Some(1), "{yes}");
-        assert!(stderr(&out).contains("--ip-blackhole-route is not supported yet"), "{yes}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--kube-subnet-mgr is not supported yet"), "{yes}: {}", stderr(&out));
     }
     for no in ["0", "f", "F", "FALSE", "false", "False"] {
-        // false passes the blackhole check, so the next refusal (an out-of-range margin) is the one reported.
-        let out = run(WEFTD, &["-subnet-lease-renew-margin=0"], &[("FLANNELD_IP_BLACKHOLE_ROUTE", no)]);
+        // false passes the Kubernetes check, so the next refusal (an out-of-range margin) is the one reported.
+        let out = run(WEFTD, &["-subnet-lease-renew-margin=0"], &[("FLANNELD_KUBE_SUBNET_MGR", no)]);
         assert_eq!(out.status.code(), Some(1), "{no}");
         assert!(stderr(&out).contains("--subnet-lease-renew-margin=0 is out of range"), "{no}: {}", stderr(&out));
     }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use common::{require_root, TestLab};
 use serde_json::{json, Value};
+use weft_backends::rules::cni_masq;
+use weft_backends::Family;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_weft");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -84,7 +86,23 @@ struct Run {
 
 /// Runs `plugin` in host `h`'s netns with the given CNI_COMMAND, container and netns, `conf` on stdin.
 fn cni(lab: &TestLab, h: usize, plugin: &Path, command: &str, id: &str, netns: &str, conf: &Value) -> Run {
+    cni_with_path(lab, h, plugin, command, (id, netns), conf, None)
+}
+
+/// [`cni`] with the plugin's PATH replaced by `path` (the test's own PATH when None).
+fn cni_with_path(
+    lab: &TestLab,
+    h: usize,
+    plugin: &Path,
+    command: &str,
+    (id, netns): (&str, &str),
+    conf: &Value,
+    path: Option<&Path>,
+) -> Run {
     let mut cmd = lab.command_in(&lab.host_ns(h), [plugin]).unwrap();
+    if let Some(path) = path {
+        cmd.env("PATH", path);
+    }
     let cni_path = format!("{}:{REFERENCE_PLUGINS}", plugin.parent().unwrap().display());
     cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
@@ -391,21 +409,85 @@ fn a_flannel_conflist_works_with_the_binary_named_flannel() {
     assert!(routes.contains(&format!("default via {}", subnet.ip())), "isDefaultGateway: {routes}");
     let link = host(&lab, 1, &["ip", "-d", "link", "show", result["interfaces"][1]["name"].as_str().unwrap()]);
     assert!(link.contains("hairpin on") && link.contains("master cni0"), "{link}");
-    // ipMasq defaults to !FLANNEL_IPMASQ (false here), so the subnet is masqueraded, once, by the plugin.
+    // ipMasq defaults to !FLANNEL_IPMASQ (false here), so the subnet is masqueraded, once, by the plugin: through
+    // iptables, which this host has.
+    let name = conf["name"].as_str().unwrap();
+    let chain = format!("{}-MASQ", cni_masq::table_id(name, Family::V4).name.to_ascii_uppercase());
     let nat = host(&lab, 1, &["iptables-save", "-t", "nat"]);
     let base = format!("{}/{}", subnet.network(), subnet.prefix());
-    assert!(nat.contains(&format!("-A POSTROUTING -s {base} ! -d 10.244.0.0/16")), "{nat}");
-    assert!(nat.contains("-A WEFT-CNI-MASQ ! -d 224.0.0.0/4 -j MASQUERADE"), "{nat}");
+    assert!(nat.contains(&format!("-A POSTROUTING -j {chain}")), "{nat}");
+    assert!(
+        nat.contains(&format!(
+            "-A {chain} -s {base} -d 10.244.0.0/16 -m comment --comment \"weft-cni {name}\" -j RETURN"
+        )),
+        "{nat}"
+    );
+    assert!(
+        nat.contains(&format!(
+            "-A {chain} -s {base} ! -d 224.0.0.0/4 -m comment --comment \"weft-cni {name}\" -j MASQUERADE"
+        )),
+        "{nat}"
+    );
     ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
     assert!(!dir.0.join("flannel").join(pod.id()).exists());
-    // The plugin's marker for the rule (the rule itself goes with the lab's netns).
-    let name = conf["name"].as_str().unwrap();
-    for marker in std::fs::read_dir("/run/weft-cni/masq").unwrap().flatten() {
-        if marker.file_name().to_string_lossy().contains(&format!("-{name}-")) {
-            std::fs::remove_file(marker.path()).unwrap();
-        }
-    }
+    // The network's last container is gone, and so are its chain and the jump into it.
+    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains(&chain));
     assert_eq!(host_veths(&lab, 1), 0);
+}
+
+/// A directory holding only a link to `nft`: as PATH, a host with nftables and no iptables program.
+fn nft_only_path(dir: &TempDir) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let nft = std::env::split_paths(&path).map(|d| d.join("nft")).find(|p| p.is_file()).expect("nft is installed");
+    let bin = dir.0.join("nft-only");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(nft, bin.join("nft")).unwrap();
+    bin
+}
+
+/// ipMasq on a host with nftables and no iptables program: the plugin's table (the rule model rendered for nft)
+/// masquerades the pods (the lab's etcd address, which has no route back to the pods, answers them), a flushed
+/// table comes back on CHECK, and the table goes with the network's last container.
+#[test]
+fn ip_masq_without_iptables_goes_through_nftables_comes_back_on_check_and_leaves_with_the_last_pod() {
+    require_root();
+    let dir = TempDir::new();
+    let (lab, subnet_file) = lab_with_subnet("10.244.7.1/24", &dir);
+    let path = nft_only_path(&dir);
+    let mut conf = conf(&subnet_file, &dir);
+    conf["ipMasq"] = json!(true);
+    let name = conf["name"].as_str().unwrap().to_string();
+    let table = cni_masq::table_id(&name, Family::V4).name;
+    let pods = [Pod::new(), Pod::new()];
+    let plugin = Path::new(PLUGIN);
+    let run = |command: &str, pod: &Pod, conf: &Value| {
+        cni_with_path(&lab, 1, plugin, command, (&pod.id(), &pod.path()), conf, Some(&path))
+    };
+    let results: Vec<Value> = pods.iter().map(|pod| ok(run("ADD", pod, &conf))).collect();
+    let listing = host(&lab, 1, &["nft", "list", "table", "ip", &table]);
+    assert!(
+        listing.contains("ip saddr 10.244.7.0/24 ip daddr != 224.0.0.0/4 masquerade")
+            && listing.contains(&format!("weft-cni {name}")),
+        "{listing}"
+    );
+    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains("WEFT-CNI"), "nothing went to iptables");
+    const OUTSIDE: &str = "198.18.0.254";
+    common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+        pods[0].ping(OUTSIDE).then_some(()).ok_or_else(|| "no answer from outside the cluster network".to_string())
+    });
+
+    host(&lab, 1, &["nft", "flush", "table", "ip", &table]);
+    assert!(!host(&lab, 1, &["nft", "list", "table", "ip", &table]).contains("masquerade"));
+    let mut check = conf.clone();
+    check["prevResult"] = results[0].clone();
+    ok(run("CHECK", &pods[0], &check));
+    assert_eq!(host(&lab, 1, &["nft", "list", "table", "ip", &table]), listing, "CHECK put the table back");
+
+    ok(run("DEL", &pods[0], &conf));
+    assert!(host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "one pod of the network is left");
+    ok(run("DEL", &pods[1], &conf));
+    assert!(!host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
+    ok(run("DEL", &pods[1], &conf));
 }
 
 #[test]

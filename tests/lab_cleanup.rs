@@ -1,5 +1,6 @@
-//! `weftctl cleanup` on a lab host: nothing of weft's is left (device, routes, firewall rules, subnet file), a
-//! second run is fine, the lease stays in etcd, and weftd started afterwards rebuilds everything. Root only.
+//! `weftctl cleanup` on a lab host: nothing of weft's is left (device, routes and the blackhole route, firewall
+//! rules, subnet file), a second run is fine, the lease stays in etcd, and weftd started afterwards rebuilds
+//! everything. Root only.
 
 mod common;
 
@@ -47,12 +48,16 @@ fn weft_objects(lab: &TestLab, h: usize) -> String {
 #[test]
 fn cleanup_removes_everything_and_weftd_rebuilds_it() {
     let lab = TestLab::from_spec(LabSpec {
-        extra_weftd_args: ["--ip-masq", "--resync-interval", "1s"].map(String::from).to_vec(),
+        extra_weftd_args: ["--ip-masq", "--ip-blackhole-route", "--resync-interval", "1s"].map(String::from).to_vec(),
         ..TestLab::spec(2)
     });
     eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
     let key = weft::subnet_file::lease_key(&lab.subnet_env(1).unwrap()).unwrap();
     assert!(!weft_objects(&lab, 1).is_empty());
+    assert!(
+        host(&lab, 1, &["ip", "route", "show", "type", "blackhole"]).contains("proto 87"),
+        "the blackhole is there"
+    );
 
     lab.stop_weftd(1).unwrap();
     let weftctl = weftctl();

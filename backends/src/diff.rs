@@ -111,7 +111,9 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
 
     // Deletions of what is no longer wanted, in reverse dependency order.
     for (dst, r) in &observed.routes {
-        if !desired.routes.contains_key(dst) {
+        // A route at another metric than the desired one is another route to the kernel: the replacement went in
+        // beside it, so it goes (the delete names its metric, so only it goes).
+        if desired.routes.get(dst).is_none_or(|want| want.metric != r.metric) {
             ops.push(Op::DeleteRoute(r.clone()));
         }
     }

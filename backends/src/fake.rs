@@ -109,7 +109,11 @@ impl FakeKernel {
                 self.state.add_route(r.clone());
             }
             Op::DeleteRoute(r) => {
-                self.state.routes.remove(&r.dst);
+                // Like the kernel's, a delete naming a metric leaves a route to the prefix at another metric alone
+                // (the fake holds one route per prefix: a replacement at a new metric took the old one's place).
+                if self.state.routes.get(&r.dst).is_some_and(|have| have.metric == r.metric) {
+                    self.state.routes.remove(&r.dst);
+                }
             }
         }
         Ok(())
@@ -162,6 +166,8 @@ impl Kernel for FakeKernel {
 #[derive(Debug, Default, Clone)]
 pub struct FakeRules {
     pub tables: RuleSet,
+    /// Base chains of other tables, as [`Rules::observe_foreign`] reports them.
+    pub foreign: Vec<crate::rules::foreign::ForeignChain>,
     /// Every operation applied, in order.
     pub log: Vec<RuleOp>,
 }
@@ -185,8 +191,24 @@ impl Rules for FakeRules {
             RuleOp::DeleteTable(id) => {
                 self.tables.tables.remove(id);
             }
+            RuleOp::RewriteForeign(r) => {
+                if let Some(chain) = self.foreign.iter_mut().find(|c| c.table == r.table && c.chain == r.chain) {
+                    chain.rules.retain(|(handle, _)| !r.delete.contains(handle));
+                    let next = chain.rules.iter().map(|(h, _)| *h).max().unwrap_or(0) + 1;
+                    let inserted = r.insert.iter().cloned().enumerate().map(|(i, rule)| (next + i as u64, rule));
+                    chain.rules.splice(0..0, inserted);
+                }
+            }
         }
         self.log.push(op.clone());
         Ok(())
+    }
+
+    async fn observe_foreign(
+        &mut self,
+        hook: crate::rules::Hook,
+        owned: &[TableId],
+    ) -> Result<Vec<crate::rules::foreign::ForeignChain>, RulesError> {
+        Ok(self.foreign.iter().filter(|c| c.hook == hook && !owned.contains(&c.table)).cloned().collect())
     }
 }

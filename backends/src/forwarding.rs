@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+#[cfg(feature = "runtime")]
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+#[cfg(feature = "runtime")]
 use tokio::sync::watch;
 
 /// Peer subnet to the UDP endpoint that reaches it.
@@ -40,20 +42,24 @@ impl ForwardingTable {
 }
 
 /// What a data plane holds: the newest table, shared, not copied per reader.
+#[cfg(feature = "runtime")]
 pub type ForwardingReceiver = watch::Receiver<Arc<ForwardingTable>>;
 
 /// The reconcile loop's end of the channel.
 #[derive(Debug)]
+#[cfg(feature = "runtime")]
 pub struct ForwardingPublisher {
     sender: watch::Sender<Arc<ForwardingTable>>,
 }
 
+#[cfg(feature = "runtime")]
 impl Default for ForwardingPublisher {
     fn default() -> Self {
         ForwardingPublisher::new()
     }
 }
 
+#[cfg(feature = "runtime")]
 impl ForwardingPublisher {
     /// Starts with an empty table.
     pub fn new() -> ForwardingPublisher {

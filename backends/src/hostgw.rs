@@ -17,20 +17,25 @@ pub const BACKEND_TYPE: &str = "host-gw";
 
 /// The `Backend` object of the network config, for `"Type": "host-gw"`. flannel's host-gw has no options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostGwConfig;
+pub struct HostGwConfig {
+    /// Keys other than `Type` (a config shared with a vxlan cluster, typos): flannel decodes only the keys it
+    /// knows and drops the rest, so they are ignored here too, and reported as notes.
+    pub ignored: Vec<String>,
+}
 
 impl HostGwConfig {
-    /// Parses the backend object: only `Type` is allowed (case-insensitively, as Go's JSON decoder matches it).
+    /// Parses the backend object: `Type` (case-insensitively, as Go's JSON decoder matches it) is the only key;
+    /// any other is kept in `ignored`.
     pub fn from_json(backend: &Value) -> Result<HostGwConfig, BackendError> {
-        if let Some(key) =
-            backend.as_object().into_iter().flatten().map(|(k, _)| k).find(|k| !k.eq_ignore_ascii_case("type"))
-        {
-            return Err(BackendError::Config {
-                field: format!("Backend.{key}"),
-                msg: "is not a host-gw backend option (host-gw has none)".into(),
-            });
-        }
-        Ok(HostGwConfig)
+        let ignored = backend
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .filter(|key| !key.eq_ignore_ascii_case("type"))
+            .cloned()
+            .collect();
+        Ok(HostGwConfig { ignored })
     }
 }
 
@@ -40,12 +45,14 @@ pub struct HostGwBackend {
     pub underlay: Underlay,
     pub families: Vec<Family>,
     pub route_protocol: u8,
+    /// Warnings about the configuration (ignored keys), logged at start-up.
+    pub notes: Vec<String>,
 }
 
 impl HostGwBackend {
     /// Checks that the underlay has an address of every enabled family: a route's gateway is resolved there.
     pub fn prepare(
-        _config: HostGwConfig,
+        config: HostGwConfig,
         underlay: Underlay,
         families: &[Family],
         route_protocol: u8,
@@ -57,7 +64,12 @@ impl HostGwBackend {
                 backend: BACKEND_TYPE,
             });
         }
-        Ok(HostGwBackend { underlay, families: families.to_vec(), route_protocol })
+        let notes = config
+            .ignored
+            .iter()
+            .map(|key| format!("Backend.{key} is not a host-gw option (host-gw has none) and is ignored"))
+            .collect();
+        Ok(HostGwBackend { underlay, families: families.to_vec(), route_protocol, notes })
     }
 }
 
@@ -115,7 +127,7 @@ impl Backend for HostGwBackend {
     }
 
     fn notes(&self) -> &[String] {
-        &[]
+        &self.notes
     }
 }
 
@@ -132,7 +144,7 @@ mod tests {
     }
 
     fn backend(families: &[Family]) -> HostGwBackend {
-        HostGwBackend::prepare(HostGwConfig, underlay(), families, WEFT_ROUTE_PROTOCOL).unwrap()
+        HostGwBackend::prepare(HostGwConfig::default(), underlay(), families, WEFT_ROUTE_PROTOCOL).unwrap()
     }
 
     fn peer(v4: Option<(&str, &str)>, v6: Option<(&str, &str)>, backend_type: &str) -> Peer {
@@ -149,13 +161,20 @@ mod tests {
     }
 
     #[test]
-    fn config_has_no_options() {
-        assert_eq!(HostGwConfig::from_json(&serde_json::json!({"Type": "host-gw"})).unwrap(), HostGwConfig);
-        let err = HostGwConfig::from_json(&serde_json::json!({"Type": "host-gw", "VNI": 1})).unwrap_err();
+    fn unknown_keys_are_ignored_with_a_note_as_flannel_ignores_them() {
+        assert_eq!(HostGwConfig::from_json(&serde_json::json!({"type": "host-gw"})).unwrap(), HostGwConfig::default());
+        let config =
+            HostGwConfig::from_json(&serde_json::json!({"Type": "host-gw", "VNI": 1, "Colour": "blue"})).unwrap();
+        assert_eq!(config.ignored, ["Colour", "VNI"]);
+        let prepared = HostGwBackend::prepare(config, underlay(), &[Family::V4], WEFT_ROUTE_PROTOCOL).unwrap();
         assert_eq!(
-            err.to_string(),
-            "invalid network config field Backend.VNI: is not a host-gw backend option (host-gw has none)"
+            prepared.notes(),
+            [
+                "Backend.Colour is not a host-gw option (host-gw has none) and is ignored",
+                "Backend.VNI is not a host-gw option (host-gw has none) and is ignored",
+            ]
         );
+        assert!(backend(&[Family::V4]).notes().is_empty());
     }
 
     #[test]
@@ -193,7 +212,7 @@ skip 10.244.5.0/24: BackendType is \"vxlan\", not \"host-gw\"
         assert_eq!(b.scope().links, Vec::<String>::new());
         assert_eq!(b.scope().referenced, vec!["eth0"]);
         let v4_only = Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
-        let err = HostGwBackend::prepare(HostGwConfig, v4_only, &[Family::V4, Family::V6], 87).unwrap_err();
+        let err = HostGwBackend::prepare(HostGwConfig::default(), v4_only, &[Family::V4, Family::V6], 87).unwrap_err();
         assert!(matches!(err, BackendError::NoUnderlayAddress { family: Family::V6, .. }), "{err}");
     }
 

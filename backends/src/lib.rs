@@ -8,6 +8,7 @@
 //! Linux; [`fake::FakeKernel`] and [`fake::FakeRules`] stand in for them in tests.
 
 pub mod backend;
+pub mod blackhole;
 pub mod diff;
 pub mod direct;
 pub mod fake;
@@ -15,6 +16,7 @@ pub mod forwarding;
 pub mod hostgw;
 pub mod kernel;
 pub mod model;
+#[cfg(feature = "runtime")]
 pub mod netlink;
 pub mod rules;
 pub mod trust;

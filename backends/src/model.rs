@@ -169,7 +169,8 @@ pub enum RouteKind {
     Blackhole,
 }
 
-/// A route in the main table. The destination is the identity: the kernel keeps one per prefix.
+/// A route in the main table. The destination is the identity: weft keeps at most one route per prefix (the
+/// kernel may hold others for the same prefix at other metrics, such as a bridge's connected route).
 ///
 /// A unicast route has a device, a gateway or both: `via G dev D` (VXLAN, host-gw), `dev D` alone (WireGuard,
 /// TUN: the device is point-to-point). A blackhole route has neither.
@@ -181,22 +182,63 @@ pub struct Route {
     pub device: Option<String>,
     pub onlink: bool,
     pub protocol: u8,
+    /// The route's priority among routes to the same prefix, lower wins. 0 is the family's default (the kernel
+    /// stores IPv4's as 0 and IPv6's as [`IPV6_DEFAULT_METRIC`]; both read back as 0 here).
+    pub metric: u32,
 }
+
+/// The metric the kernel gives an IPv6 route added without one.
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// The metric of the blackhole for our own subnet: the least preferred a route can be, so that any other route
+/// to the same prefix wins while it exists (the connected route of the bridge, metric 0 in IPv4 and 256 in IPv6)
+/// and the blackhole only catches what no other route takes.
+pub const LAST_RESORT_METRIC: u32 = u32::MAX;
 
 impl Route {
     /// `dst via gateway dev device [onlink]`.
     pub fn via(dst: IpNetwork, gateway: IpAddr, device: impl Into<String>, onlink: bool, protocol: u8) -> Route {
-        Route { dst, kind: RouteKind::Unicast, gateway: Some(gateway), device: Some(device.into()), onlink, protocol }
+        Route {
+            dst,
+            kind: RouteKind::Unicast,
+            gateway: Some(gateway),
+            device: Some(device.into()),
+            onlink,
+            protocol,
+            metric: 0,
+        }
     }
 
     /// `dst dev device`: everything for `dst` leaves through a point-to-point device.
     pub fn dev(dst: IpNetwork, device: impl Into<String>, protocol: u8) -> Route {
-        Route { dst, kind: RouteKind::Unicast, gateway: None, device: Some(device.into()), onlink: false, protocol }
+        Route {
+            dst,
+            kind: RouteKind::Unicast,
+            gateway: None,
+            device: Some(device.into()),
+            onlink: false,
+            protocol,
+            metric: 0,
+        }
     }
 
     /// `blackhole dst`.
     pub fn blackhole(dst: IpNetwork, protocol: u8) -> Route {
-        Route { dst, kind: RouteKind::Blackhole, gateway: None, device: None, onlink: false, protocol }
+        Route { dst, kind: RouteKind::Blackhole, gateway: None, device: None, onlink: false, protocol, metric: 0 }
+    }
+
+    /// The same route at `metric` (0: the family's default).
+    pub fn with_metric(self, metric: u32) -> Route {
+        Route { metric, ..self }
+    }
+
+    /// The metric as the model holds it, from what the kernel reports: absent or the family's default is 0.
+    pub fn normalized_metric(dst: IpNetwork, reported: Option<u32>) -> u32 {
+        match reported {
+            Some(IPV6_DEFAULT_METRIC) if dst.is_ipv6() => 0,
+            Some(metric) => metric,
+            None => 0,
+        }
     }
 
     pub fn is_on(&self, device: &str) -> bool {
@@ -344,6 +386,9 @@ pub fn render_route(r: &Route) -> String {
         out.push_str(" onlink");
     }
     out.push_str(&format!(" proto {}", r.protocol));
+    if r.metric != 0 {
+        out.push_str(&format!(" metric {}", r.metric));
+    }
     out
 }
 
@@ -398,6 +443,35 @@ mod tests {
         assert!(!mine.owns_route(87, false, net("10.245.3.0/24")), "another weftd's network");
         assert!(!mine.owns_route(87, false, net("10.0.0.0/8")), "wider than our network");
         assert!(mine.owns_route(4, true, net("10.245.3.0/24")), "on our own device, whatever it is");
+    }
+
+    #[test]
+    fn a_family_default_metric_reads_as_zero() {
+        let v4: IpNetwork = "10.244.1.0/24".parse().unwrap();
+        let v6: IpNetwork = "fd00:244:0:1::/64".parse().unwrap();
+        assert_eq!(Route::normalized_metric(v4, None), 0);
+        assert_eq!(Route::normalized_metric(v6, Some(IPV6_DEFAULT_METRIC)), 0, "what the kernel reports for 0");
+        assert_eq!(Route::normalized_metric(v4, Some(IPV6_DEFAULT_METRIC)), 1024, "IPv4 has no such default");
+        assert_eq!(Route::normalized_metric(v6, Some(LAST_RESORT_METRIC)), LAST_RESORT_METRIC);
+    }
+
+    #[test]
+    fn a_route_at_a_new_metric_replaces_the_old_one_in_two_steps() {
+        let dst: IpNetwork = "10.244.1.0/24".parse().unwrap();
+        let mut observed = KernelState::default();
+        observed.add_route(Route::blackhole(dst, WEFT_ROUTE_PROTOCOL));
+        let mut desired = KernelState::default();
+        let last_resort = Route::blackhole(dst, WEFT_ROUTE_PROTOCOL).with_metric(LAST_RESORT_METRIC);
+        desired.add_route(last_resort.clone());
+        let ops: Vec<String> = crate::diff::diff(&desired, &observed).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ops,
+            vec![
+                "replace route blackhole 10.244.1.0/24 proto 87 metric 4294967295",
+                "delete route blackhole 10.244.1.0/24 proto 87",
+            ],
+            "the kernel adds the new one beside the old one, which must go by name"
+        );
     }
 
     #[test]

@@ -573,3 +573,46 @@ async fn the_fake_and_the_real_kernel_refuse_the_same_way() {
     }
     assert_eq!(refused, ops.len() - 1, "only the first CreateLink of the VTEP succeeds");
 }
+
+/// `--ip-blackhole-route`'s route sits under the bridge's connected route in both families: the bridge keeps its
+/// addresses while it exists, and the blackhole takes the subnet once it is gone. A blackhole of ours at another
+/// metric is replaced by the last-resort one, and a pass later there is nothing to do (the IPv6 default metric the
+/// kernel reports reads back as the model's 0).
+#[tokio::test]
+async fn the_last_resort_blackhole_never_shadows_the_bridge() {
+    use weft_backends::model::LAST_RESORT_METRIC;
+    let mut node = Node::new("blackhole").await;
+    // A veth end stands in for the bridge: up with a carrier, so its connected routes are in use.
+    node.ns.ip("link add cni0 type veth peer name cni0p");
+    node.ns.ip("link set cni0p up");
+    node.ns.ip("addr add 10.244.1.1/24 dev cni0");
+    node.ns.ip("addr add fd00:10:244:1::1/64 dev cni0 nodad");
+    node.ns.ip("link set cni0 up");
+    // An earlier blackhole of ours at the default metric, which would compete with the connected route.
+    node.ns.ip("route add blackhole 10.244.2.0/24 proto 87");
+    let mut desired = node.desired(&[]);
+    for subnet in ["10.244.1.0/24", "fd00:10:244:1::/64", "10.244.2.0/24"] {
+        desired.add_route(Route::blackhole(net(subnet), WEFT_ROUTE_PROTOCOL).with_metric(LAST_RESORT_METRIC));
+    }
+    let ops: Vec<String> = node.converge(&desired).await.iter().map(ToString::to_string).collect();
+    assert!(ops.contains(&"delete route blackhole 10.244.2.0/24 proto 87".to_string()), "{ops:?}");
+    assert_eq!(
+        lines(&node.ns.ip("route show type blackhole")),
+        lines(
+            "blackhole 10.244.1.0/24 proto 87 metric 4294967295\n\
+             blackhole 10.244.2.0/24 proto 87 metric 4294967295"
+        )
+    );
+    assert!(node.ns.ip("route get 10.244.1.5").contains("dev cni0"), "the connected route still wins");
+    assert!(node.ns.ip("-6 route get fd00:10:244:1::5").contains("dev cni0"), "in IPv6 too");
+    node.ns.ip("link del cni0");
+    for family in ["-4", "-6"] {
+        let addr = if family == "-4" { "10.244.1.5" } else { "fd00:10:244:1::5" };
+        let out = Command::new("ip").args(["-n", &node.ns.name, family, "route", "get", addr]).output().unwrap();
+        // The kernel answers a lookup that ends in a blackhole with EINVAL.
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Invalid argument"),
+            "{addr} must hit the blackhole once the bridge is gone: {out:?}"
+        );
+    }
+}

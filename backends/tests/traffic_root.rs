@@ -61,22 +61,22 @@ async fn lifecycle<R: Rules>(rules: &mut R, flush_chain: impl Fn(), listing: imp
 
     let report = reconcile_rules(rules, &owned, &old).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_eq!(rules.observe(&owned).await.unwrap(), old, "what was applied reads back as itself");
+    assert_eq!(rules.observe(&owned).await.unwrap().tables, old.tables, "what was applied reads back as itself");
 
     // A new subnet (as after a restart with another lease): the old rules are replaced, nothing else changes.
     let report = reconcile_rules(rules, &owned, &desired).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.applied, vec![RuleOp::ReplaceTable(desired.tables[&table_id(Family::V4)].clone())]);
-    assert_eq!(rules.observe(&owned).await.unwrap(), desired);
+    assert_eq!(rules.observe(&owned).await.unwrap().tables, desired.tables);
     assert!(!listing().contains("10.244.9.0"), "{}", listing());
     let report = reconcile_rules(rules, &owned, &desired).await.unwrap();
     assert!(report.applied.is_empty() && report.failed.is_empty(), "a second pass changes nothing: {report:?}");
 
     flush_chain();
-    assert_ne!(rules.observe(&owned).await.unwrap(), desired, "a flushed chain is seen");
+    assert_ne!(rules.observe(&owned).await.unwrap().tables, desired.tables, "a flushed chain is seen");
     let report = reconcile_rules(rules, &owned, &desired).await.unwrap();
     assert_eq!(report.applied.len(), 1, "{report:?}");
-    assert_eq!(rules.observe(&owned).await.unwrap(), desired);
+    assert_eq!(rules.observe(&owned).await.unwrap().tables, desired.tables);
 
     let report = reconcile_rules(rules, &owned, &RuleSet::default()).await.unwrap();
     assert_eq!(report.applied.len(), 2, "{report:?}");
@@ -132,4 +132,47 @@ async fn iptables_legacy_holds_reads_back_and_repairs_the_rules() {
 #[tokio::test]
 async fn iptables_nft_holds_reads_back_and_repairs_the_rules() {
     iptables_lifecycle(IptablesVariant::Nft, "ipt-nft", "iptables-nft-save", "ip6tables-nft-save").await;
+}
+
+/// nftables only: a forward chain of another table with policy drop gets weft's accepts at its top (an accept in
+/// `ip flannel` would end only its own chain), once; they go again when no longer wanted, and the host's own
+/// rule stays.
+#[tokio::test]
+async fn nftables_puts_its_accepts_at_the_top_of_another_tables_dropping_forward_chain() {
+    let ns = Netns::create("nftfwd");
+    ns.run(&[
+        "nft",
+        "add table inet filter; \
+         add chain inet filter forward { type filter hook forward priority 0; policy drop; }; \
+         add rule inet filter forward ct state established,related accept comment \"host rule\"",
+    ]);
+    let chain = || ns.run(&["nft", "list", "chain", "inet", "filter", "forward"]);
+    let mut rules = NftRules::in_named_netns(&ns.name);
+    let owned = ALL.owned(&[Family::V4, Family::V6]);
+    let desired = ALL.rule_set(&networks("10.244.1.0/24"));
+    let report = reconcile_rules(&mut rules, &owned, &desired).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let listing = chain();
+    let lines: Vec<&str> = listing.lines().map(str::trim).filter(|l| l.contains("accept")).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "ip saddr 10.244.0.0/16 accept comment \"flanneld forward\"",
+            "ip daddr 10.244.0.0/16 accept comment \"flanneld forward\"",
+            "ip6 saddr fd00:10:244::/56 accept comment \"flanneld forward\"",
+            "ip6 daddr fd00:10:244::/56 accept comment \"flanneld forward\"",
+            "ct state established,related accept comment \"host rule\"",
+        ],
+        "{listing}"
+    );
+    let again = reconcile_rules(&mut rules, &owned, &desired).await.unwrap();
+    assert!(again.applied.is_empty() && again.failed.is_empty(), "{again:?}");
+
+    let report = reconcile_rules(&mut rules, &owned, &RuleSet::default()).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let listing = chain();
+    assert!(
+        !listing.contains("flanneld") && listing.contains("host rule") && listing.contains("policy drop"),
+        "{listing}"
+    );
 }

@@ -116,13 +116,12 @@ impl Route {
             (RouteKind::Unicast, None) => RouteScope::Link,
             _ => RouteScope::Universe,
         };
-        if let Some(metric) = self.metric {
-            msg.attributes.push(RouteAttribute::Priority(metric));
-        }
         msg
     }
 
-    /// Everything that selects this very route: destination, table, kind, gateway, device, onlink.
+    /// Everything that selects this very route: destination, table, kind, gateway, device, onlink, and the
+    /// metric when set (two routes to one prefix at different metrics are two routes: a delete naming the metric
+    /// removes only its own, a replace naming it leaves the other alone).
     fn key(&self) -> RouteMessage {
         let mut msg = RouteMessage::default();
         let header = &mut msg.header;
@@ -149,6 +148,9 @@ impl Route {
         }
         if let Some(device) = self.device {
             msg.attributes.push(RouteAttribute::Oif(device));
+        }
+        if let Some(metric) = self.metric {
+            msg.attributes.push(RouteAttribute::Priority(metric));
         }
         msg
     }
@@ -316,6 +318,19 @@ mod tests {
         let deletion = round_trip(&delete(&host_gw()));
         assert_eq!((deletion.header.scope, deletion.header.protocol), (RouteScope::NoWhere, RouteProtocol::Unspec));
         assert_eq!(Route::from_message(&deletion).map(|r| (r.gateway, r.device)), Some((host_gw().gateway, Some(2))));
+    }
+
+    #[test]
+    fn a_delete_names_the_metric_so_only_that_route_goes() {
+        let blackhole = Route {
+            kind: RouteKind::Blackhole,
+            metric: Some(u32::MAX),
+            ..Route::unicast("10.244.1.0/24".parse().unwrap(), 87)
+        };
+        let deletion = round_trip(&delete(&blackhole));
+        assert!(deletion.attributes.contains(&RouteAttribute::Priority(u32::MAX)), "{deletion:?}");
+        let unset = round_trip(&delete(&host_gw()));
+        assert!(!unset.attributes.iter().any(|a| matches!(a, RouteAttribute::Priority(_))), "{unset:?}");
     }
 
     #[test]

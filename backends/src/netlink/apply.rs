@@ -192,6 +192,8 @@ fn route_to_netlink(r: &Route, index: u32) -> route::Route {
         gateway: r.gateway,
         device: (index != NO_DEVICE).then_some(index),
         onlink: r.onlink,
+        // Sent only when set, so a route at the family's default is added and deleted as before.
+        metric: (r.metric != 0).then_some(r.metric),
         ..route::Route::unicast(r.dst, r.protocol)
     }
 }

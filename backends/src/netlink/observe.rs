@@ -130,7 +130,15 @@ pub(super) fn route_from(
         Some(index) => Some(names.get(&index)?.clone()),
         None => None,
     };
-    Some(Route { dst: r.dst, kind, gateway: r.gateway, device, onlink: r.onlink, protocol: r.protocol })
+    Some(Route {
+        dst: r.dst,
+        kind,
+        gateway: r.gateway,
+        device,
+        onlink: r.onlink,
+        protocol: r.protocol,
+        metric: Route::normalized_metric(r.dst, r.metric),
+    })
 }
 
 fn neighbour_from(n: &neighbour::Neighbour, owned: &Owned) -> Option<Neighbour> {
@@ -262,7 +270,10 @@ mod tests {
         let names = HashMap::from([(7, "flannel.1".to_string())]);
         let device_route = Route::dev("10.244.4.0/24".parse().unwrap(), "flannel.1", 87);
         let blackhole = Route::blackhole("10.244.0.0/16".parse().unwrap(), 87);
-        for (route, index) in [(flannel_route(), 7), (device_route, 7), (blackhole, 0)] {
+        let last_resort = Route::blackhole("fd00:244:0:1::/64".parse().unwrap(), 87).with_metric(u32::MAX);
+        let metric_5 = Route::dev("fd00:244:0:2::/64".parse().unwrap(), "flannel.1", 87).with_metric(5);
+        let routes = [(flannel_route(), 7), (device_route, 7), (blackhole, 0), (last_resort, 0), (metric_5, 7)];
+        for (route, index) in routes {
             let op = crate::diff::Op::ReplaceRoute(route.clone());
             let request = super::super::apply::request_for(&op, index).unwrap();
             let Message::NewRoute(msg) = request.message().clone() else { panic!() };

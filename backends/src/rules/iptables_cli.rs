@@ -337,6 +337,12 @@ impl Rules for IptablesRules {
                 self.applied.remove(id);
                 Ok(())
             }
+            // observe_foreign reads no chain here, so no rewrite is ever asked of this applier.
+            RuleOp::RewriteForeign(r) => Err(RulesError::Invalid {
+                table: r.table.clone(),
+                chain: r.chain.clone(),
+                why: "the iptables applier writes only into its own chains".into(),
+            }),
         }
     }
 }

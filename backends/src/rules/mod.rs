@@ -6,14 +6,21 @@
 //! model renders as nft ([`nft::render_table`]) and as iptables-restore input ([`iptables::render`]) for hosts
 //! that need iptables, and so observed tables parse back into values that compare exactly.
 
+pub mod cni_masq;
+#[cfg(feature = "runtime")]
 mod command;
+pub mod foreign;
 pub mod iptables;
+#[cfg(feature = "runtime")]
 mod iptables_cli;
 pub mod nft;
+#[cfg(feature = "runtime")]
 mod nft_cli;
 pub mod traffic;
 
+#[cfg(feature = "runtime")]
 pub use iptables_cli::{IptablesRules, IptablesVariant};
+#[cfg(feature = "runtime")]
 pub use nft_cli::NftRules;
 
 use std::collections::BTreeMap;
@@ -332,6 +339,9 @@ impl Table {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleSet {
     pub tables: BTreeMap<TableId, Table>,
+    /// Accepts weft puts at the top of every forward base chain with policy drop in a table it does not own
+    /// (nftables only: see [`foreign`]). Each carries [`traffic::FORWARD_COMMENT`], which is how they are found.
+    pub foreign_forward: Vec<Rule>,
 }
 
 impl RuleSet {
@@ -340,7 +350,7 @@ impl RuleSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
+        self.tables.is_empty() && self.foreign_forward.is_empty()
     }
 
     /// The nft text of every table, in identity order. Golden tests compare this.
@@ -356,6 +366,8 @@ pub enum RuleOp {
     ReplaceTable(Table),
     /// Delete a table weft owns and no longer wants (deleting a missing one succeeds).
     DeleteTable(TableId),
+    /// Rewrite weft's rules in a base chain of a table weft does not own, in one transaction.
+    RewriteForeign(foreign::ForeignRewrite),
 }
 
 impl RuleOp {
@@ -363,6 +375,7 @@ impl RuleOp {
         match self {
             RuleOp::ReplaceTable(_) => "replace_table",
             RuleOp::DeleteTable(_) => "delete_table",
+            RuleOp::RewriteForeign(_) => "rewrite_foreign_chain",
         }
     }
 }
@@ -372,6 +385,14 @@ impl fmt::Display for RuleOp {
         match self {
             RuleOp::ReplaceTable(t) => write!(f, "replace table {}", t.id),
             RuleOp::DeleteTable(id) => write!(f, "delete table {id}"),
+            RuleOp::RewriteForeign(r) => write!(
+                f,
+                "rewrite weft's rules in chain {} {}: delete {}, insert {} at the top",
+                r.table,
+                r.chain,
+                r.delete.len(),
+                r.insert.len()
+            ),
         }
     }
 }
@@ -415,15 +436,28 @@ pub trait Rules: Send {
 
     /// Applies one operation atomically: after a failure the table is as it was before.
     fn apply(&mut self, op: &RuleOp) -> impl Future<Output = Result<(), RulesError>> + Send;
+
+    /// The base chains at `hook` of tables outside `owned`, with their rules, where this applier puts accepts
+    /// ([`foreign`]). None by default: only nftables needs them (an iptables jump sits in the built-in chain
+    /// itself).
+    fn observe_foreign(
+        &mut self,
+        _hook: Hook,
+        _owned: &[TableId],
+    ) -> impl Future<Output = Result<Vec<foreign::ForeignChain>, RulesError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// The applier the daemon runs, chosen by the network config's `EnableNFTables`.
+#[cfg(feature = "runtime")]
 #[derive(Debug, Clone)]
 pub enum AnyRules {
     Nft(NftRules),
     Iptables(IptablesRules),
 }
 
+#[cfg(feature = "runtime")]
 impl Rules for AnyRules {
     async fn observe(&mut self, tables: &[TableId]) -> Result<RuleSet, RulesError> {
         match self {
@@ -436,6 +470,17 @@ impl Rules for AnyRules {
         match self {
             AnyRules::Nft(r) => r.apply(op).await,
             AnyRules::Iptables(r) => r.apply(op).await,
+        }
+    }
+
+    async fn observe_foreign(
+        &mut self,
+        hook: Hook,
+        owned: &[TableId],
+    ) -> Result<Vec<foreign::ForeignChain>, RulesError> {
+        match self {
+            AnyRules::Nft(r) => r.observe_foreign(hook, owned).await,
+            AnyRules::Iptables(r) => r.observe_foreign(hook, owned).await,
         }
     }
 }
@@ -466,6 +511,15 @@ pub async fn reconcile_rules<R: Rules>(
                 continue;
             }
         }
+        match rules.apply(&op).await {
+            Ok(()) => report.applied.push(op),
+            Err(e) => report.failed.push((op, e)),
+        }
+    }
+    // Then the accepts in other tables' forward chains, once our own tables are in place.
+    let chains = rules.observe_foreign(Hook::Forward, owned).await?;
+    let marker = traffic::FORWARD_COMMENT;
+    for op in foreign::diff_foreign(&desired.foreign_forward, Hook::Forward, &chains, marker) {
         match rules.apply(&op).await {
             Ok(()) => report.applied.push(op),
             Err(e) => report.failed.push((op, e)),

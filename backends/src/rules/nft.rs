@@ -83,6 +83,7 @@ pub fn script(op: &RuleOp) -> String {
             format!("add table {id}\ndelete table {id}\n{}", render_table(table), id = table.id)
         }
         RuleOp::DeleteTable(id) => format!("add table {id}\ndelete table {id}\n"),
+        RuleOp::RewriteForeign(rewrite) => super::foreign::script(rewrite),
     }
 }
 
@@ -134,7 +135,7 @@ pub fn parse_table(id: &TableId, json: &Value, set: &mut RuleSet) -> Result<(), 
     Ok(())
 }
 
-fn items(json: &Value) -> Result<&Vec<Value>, String> {
+pub(crate) fn items(json: &Value) -> Result<&Vec<Value>, String> {
     json.get("nftables").and_then(Value::as_array).ok_or_else(|| "no \"nftables\" array".to_string())
 }
 
@@ -158,7 +159,7 @@ fn parse_base(chain: &Value) -> Option<BaseChain> {
     Some(BaseChain { chain_type, hook, priority, policy })
 }
 
-fn parse_rule(rule: &Value) -> Rule {
+pub(crate) fn parse_rule(rule: &Value) -> Rule {
     let unknown = || Rule::Unknown(rule.get("expr").map_or_else(|| rule.to_string(), Value::to_string));
     let Some(exprs) = rule.get("expr").and_then(Value::as_array) else { return unknown() };
     let Some((last, conditions)) = exprs.split_last() else { return unknown() };

@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use super::{nft, RuleOp, RuleSet, Rules, RulesError, TableId};
+use super::foreign::{self, ForeignChain};
+use super::{nft, Hook, RuleOp, RuleSet, Rules, RulesError, TableId};
 
 /// Runs nft, optionally through a wrapper that places it in another network namespace.
 #[derive(Debug, Clone)]
@@ -56,5 +57,21 @@ impl Rules for NftRules {
 
     async fn apply(&mut self, op: &RuleOp) -> Result<(), RulesError> {
         self.run(&op.to_string(), &["-f", "-"], Some(&nft::script(op))).await.map(|_| ())
+    }
+
+    async fn observe_foreign(&mut self, hook: Hook, owned: &[TableId]) -> Result<Vec<ForeignChain>, RulesError> {
+        let listing = self.run("list chains", &["-j", "list", "chains"], None).await?;
+        let any = TableId::new(super::TableFamily::Inet, "*");
+        let parse_error = |table: &TableId, why| RulesError::Parse { table: table.clone(), why };
+        let mut chains =
+            foreign::parse_chains(&parse_json(&any, &listing)?, hook, owned).map_err(|why| parse_error(&any, why))?;
+        for chain in &mut chains {
+            let id = &chain.table;
+            let what = format!("list chain {id} {}", chain.chain);
+            let args = ["-j", "list", "chain", id.family.keyword(), &id.name, &chain.chain];
+            let text = self.run(&what, &args, None).await?;
+            chain.rules = foreign::parse_chain_rules(&parse_json(id, &text)?).map_err(|why| parse_error(id, why))?;
+        }
+        Ok(chains)
     }
 }

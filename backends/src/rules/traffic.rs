@@ -31,7 +31,8 @@ pub const POSTROUTING_CHAIN: &str = "POSTRTG";
 /// The filter chain at forward (iptables: FLANNEL-FWD).
 pub const FORWARD_CHAIN: &str = "FWD";
 const MASQ_COMMENT: &str = "flanneld masq";
-const FORWARD_COMMENT: &str = "flanneld forward";
+/// The comment of the FORWARD accepts, in our table and in other tables' forward chains ([`super::foreign`]).
+pub const FORWARD_COMMENT: &str = "flanneld forward";
 
 /// Which of flannel's rules a host wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,7 @@ impl TrafficRules {
                 table = table.base_chain(POSTROUTING_CHAIN, base, self.masquerade_rules(*family, nets));
             }
             if self.forward {
+                set.foreign_forward.extend(forward_rules(nets.network));
                 let base = BaseChain {
                     chain_type: ChainType::Filter,
                     hook: Hook::Forward,
@@ -172,9 +174,11 @@ impl<B: Backend> Backend for WithTrafficRules<B> {
                 own.subnet(*family).map(|subnet| (*family, FamilyNetworks { network: *network, subnet }))
             })
             .collect();
-        for table in self.rules.rule_set(&networks).tables.into_values() {
+        let set = self.rules.rule_set(&networks);
+        for table in set.tables.into_values() {
             desired.rules.add(table);
         }
+        desired.rules.foreign_forward.extend(set.foreign_forward);
         desired
     }
 
@@ -288,7 +292,7 @@ COMMIT
     fn wrapped_backends_gain_the_tables_for_our_lease() {
         use crate::hostgw::{HostGwBackend, HostGwConfig};
         let underlay = crate::Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap()]);
-        let backend = HostGwBackend::prepare(HostGwConfig, underlay, &[Family::V4], 87).unwrap();
+        let backend = HostGwBackend::prepare(HostGwConfig::default(), underlay, &[Family::V4], 87).unwrap();
         let wrapped =
             WithTrafficRules { backend, rules: ALL, networks: vec![(Family::V4, "10.244.0.0/16".parse().unwrap())] };
         assert_eq!(wrapped.scope().tables, vec![table_id(Family::V4)]);

@@ -305,11 +305,7 @@ fn attach(
         enable_forwarding(plan)?;
     }
     if plan.ip_masq {
-        for (range, network) in
-            plan.ranges.iter().map(|r| (r, plan.networks.iter().find(|n| n.is_ipv4() == r.subnet.is_ipv4())))
-        {
-            masq::ensure(range.subnet, network.copied(), &conf.name)?;
-        }
+        masq::ensure_once(&conf.name, &plan.masqueraded())?;
     }
     let mut host = Socket::open().map_err(|e| CniError::netlink("opening a netlink socket", e))?;
     trace::mark("netlink socket ready");

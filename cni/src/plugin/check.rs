@@ -37,6 +37,13 @@ pub fn check(conf: &NetConf, env: &Env) -> Result<()> {
             }
         }
     }
+    // CHECK is where a flushed ipMasq table comes back (see masq.rs): repaired, not reported.
+    if let Ok(file) = super::read_subnet_file(&conf.subnet_file) {
+        let plan = super::Plan::new(conf, &file)?;
+        if plan.ip_masq {
+            crate::masq::ensure(&conf.name, &plan.masqueraded())?;
+        }
+    }
     if diffs.is_empty() {
         Ok(())
     } else {

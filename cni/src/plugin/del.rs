@@ -15,7 +15,12 @@ pub fn del(conf: &NetConf, env: &Env) -> Result<()> {
     remove_interfaces(env, id, ifname)?;
     match &conf.ipam {
         Ipam::Builtin { data_dir } => {
-            Store::open(data_dir, &conf.name)?.release_by_id(id, ifname)?;
+            let store = Store::open(data_dir, &conf.name)?;
+            store.release_by_id(id, ifname)?;
+            // The network's last container on this host is gone: so is the reason for its ipMasq tables.
+            if store.allocations()?.is_empty() {
+                crate::masq::remove(&conf.name)?;
+            }
         }
         Ipam::Plugin { plugin } => {
             let binary = exec::find(plugin, &env.path)?;

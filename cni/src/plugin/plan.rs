@@ -24,6 +24,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The subnets `ipMasq` masquerades, each with its family's cluster network.
+    pub fn masqueraded(&self) -> Vec<weft_backends::rules::cni_masq::MasqueradedSubnet> {
+        let subnets: Vec<IpNetwork> = self.ranges.iter().map(|r| r.subnet).collect();
+        crate::masq::subnets(&subnets, &self.networks)
+    }
+
     pub fn new(conf: &NetConf, file: &SubnetFile) -> Result<Plan> {
         let mut ranges = Vec::new();
         let mut networks = Vec::new();
