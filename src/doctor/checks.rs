@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use weft_backends::diff::{diff, Op};
 use weft_backends::model::{render_link, render_route, LinkKind};
-use weft_backends::rules::{diff_rules, RuleOp};
+use weft_backends::rules::foreign::diff_foreign;
+use weft_backends::rules::traffic::FORWARD_COMMENT;
+use weft_backends::rules::{diff_rules, Hook, Policy, RuleOp};
 use weft_backends::trust::RejectReason;
 use weft_backends::Family;
 
@@ -613,6 +615,8 @@ pub fn firewall(facts: &Facts) -> Check {
                 broken_tables.push(table.id.clone());
             }
             RuleOp::DeleteTable(id) => c.warn(format!("{id} holds rules weft no longer wants"), fix.clone()),
+            // diff_rules compares weft's own tables only; other tables' chains are checked below.
+            RuleOp::RewriteForeign(_) => {}
         }
     }
     let networks = |family: Family| -> Vec<String> {
@@ -646,16 +650,42 @@ pub fn firewall(facts: &Facts) -> Check {
             );
         }
     }
-    for chain in &fw.drop_chains_elsewhere {
-        let nets: Vec<String> = fw.networks.iter().map(|n| n.to_string()).collect();
-        c.warn(
-            format!(
-                "nftables chain {chain} hooks forward with policy drop: weft's accept in its own table does not \
-                     override it, so pod traffic is dropped unless that chain accepts {}",
-                nets.join(" ")
-            ),
-            format!("add to that chain: ip saddr {0} accept; ip daddr {0} accept (docs/backends.md)", nets.join(", ")),
-        );
+    // weftd puts its accepts atop every other table's forward chain whose policy is drop: an accept in its own
+    // table would not override that drop. Checked the way weftd applies them.
+    let nets: Vec<String> = fw.networks.iter().map(|n| n.to_string()).collect();
+    for op in diff_foreign(&fw.desired.foreign_forward, Hook::Forward, &fw.foreign_chains, FORWARD_COMMENT) {
+        let RuleOp::RewriteForeign(rewrite) = op else { continue };
+        let at = format!("nftables chain {} {}", rewrite.table, rewrite.chain);
+        if rewrite.insert.is_empty() {
+            c.warn(format!("{at} holds accepts weft no longer wants"), fix.clone());
+        } else {
+            c.fail(
+                format!(
+                    "{at} hooks forward with policy drop and weft's accepts for {} are not at its top: packets \
+                     between pods on different hosts are dropped",
+                    nets.join(" ")
+                ),
+                fix.clone(),
+            );
+        }
+    }
+    if !fw.forward_rules {
+        for chain in fw.foreign_chains.iter().filter(|ch| ch.hook == Hook::Forward && ch.policy == Policy::Drop) {
+            c.warn(
+                format!(
+                    "nftables chain {} {} hooks forward with policy drop and weftd adds no accepts \
+                     (--iptables-forward-rules=false): pod traffic is dropped unless that chain accepts {}",
+                    chain.table,
+                    chain.chain,
+                    nets.join(" ")
+                ),
+                format!(
+                    "add to that chain: ip saddr {0} accept; ip daddr {0} accept (or run weftd with \
+                     --iptables-forward-rules; docs/backends.md)",
+                    nets.join(", ")
+                ),
+            );
+        }
     }
     let policies: Vec<String> = fw.forward_policy.iter().map(|(f, p)| format!("{f} FORWARD policy {p}")).collect();
     c.detail(format!(
@@ -925,8 +955,9 @@ mod tests {
 
     use weft_backends::model::{FdbEntry, KernelState, Link, MacAddr, Neighbour, Route, VxlanAttrs};
     use weft_backends::netlink::Interface;
+    use weft_backends::rules::foreign::ForeignChain;
     use weft_backends::rules::traffic::TrafficRules;
-    use weft_backends::rules::RuleSet;
+    use weft_backends::rules::{Rule, RuleSet, TableFamily, TableId};
 
     use super::*;
     use crate::doctor::facts::{
@@ -1070,7 +1101,7 @@ mod tests {
                 observed: forward_rules(),
                 forward_rules: true,
                 forward_policy: [(Family::V4, "DROP".to_string())].into(),
-                drop_chains_elsewhere: Vec::new(),
+                foreign_chains: Vec::new(),
                 networks: vec!["10.244.0.0/16".parse().unwrap()],
             })),
             cni: CniFacts {
@@ -1230,14 +1261,45 @@ mod tests {
         assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
     }
 
+    fn drop_chain(rules: Vec<Rule>) -> ForeignChain {
+        ForeignChain {
+            table: TableId::new(TableFamily::Inet, "filter"),
+            chain: "forward".into(),
+            hook: Hook::Forward,
+            policy: Policy::Drop,
+            rules: (1..).zip(rules).collect(),
+        }
+    }
+
     #[test]
-    fn an_nftables_drop_chain_elsewhere_is_explained() {
+    fn an_nftables_drop_chain_elsewhere_needs_weft_accepts_at_its_top() {
         let mut facts = healthy();
         let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
         fw.forward_policy.clear();
-        fw.drop_chains_elsewhere = vec!["inet filter forward".into()];
+        fw.foreign_chains = vec![drop_chain(Vec::new())];
         let c = firewall(&facts);
-        assert_eq!(c.outcome, Outcome::Warn);
+        assert_eq!(c.outcome, Outcome::Fail, "{c:?}");
+        assert!(c.problems[0].problem.contains("inet filter forward"), "{c:?}");
+
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        let mut accepts = fw.desired.foreign_forward.clone();
+        accepts.push(Rule::Unknown("counter drop".into()));
+        fw.foreign_chains = vec![drop_chain(accepts)];
+        let c = firewall(&facts);
+        assert!(c.problems.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn an_nftables_drop_chain_elsewhere_without_forward_rules_is_explained() {
+        let mut facts = healthy();
+        let Some(Ok(fw)) = facts.firewall.as_mut() else { panic!() };
+        fw.forward_policy.clear();
+        fw.forward_rules = false;
+        fw.desired = RuleSet::default();
+        fw.observed = RuleSet::default();
+        fw.foreign_chains = vec![drop_chain(Vec::new())];
+        let c = firewall(&facts);
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
         assert!(c.problems[0].fix.contains("ip saddr 10.244.0.0/16 accept"), "{c:?}");
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 use weft_backends::model::KernelState;
 use weft_backends::netlink::Interface;
+use weft_backends::rules::foreign::ForeignChain;
 use weft_backends::rules::RuleSet;
 use weft_backends::Family;
 
@@ -111,8 +112,9 @@ pub struct FirewallFacts {
     pub forward_rules: bool,
     /// The policy of iptables' FORWARD chain by family, where iptables is the firewall (`ACCEPT`, `DROP`).
     pub forward_policy: BTreeMap<Family, String>,
-    /// nftables forward chains with a drop policy in tables that are not weft's (`inet filter forward`).
-    pub drop_chains_elsewhere: Vec<String>,
+    /// Forward base chains of nftables tables that are not weft's, where weftd puts its accepts atop a drop
+    /// policy (nftables only).
+    pub foreign_chains: Vec<ForeignChain>,
     pub networks: Vec<IpNetwork>,
 }
 

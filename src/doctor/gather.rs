@@ -13,7 +13,7 @@ use weft_backends::kernel::Kernel;
 use weft_backends::model::{Scope, WEFT_ROUTE_PROTOCOL};
 use weft_backends::netlink::{Interface, NetlinkKernel};
 use weft_backends::rules::traffic::{TrafficRules, WithTrafficRules};
-use weft_backends::rules::{AnyRules, IptablesRules, IptablesVariant, NftRules, RuleSet, Rules};
+use weft_backends::rules::{AnyRules, Hook, IptablesRules, IptablesVariant, NftRules, RuleSet, Rules};
 use weft_backends::{Family, PerFamily, Underlay};
 
 use super::facts::{
@@ -262,9 +262,8 @@ async fn read_firewall(
             }
         }
         None => {
-            if let Some(text) = run("nft", &["-j", "list", "chains"]).await {
-                facts.drop_chains_elsewhere = drop_chains_elsewhere(&text);
-            }
+            facts.foreign_chains =
+                rules.observe_foreign(Hook::Forward, &scope.tables).await.map_err(|e| e.to_string())?;
         }
     }
     Ok(facts)
@@ -282,26 +281,6 @@ pub fn forward_policy(save: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(":FORWARD "))
         .and_then(|rest| rest.split_whitespace().next())
         .map(String::from)
-}
-
-/// Forward-hook chains with a drop policy outside weft's `flannel` tables, from `nft -j list chains`.
-pub fn drop_chains_elsewhere(json: &str) -> Vec<String> {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
-    let items = value["nftables"].as_array().cloned().unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|item| item.get("chain"))
-        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
-        .filter(|c| c["table"] != weft_backends::rules::traffic::TABLE_NAME)
-        .map(|c| {
-            format!(
-                "{} {} {}",
-                c["family"].as_str().unwrap_or("?"),
-                c["table"].as_str().unwrap_or("?"),
-                c["name"].as_str().unwrap_or("?")
-            )
-        })
-        .collect()
 }
 
 /// Whether kube-proxy's chains are in the firewall (iptables or nftables mode).
@@ -423,16 +402,6 @@ mod tests {
         let save = "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [3:180]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
         assert_eq!(forward_policy(save).as_deref(), Some("DROP"));
         assert_eq!(forward_policy("*filter\nCOMMIT\n"), None);
-    }
-
-    #[test]
-    fn finds_drop_policies_in_other_tables_only() {
-        let json = r#"{"nftables":[{"metainfo":{}},
-            {"chain":{"family":"inet","table":"filter","name":"forward","hook":"forward","policy":"drop"}},
-            {"chain":{"family":"ip","table":"flannel","name":"FWD","hook":"forward","policy":"drop"}},
-            {"chain":{"family":"inet","table":"filter","name":"input","hook":"input","policy":"drop"}}]}"#;
-        assert_eq!(drop_chains_elsewhere(json), ["inet filter forward"]);
-        assert!(drop_chains_elsewhere("not json").is_empty());
     }
 
     #[test]
