@@ -109,6 +109,15 @@ pub struct DaemonArgs {
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub iptables_forward_rules: bool,
 
+    /// udp backend: virtio-net offloads on the TUN and UDP GSO/GRO (false: one packet per system call, as flanneld)
+    #[arg(long, env = "WEFTD_UDP_OFFLOADS", default_value = "true", action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub udp_offloads: bool,
+
+    /// udp backend: TUN queues, each with a sending and a receiving worker (0: one per CPU)
+    #[arg(long, env = "WEFTD_UDP_QUEUES", default_value_t = 0)]
+    pub udp_queues: usize,
+
     /// log format on stderr
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

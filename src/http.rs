@@ -34,6 +34,8 @@ pub struct Metrics {
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
+    /// The udp backend's data-plane counters, once its data plane runs.
+    pub udp: std::sync::OnceLock<Arc<weft_backends::udp::counters::Counters>>,
 }
 
 impl Metrics {
@@ -110,6 +112,9 @@ impl Metrics {
             &format!("{{subnet=\"{subnet}\"}}"),
             "1",
         );
+        if let Some(udp) = self.udp.get() {
+            out.push_str(&udp.render());
+        }
         out
     }
 }

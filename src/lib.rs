@@ -25,3 +25,4 @@ pub mod sd_notify;
 pub mod store;
 pub mod subnet_file;
 pub mod trust;
+pub mod udp_plane;
