@@ -192,9 +192,12 @@ impl Backend for UdpBackend {
     }
 }
 
-/// The source address of ICMP errors for packets of `family`, if the TUN has one of that family.
+/// The source address of ICMP errors for packets of `family`: the cluster network's base address. Not the TUN's
+/// own address: the kernel drops a packet arriving with one of its local addresses as source (a martian), so the
+/// answer would never reach the sender. The base address is routed into the TUN, which also satisfies reverse-path
+/// filtering, and flannel never leases the network's first subnet unless SubnetMin says so.
 pub fn icmp_source(tun_address: Option<IpNetwork>, family: Family) -> Option<IpAddr> {
-    tun_address.map(|n| n.ip()).filter(|ip| Family::of(*ip) == family)
+    tun_address.map(|n| n.network()).filter(|ip| Family::of(*ip) == family)
 }
 
 #[cfg(test)]
@@ -261,7 +264,7 @@ skip 10.244.4.0/24: BackendType is \"vxlan\", not \"udp\"
         assert_eq!(b.desired(&own, &reversed), desired, "peer order does not matter");
         assert_eq!(b.scope().links, vec!["flannel0"]);
         assert_eq!(b.lease_data(Family::V4), None);
-        assert_eq!(icmp_source(b.tun_address(&own), Family::V4), Some("10.244.1.0".parse().unwrap()));
+        assert_eq!(icmp_source(b.tun_address(&own), Family::V4), Some("10.244.0.0".parse().unwrap()));
         assert_eq!(icmp_source(b.tun_address(&own), Family::V6), None);
     }
 }

@@ -41,7 +41,7 @@ pub struct PlaneConfig {
     pub queues: usize,
     /// Where the UDP sockets bind (underlay address, Port).
     pub bind: SocketAddr,
-    /// The source of ICMP errors (the TUN's address).
+    /// The source of ICMP errors (see [`super::icmp_source`]).
     pub icmp_source: Option<IpAddr>,
     /// Virtio-net headers with TSO/USO on the TUN, UDP GSO on send and GRO on receive.
     pub offloads: bool,
