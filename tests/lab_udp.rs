@@ -194,6 +194,13 @@ fn peers_come_and_go_while_traffic_flows_and_a_restart_loses_only_what_was_in_fl
     );
     assert!(received > 0 && lost < sent / 2, "{lost} of {sent} lost");
     eventually(Duration::from_secs(10), Duration::from_millis(300), || all_ping(&lab));
+
+    // The TUN outlives weftd on purpose; `weftctl cleanup` removes it.
+    lab.stop_weftd(3).unwrap();
+    assert!(host(&lab, 3, &["ip", "link", "show"]).contains("flannel0"), "the TUN persists across a stop");
+    let subnet_file = lab.subnet_file(3).display().to_string();
+    host(&lab, 3, &[common::weftctl().to_str().unwrap(), "cleanup", "--subnet-file", &subnet_file]);
+    assert!(!host(&lab, 3, &["ip", "link", "show"]).contains("flannel0"), "cleanup removes the TUN");
 }
 
 /// A lease in flanneld's own udp format: PublicIP only, no BackendType, no BackendData.
