@@ -88,7 +88,15 @@ pub fn segment(vnet: &VnetHdr, packet: &[u8], out: &mut Vec<u8>) -> Result<Segme
         let start = out.len();
         out.extend_from_slice(packet);
         if vnet.flags & F_NEEDS_CSUM != 0 {
-            finish_partial_checksum(&mut out[start..], vnet)?;
+            // The checksum must lie past the IP header: one inside it would overwrite the header itself.
+            if usize::from(vnet.csum_start) < header.header_len {
+                out.truncate(start);
+                return Err(DropReason::BadOffload);
+            }
+            if let Err(e) = finish_partial_checksum(&mut out[start..], vnet) {
+                out.truncate(start);
+                return Err(e);
+            }
         }
         return Ok(Segments { count: 1, segment_len: packet.len(), total_len: packet.len() });
     }
@@ -495,6 +503,11 @@ mod tests {
         no_csum_room.gso_type = GSO_NONE;
         no_csum_room.csum_offset = 4000;
         assert_eq!(bad(no_csum_room), DropReason::BadOffload);
+        // Found by the fuzzer: a partial checksum "starting" inside the IP header would overwrite the header.
+        let inside_ip = VnetHdr { gso_type: GSO_NONE, csum_start: 0, csum_offset: 0, ..vnet };
+        let mut out = Vec::new();
+        assert_eq!(segment(&inside_ip, &p, &mut out).unwrap_err(), DropReason::BadOffload);
+        assert!(out.is_empty(), "nothing is left behind for a refused packet");
         assert_eq!(segment(&vnet, &p[..30], &mut Vec::new()).unwrap_err(), DropReason::Truncated);
     }
 
