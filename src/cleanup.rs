@@ -2,10 +2,10 @@
 //! another overlay). Safe to run twice, and with weftd stopped: a running weftd would put everything back.
 //!
 //! What goes: the VXLAN devices of any VNI (`flannel.<VNI>`, `flannel-v6.<VNI>`, with their addresses,
-//! neighbours and FDB entries), every route tagged with weft's protocol (VXLAN, DirectRouting and host-gw routes,
-//! the `--ip-blackhole-route` blackhole), the host rule tables in nftables and in both iptables backends (with the
-//! accepts weftd put in other nftables tables' forward chains), and the subnet file. etcd is left alone unless
-//! `--release-lease` is given, so a later weftd gets the same subnet back.
+//! neighbours and FDB entries), the udp backend's TUN `flannel0`, every route tagged with weft's protocol (VXLAN,
+//! DirectRouting and host-gw routes, the `--ip-blackhole-route` blackhole), the host rule tables in nftables and in
+//! both iptables backends (with the accepts weftd put in other nftables tables' forward chains), and the subnet
+//! file. etcd is left alone unless `--release-lease` is given, so a later weftd gets the same subnet back.
 
 use std::path::PathBuf;
 
@@ -52,8 +52,12 @@ pub enum CleanupError {
     Lease(String),
 }
 
-/// Whether `name` is a device weftd creates: `flannel.<VNI>` or `flannel-v6.<VNI>`.
+/// Whether `name` is a device weftd creates: `flannel.<VNI>`, `flannel-v6.<VNI>` or the udp backend's persistent
+/// TUN `flannel0`.
 pub fn is_weft_device(name: &str) -> bool {
+    if name == weft_backends::udp::DEVICE {
+        return true;
+    }
     let vni = name.strip_prefix("flannel-v6.").or_else(|| name.strip_prefix("flannel."));
     vni.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
@@ -131,7 +135,7 @@ mod tests {
 
     #[test]
     fn only_flannels_device_names_are_ours() {
-        for name in ["flannel.1", "flannel.4096", "flannel-v6.1"] {
+        for name in ["flannel.1", "flannel.4096", "flannel-v6.1", "flannel0"] {
             assert!(is_weft_device(name), "{name}");
         }
         for name in ["flannel", "flannel.", "flannel.1a", "flannel-wg", "cni0", "eth0", "xflannel.1", "flannel-v6."] {

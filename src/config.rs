@@ -112,6 +112,11 @@ impl NetworkConfig {
                 other => field_error("Backend.Type", other.to_string()),
             },
         )?;
+        let networks = PerFamily::from_fn(|f| config.family(f).map(|c| c.network));
+        let backend = backend.for_networks(&networks).map_err(|e| match e {
+            weft_backends::BackendError::Config { field, msg } => ConfigError::Field { field, msg },
+            other => field_error("Backend.Type", other.to_string()),
+        })?;
         Ok((config, backend))
     }
 

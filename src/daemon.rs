@@ -58,6 +58,8 @@ pub enum StartupError {
     Netlink(std::io::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    UdpPlane(#[from] weft_backends::udp::plane::PlaneError),
     #[error("--healthz-port: cannot listen on {addr}: {source}")]
     Healthz {
         addr: std::net::SocketAddr,
@@ -143,6 +145,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let listing = list_with_retry(&store, &mut shutdown).await;
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
+    let udp_plane = crate::udp_plane::plane_config(&backend, &own, &args);
     let backend = WithTrafficRules {
         backend: WithBlackholeRoute { backend, enabled: args.ip_blackhole_route },
         rules: TrafficRules {
@@ -168,6 +171,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     });
     let mut controller = Controller::new(kernel, rules, backend, policy, metrics.clone());
     controller.claim_routes_into(config.networks.iter().map(|(_, family)| family.network).collect());
+    if let Some(plane) = udp_plane {
+        // Before the first pass: the pass configures the TUN the data plane opens.
+        crate::udp_plane::start(&plane, controller.forwarding(), &metrics)?;
+    }
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

@@ -114,6 +114,14 @@ pub struct DaemonArgs {
     #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE", default_value = "false", action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_blackhole_route: bool,
+    /// udp backend: virtio-net offloads on the TUN and UDP GSO/GRO (false: one packet per system call, as flanneld)
+    #[arg(long, env = "WEFTD_UDP_OFFLOADS", default_value = "true", action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub udp_offloads: bool,
+
+    /// udp backend: TUN queues, each with a sending and a receiving worker (0: one per CPU)
+    #[arg(long, env = "WEFTD_UDP_QUEUES", default_value_t = 0)]
+    pub udp_queues: usize,
 
     /// log format on stderr
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -132,3 +132,41 @@ pub fn trust(data: &[u8]) {
         assert!(unusable_endpoint(fdb.dst).is_none() && !ours.contains(&fdb.dst), "FDB entry to {}", fdb.dst);
     }
 }
+
+/// The udp backend's packet codec on a TUN read (virtio-net header, then the packet): the hop limit and ICMP
+/// answer never panic; every wire packet cut from it parses with the length it was cut at; coalescing those back
+/// and cutting again gives the same number of bytes.
+pub fn udp_codec(data: &[u8]) {
+    use weft_backends::udp::offload::{segment, Coalescer, VnetHdr, VNET_HDR_LEN};
+    use weft_backends::udp::packet::{decrement_hop_limit, net_unreachable, IpHeader};
+
+    let Ok(vnet) = VnetHdr::parse(data) else { return };
+    let mut packet = data[VNET_HDR_LEN..].to_vec();
+    if let Ok(header) = IpHeader::parse(&packet) {
+        let source = if header.src.is_ipv4() { "10.244.1.0".parse() } else { "fd00::1".parse() };
+        if let Some(icmp) = net_unreachable(&packet, &header, source.expect("a literal address")) {
+            assert!(IpHeader::parse(&icmp).is_ok(), "our ICMP answer parses");
+        }
+        let _ = decrement_hop_limit(&mut packet, &header);
+    }
+    let mut out = Vec::new();
+    let Ok(cut) = segment(&vnet, &packet, &mut out) else { return };
+    assert_eq!(out.len(), cut.total_len);
+    let mut coalescer = Coalescer::default();
+    let (mut at, mut count) = (0, 0);
+    while at < cut.total_len {
+        let len = cut.segment_len.min(cut.total_len - at);
+        let wire = &out[at..at + len];
+        assert_eq!(IpHeader::parse(wire).expect("a wire packet parses").total_len, len);
+        coalescer.push(wire).expect("a wire packet coalesces");
+        at += len;
+        count += 1;
+    }
+    assert_eq!(count, cut.count);
+    let mut again = 0;
+    coalescer.drain(|framed| {
+        let vnet = VnetHdr::parse(framed).expect("our own virtio header parses");
+        again += segment(&vnet, &framed[VNET_HDR_LEN..], &mut Vec::new()).expect("a coalesced packet cuts").total_len;
+    });
+    assert_eq!(again, cut.total_len, "coalescing and cutting again keeps every byte");
+}

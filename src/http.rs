@@ -39,6 +39,8 @@ pub struct Metrics {
     pub last_reconcile_seconds: Mutex<f64>,
     /// What `/status` serves (`weftctl status`, `weftctl doctor`).
     pub status: crate::status::StatusBoard,
+    /// The udp backend's data-plane counters, once its data plane runs.
+    pub udp: std::sync::OnceLock<Arc<weft_backends::udp::counters::Counters>>,
 }
 
 impl Metrics {
@@ -127,6 +129,9 @@ impl Metrics {
             &format!("{{subnet=\"{subnet}\"}}"),
             "1",
         );
+        if let Some(udp) = self.udp.get() {
+            out.push_str(&udp.render());
+        }
         out
     }
 }

@@ -30,5 +30,6 @@ pub mod store;
 pub mod subnet_file;
 pub mod term;
 pub mod trust;
+pub mod udp_plane;
 pub mod value_grace;
 pub mod weftd_client;

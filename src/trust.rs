@@ -139,7 +139,7 @@ fn judge_lease(
         }
     }
     let ours = policy.backend.backend_type();
-    if lease.attrs.backend_type != ours {
+    if !policy.backend.accepts_backend_type(&lease.attrs.backend_type) {
         return Err(RejectReason::WrongBackendType { theirs: lease.attrs.backend_type.clone(), ours: ours.into() });
     }
     let peer = lease.to_peer();

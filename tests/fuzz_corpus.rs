@@ -12,6 +12,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("subnet_env", weft::fuzz_checks::subnet_env),
     ("cni_input", weft::fuzz_checks::cni_input),
     ("trust", weft::fuzz_checks::trust),
+    ("udp_codec", weft::fuzz_checks::udp_codec),
 ];
 
 #[test]

@@ -19,8 +19,9 @@ use crate::model::MacAddr;
 use crate::model::{KernelState, Scope};
 use crate::rules::RuleSet;
 use crate::trust::RejectReason;
+use crate::udp::{self, UdpBackend, UdpConfig};
 use crate::vxlan::{VxlanBackend, VxlanConfig};
-use crate::{vxlan, BackendError, Family, Peer, Underlay};
+use crate::{vxlan, BackendError, Family, Peer, PerFamily, Underlay};
 
 /// Everything a backend wants for a given set of leases.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +87,7 @@ pub trait Backend {
 pub enum BackendConfig {
     Vxlan(VxlanConfig),
     HostGw(HostGwConfig),
+    Udp(UdpConfig),
 }
 
 impl BackendConfig {
@@ -94,6 +96,7 @@ impl BackendConfig {
         match kind {
             vxlan::BACKEND_TYPE => Ok(BackendConfig::Vxlan(VxlanConfig::from_json(backend)?)),
             hostgw::BACKEND_TYPE => Ok(BackendConfig::HostGw(HostGwConfig::from_json(backend)?)),
+            udp::BACKEND_TYPE => Ok(BackendConfig::Udp(UdpConfig::from_json(backend)?)),
             other => Err(BackendError::UnsupportedType(other.to_string())),
         }
     }
@@ -103,6 +106,25 @@ impl BackendConfig {
         match self {
             BackendConfig::Vxlan(_) => vxlan::BACKEND_TYPE,
             BackendConfig::HostGw(_) => hostgw::BACKEND_TYPE,
+            BackendConfig::Udp(_) => udp::BACKEND_TYPE,
+        }
+    }
+
+    /// Whether a peer lease with BackendType `theirs` is one of ours. Exact, except that flanneld's udp leases
+    /// carry no BackendType at all.
+    pub fn accepts_backend_type(&self, theirs: &str) -> bool {
+        match self {
+            BackendConfig::Udp(_) => udp::accepts_backend_type(theirs),
+            _ => theirs == self.backend_type(),
+        }
+    }
+
+    /// Hands the config's cluster networks to a backend that needs them (udp: the TUN's prefix), refusing a
+    /// family the backend cannot carry. The others need nothing from them.
+    pub fn for_networks(self, networks: &PerFamily<IpNetwork>) -> Result<BackendConfig, BackendError> {
+        match self {
+            BackendConfig::Udp(c) => c.for_networks(networks).map(BackendConfig::Udp),
+            other => Ok(other),
         }
     }
 
@@ -112,8 +134,9 @@ impl BackendConfig {
     pub fn check_peer_data(&self, data: Option<&Value>) -> Result<Option<MacAddr>, RejectReason> {
         match self {
             BackendConfig::Vxlan(c) => vxlan::check_peer_data(data, c.vni).map(Some),
-            // flannel's host-gw leases carry no BackendData, and whatever another host put there is not used.
-            BackendConfig::HostGw(_) => Ok(None),
+            // flannel's host-gw and udp leases carry no BackendData, and whatever another host put there is not
+            // used.
+            BackendConfig::HostGw(_) | BackendConfig::Udp(_) => Ok(None),
         }
     }
 
@@ -126,6 +149,8 @@ impl BackendConfig {
             }
             // No devices of its own, so nothing of an earlier run to keep.
             BackendConfig::HostGw(_) => Scope::links(Vec::new(), route_protocol),
+            // The TUN keeps nothing the backend chooses.
+            BackendConfig::Udp(_) => Scope::links(Vec::new(), route_protocol),
         }
     }
 
@@ -144,6 +169,7 @@ impl BackendConfig {
             BackendConfig::HostGw(c) => {
                 HostGwBackend::prepare(c, underlay, families, route_protocol).map(AnyBackend::HostGw)
             }
+            BackendConfig::Udp(c) => UdpBackend::prepare(c, underlay, route_protocol).map(AnyBackend::Udp),
         }
     }
 }
@@ -153,6 +179,7 @@ impl BackendConfig {
 pub enum AnyBackend {
     Vxlan(VxlanBackend),
     HostGw(HostGwBackend),
+    Udp(UdpBackend),
 }
 
 impl Backend for AnyBackend {
@@ -160,36 +187,42 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::Vxlan(b) => b.backend_type(),
             AnyBackend::HostGw(b) => b.backend_type(),
+            AnyBackend::Udp(b) => b.backend_type(),
         }
     }
     fn scope(&self) -> Scope {
         match self {
             AnyBackend::Vxlan(b) => b.scope(),
             AnyBackend::HostGw(b) => b.scope(),
+            AnyBackend::Udp(b) => b.scope(),
         }
     }
     fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
         match self {
             AnyBackend::Vxlan(b) => b.desired(own, peers),
             AnyBackend::HostGw(b) => b.desired(own, peers),
+            AnyBackend::Udp(b) => b.desired(own, peers),
         }
     }
     fn lease_data(&self, family: Family) -> Option<Value> {
         match self {
             AnyBackend::Vxlan(b) => b.lease_data(family),
             AnyBackend::HostGw(b) => b.lease_data(family),
+            AnyBackend::Udp(b) => b.lease_data(family),
         }
     }
     fn mtu(&self) -> u32 {
         match self {
             AnyBackend::Vxlan(b) => b.mtu(),
             AnyBackend::HostGw(b) => b.mtu(),
+            AnyBackend::Udp(b) => b.mtu(),
         }
     }
     fn notes(&self) -> &[String] {
         match self {
             AnyBackend::Vxlan(b) => b.notes(),
             AnyBackend::HostGw(b) => b.notes(),
+            AnyBackend::Udp(b) => b.notes(),
         }
     }
 }
@@ -201,8 +234,8 @@ mod tests {
 
     #[test]
     fn the_config_picks_the_backend_and_the_backend_its_scope() {
-        let err = BackendConfig::parse("udp", &serde_json::json!({})).unwrap_err();
-        assert!(matches!(err, BackendError::UnsupportedType(t) if t == "udp"));
+        let err = BackendConfig::parse("ipip", &serde_json::json!({})).unwrap_err();
+        assert!(matches!(err, BackendError::UnsupportedType(t) if t == "ipip"));
         let config = BackendConfig::parse("vxlan", &serde_json::json!({"VNI": 4})).unwrap();
         let scope = config.existing_scope(&[Family::V4, Family::V6], WEFT_ROUTE_PROTOCOL);
         assert_eq!(scope.links, vec!["flannel.4", "flannel-v6.4"]);

@@ -20,6 +20,7 @@ pub mod model;
 pub mod netlink;
 pub mod rules;
 pub mod trust;
+pub mod udp;
 pub mod vxlan;
 
 use std::fmt;
@@ -189,6 +190,6 @@ pub enum BackendError {
     Config { field: String, msg: String },
     #[error("interface {interface} has no {family} address for the {backend} backend")]
     NoUnderlayAddress { interface: String, family: Family, backend: &'static str },
-    #[error("unsupported backend type {0:?}: this build supports \"vxlan\" and \"host-gw\"")]
+    #[error("unsupported backend type {0:?}: this build supports \"vxlan\", \"host-gw\" and \"udp\"")]
     UnsupportedType(String),
 }

@@ -31,11 +31,16 @@ pub enum Path {
     WeftHostGw,
     /// Container to container through a hand-built kernel VXLAN setup.
     KernelVxlan,
+    /// Container to container through weftd's udp backend (userspace, offloads on: the default).
+    WeftUdp,
+    /// The same with `--udp-offloads=false`: one packet per system call, flanneld's udp data path.
+    WeftUdpPlain,
 }
 
 impl Path {
     /// Every path, in the order of the table.
-    pub const ALL: [Path; 4] = [Path::Underlay, Path::WeftHostGw, Path::WeftVxlan, Path::KernelVxlan];
+    pub const ALL: [Path; 6] =
+        [Path::Underlay, Path::WeftHostGw, Path::WeftVxlan, Path::KernelVxlan, Path::WeftUdp, Path::WeftUdpPlain];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -43,6 +48,8 @@ impl Path {
             Path::WeftVxlan => "weft vxlan c-c",
             Path::WeftHostGw => "weft host-gw c-c",
             Path::KernelVxlan => "hand-built vxlan c-c",
+            Path::WeftUdp => "weft udp c-c",
+            Path::WeftUdpPlain => "weft udp no offloads",
         }
     }
 }
@@ -83,6 +90,9 @@ pub struct DataplaneResults {
     /// The same ratios over quiet runs only (NaN when a path had none).
     pub quiet_weft_vs_kernel_p1: f64,
     pub quiet_weft_vs_kernel_p2: f64,
+    /// weft udp / hand-built (kernel) vxlan (the target is >= 0.5 single stream).
+    pub udp_vs_kernel_p1: f64,
+    pub udp_vs_kernel_p2: f64,
 }
 
 /// Where one path's server and client run.
@@ -118,6 +128,9 @@ pub fn run(
     crate::lab::wait_for(|| hostgw.ping(1, hostgw_c2), Duration::from_secs(10))
         .then_some(())
         .ok_or_else(|| super::error::BenchError("host-gw lab containers cannot reach each other".into()))?;
+    // The udp backend twice, with and without offloads, as two more labs of the same shape.
+    let udp = second_lab(&lab, "u", weft_backends::udp::BACKEND_TYPE, &[])?;
+    let udp_plain = second_lab(&lab, "p", weft_backends::udp::BACKEND_TYPE, &["--udp-offloads=false"])?;
     let mut scratch = ScratchNamespaces::new();
     let kernel = build_kernel_vxlan(&mut scratch)?;
 
@@ -132,6 +145,8 @@ pub fn run(
             Endpoints { server_ns: lab.container_ns(2), server_ip: weft_c2, client_ns: lab.container_ns(1) },
         ),
         (Path::KernelVxlan, kernel),
+        (Path::WeftUdp, container_ends(&udp)?),
+        (Path::WeftUdpPlain, container_ends(&udp_plain)?),
     ];
     let mut runs = Vec::new();
     let mut progress = weft::term::Progress::new("data plane", reps.max(1) * 2 * paths.len());
@@ -173,18 +188,43 @@ pub fn run(
                 }
             })
         };
-        get(Path::WeftVxlan) / get(Path::KernelVxlan)
+        (get(Path::WeftVxlan) / get(Path::KernelVxlan), get(Path::WeftUdp) / get(Path::KernelVxlan))
     };
     Ok(DataplaneResults {
         seconds,
         reps,
-        weft_vs_kernel_p1: ratio(1, false),
-        weft_vs_kernel_p2: ratio(2, false),
-        quiet_weft_vs_kernel_p1: ratio(1, true),
-        quiet_weft_vs_kernel_p2: ratio(2, true),
+        weft_vs_kernel_p1: ratio(1, false).0,
+        weft_vs_kernel_p2: ratio(2, false).0,
+        quiet_weft_vs_kernel_p1: ratio(1, true).0,
+        quiet_weft_vs_kernel_p2: ratio(2, true).0,
+        udp_vs_kernel_p1: ratio(1, false).1,
+        udp_vs_kernel_p2: ratio(2, false).1,
         runs,
         summary,
     })
+}
+
+/// A two-host lab like `first` with another backend and extra weftd flags, its containers able to reach each other.
+fn second_lab(first: &Lab, prefix: &str, backend: &str, args: &[&str]) -> Result<LabGuard> {
+    let spec = LabSpec {
+        backend: backend.to_string(),
+        state_root: first.spec().state_root.clone(),
+        extra_weftd_args: args.iter().map(|a| a.to_string()).collect(),
+        ..LabSpec::new(format!("{prefix}{}", std::process::id()), 2, first.spec().weftd.clone())
+    };
+    let lab = LabGuard(Lab::up(spec).context(format!("building the {backend} {args:?} data-plane lab"))?);
+    let c2 =
+        lab.container_ip(2).ok_or_else(|| super::error::BenchError(format!("{backend} container 2 has no address")))?;
+    crate::lab::wait_for(|| lab.ping(1, c2), Duration::from_secs(10)).then_some(()).ok_or_else(|| {
+        super::error::BenchError(format!("{backend} {args:?} lab containers cannot reach each other"))
+    })?;
+    Ok(lab)
+}
+
+fn container_ends(lab: &Lab) -> Result<Endpoints> {
+    let server_ip =
+        lab.container_ip(2).ok_or_else(|| super::error::BenchError("lab container 2 has no address".into()))?;
+    Ok(Endpoints { server_ns: lab.container_ns(2), server_ip, client_ns: lab.container_ns(1) })
 }
 
 fn summarize(runs: &[Run]) -> Vec<Summary> {

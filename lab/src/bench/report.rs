@@ -113,7 +113,6 @@ pub fn table(report: &Report) -> String {
             };
             row(&mut rows, path.label().into(), cell(1), cell(2), String::new());
         }
-        row(&mut rows, "udp backend".into(), "pending (not implemented)".into(), String::new(), String::new());
     }
     match &report.cni {
         Some(cni) => {

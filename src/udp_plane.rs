@@ -1,0 +1,43 @@
+//! weftd's glue for the udp backend's userspace data plane: its settings from the flags and our lease, and its
+//! start before the first reconcile pass (which configures the TUN the data plane opens). The data plane follows
+//! the controller's forwarding table from then on; nothing here runs per packet.
+
+use std::sync::Arc;
+
+use weft_backends::backend::AnyBackend;
+use weft_backends::forwarding::ForwardingReceiver;
+use weft_backends::udp::counters::Counters;
+use weft_backends::udp::plane::{self, PlaneConfig, PlaneError};
+use weft_backends::udp::{icmp_source, DEVICE};
+use weft_backends::Family;
+
+use crate::flags::DaemonArgs;
+use crate::http::Metrics;
+use crate::lease::Lease;
+
+/// Socket buffers: wireguard-go measured 7 MB as the point past which larger buffers stop helping.
+pub const SOCKET_BUFFER: usize = 7 << 20;
+
+/// The data plane a udp backend needs, or None for kernel backends.
+pub fn plane_config(backend: &AnyBackend, own: &Lease, args: &DaemonArgs) -> Option<PlaneConfig> {
+    let AnyBackend::Udp(udp) = backend else { return None };
+    let queues = match args.udp_queues {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    Some(PlaneConfig {
+        device: DEVICE.to_string(),
+        queues,
+        bind: udp.bind_address(),
+        icmp_source: icmp_source(udp.tun_address(&own.to_peer()), Family::V4),
+        offloads: args.udp_offloads,
+        socket_buffer: SOCKET_BUFFER,
+    })
+}
+
+/// Opens the TUN queues and sockets and starts the workers; their counters go to `/metrics`.
+pub fn start(config: &PlaneConfig, forwarding: ForwardingReceiver, metrics: &Metrics) -> Result<(), PlaneError> {
+    let counters = metrics.udp.get_or_init(|| Arc::new(Counters::default())).clone();
+    plane::start(config, forwarding, counters)?;
+    Ok(())
+}
