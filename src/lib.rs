@@ -26,3 +26,4 @@ pub mod store;
 pub mod subnet_file;
 pub mod trust;
 pub mod udp_plane;
+pub mod wg_plane;

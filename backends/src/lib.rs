@@ -20,6 +20,7 @@ pub mod rules;
 pub mod trust;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -188,6 +189,8 @@ pub enum BackendError {
     Config { field: String, msg: String },
     #[error("interface {interface} has no {family} address for the {backend} backend")]
     NoUnderlayAddress { interface: String, family: Family, backend: &'static str },
-    #[error("unsupported backend type {0:?}: this build supports \"vxlan\", \"host-gw\" and \"udp\"")]
+    #[error("unsupported backend type {0:?}: this build supports \"vxlan\", \"host-gw\", \"udp\" and \"wireguard\"")]
     UnsupportedType(String),
+    #[error(transparent)]
+    WireguardKey(#[from] wireguard::keys::KeyError),
 }
