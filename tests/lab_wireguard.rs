@@ -18,12 +18,16 @@ use weft_lab::lab::LabSpec;
 const MARKER_HEX: &str = "77656674736563726574";
 const MARKER: &[u8] = b"weftsecret";
 
-fn wg_lab(hosts: usize) -> TestLab {
-    TestLab::from_spec(LabSpec {
+fn wg_spec(hosts: usize) -> LabSpec {
+    LabSpec {
         backend: "wireguard".into(),
         extra_weftd_args: ["--resync-interval", "1s"].map(String::from).to_vec(),
         ..TestLab::spec(hosts)
-    })
+    }
+}
+
+fn wg_lab(hosts: usize) -> TestLab {
+    TestLab::from_spec(wg_spec(hosts))
 }
 
 fn all_ping(lab: &TestLab) -> Result<(), String> {
@@ -164,4 +168,111 @@ fn three_hosts_ping_encrypted_and_keys_persist_and_rotate() {
         }
     });
     eventually(Duration::from_secs(30), Duration::from_millis(300), || all_ping(&lab));
+}
+
+/// `wireguard-go` in the foreground, ended by its pid when the test ends (pass or fail), and its control socket.
+struct WireguardGo(std::process::Child, std::path::PathBuf);
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        // SIGTERM first: wireguard-go then removes its device and socket itself.
+        // SAFETY: kill(2) on the pid of the child this test started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn run_ok(lab: &TestLab, ns: &str, args: &[&str]) -> String {
+    let out = lab.exec_in(ns, args).unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// h3 is no weft host: Debian's wireguard-go, configured with `wg` from the lease set as an operator would, with a
+/// lease of its own in flanneld's format. Traffic flows both ways between it and weft's hosts.
+#[test]
+fn wireguard_go_configured_with_wg_from_the_leases_exchanges_traffic_with_weft() {
+    let lab = TestLab::from_spec(LabSpec { start_weftd: false, ..wg_spec(3) });
+    for h in 1..=2 {
+        lab.start_weftd(h).unwrap();
+        lab.wait_for_subnet_env(h, Duration::from_secs(15)).unwrap();
+        lab.attach_container(h).unwrap();
+    }
+    // Unique per test run: wireguard-go's control socket (/var/run/wireguard/NAME.sock) is not per namespace.
+    let device = format!("wgi{}", std::process::id() % 100_000);
+    let h3 = lab.host_ns(3);
+    let key_file = lab.dir().join("h3-wg-go-key");
+    let private = run_ok(&lab, &h3, &["wg", "genkey"]);
+    std::fs::write(&key_file, private.trim()).unwrap();
+    let mut pubkey = lab.command_in(&h3, ["wg", "pubkey"]).unwrap();
+    let mut child = pubkey.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
+    let public = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string();
+
+    let grant = lab.etcdctl_ok(["lease", "grant", "600"]).unwrap();
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    let value = format!(
+        r#"{{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
+    );
+    lab.etcdctl_ok(["put", &format!("--lease={id}"), "/coreos.com/network/subnets/10.244.77.0-24", &value]).unwrap();
+
+    let mut go = lab.command_in(&h3, ["wireguard-go", "-f", &device]).unwrap();
+    go.env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let sock = format!("/var/run/wireguard/{device}.sock");
+    let _go = WireguardGo(go.spawn().unwrap(), sock.clone().into());
+    eventually(Duration::from_secs(10), Duration::from_millis(100), || {
+        if std::path::Path::new(&sock).exists() {
+            Ok(())
+        } else {
+            Err(format!("wireguard-go did not create {sock}"))
+        }
+    });
+    // Peers from the lease set: each weft host's PublicKey, PublicIP:Port and subnet.
+    let key_path = key_file.display().to_string();
+    let mut wg_set: Vec<String> =
+        ["wg", "set", &device, "private-key", &key_path, "listen-port", "51820"].map(String::from).to_vec();
+    for lease in lab.leases().unwrap() {
+        let v: serde_json::Value = serde_json::from_str(&lease.value).unwrap();
+        if v["PublicIP"] == "198.18.0.3" {
+            continue;
+        }
+        let subnet = lease.key.rsplit('/').next().unwrap().replace('-', "/");
+        let endpoint = format!("{}:{}", v["PublicIP"].as_str().unwrap(), v["BackendData"]["Port"]);
+        let peer_key = v["BackendData"]["PublicKey"].as_str().unwrap().to_string();
+        wg_set.extend(["peer".into(), peer_key, "endpoint".into(), endpoint, "allowed-ips".into(), subnet]);
+    }
+    run_ok(&lab, &h3, &wg_set.iter().map(String::as_str).collect::<Vec<_>>());
+    run_ok(&lab, &h3, &["ip", "addr", "add", "10.244.77.0/16", "dev", &device]);
+    run_ok(&lab, &h3, &["ip", "link", "set", &device, "mtu", "1420", "up"]);
+
+    // wireguard-go's host pings h1's container (it initiates), and h2's container pings wireguard-go's address
+    // (weft initiates).
+    let c1 = lab.container_ip(1).unwrap().to_string();
+    eventually(Duration::from_secs(20), Duration::from_millis(300), || {
+        let out = lab.exec_in(&h3, ["ping", "-c", "1", "-W", "1", &c1]).unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("wireguard-go host cannot ping {c1}: {}", String::from_utf8_lossy(&out.stdout)))
+        }
+    });
+    eventually(Duration::from_secs(20), Duration::from_millis(300), || {
+        let out = lab.exec_in(&lab.container_ns(2), ["ping", "-c", "1", "-W", "1", "10.244.77.0"]).unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("h2's container cannot ping wireguard-go's host: {}", String::from_utf8_lossy(&out.stdout)))
+        }
+    });
+    let shown = run_ok(&lab, &h3, &["wg", "show", &device, "latest-handshakes"]);
+    let handshakes = shown.lines().filter(|l| !l.ends_with("\t0")).count();
+    assert_eq!(handshakes, 2, "wireguard-go completed a handshake with both weft hosts: {shown}");
 }
