@@ -550,4 +550,14 @@ mod tests {
         assert!(!f.admits("10.244.3.0/25".parse().unwrap()));
         assert!(!f.admits("10.245.3.0/24".parse().unwrap()));
     }
+
+    #[test]
+    fn validate_takes_the_wireguard_backend_and_names_its_bad_fields() {
+        let ok = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"auto","ListenPort":7000}}"#;
+        let (_, backend) = NetworkConfig::validate(ok).unwrap();
+        assert_eq!(backend.backend_type(), "wireguard");
+        let bad = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"nope"}}"#;
+        let err = NetworkConfig::validate(bad).unwrap_err().to_string();
+        assert!(err.starts_with("network config field Backend.PSK: PSK \"nope\" is not a WireGuard key"), "{err}");
+    }
 }

@@ -60,6 +60,8 @@ pub enum StartupError {
     Unsupported(String),
     #[error(transparent)]
     UdpPlane(#[from] weft_backends::udp::plane::PlaneError),
+    #[error(transparent)]
+    WgPlane(#[from] weft_backends::wireguard::plane::WgPlaneError),
     #[error("--healthz-port: cannot listen on {addr}: {source}")]
     Healthz {
         addr: std::net::SocketAddr,
@@ -146,6 +148,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let Some(listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let udp_plane = crate::udp_plane::plane_config(&backend, &own, &args);
+    let wg_planes = crate::wg_plane::plane_configs(&backend, &args);
     let backend = WithTrafficRules {
         backend: WithBlackholeRoute { backend, enabled: args.ip_blackhole_route },
         rules: TrafficRules {
@@ -175,6 +178,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         // Before the first pass: the pass configures the TUN the data plane opens.
         crate::udp_plane::start(&plane, controller.forwarding(), &metrics)?;
     }
+    crate::wg_plane::start(&wg_planes, &controller.forwarding(), &metrics)?;
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

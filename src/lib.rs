@@ -33,3 +33,4 @@ pub mod trust;
 pub mod udp_plane;
 pub mod value_grace;
 pub mod weftd_client;
+pub mod wg_plane;

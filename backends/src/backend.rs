@@ -21,6 +21,7 @@ use crate::rules::RuleSet;
 use crate::trust::RejectReason;
 use crate::udp::{self, UdpBackend, UdpConfig};
 use crate::vxlan::{VxlanBackend, VxlanConfig};
+use crate::wireguard::{self, WireguardBackend, WireguardConfig};
 use crate::{vxlan, BackendError, Family, Peer, PerFamily, Underlay};
 
 /// Everything a backend wants for a given set of leases.
@@ -88,6 +89,7 @@ pub enum BackendConfig {
     Vxlan(VxlanConfig),
     HostGw(HostGwConfig),
     Udp(UdpConfig),
+    Wireguard(WireguardConfig),
 }
 
 impl BackendConfig {
@@ -97,6 +99,7 @@ impl BackendConfig {
             vxlan::BACKEND_TYPE => Ok(BackendConfig::Vxlan(VxlanConfig::from_json(backend)?)),
             hostgw::BACKEND_TYPE => Ok(BackendConfig::HostGw(HostGwConfig::from_json(backend)?)),
             udp::BACKEND_TYPE => Ok(BackendConfig::Udp(UdpConfig::from_json(backend)?)),
+            wireguard::BACKEND_TYPE => Ok(BackendConfig::Wireguard(WireguardConfig::from_json(backend)?)),
             other => Err(BackendError::UnsupportedType(other.to_string())),
         }
     }
@@ -107,6 +110,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(_) => vxlan::BACKEND_TYPE,
             BackendConfig::HostGw(_) => hostgw::BACKEND_TYPE,
             BackendConfig::Udp(_) => udp::BACKEND_TYPE,
+            BackendConfig::Wireguard(_) => wireguard::BACKEND_TYPE,
         }
     }
 
@@ -124,6 +128,7 @@ impl BackendConfig {
     pub fn for_networks(self, networks: &PerFamily<IpNetwork>) -> Result<BackendConfig, BackendError> {
         match self {
             BackendConfig::Udp(c) => c.for_networks(networks).map(BackendConfig::Udp),
+            BackendConfig::Wireguard(c) => Ok(BackendConfig::Wireguard(c.for_networks(networks))),
             other => Ok(other),
         }
     }
@@ -137,6 +142,8 @@ impl BackendConfig {
             // flannel's host-gw and udp leases carry no BackendData, and whatever another host put there is not
             // used.
             BackendConfig::HostGw(_) | BackendConfig::Udp(_) => Ok(None),
+            // A wireguard peer without a usable public key cannot be reached.
+            BackendConfig::Wireguard(_) => wireguard::parse_lease_data(data).map(|_| None),
         }
     }
 
@@ -151,6 +158,8 @@ impl BackendConfig {
             BackendConfig::HostGw(_) => Scope::links(Vec::new(), route_protocol),
             // The TUN keeps nothing the backend chooses.
             BackendConfig::Udp(_) => Scope::links(Vec::new(), route_protocol),
+            // The key is kept in its file, not in the device.
+            BackendConfig::Wireguard(_) => Scope::links(Vec::new(), route_protocol),
         }
     }
 
@@ -170,6 +179,9 @@ impl BackendConfig {
                 HostGwBackend::prepare(c, underlay, families, route_protocol).map(AnyBackend::HostGw)
             }
             BackendConfig::Udp(c) => UdpBackend::prepare(c, underlay, route_protocol).map(AnyBackend::Udp),
+            BackendConfig::Wireguard(c) => {
+                WireguardBackend::prepare(c, underlay, families, route_protocol).map(AnyBackend::Wireguard)
+            }
         }
     }
 }
@@ -180,6 +192,7 @@ pub enum AnyBackend {
     Vxlan(VxlanBackend),
     HostGw(HostGwBackend),
     Udp(UdpBackend),
+    Wireguard(WireguardBackend),
 }
 
 impl Backend for AnyBackend {
@@ -188,6 +201,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.backend_type(),
             AnyBackend::HostGw(b) => b.backend_type(),
             AnyBackend::Udp(b) => b.backend_type(),
+            AnyBackend::Wireguard(b) => b.backend_type(),
         }
     }
     fn scope(&self) -> Scope {
@@ -195,6 +209,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.scope(),
             AnyBackend::HostGw(b) => b.scope(),
             AnyBackend::Udp(b) => b.scope(),
+            AnyBackend::Wireguard(b) => b.scope(),
         }
     }
     fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
@@ -202,6 +217,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.desired(own, peers),
             AnyBackend::HostGw(b) => b.desired(own, peers),
             AnyBackend::Udp(b) => b.desired(own, peers),
+            AnyBackend::Wireguard(b) => b.desired(own, peers),
         }
     }
     fn lease_data(&self, family: Family) -> Option<Value> {
@@ -209,6 +225,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.lease_data(family),
             AnyBackend::HostGw(b) => b.lease_data(family),
             AnyBackend::Udp(b) => b.lease_data(family),
+            AnyBackend::Wireguard(b) => b.lease_data(family),
         }
     }
     fn mtu(&self) -> u32 {
@@ -216,6 +233,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.mtu(),
             AnyBackend::HostGw(b) => b.mtu(),
             AnyBackend::Udp(b) => b.mtu(),
+            AnyBackend::Wireguard(b) => b.mtu(),
         }
     }
     fn notes(&self) -> &[String] {
@@ -223,6 +241,7 @@ impl Backend for AnyBackend {
             AnyBackend::Vxlan(b) => b.notes(),
             AnyBackend::HostGw(b) => b.notes(),
             AnyBackend::Udp(b) => b.notes(),
+            AnyBackend::Wireguard(b) => b.notes(),
         }
     }
 }

@@ -19,11 +19,19 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardingTable {
     pub entries: BTreeMap<IpNetwork, SocketAddr>,
+    /// The peer's public key per subnet, for a data plane that encrypts (wireguard); empty for udp.
+    pub keys: BTreeMap<IpNetwork, [u8; 32]>,
 }
 
 impl ForwardingTable {
     pub fn insert(&mut self, subnet: IpNetwork, endpoint: SocketAddr) {
         self.entries.insert(subnet, endpoint);
+    }
+
+    /// An entry whose endpoint is reached through an encrypted tunnel to the peer with `public_key`.
+    pub fn insert_keyed(&mut self, subnet: IpNetwork, endpoint: SocketAddr, public_key: [u8; 32]) {
+        self.entries.insert(subnet, endpoint);
+        self.keys.insert(subnet, public_key);
     }
 
     /// The endpoint for a packet to `dst`: the longest prefix that contains it.
@@ -35,7 +43,15 @@ impl ForwardingTable {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (subnet, endpoint) in &self.entries {
-            let _ = writeln!(out, "forward {subnet} to {endpoint}");
+            match self.keys.get(subnet) {
+                Some(key) => {
+                    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                    let _ = writeln!(out, "forward {subnet} to {endpoint} key {hex}");
+                }
+                None => {
+                    let _ = writeln!(out, "forward {subnet} to {endpoint}");
+                }
+            }
         }
         out
     }

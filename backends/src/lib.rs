@@ -22,6 +22,7 @@ pub mod rules;
 pub mod trust;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -190,6 +191,8 @@ pub enum BackendError {
     Config { field: String, msg: String },
     #[error("interface {interface} has no {family} address for the {backend} backend")]
     NoUnderlayAddress { interface: String, family: Family, backend: &'static str },
-    #[error("unsupported backend type {0:?}: this build supports \"vxlan\", \"host-gw\" and \"udp\"")]
+    #[error("unsupported backend type {0:?}: this build supports \"vxlan\", \"host-gw\", \"udp\" and \"wireguard\"")]
     UnsupportedType(String),
+    #[error(transparent)]
+    WireguardKey(#[from] wireguard::keys::KeyError),
 }

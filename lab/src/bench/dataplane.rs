@@ -96,10 +96,10 @@ pub struct DataplaneResults {
 }
 
 /// Where one path's server and client run.
-struct Endpoints {
-    server_ns: String,
-    server_ip: Ipv4Addr,
-    client_ns: String,
+pub(super) struct Endpoints {
+    pub(super) server_ns: String,
+    pub(super) server_ip: Ipv4Addr,
+    pub(super) client_ns: String,
 }
 
 pub fn run(
@@ -253,10 +253,10 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
     out
 }
 
-struct Measured {
-    gbps: f64,
-    client_cpu: f64,
-    idle_before: f64,
+pub(super) struct Measured {
+    pub(super) gbps: f64,
+    pub(super) client_cpu: f64,
+    pub(super) idle_before: f64,
 }
 
 /// Kills a server we started if it is still there (it normally exits by itself after one test, `-1`).
@@ -271,7 +271,7 @@ impl Drop for ServerGuard {
     }
 }
 
-fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
+pub(super) fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
     let idle_before = procfs::idle_percent(Duration::from_secs(1)).unwrap_or(f64::NAN);
     let server = Command::new("ip")
         .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
@@ -315,7 +315,7 @@ fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
 /// Two hosts with flannel-style VXLAN built by hand, exactly as the lab builds its topology and weftd its
 /// device: underlay bridge, host veths, flannel.1 (VNI 1, port 8472, nolearning, MTU 1450), cni0 and a container
 /// per host with MTU 1450, one permanent neighbour, FDB entry and onlink route per remote host.
-fn build_kernel_vxlan(scratch: &mut ScratchNamespaces) -> Result<Endpoints> {
+pub(super) fn build_kernel_vxlan(scratch: &mut ScratchNamespaces) -> Result<Endpoints> {
     let underlay = scratch.create("u")?;
     run_ip(&["-n", &underlay, "link", "add", "br0", "type", "bridge"])?;
     run_ip(&["-n", &underlay, "link", "set", "br0", "up"])?;

@@ -22,6 +22,7 @@ mod procfs;
 pub(crate) mod report;
 pub mod stats;
 mod synthetic;
+pub mod wireguard;
 
 use std::collections::BTreeSet;
 use std::ops::Deref;
@@ -36,7 +37,7 @@ pub use error::{BenchError, Result};
 use crate::lab::Lab;
 
 /// The benchmark groups, as named on the command line.
-pub const SECTIONS: [&str; 6] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni"];
+pub const SECTIONS: [&str; 7] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard"];
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -110,6 +111,8 @@ pub struct Report {
     pub dataplane: Option<dataplane::DataplaneResults>,
     pub cni: Option<ExtraRows>,
     pub cni_note: String,
+    /// weft wireguard vs wireguard-go vs kernel VXLAN.
+    pub wireguard: Option<ExtraRows>,
     pub targets: Vec<Target>,
 }
 
@@ -180,6 +183,22 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         None
     };
     let (cni, cni_note) = if options.wants("cni") { run_cni(options) } else { (None, "not selected".to_string()) };
+    let wireguard = if options.wants("wireguard") {
+        eprintln!("wireguard:");
+        let reps = match (options.reps, options.quick) {
+            (0, true) => 1,
+            (0, false) => 3,
+            (n, _) => n,
+        };
+        let seconds = match (options.iperf_seconds, options.quick) {
+            (0, true) => 2,
+            (0, false) => 5,
+            (n, _) => n,
+        };
+        Some(wireguard::run(options.weftd.clone(), options.state_root.clone(), reps, seconds)?)
+    } else {
+        None
+    };
 
     let mut report = Report {
         date,
@@ -192,6 +211,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         dataplane,
         cni,
         cni_note,
+        wireguard,
         targets: Vec::new(),
     };
     report.targets = targets(&report);

@@ -123,6 +123,12 @@ pub fn table(report: &Report) -> String {
         }
         None => group(&mut rows, &format!("CNI ADD/DEL: {}", report.cni_note)),
     }
+    if let Some(wg) = &report.wireguard {
+        group(&mut rows, "wireguard (iperf3 TCP, medians)");
+        for (name, value) in wg.rows() {
+            row(&mut rows, name, value, String::new(), String::new());
+        }
+    }
     group(&mut rows, "targets");
     for target in t {
         row(

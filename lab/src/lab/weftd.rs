@@ -36,6 +36,11 @@ impl Lab {
         args
     }
 
+    /// Host `host`'s WireGuard private key file (the wireguard backend's `WIREGUARD_KEY_FILE`).
+    pub fn wireguard_key_file(&self, host: usize) -> std::path::PathBuf {
+        self.dir().join(format!("h{host}-wgkey"))
+    }
+
     /// Starts weftd in host `host`'s namespace, its output appended to
     /// [`Lab::weftd_log`]; returns its pid. Does not wait for subnet.env.
     pub fn start_weftd(&self, host: usize) -> Result<u32> {
@@ -45,6 +50,8 @@ impl Lab {
         }
         let mut command = in_netns(&self.host_ns(host), &self.spec.weftd)?;
         command.args(self.weftd_args(host));
+        // Every host its own WireGuard key (flannel's default path would be one file shared by all lab hosts).
+        command.env("WIREGUARD_KEY_FILE", self.wireguard_key_file(host));
         let log = self.weftd_log(host);
         log_marker(&log, "starting weftd")?;
         let pid = process::spawn_daemon(command, &log)?;
