@@ -43,7 +43,11 @@ fn quick_benchmark_produces_complete_results() {
     assert!(churn.final_exact, "after churn the kernel must match etcd exactly");
 
     let dataplane = report.dataplane.as_ref().expect("data-plane results");
-    assert_eq!(dataplane.summary.len(), 8, "4 paths (underlay, host-gw, vxlan, hand-built) x 1 and 2 streams");
+    assert_eq!(
+        dataplane.summary.len(),
+        12,
+        "6 paths (underlay, host-gw, vxlan, hand-built, udp, udp without offloads) x 1 and 2 streams"
+    );
     for s in &dataplane.summary {
         positive(&format!("{:?} -P {} throughput", s.path, s.streams), s.median_gbps);
     }
