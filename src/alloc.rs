@@ -3,6 +3,12 @@
 //! In order: renew the lease that already carries our public IP (if it still fits the config); else take back the
 //! subnet we had before (from the subnet file, or the one just lost) if nobody holds it; else pick at random among
 //! the first 100 free subnets from SubnetMin, as flannel does, so racing hosts rarely collide.
+//!
+//! With both families the IPv6 subnet is not picked on its own (flannel picks it at random, independently): it is
+//! the one at the same position from IPv6 SubnetMin as the IPv4 pick is from IPv4 SubnetMin, when that one is free.
+//! The key names both subnets, so two racing hosts can then only share an IPv6 subnet by sharing the whole key,
+//! which the store's create-if-absent refuses to the second. When the paired subnet is taken (leases written by
+//! flanneld, reservations) the pick falls back to random, and [`crate::claim_check`] settles what a race leaves.
 
 use std::net::IpAddr;
 
@@ -80,9 +86,15 @@ pub fn plan(config: &NetworkConfig, leases: &[Lease], me: &Identity, rng: &mut i
     }
 
     let mut chosen = [None, None];
+    // The position of the IPv4 pick from its SubnetMin, which the IPv6 pick copies when it can.
+    let mut position = None;
     for (slot, family) in [Family::V4, Family::V6].into_iter().enumerate() {
         let Some(fc) = config.family(family) else { continue };
         let taken_ranges = TakenRanges::new(others.iter().flat_map(|l| l.key.subnet(family)));
+        if let Some(paired) = position.and_then(|p| subnet_at(fc, p).filter(|s| taken_ranges.is_free(*s))) {
+            chosen[slot] = Some(paired);
+            continue;
+        }
         let free = free_subnets(fc, &taken_ranges, CANDIDATES);
         if free.is_empty() {
             return Err(AllocError::Exhausted {
@@ -93,7 +105,9 @@ pub fn plan(config: &NetworkConfig, leases: &[Lease], me: &Identity, rng: &mut i
                 taken: others.len(),
             });
         }
-        chosen[slot] = Some(free[rng.random_range(0..free.len())]);
+        let pick = free[rng.random_range(0..free.len())];
+        position = Some(position_of(fc, pick));
+        chosen[slot] = Some(pick);
     }
     Ok(Plan { choice: Choice::Claim(SubnetKey::new(chosen[0], chosen[1])), stale })
 }
@@ -132,11 +146,32 @@ impl TakenRanges {
         TakenRanges(merged)
     }
 
+    fn is_free(&self, subnet: IpNetwork) -> bool {
+        self.overlap(ipmath::to_u128(subnet.network()), ipmath::last_address(subnet)).is_none()
+    }
+
     /// The end of the taken range that overlaps [start, end], if any.
     fn overlap(&self, start: u128, end: u128) -> Option<u128> {
         let i = self.0.partition_point(|r| r.1 < start);
         self.0.get(i).filter(|r| r.0 <= end).map(|r| r.1)
     }
+}
+
+/// How many subnets of the configured length lie between SubnetMin and `subnet`.
+fn position_of(fc: &FamilyConfig, subnet: IpNetwork) -> u128 {
+    let size = ipmath::subnet_size(fc.family(), fc.subnet_len);
+    (ipmath::to_u128(subnet.network()) - ipmath::to_u128(fc.subnet_min)) / size
+}
+
+/// The subnet `position` subnets above SubnetMin, if that is still within SubnetMax.
+fn subnet_at(fc: &FamilyConfig, position: u128) -> Option<IpNetwork> {
+    let family = fc.family();
+    let offset = position.checked_mul(ipmath::subnet_size(family, fc.subnet_len))?;
+    let base = ipmath::to_u128(fc.subnet_min).checked_add(offset)?;
+    if base > ipmath::to_u128(fc.subnet_max) {
+        return None;
+    }
+    IpNetwork::new(ipmath::from_u128(family, base), fc.subnet_len).ok()
 }
 
 /// Up to `limit` free subnets from SubnetMin upwards, skipping over taken ranges in one jump each.
@@ -329,6 +364,52 @@ mod tests {
         };
         assert!(key.ipv4.is_some() && key.ipv6.is_some(), "{key}");
         assert!(fits(&c, &key));
+    }
+
+    fn claimed_key(plan: Plan) -> SubnetKey {
+        match plan.choice {
+            Choice::Claim(k) => k,
+            Choice::Renew(l) => panic!("expected a claim, got renew of {}", l.key),
+        }
+    }
+
+    #[test]
+    fn the_ipv6_pick_sits_at_the_same_position_as_the_ipv4_pick() {
+        let c = config(r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd42::/56"}"#);
+        for seed in 0..50 {
+            let key = claimed_key(plan(&c, &[], &me("198.18.0.1"), &mut StdRng::seed_from_u64(seed)).unwrap());
+            let v4_position = key.ipv4.unwrap().ip().octets()[2];
+            let v6_position = key.ipv6.unwrap().ip().segments()[3];
+            // SubnetMin is the second subnet in both families: 10.42.1.0/24 and fd42:0:0:1::/64.
+            assert_eq!(u16::from(v4_position), v6_position, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_taken_paired_ipv6_subnet_falls_back_to_a_free_one() {
+        // The only leasable IPv4 subnet (10.1.0.16/28) is at position 0, whose IPv6 partner fd00:0:0:1::/64 is taken.
+        let c = config(
+            r#"{"EnableIPv6":true,"Network":"10.1.0.0/26","SubnetMax":"10.1.0.16","IPv6Network":"fd00::/60","IPv6SubnetMax":"fd00:0:0:3::"}"#,
+        );
+        let leases = [lease("10.1.0.0-28&fd00:0:0:1::-64", "198.18.0.9", 5)];
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let key = claimed_key(plan(&c, &leases, &me("198.18.0.1"), &mut StdRng::seed_from_u64(seed)).unwrap());
+            assert_eq!(key.ipv4.unwrap().to_string(), "10.1.0.16/28");
+            seen.insert(key.ipv6.unwrap().to_string());
+        }
+        assert_eq!(seen, ["fd00:0:0:2::/64", "fd00:0:0:3::/64"].map(String::from).into());
+    }
+
+    #[test]
+    fn a_paired_ipv6_subnet_past_the_range_falls_back_to_a_free_one() {
+        let c = config(
+            r#"{"EnableIPv6":true,"Network":"10.42.0.0/16","IPv6Network":"fd42::/56","IPv6SubnetMax":"fd42:0:0:1::"}"#,
+        );
+        for seed in 0..50 {
+            let key = claimed_key(plan(&c, &[], &me("198.18.0.1"), &mut StdRng::seed_from_u64(seed)).unwrap());
+            assert_eq!(key.ipv6.unwrap().to_string(), "fd42:0:0:1::/64", "{key}");
+        }
     }
 
     #[test]

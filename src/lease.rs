@@ -220,6 +220,13 @@ impl Lease {
         self.etcd_lease == 0
     }
 
+    /// Which of two conflicting leases is kept: the one written at the older store revision, then the lower key.
+    /// The trust boundary and the claim check order by this same value, so a host yields exactly when its peers
+    /// would reject it.
+    pub fn precedence(&self) -> (i64, SubnetKey) {
+        (self.mod_revision, self.key)
+    }
+
     /// The backend's view of this lease.
     pub fn to_peer(&self) -> Peer {
         Peer {

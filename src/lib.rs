@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod backoff;
+pub mod claim_check;
 pub mod cleanup;
 pub mod cni_install;
 pub mod config;

@@ -12,6 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::alloc::{self, Choice, Identity};
 use crate::backoff::Backoff;
+use crate::claim_check::{self, Settled};
 use crate::config::NetworkConfig;
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -57,7 +58,8 @@ impl<S: LeaseStore> LeaseManager<S> {
         }
     }
 
-    /// One acquisition attempt: list, plan, then claim with create-if-absent (retrying lost races).
+    /// One acquisition attempt: list, plan, then claim with create-if-absent, and yield the claim if an older lease
+    /// overlaps it after all (retrying lost races either way).
     pub async fn acquire_once(&self, preferred: &[SubnetKey]) -> Result<Lease, AcquireError> {
         for _ in 0..RACE_RETRIES {
             let listing = self.store.list_leases().await?;
@@ -84,7 +86,10 @@ impl<S: LeaseStore> LeaseManager<S> {
                 Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await,
             };
             match outcome {
-                Ok(lease) => return Ok(lease),
+                Ok(lease) => match claim_check::settle(&self.store, lease).await? {
+                    Settled::Kept(lease) => return Ok(lease),
+                    Settled::Yielded => {}
+                },
                 Err(StoreError::Conflict { key }) => {
                     debug!(subnet = %key, "lease changed under us while claiming it; planning again")
                 }
@@ -547,7 +552,14 @@ mod tests {
         store.restore();
         let lease = acquiring.await.unwrap().expect("acquired once the store is back");
         assert_eq!(store.leases(), vec![lease]);
-        let lists: Vec<u128> = calls(&store, Op::List).iter().map(|c| (c.at - began).as_millis()).collect();
+        // The listings that planned a claim: the claim check lists once more after the create.
+        let lists: Vec<u128> = store
+            .calls()
+            .iter()
+            .take_while(|c| c.op != Op::Create)
+            .filter(|c| c.op == Op::List)
+            .map(|c| (c.at - began).as_millis())
+            .collect();
         assert_eq!(lists, [0, 200, 600, 1400, 3000], "200 ms doubling, then success");
     }
 

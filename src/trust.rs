@@ -102,7 +102,7 @@ pub fn screen<'a>(policy: &TrustPolicy, own: Option<&Lease>, set: &'a LeaseSet) 
     }
     let mut order: Vec<&Lease> =
         set.leases.values().filter(|l| Some(l.key) != own_key && !set.bad_values.contains_key(&l.key)).collect();
-    order.sort_by_key(|l| (l.mod_revision, l.key));
+    order.sort_by_key(|l| l.precedence());
     for lease in order {
         match judge_lease(policy, own, lease, &subnets, &macs) {
             Ok(lease_macs) => {
@@ -347,6 +347,32 @@ mod tests {
             let accepted: Vec<String> = screening.accepted.iter().map(|l| l.key.to_string()).collect();
             assert_eq!(accepted, [first]);
             assert_eq!(reasons(&screening), BTreeMap::from([(second.to_string(), "overlaps_peer")]));
+        }
+    }
+
+    /// Two hosts that raced for subnets and ended with the same IPv6 subnet under different IPv4 subnets (two
+    /// keys, so the store let both in): the newer lease is rejected, whichever key sorts first, and the whole
+    /// lease goes, its IPv4 half too, so no host programs half a peer.
+    #[tokio::test]
+    async fn of_two_peer_leases_sharing_only_an_ipv6_subnet_the_newer_is_rejected() {
+        for (first, second) in [
+            ("10.244.5.0-24&fc00:0:0:7::-64", "10.244.6.0-24&fc00:0:0:7::-64"),
+            ("10.244.6.0-24&fc00:0:0:7::-64", "10.244.5.0-24&fc00:0:0:7::-64"),
+        ] {
+            let store = MemoryStore::new();
+            store.put(first, &v6_value("198.18.0.5", "fd00::5", "0e:00:00:00:00:05", "0e:00:00:00:01:05"));
+            store.put(second, &v6_value("198.18.0.6", "fd00::6", "0e:00:00:00:00:06", "0e:00:00:00:01:06"));
+            let set = set_of(&store).await;
+            for own in [None, Some(own_lease())] {
+                let screening = screen(&policy(DUAL, &[]), own.as_ref(), &set);
+                let accepted: Vec<String> = screening.accepted.iter().map(|l| l.key.to_string()).collect();
+                assert_eq!(accepted, [first]);
+                assert_eq!(reasons(&screening), BTreeMap::from([(second.to_string(), "overlaps_peer")]));
+                assert_eq!(
+                    screening.rejected[0].reason.to_string(),
+                    format!("fc00:0:0:7::/64 overlaps the older lease {first}, which is kept")
+                );
+            }
         }
     }
 
