@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod backoff;
 pub mod cleanup;
 pub mod cni_install;
+pub mod cni_masq_keeper;
 pub mod config;
 pub mod config_watch;
 pub mod controller;
