@@ -215,6 +215,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
     tasks.spawn(rewrite_subnet_file_on_change(config.clone(), args.clone(), mtu, own_rx.clone(), shutdown.clone()));
     tasks.spawn(controller.run(own_rx, leases_rx, kernel_events, args.resync_interval, shutdown.clone()));
+    if let Some(keeper) = crate::cni_masq_keeper::for_this_netns(metrics.cni_masq_bad_records.clone()) {
+        tasks.spawn(crate::cni_masq_keeper::run(keeper, every, shutdown.clone()));
+    }
     while tasks.join_next().await.is_some() {}
     info!("weftd stopped; kernel state and lease left in place for the next start");
     Ok(())

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub duplicate_public_ip: AtomicU64,
     /// Times the network config in etcd was found changed, invalid or deleted while weftd ran.
     pub config_changes: AtomicU64,
+    /// Distinct bad records of the CNI plugin's ipMasq tables seen (see cni_masq_keeper.rs).
+    pub cni_masq_bad_records: Arc<AtomicU64>,
     /// The subnet key we hold, as a label.
     pub subnet: Mutex<String>,
     pub last_reconcile_seconds: Mutex<f64>,
@@ -115,6 +117,11 @@ impl Metrics {
                 "weft_config_changes_total",
                 "Times the network config in etcd was found changed, invalid or deleted while weftd ran.",
                 &self.config_changes,
+            ),
+            (
+                "weft_cni_masq_bad_records_total",
+                "Records of the CNI plugin's ipMasq tables refused as invalid (each file and reason once).",
+                &self.cni_masq_bad_records,
             ),
         ];
         for (name, help, value) in counters {

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod claim_check;
 pub mod cleanup;
 pub mod cni_install;
+pub mod cni_masq_keeper;
 pub mod config;
 pub mod config_watch;
 pub mod controller;

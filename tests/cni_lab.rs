@@ -14,6 +14,7 @@ use common::{require_root, TestLab};
 use serde_json::{json, Value};
 use weft_backends::rules::cni_masq;
 use weft_backends::Family;
+use weft_lab::lab::LabSpec;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_weft");
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -488,6 +489,70 @@ fn ip_masq_without_iptables_goes_through_nftables_comes_back_on_check_and_leaves
     ok(run("DEL", &pods[1], &conf));
     assert!(!host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
     ok(run("DEL", &pods[1], &conf));
+}
+
+/// The plugin's ipMasq with weftd running and not masquerading (FLANNEL_IPMASQ=false): weftd reads the plugin's
+/// record on each resync and puts a flushed table back without any CHECK, through iptables on a host that has it
+/// and through nftables where the plugin's PATH has only `nft`; after the network's last DEL the record is gone
+/// and weftd leaves the table gone.
+#[test]
+fn weftd_restores_a_flushed_plugin_masquerade_table_and_leaves_it_gone_after_the_last_del() {
+    require_root();
+    let lab = TestLab::from_spec(LabSpec {
+        start_weftd: false,
+        extra_weftd_args: ["--resync-interval", "1s"].map(String::from).to_vec(),
+        ..TestLab::spec(1)
+    });
+    lab.start_weftd(1).unwrap();
+    lab.wait_for_subnet_env(1, Duration::from_secs(20)).unwrap();
+    assert!(!lab.subnet_env(1).unwrap().ipmasq, "weftd leaves masquerading to the plugin");
+    let dir = TempDir::new();
+    let nft_only = nft_only_path(&dir);
+    let plugin = Path::new(PLUGIN);
+    for path in [None, Some(nft_only.as_path())] {
+        let mut conf = conf(&lab.subnet_file(1), &dir);
+        // ipMasq's default, !FLANNEL_IPMASQ.
+        conf.as_object_mut().unwrap().remove("ipMasq");
+        let name = conf["name"].as_str().unwrap().to_string();
+        let table = cni_masq::table_id(&name, Family::V4).name;
+        let chain = format!("{}-MASQ", table.to_ascii_uppercase());
+        // What the host holds of the network's masquerade rules, in whichever firewall the plugin chose.
+        let rules = || match path {
+            None => host(&lab, 1, &["iptables-save", "-t", "nat"])
+                .lines()
+                .filter(|l| l.contains(&chain))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Some(_) => {
+                let tables = host(&lab, 1, &["nft", "list", "tables"]);
+                if tables.contains(&table) {
+                    host(&lab, 1, &["nft", "list", "table", "ip", &table])
+                } else {
+                    String::new()
+                }
+            }
+        };
+        let pod = Pod::new();
+        ok(cni_with_path(&lab, 1, plugin, "ADD", (&pod.id(), &pod.path()), &conf, path));
+        let wanted = rules();
+        assert!(wanted.contains("masquerade") || wanted.contains("MASQUERADE"), "{path:?}: {wanted}");
+
+        match path {
+            None => host(&lab, 1, &["iptables", "-w", "-t", "nat", "-F", &chain]),
+            Some(_) => host(&lab, 1, &["nft", "flush", "table", "ip", &table]),
+        };
+        assert_ne!(rules(), wanted, "flushed");
+        common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
+            (rules() == wanted).then_some(()).ok_or_else(|| format!("{path:?}: not restored: {}", rules()))
+        });
+
+        ok(cni_with_path(&lab, 1, plugin, "DEL", (&pod.id(), &pod.path()), &conf, path));
+        assert_eq!(rules(), "", "{path:?}: the last pod took the table along");
+        // Three resyncs later weftd still has not put it back.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(rules(), "", "{path:?}: weftd recreated a table the plugin removed");
+    }
+    assert!(lab.weftd_running(1), "{}", lab.log_tails());
 }
 
 #[test]

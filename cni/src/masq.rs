@@ -15,12 +15,18 @@
 //! - DEL of the network's last container (the built-in IPAM store holds no address of the network any more): the
 //!   tables and markers go. With an IPAM plugin the plugin cannot tell which container is the last, and the
 //!   tables stay.
+//!
+//! Whenever it puts a network's tables in place it also leaves a [`Record`] of them (written atomically, under
+//! the records' lock), and removes it together with the tables: weftd's resync restores what the record names,
+//! so a flushed table comes back without waiting for a CHECK.
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ipnetwork::IpNetwork;
-use weft_backends::rules::cni_masq::{self, MasqueradedSubnet};
+use weft_backends::rules::cni_masq::{self, Firewall, MasqueradedSubnet, Record};
 use weft_backends::rules::{iptables, nft, RuleOp, RuleSet, Table, TableId};
 use weft_backends::Family;
 
@@ -78,10 +84,55 @@ fn netns_id() -> Result<String> {
     weft_netlink::netns::current_id().map_err(|e| CniError::io("identifying the host netns", e))
 }
 
-/// ADD: makes sure the host has `network`'s tables, unless this netns already got them for these subnets.
+fn record_path(netns_id: &str, network: &str) -> PathBuf {
+    Path::new(cni_masq::RECORD_DIR).join(Record::file_name(netns_id, network))
+}
+
+/// Holds the records' lock (flock on [`cni_masq::RECORD_LOCK`]) until dropped: weftd takes it too while it reads
+/// the records and applies them, so it never restores a table this run is removing.
+struct RecordLock {
+    _held: File,
+}
+
+impl RecordLock {
+    fn take() -> Result<RecordLock> {
+        let dir = Path::new(cni_masq::RECORD_DIR);
+        let create_dir = || {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        };
+        create_dir().map_err(|e| CniError::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(cni_masq::RECORD_LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CniError::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: flock on an fd we own; blocks while weftd (or another plugin run) holds it, for milliseconds.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(CniError::io(format!("locking {}", path.display()), std::io::Error::last_os_error()));
+        }
+        Ok(RecordLock { _held: file })
+    }
+}
+
+/// Writes `record` to `path` through a temporary file and a rename, so weftd never reads half a record.
+fn write_record(path: &Path, record: &Record) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, record.to_json())?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| CniError::io(format!("writing the ipMasq record {}", path.display()), e))
+}
+
+/// ADD: makes sure the host has `network`'s tables (and their record), unless this netns already got them for
+/// these subnets.
 pub fn ensure_once(network: &str, subnets: &[MasqueradedSubnet]) -> Result<()> {
-    let marker = marker(&netns_id()?, network, subnets);
-    if marker.exists() {
+    let netns = netns_id()?;
+    let marker = marker(&netns, network, subnets);
+    if marker.exists() && record_path(&netns, network).exists() {
         return Ok(());
     }
     ensure(network, subnets)?;
@@ -91,22 +142,33 @@ pub fn ensure_once(network: &str, subnets: &[MasqueradedSubnet]) -> Result<()> {
 }
 
 /// CHECK (and the first ADD): compares `network`'s table of each family with the host's and replaces it when it
-/// differs. Returns the tables that had to be put back.
+/// differs, and records what it wants for weftd. Returns the tables that had to be put back.
 pub fn ensure(network: &str, subnets: &[MasqueradedSubnet]) -> Result<Vec<TableId>> {
+    let netns = netns_id()?;
+    let _lock = RecordLock::take()?;
     let mut restored = Vec::new();
+    let mut firewall = None;
     for family in Family::ALL {
         if let Some(table) = cni_masq::table(network, family, subnets) {
-            if Applier::for_host(family).replace_if_different(&table)? {
+            let applier = Applier::for_host(family);
+            // IPv4's firewall decides the record's; the families differ only on a host with iptables and no
+            // ip6tables, where weftd then restores IPv4 only.
+            firewall.get_or_insert(applier.firewall());
+            if applier.replace_if_different(&table)? {
                 restored.push(table.id);
             }
         }
     }
+    if let Some(firewall) = firewall {
+        write_record(&record_path(&netns, network), &Record::new(network, firewall, subnets))?;
+    }
     Ok(restored)
 }
 
-/// DEL of the network's last container: removes its tables and markers, if this netns has any.
+/// DEL of the network's last container: removes its record, tables and markers, if this netns has any.
 pub fn remove(network: &str) -> Result<()> {
-    let prefix = marker_prefix(&netns_id()?, network);
+    let netns = netns_id()?;
+    let prefix = marker_prefix(&netns, network);
     let markers: Vec<PathBuf> = std::fs::read_dir(MARKER_DIR)
         .into_iter()
         .flatten()
@@ -114,8 +176,16 @@ pub fn remove(network: &str) -> Result<()> {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path())
         .collect();
-    if markers.is_empty() {
+    let record = record_path(&netns, network);
+    if markers.is_empty() && !record.exists() {
         return Ok(());
+    }
+    let _lock = RecordLock::take()?;
+    // The record first: should a deletion below fail, weftd must not put the table back meanwhile.
+    match std::fs::remove_file(&record) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CniError::io(format!("removing the ipMasq record {}", record.display()), e)),
     }
     for family in Family::ALL {
         Applier::for_host(family).delete(&cni_masq::table_id(network, family), family)?;
@@ -163,6 +233,13 @@ fn tool(family: Family, suffix: &str) -> String {
 }
 
 impl Applier {
+    fn firewall(self) -> Firewall {
+        match self {
+            Applier::Iptables => Firewall::Iptables,
+            Applier::Nft => Firewall::Nft,
+        }
+    }
+
     /// Puts `table` in place unless the host holds exactly it; true when it had to.
     fn replace_if_different(self, table: &Table) -> Result<bool> {
         match self {
