@@ -170,6 +170,11 @@ pub struct LeaseData {
     pub port: Option<u16>,
 }
 
+/// The order flanneld's Go encoder writes BackendData's fields in (its `wireguardLeaseAttrs` declares PublicKey
+/// before Port). serde_json's map sorts keys, which would put Port first; the lease writer uses this order instead
+/// so our lease is byte-for-byte what a flanneld host writes.
+pub const LEASE_DATA_FIELD_ORDER: &[&str] = &["PublicKey", "Port"];
+
 /// Reads a peer's BackendData (or BackendV6Data).
 pub fn parse_lease_data(data: Option<&Value>) -> Result<LeaseData, RejectReason> {
     let bad = |detail: String| RejectReason::BadBackendData { detail };
