@@ -7,6 +7,7 @@
 //! cluster network into it), and the peers (public key, endpoint = lease public IP + port, allowed IPs = the
 //! peer's subnet) reach the data plane through the forwarding table, so they come and go without restarting it.
 
+pub mod genl;
 pub mod keys;
 pub mod plane;
 
