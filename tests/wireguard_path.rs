@@ -48,6 +48,7 @@ fn without_a_kernel_module_auto_is_userspace_and_forcing_the_kernel_is_a_clear_e
     let auto = choose_in(PathChoice::Auto, &netns.file()).unwrap();
     assert_eq!(auto.path, DataPath::Userspace);
     let said = auto.to_string();
+    eprintln!("auto: {said}");
     assert!(said.starts_with("userspace (the kernel cannot create a WireGuard device: "), "{said}");
     assert!(said.contains("Operation not supported"), "{said}");
 
