@@ -114,7 +114,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         host_addresses: host_addresses(&underlay),
     };
     let mut backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
-    crate::wg_plane::choose_path(&mut backend)?;
+    crate::wg_plane::choose_path(&mut backend, &metrics)?;
     for note in backend.notes() {
         warn!("{note}");
     }

@@ -57,13 +57,14 @@ pub fn start(
 }
 
 /// For a wireguard backend: reads [`PATH_ENV`], probes the kernel in weftd's netns, sets the backend's data path
-/// (which decides the device kind in the desired state) and logs the decision.
-pub fn choose_path(backend: &mut AnyBackend) -> Result<(), WgPathError> {
+/// (which decides the device kind in the desired state), logs the decision and shows it in /metrics.
+pub fn choose_path(backend: &mut AnyBackend, metrics: &Metrics) -> Result<(), WgPathError> {
     let AnyBackend::Wireguard(wg) = backend else { return Ok(()) };
     let choice = PathChoice::from_env()?;
     let decision = kernel_device::choose_here(choice)?;
     tracing::info!(path = %decision.path, "WireGuard data path: {decision}");
     wg.data_path = decision.path;
+    let _ = metrics.wireguard_path.set(decision.path.name());
     Ok(())
 }
 

@@ -34,12 +34,19 @@ pub enum DataPath {
     Userspace,
 }
 
-impl fmt::Display for DataPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl DataPath {
+    /// The name `WEFT_WIREGUARD_PATH`, the log and /metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
             DataPath::Kernel => "kernel",
             DataPath::Userspace => "userspace",
-        })
+        }
+    }
+}
+
+impl fmt::Display for DataPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
