@@ -62,6 +62,8 @@ pub enum StartupError {
     UdpPlane(#[from] weft_backends::udp::plane::PlaneError),
     #[error(transparent)]
     WgPlane(#[from] weft_backends::wireguard::plane::WgPlaneError),
+    #[error(transparent)]
+    WgPath(#[from] weft_backends::wireguard::kernel_device::WgPathError),
     #[error("--healthz-port: cannot listen on {addr}: {source}")]
     Healthz {
         addr: std::net::SocketAddr,
@@ -117,7 +119,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         backend: backend_config.clone(),
         host_addresses: host_addresses(&underlay),
     };
-    let backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
+    let mut backend = backend_config.prepare(underlay.clone(), &families, &existing, WEFT_ROUTE_PROTOCOL)?;
+    crate::wg_plane::choose_path(&mut backend, &metrics)?;
     for note in backend.notes() {
         warn!("{note}");
     }
@@ -149,6 +152,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let mtu = backend.mtu();
     let udp_plane = crate::udp_plane::plane_config(&backend, &own, &args);
     let wg_planes = crate::wg_plane::plane_configs(&backend, &args);
+    let wg_kernel_devices = crate::wg_plane::kernel_devices(&backend);
     let backend = WithTrafficRules {
         backend: WithBlackholeRoute { backend, enabled: args.ip_blackhole_route },
         rules: TrafficRules {
@@ -179,6 +183,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         crate::udp_plane::start(&plane, controller.forwarding(), &metrics)?;
     }
     crate::wg_plane::start(&wg_planes, &controller.forwarding(), &metrics)?;
+    crate::wg_plane::start_kernel(wg_kernel_devices, &controller.forwarding())?;
     // One copy of the set serves the startup pass and then the watch channel.
     let initial_set = Arc::new(LeaseSet::from_listing(&listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {

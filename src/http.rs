@@ -43,6 +43,8 @@ pub struct Metrics {
     pub status: crate::status::StatusBoard,
     /// The udp backend's data-plane counters, once its data plane runs.
     pub udp: std::sync::OnceLock<Arc<weft_backends::udp::counters::Counters>>,
+    /// The wireguard backend's data path ("kernel" or "userspace"), once chosen.
+    pub wireguard_path: std::sync::OnceLock<&'static str>,
 }
 
 impl Metrics {
@@ -136,6 +138,10 @@ impl Metrics {
             &format!("{{subnet=\"{subnet}\"}}"),
             "1",
         );
+        if let Some(path) = self.wireguard_path.get() {
+            let help = "The wireguard backend's data path (docs/backends.md, WEFT_WIREGUARD_PATH).";
+            sample(&mut out, "weft_wireguard_path_info", "gauge", help, &format!("{{path=\"{path}\"}}"), "1");
+        }
         if let Some(udp) = self.udp.get() {
             out.push_str(&udp.render());
         }
@@ -235,6 +241,9 @@ mod tests {
         assert!(text.contains("# TYPE weft_peers gauge\nweft_peers 3\n"), "{text}");
         assert!(text.contains("weft_kernel_operations_total 9\n"), "{text}");
         assert!(text.contains("weft_lease_info{subnet=\"10.244.3.0-24\"} 1\n"), "{text}");
+        assert!(!text.contains("weft_wireguard_path_info"), "only for the wireguard backend: {text}");
+        m.wireguard_path.set("userspace").unwrap();
+        assert!(m.render().contains("weft_wireguard_path_info{path=\"userspace\"} 1\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "sample without a number: {line:?}");

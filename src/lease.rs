@@ -151,7 +151,8 @@ impl LeaseAttrs {
         }
         for (name, data) in [("BackendData", &self.backend_data), ("BackendV6Data", &self.backend_v6_data)] {
             if let Some(data) = data {
-                out.push_str(&format!(",\"{name}\":{data}"));
+                out.push_str(&format!(",\"{name}\":"));
+                write_backend_data(&mut out, data, backend_data_field_order(&self.backend_type));
             }
         }
         out.push('}');
@@ -238,6 +239,35 @@ impl Lease {
     }
 }
 
+/// The field order flanneld's Go struct for this backend's BackendData declares, where it differs from the sorted
+/// order serde_json's map keeps (vxlan's `VNI`,`VtepMAC` and host-gw's empty data are already sorted).
+fn backend_data_field_order(backend_type: &str) -> &'static [&'static str] {
+    match backend_type {
+        "wireguard" => weft_backends::wireguard::LEASE_DATA_FIELD_ORDER,
+        _ => &[],
+    }
+}
+
+/// Writes BackendData with the fields named in `order` first, in that order, then any others in sorted order.
+fn write_backend_data(out: &mut String, data: &Value, order: &[&str]) {
+    let Value::Object(map) = data else {
+        out.push_str(&data.to_string());
+        return;
+    };
+    let ordered = order.iter().filter_map(|name| map.get_key_value(*name));
+    let rest = map.iter().filter(|(key, _)| !order.contains(&key.as_str()));
+    out.push('{');
+    for (i, (key, value)) in ordered.chain(rest).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&json_string(key));
+        out.push(':');
+        out.push_str(&value.to_string());
+    }
+    out.push('}');
+}
+
 /// Backend data as an object map, for callers that build it by hand.
 pub fn backend_data(pairs: &[(&str, Value)]) -> Value {
     Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Map<_, _>>())
@@ -269,6 +299,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(attrs.to_json(), FLANNEL_VXLAN);
+    }
+
+    /// A dual-stack wireguard lease as flanneld writes it: Go's encoder follows `wireguardLeaseAttrs`'s declaration
+    /// order, PublicKey before Port (pkg/backend/wireguard/wireguard_network.go), each family with its own port.
+    const FLANNEL_WIREGUARD: &str = r#"{"PublicIP":"198.18.0.4","PublicIPv6":"fd00::4","BackendType":"wireguard","BackendData":{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51820},"BackendV6Data":{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51821}}"#;
+
+    #[test]
+    fn flannel_wireguard_lease_round_trips_byte_for_byte() {
+        let attrs = LeaseAttrs::from_json(FLANNEL_WIREGUARD).unwrap();
+        let data = weft_backends::wireguard::parse_lease_data(attrs.backend_data.as_ref()).unwrap();
+        assert_eq!(
+            weft_backends::wireguard::keys::encode_key(&data.public_key),
+            "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+        );
+        assert_eq!(data.port, Some(51820));
+        let v6 = weft_backends::wireguard::parse_lease_data(attrs.backend_v6_data.as_ref()).unwrap();
+        assert_eq!(v6.port, Some(51821));
+        assert_eq!(attrs.to_json(), FLANNEL_WIREGUARD);
+    }
+
+    #[test]
+    fn our_wireguard_lease_is_what_flannel_writes() {
+        // The backend builds its data with serde_json (keys sorted: Port first); the writer restores Go's order.
+        let data =
+            |port: u16| serde_json::json!({"PublicKey": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "Port": port});
+        let attrs = LeaseAttrs {
+            public_ip: Some(Ipv4Addr::new(198, 18, 0, 4)),
+            public_ipv6: Some("fd00::4".parse().unwrap()),
+            backend_type: "wireguard".into(),
+            backend_data: Some(data(51820)),
+            backend_v6_data: Some(data(51821)),
+        };
+        assert_eq!(attrs.to_json(), FLANNEL_WIREGUARD);
     }
 
     #[test]

@@ -131,6 +131,9 @@ fn three_hosts_ping_encrypted_and_keys_persist_and_rotate() {
     let link = lab.exec_in(&lab.host_ns(1), ["ip", "-d", "link", "show", "flannel-wg"]).unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains("mtu 1420") && link.contains("tun"), "{link}");
+    // This kernel has no WireGuard: the automatic choice fell back to userspace and weftd said so.
+    let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
+    assert!(log.contains("WireGuard data path: userspace (the kernel cannot create a WireGuard device"), "{log}");
 
     // TCP through the tunnel: TSO super-packets cut, encrypted and sent as GSO trains, GRO trains decrypted and
     // coalesced back.

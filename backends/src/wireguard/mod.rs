@@ -2,11 +2,15 @@
 //! mode), UDP ports 51820 and 51821, the private key in flannel's key file, and `{"PublicKey":..,"Port":..}` as
 //! the lease's BackendData (and BackendV6Data), so weft and flanneld hosts peer with each other.
 //!
-//! The data path is userspace WireGuard ([`plane`], on boringtun's protocol implementation) on a TUN device: the
+//! Two data paths ([`kernel_device::DataPath`], chosen by weftd at start): the kernel's WireGuard device, created
+//! over rtnetlink and configured over generic netlink ([`kernel_device`], [`genl`]), where the kernel has one; and
+//! userspace WireGuard ([`plane`], on boringtun's protocol implementation) on a TUN device otherwise. Either way the
 //! kernel side is declarative like every backend's (the TUN, its MTU and address, whose connected route sends the
 //! cluster network into it), and the peers (public key, endpoint = lease public IP + port, allowed IPs = the
 //! peer's subnet) reach the data plane through the forwarding table, so they come and go without restarting it.
 
+pub mod genl;
+pub mod kernel_device;
 pub mod keys;
 pub mod plane;
 
@@ -21,6 +25,7 @@ use crate::model::{Address, KernelState, Link, LinkKind, MacAddr, Scope};
 use crate::trust::RejectReason;
 use crate::{BackendError, Family, Peer, PerFamily, Underlay};
 
+use kernel_device::{DataPath, KernelDevice};
 use keys::{Key, KeyOrigin};
 
 pub const BACKEND_TYPE: &str = "wireguard";
@@ -159,6 +164,8 @@ pub struct WireguardBackend {
     pub mtu: u32,
     pub route_protocol: u8,
     notes: Vec<String>,
+    /// Userspace until weftd has found that the kernel can create a WireGuard device (or was told to use it).
+    pub data_path: DataPath,
 }
 
 /// What a peer's lease says for one family: its public key and port.
@@ -169,6 +176,11 @@ pub struct LeaseData {
     /// does.
     pub port: Option<u16>,
 }
+
+/// The order flanneld's Go encoder writes BackendData's fields in (its `wireguardLeaseAttrs` declares PublicKey
+/// before Port). serde_json's map sorts keys, which would put Port first; the lease writer uses this order instead
+/// so our lease is byte-for-byte what a flanneld host writes.
+pub const LEASE_DATA_FIELD_ORDER: &[&str] = &["PublicKey", "Port"];
 
 /// Reads a peer's BackendData (or BackendV6Data).
 pub fn parse_lease_data(data: Option<&Value>) -> Result<LeaseData, RejectReason> {
@@ -235,7 +247,33 @@ impl WireguardBackend {
             .map(|key| format!("Backend.{key} is not a wireguard option; ignored, as flannel ignores it"))
             .collect();
         let public_key = keys::public_key(&private_key);
-        Ok(WireguardBackend { config, underlay, devices, private_key, public_key, mtu, route_protocol, notes })
+        let data_path = DataPath::Userspace;
+        Ok(WireguardBackend {
+            config,
+            underlay,
+            devices,
+            private_key,
+            public_key,
+            mtu,
+            route_protocol,
+            notes,
+            data_path,
+        })
+    }
+
+    /// The kernel path's settings for each device (the peers come from the forwarding table).
+    pub fn kernel_devices(&self) -> Vec<KernelDevice> {
+        self.devices
+            .iter()
+            .map(|device| KernelDevice {
+                name: device.name.clone(),
+                families: device.families.clone(),
+                listen_port: device.port,
+                private_key: self.private_key,
+                psk: self.config.psk,
+                persistent_keepalive: self.config.persistent_keepalive,
+            })
+            .collect()
     }
 
     /// The device carrying `family`.
@@ -319,7 +357,10 @@ impl Backend for WireguardBackend {
         for device in &self.devices {
             state.add_link(Link {
                 name: device.name.clone(),
-                kind: LinkKind::Tun,
+                kind: match self.data_path {
+                    DataPath::Kernel => LinkKind::Wireguard,
+                    DataPath::Userspace => LinkKind::Tun,
+                },
                 mac: MacAddr::default(),
                 mtu: self.mtu,
                 up: true,

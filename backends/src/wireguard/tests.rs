@@ -155,3 +155,28 @@ fn a_peer_without_a_key_is_skipped_with_the_reason() {
     assert!(rendered.ends_with("skip 10.244.2.0/24: BackendData has no PublicKey\n"), "{rendered}");
     assert!(!rendered.contains("forward"));
 }
+
+#[test]
+fn the_kernel_path_wants_wireguard_devices_and_writes_the_same_peers() {
+    let mut b = backend(json!({"Type": "wireguard", "PersistentKeepaliveInterval": 25}), true);
+    b.data_path = DataPath::Kernel;
+    let own = peer(1, true, "wireguard", Some(51820));
+    let desired = b.desired(&own, &[own.clone(), peer(2, true, "wireguard", Some(7000))]);
+    let rendered = desired.render();
+    assert!(rendered.starts_with("link flannel-wg wireguard mtu 1420 up\nlink flannel-wg-v6 wireguard mtu 1420 up\n"));
+    // Each device takes its own family's peers from the same forwarding table the userspace plane reads.
+    let devices = b.kernel_devices();
+    assert_eq!(
+        devices.iter().map(|d| (d.name.as_str(), d.listen_port)).collect::<Vec<_>>(),
+        [("flannel-wg", 51820), ("flannel-wg-v6", 51821)]
+    );
+    let table = desired.forwarding.unwrap();
+    let v6 = devices[1].update(None, &devices[1].wanted(&table)).unwrap();
+    let [genl::PeerUpdate::Set { public_key, endpoint, allowed_ips, persistent_keepalive: 25, .. }] =
+        v6.peers.as_slice()
+    else {
+        panic!("{v6:?}")
+    };
+    assert_eq!((public_key, endpoint.to_string()), (&[2; 32], "[fd18::2]:7001".to_string()));
+    assert_eq!(allowed_ips, &["fd00:10:0:2::/64".parse::<IpNetwork>().unwrap()]);
+}
