@@ -12,6 +12,7 @@
 pub mod counters;
 pub mod offload;
 pub mod packet;
+#[cfg(feature = "runtime")]
 pub mod plane;
 pub mod tun;
 

@@ -17,7 +17,7 @@ use weft_netlink::link::{self, LinkRef};
 
 use super::genl::{self, Answer, DeviceUpdate, GenlError, PeerUpdate};
 use super::keys::Key;
-use super::plane::{peers_from_table, PeerSpec};
+use super::peers::{peers_from_table, PeerSpec};
 use crate::forwarding::ForwardingTable;
 use crate::Family;
 

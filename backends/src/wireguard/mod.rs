@@ -12,6 +12,8 @@
 pub mod genl;
 pub mod kernel_device;
 pub mod keys;
+pub mod peers;
+#[cfg(feature = "runtime")]
 pub mod plane;
 
 use std::net::{IpAddr, SocketAddr};
@@ -198,7 +200,7 @@ pub fn parse_lease_data(data: Option<&Value>) -> Result<LeaseData, RejectReason>
 }
 
 impl WireguardBackend {
-    /// Loads (or creates) the private key from flannel's key file and prepares the devices.
+    /// Loads (or creates) the private key from flannel's key file and prepares the devices .
     pub fn prepare(
         config: WireguardConfig,
         underlay: Underlay,

@@ -24,6 +24,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::keys::Key;
+pub use super::peers::{peers_from_table, PeerSpec};
 use crate::forwarding::{ForwardingReceiver, ForwardingTable};
 use crate::udp::counters::Counters;
 use crate::udp::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
@@ -73,27 +74,6 @@ pub enum WgPlaneError {
     },
     #[error("starting wireguard data plane worker: {0}")]
     Spawn(#[source] io::Error),
-}
-
-/// What the data plane needs to know of one peer: where it is and what it may send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSpec {
-    pub endpoint: SocketAddr,
-    pub allowed: Vec<IpNetwork>,
-}
-
-/// The peers in a forwarding table for a device carrying `families`, by public key. Pure.
-pub fn peers_from_table(table: &ForwardingTable, families: &[Family]) -> BTreeMap<Key, PeerSpec> {
-    let mut peers: BTreeMap<Key, PeerSpec> = BTreeMap::new();
-    for (subnet, endpoint) in &table.entries {
-        if !families.contains(&Family::of(subnet.ip())) {
-            continue;
-        }
-        let Some(key) = table.keys.get(subnet) else { continue };
-        let spec = peers.entry(*key).or_insert_with(|| PeerSpec { endpoint: *endpoint, allowed: Vec::new() });
-        spec.allowed.push(*subnet);
-    }
-    peers
 }
 
 struct WgPeer {
