@@ -71,7 +71,7 @@ impl<S: LeaseStore> LeaseManager<S> {
                 Choice::Claim(_) => None,
             };
             for lease in plan.stale.iter().chain(renewed) {
-                self.refuse_if_held_elsewhere(lease).await?;
+                self.refuse_if_held_elsewhere(lease, preferred).await?;
             }
             for stale in &plan.stale {
                 info!(subnet = %stale.key, "deleting our old lease: it no longer fits the network config");
@@ -228,9 +228,16 @@ impl<S: LeaseStore> LeaseManager<S> {
     }
 
     /// Leaves `lease` (a live lease carrying our public IP) alone when a running weftd keeps it alive: watched for one
-    /// keepalive interval of its holder unless it holds exactly our value (our own restart) or is a reservation.
-    async fn refuse_if_held_elsewhere(&self, lease: &Lease) -> Result<(), AcquireError> {
+    /// keepalive interval of its holder unless it holds exactly our value (our own restart), is a reservation, or is
+    /// one `ours_before` names: the subnet file's lease at start-up, our own lease when re-acquiring (our own restart
+    /// with a changed value, e.g. a rotated WireGuard key; another host configured with our public IP has its own
+    /// subnet file).
+    async fn refuse_if_held_elsewhere(&self, lease: &Lease, ours_before: &[SubnetKey]) -> Result<(), AcquireError> {
         if lease.is_reservation() || lease.attrs == self.attrs {
+            return Ok(());
+        }
+        if ours_before.contains(&lease.key) {
+            info!(subnet = %lease.key, "the subnet file names this lease: ours from an earlier run, with a new value");
             return Ok(());
         }
         let Some(first) = self.store.time_to_live(lease).await? else {
@@ -603,6 +610,25 @@ mod tests {
         assert_eq!(taken.key.to_string(), key);
         assert!(began.elapsed() <= keepalive_interval(TTL) + lease_holder::HOLDER_SLACK + Duration::from_secs(1));
         assert_eq!(store.value(&key), Some(second.attrs.to_json()));
+        clock.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_with_a_new_value_takes_the_lease_the_subnet_file_names_at_once() {
+        let store = MemoryStore::with_config(CONFIG);
+        let clock = run_store_clock(&store);
+        let before = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:01");
+        let host = start(before, true).await;
+        let (own_key, key) = (host.first.key, host.first.key.to_string());
+        drop(host);
+        // The same host restarted with another value (a rotated key): its subnet file names the lease.
+        let after = manager_with_mac(&store, "198.18.0.1", "0e:00:00:00:00:02");
+        let began = Instant::now();
+        let taken = after.acquire_once(&[own_key]).await.expect("taken");
+        assert_eq!(taken.key.to_string(), key);
+        assert!(began.elapsed() < TTL_POLL, "no keepalive interval watched: {:?}", began.elapsed());
+        assert_eq!(store.value(&key), Some(after.attrs.to_json()));
+        assert_eq!(duplicates(&after), 0);
         clock.abort();
     }
 
