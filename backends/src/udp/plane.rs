@@ -111,22 +111,39 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), PlaneErr
 
 fn open_socket(config: &PlaneConfig) -> Result<Socket, PlaneError> {
     let addr = config.bind;
-    let err = |what: &'static str| move |source| PlaneError::Socket { addr, what, source };
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err("socket"))?;
     // One socket per queue on the same port; the kernel spreads peers across them by their address and port.
-    sock.set_reuse_port(true).map_err(err("SO_REUSEPORT"))?;
-    let size = config.socket_buffer as libc::c_int;
+    tunnel_socket(addr, config.socket_buffer, true, config.offloads).map_err(|(what, source)| PlaneError::Socket {
+        addr,
+        what,
+        source,
+    })
+}
+
+/// A UDP socket for a tunnel's data plane (udp and wireguard): large buffers, optionally SO_REUSEPORT and UDP_GRO,
+/// bound to `addr`. An error names the step that failed.
+pub(crate) fn tunnel_socket(
+    addr: SocketAddr,
+    buffer: usize,
+    reuse_port: bool,
+    gro: bool,
+) -> Result<Socket, (&'static str, io::Error)> {
+    let step = |what: &'static str| move |source| (what, source);
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(step("socket"))?;
+    if reuse_port {
+        sock.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
+    }
+    let size = buffer as libc::c_int;
     for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
         // Root may exceed the sysctl limits; otherwise the plain options below apply what they allow.
         if set_int(&sock, libc::SOL_SOCKET, opt, size).is_err() {
-            let _ = sock.set_send_buffer_size(config.socket_buffer);
-            let _ = sock.set_recv_buffer_size(config.socket_buffer);
+            let _ = sock.set_send_buffer_size(buffer);
+            let _ = sock.set_recv_buffer_size(buffer);
         }
     }
-    if config.offloads {
-        set_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(err("UDP_GRO"))?;
+    if gro {
+        set_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(step("UDP_GRO"))?;
     }
-    sock.bind(&addr.into()).map_err(err("bind"))?;
+    sock.bind(&addr.into()).map_err(step("bind"))?;
     Ok(sock)
 }
 

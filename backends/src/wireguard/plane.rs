@@ -20,7 +20,7 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnetwork::IpNetwork;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{SockAddr, Socket};
 use tracing::{debug, info, warn};
 
 use super::keys::Key;
@@ -29,6 +29,7 @@ use crate::forwarding::{ForwardingReceiver, ForwardingTable};
 use crate::udp::counters::Counters;
 use crate::udp::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use crate::udp::packet::{DropReason, IpHeader};
+use crate::udp::plane::tunnel_socket;
 use crate::udp::tun::{TunError, TunQueue};
 use crate::Family;
 
@@ -152,32 +153,11 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), WgPlaneE
 
 fn open_socket(config: &WgPlaneConfig) -> Result<Socket, WgPlaneError> {
     let addr = config.bind;
-    let err = |what: &'static str| move |source| WgPlaneError::Socket { addr, what, source };
-    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err("socket"))?;
-    let _ = sock.set_send_buffer_size(config.socket_buffer);
-    let _ = sock.set_recv_buffer_size(config.socket_buffer);
-    if config.offloads {
-        set_int(&sock, libc::SOL_UDP, libc::UDP_GRO, 1).map_err(err("UDP_GRO"))?;
-    }
-    sock.bind(&addr.into()).map_err(err("bind"))?;
-    Ok(sock)
-}
-
-fn set_int(sock: &Socket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt reads one c_int from a valid pointer.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    tunnel_socket(addr, config.socket_buffer, false, config.offloads).map_err(|(what, source)| WgPlaneError::Socket {
+        addr,
+        what,
+        source,
+    })
 }
 
 /// One `sendmsg` of `train` to `dst`, cut by the kernel every `segment` bytes (UDP_SEGMENT).
