@@ -154,14 +154,8 @@ fn allocations(conf: &Value) -> Vec<String> {
     found
 }
 
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn host_veths(lab: &TestLab, h: usize) -> usize {
-    host(lab, h, &["ip", "-o", "link", "show", "type", "veth"]).lines().filter(|l| l.contains(": veth")).count()
+    lab.host_sh(h, &["ip", "-o", "link", "show", "type", "veth"]).lines().filter(|l| l.contains(": veth")).count()
 }
 
 /// A lab whose hosts run weftd but have no lab container, so every address in the subnet is ours to hand out.
@@ -364,7 +358,7 @@ fn chained_portmap_and_tuning_accept_the_result_as_prev_result() {
     assert_eq!(address_of(&prev), address_of(&ours), "the final result still carries our address");
     let rp = pod.sh(&["cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter"]);
     assert_eq!(String::from_utf8_lossy(&rp.stdout).trim(), "1", "tuning found eth0 through our result");
-    let nat = host(&lab, 1, &["iptables-save", "-t", "nat"]);
+    let nat = lab.host_sh(1, &["iptables-save", "-t", "nat"]);
     assert!(nat.contains("--dport 18080") && nat.contains(&address_of(&prev)), "portmap used our address:\n{nat}");
     // DEL in reverse order, also through the chain.
     for plugin in [&tuning, &portmap] {
@@ -375,7 +369,7 @@ fn chained_portmap_and_tuning_accept_the_result_as_prev_result() {
         ok(cni(&lab, 1, &binary, "DEL", &pod.id(), &pod.path(), &c));
     }
     ok(cni(&lab, 1, Path::new(PLUGIN), "DEL", &pod.id(), &pod.path(), &base));
-    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains("--dport 18080"));
+    assert!(!lab.host_sh(1, &["iptables-save", "-t", "nat"]).contains("--dport 18080"));
     assert!(allocations(&base).is_empty());
 }
 
@@ -408,13 +402,13 @@ fn a_flannel_conflist_works_with_the_binary_named_flannel() {
     assert_eq!(result["ips"][0]["version"], "4", "0.3.x results name the IP version: {result}");
     let routes = String::from_utf8_lossy(&pod.sh(&["ip", "route"]).stdout).into_owned();
     assert!(routes.contains(&format!("default via {}", subnet.ip())), "isDefaultGateway: {routes}");
-    let link = host(&lab, 1, &["ip", "-d", "link", "show", result["interfaces"][1]["name"].as_str().unwrap()]);
+    let link = lab.host_sh(1, &["ip", "-d", "link", "show", result["interfaces"][1]["name"].as_str().unwrap()]);
     assert!(link.contains("hairpin on") && link.contains("master cni0"), "{link}");
     // ipMasq defaults to !FLANNEL_IPMASQ (false here), so the subnet is masqueraded, once, by the plugin: through
     // iptables, which this host has.
     let name = conf["name"].as_str().unwrap();
     let chain = format!("{}-MASQ", cni_masq::table_id(name, Family::V4).name.to_ascii_uppercase());
-    let nat = host(&lab, 1, &["iptables-save", "-t", "nat"]);
+    let nat = lab.host_sh(1, &["iptables-save", "-t", "nat"]);
     let base = format!("{}/{}", subnet.network(), subnet.prefix());
     assert!(nat.contains(&format!("-A POSTROUTING -j {chain}")), "{nat}");
     assert!(
@@ -432,7 +426,7 @@ fn a_flannel_conflist_works_with_the_binary_named_flannel() {
     ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));
     assert!(!dir.0.join("flannel").join(pod.id()).exists());
     // The network's last container is gone, and so are its chain and the jump into it.
-    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains(&chain));
+    assert!(!lab.host_sh(1, &["iptables-save", "-t", "nat"]).contains(&chain));
     assert_eq!(host_veths(&lab, 1), 0);
 }
 
@@ -465,29 +459,29 @@ fn ip_masq_without_iptables_goes_through_nftables_comes_back_on_check_and_leaves
         cni_with_path(&lab, 1, plugin, command, (&pod.id(), &pod.path()), conf, Some(&path))
     };
     let results: Vec<Value> = pods.iter().map(|pod| ok(run("ADD", pod, &conf))).collect();
-    let listing = host(&lab, 1, &["nft", "list", "table", "ip", &table]);
+    let listing = lab.host_sh(1, &["nft", "list", "table", "ip", &table]);
     assert!(
         listing.contains("ip saddr 10.244.7.0/24 ip daddr != 224.0.0.0/4 masquerade")
             && listing.contains(&format!("weft-cni {name}")),
         "{listing}"
     );
-    assert!(!host(&lab, 1, &["iptables-save", "-t", "nat"]).contains("WEFT-CNI"), "nothing went to iptables");
+    assert!(!lab.host_sh(1, &["iptables-save", "-t", "nat"]).contains("WEFT-CNI"), "nothing went to iptables");
     const OUTSIDE: &str = "198.18.0.254";
     common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         pods[0].ping(OUTSIDE).then_some(()).ok_or_else(|| "no answer from outside the cluster network".to_string())
     });
 
-    host(&lab, 1, &["nft", "flush", "table", "ip", &table]);
-    assert!(!host(&lab, 1, &["nft", "list", "table", "ip", &table]).contains("masquerade"));
+    lab.host_sh(1, &["nft", "flush", "table", "ip", &table]);
+    assert!(!lab.host_sh(1, &["nft", "list", "table", "ip", &table]).contains("masquerade"));
     let mut check = conf.clone();
     check["prevResult"] = results[0].clone();
     ok(run("CHECK", &pods[0], &check));
-    assert_eq!(host(&lab, 1, &["nft", "list", "table", "ip", &table]), listing, "CHECK put the table back");
+    assert_eq!(lab.host_sh(1, &["nft", "list", "table", "ip", &table]), listing, "CHECK put the table back");
 
     ok(run("DEL", &pods[0], &conf));
-    assert!(host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "one pod of the network is left");
+    assert!(lab.host_sh(1, &["nft", "list", "tables"]).contains(&table), "one pod of the network is left");
     ok(run("DEL", &pods[1], &conf));
-    assert!(!host(&lab, 1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
+    assert!(!lab.host_sh(1, &["nft", "list", "tables"]).contains(&table), "the last pod took the table along");
     ok(run("DEL", &pods[1], &conf));
 }
 
@@ -518,15 +512,16 @@ fn weftd_restores_a_flushed_plugin_masquerade_table_and_leaves_it_gone_after_the
         let chain = format!("{}-MASQ", table.to_ascii_uppercase());
         // What the host holds of the network's masquerade rules, in whichever firewall the plugin chose.
         let rules = || match path {
-            None => host(&lab, 1, &["iptables-save", "-t", "nat"])
+            None => lab
+                .host_sh(1, &["iptables-save", "-t", "nat"])
                 .lines()
                 .filter(|l| l.contains(&chain))
                 .collect::<Vec<_>>()
                 .join("\n"),
             Some(_) => {
-                let tables = host(&lab, 1, &["nft", "list", "tables"]);
+                let tables = lab.host_sh(1, &["nft", "list", "tables"]);
                 if tables.contains(&table) {
-                    host(&lab, 1, &["nft", "list", "table", "ip", &table])
+                    lab.host_sh(1, &["nft", "list", "table", "ip", &table])
                 } else {
                     String::new()
                 }
@@ -538,8 +533,8 @@ fn weftd_restores_a_flushed_plugin_masquerade_table_and_leaves_it_gone_after_the
         assert!(wanted.contains("masquerade") || wanted.contains("MASQUERADE"), "{path:?}: {wanted}");
 
         match path {
-            None => host(&lab, 1, &["iptables", "-w", "-t", "nat", "-F", &chain]),
-            Some(_) => host(&lab, 1, &["nft", "flush", "table", "ip", &table]),
+            None => lab.host_sh(1, &["iptables", "-w", "-t", "nat", "-F", &chain]),
+            Some(_) => lab.host_sh(1, &["nft", "flush", "table", "ip", &table]),
         };
         assert_ne!(rules(), wanted, "flushed");
         common::eventually(Duration::from_secs(10), Duration::from_millis(200), || {
@@ -689,7 +684,7 @@ fn delegates_weft_does_not_implement_run_from_cni_path() {
             assert!(link.contains("macvlan mode bridge"), "{link}");
         } else {
             assert_eq!(stored["promiscMode"], true);
-            let bridge = host(&lab, 1, &["ip", "-d", "link", "show", "cni0"]);
+            let bridge = lab.host_sh(1, &["ip", "-d", "link", "show", "cni0"]);
             assert!(bridge.contains("PROMISC"), "promiscMode reached the bridge plugin: {bridge}");
         }
         ok(cni(&lab, 1, &flannel, "DEL", &pod.id(), &pod.path(), &conf));

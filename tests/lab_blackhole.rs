@@ -15,19 +15,13 @@ use weft_lab::lab::LabSpec;
 const DEFAULT_GATEWAY: &str = "198.18.0.254";
 const LAST_RESORT_METRIC: &str = "metric 4294967295";
 
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn blackholes(lab: &TestLab, h: usize) -> String {
-    host(lab, h, &["ip", "route", "show", "type", "blackhole"])
+    lab.host_sh(h, &["ip", "route", "show", "type", "blackhole"])
 }
 
 /// Packets forwarded on h1 towards `addr`, as counted by the probe table's counter.
 fn forwarded_to(lab: &TestLab, addr: Ipv4Addr) -> u64 {
-    let listing = host(lab, 1, &["nft", "list", "chain", "ip", "probe", "seen"]);
+    let listing = lab.host_sh(1, &["nft", "list", "chain", "ip", "probe", "seen"]);
     let line = listing.lines().find(|l| l.contains(&addr.to_string()) && l.contains("counter")).unwrap_or_default();
     let mut words = line.split_whitespace();
     words.find(|w| *w == "packets");
@@ -61,21 +55,21 @@ fn the_blackhole_sits_under_the_bridge_drops_the_rest_and_comes_back() {
     // Pods still talk: across hosts, and the host with its own pod (the bridge's connected route wins).
     eventually(Duration::from_secs(20), Duration::from_millis(200), || pings(&lab));
     let c1 = lab.container_ip(1).unwrap();
-    assert!(host(&lab, 1, &["ip", "route", "get", &c1.to_string()]).contains("dev cni0"));
-    host(&lab, 1, &["ping", "-c1", "-W2", &c1.to_string()]);
+    assert!(lab.host_sh(1, &["ip", "route", "get", &c1.to_string()]).contains("dev cni0"));
+    lab.host_sh(1, &["ping", "-c1", "-W2", &c1.to_string()]);
 
     // An address of the subnet that no pod holds, once the bridge is gone (no pod on the host): without the
     // blackhole h1 would forward h2's packets for it out of its default route.
     lab.detach_container(1).unwrap();
     let unallocated = subnet.nth(77).unwrap();
-    if !host(&lab, 1, &["ip", "route", "show", "default"]).contains("default") {
-        host(&lab, 1, &["ip", "route", "add", "default", "via", DEFAULT_GATEWAY]);
+    if !lab.host_sh(1, &["ip", "route", "show", "default"]).contains("default") {
+        lab.host_sh(1, &["ip", "route", "add", "default", "via", DEFAULT_GATEWAY]);
     }
     let probe = format!(
         "add table ip probe; add chain ip probe seen {{ type filter hook forward priority -300; }}; \
          add rule ip probe seen ip daddr {unallocated} counter"
     );
-    host(&lab, 1, &["nft", &probe]);
+    lab.host_sh(1, &["nft", &probe]);
     for _ in 0..3 {
         assert!(!lab.ping(2, unallocated));
     }
@@ -84,7 +78,7 @@ fn the_blackhole_sits_under_the_bridge_drops_the_rest_and_comes_back() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid argument"), "a blackhole lookup: {out:?}");
 
     // Deleted by hand while weftd runs: it comes back (netlink event or resync).
-    host(&lab, 1, &["ip", "route", "del", "blackhole", &subnet.to_string(), "proto", "87"]);
+    lab.host_sh(1, &["ip", "route", "del", "blackhole", &subnet.to_string(), "proto", "87"]);
     eventually(Duration::from_secs(5), Duration::from_millis(100), || {
         let now = blackholes(&lab, 1);
         now.contains(&line).then_some(()).ok_or_else(|| format!("h1's blackholes: {now:?}"))
@@ -93,7 +87,7 @@ fn the_blackhole_sits_under_the_bridge_drops_the_rest_and_comes_back() {
     // What the blackhole prevents: with weftd stopped and the route gone, the same packets leave by the default
     // route.
     lab.stop_weftd(1).unwrap();
-    host(&lab, 1, &["ip", "route", "del", "blackhole", &subnet.to_string(), "proto", "87"]);
+    lab.host_sh(1, &["ip", "route", "del", "blackhole", &subnet.to_string(), "proto", "87"]);
     for _ in 0..3 {
         lab.ping(2, unallocated);
     }

@@ -9,32 +9,18 @@ use std::time::Duration;
 use common::{eventually, weftctl, TestLab};
 use weft_lab::lab::LabSpec;
 
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn all_ping(lab: &TestLab) -> Result<(), String> {
-    for (from, to) in [(1, 2), (2, 1)] {
-        if !lab.ping(from, lab.container_ip(to).unwrap()) {
-            return Err(format!("h{from}'s container cannot ping h{to}'s"));
-        }
-    }
-    Ok(())
-}
-
 /// Everything of weft's on host `h`, as one text; empty when nothing is left.
 fn weft_objects(lab: &TestLab, h: usize) -> String {
     let mut found = String::new();
-    let links = host(lab, h, &["ip", "-o", "link", "show"]);
+    let links = lab.host_sh(h, &["ip", "-o", "link", "show"]);
     found += &links.lines().filter(|l| l.contains("flannel")).collect::<Vec<_>>().join("\n");
-    found += &host(lab, h, &["ip", "route", "show", "proto", "87"]);
-    found += &host(lab, h, &["ip", "-6", "route", "show", "proto", "87"]);
+    found += &lab.host_sh(h, &["ip", "route", "show", "proto", "87"]);
+    found += &lab.host_sh(h, &["ip", "-6", "route", "show", "proto", "87"]);
     for save in ["iptables-nft-save", "iptables-legacy-save"] {
-        found += &host(lab, h, &[save]).lines().filter(|l| l.contains("FLANNEL")).collect::<Vec<_>>().join("\n");
+        found += &lab.host_sh(h, &[save]).lines().filter(|l| l.contains("FLANNEL")).collect::<Vec<_>>().join("\n");
     }
-    found += &host(lab, h, &["nft", "list", "tables"])
+    found += &lab
+        .host_sh(h, &["nft", "list", "tables"])
         .lines()
         .filter(|l| l.contains("flannel"))
         .collect::<Vec<_>>()
@@ -51,11 +37,11 @@ fn cleanup_removes_everything_and_weftd_rebuilds_it() {
         extra_weftd_args: ["--ip-masq", "--ip-blackhole-route", "--resync-interval", "1s"].map(String::from).to_vec(),
         ..TestLab::spec(2)
     });
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
     let key = weft::subnet_file::lease_key(&lab.subnet_env(1).unwrap()).unwrap();
     assert!(!weft_objects(&lab, 1).is_empty());
     assert!(
-        host(&lab, 1, &["ip", "route", "show", "type", "blackhole"]).contains("proto 87"),
+        lab.host_sh(1, &["ip", "route", "show", "type", "blackhole"]).contains("proto 87"),
         "the blackhole is there"
     );
 
@@ -63,16 +49,16 @@ fn cleanup_removes_everything_and_weftd_rebuilds_it() {
     let weftctl = weftctl();
     let subnet_file = lab.subnet_file(1).display().to_string();
     let cleanup = [weftctl.to_str().unwrap(), "cleanup", "--subnet-file", &subnet_file];
-    let said = host(&lab, 1, &cleanup);
+    let said = lab.host_sh(1, &cleanup);
     assert!(said.contains("delete link flannel.1") || said.contains("flannel.1"), "{said}");
     assert_eq!(weft_objects(&lab, 1), "", "nothing of weft's is left");
-    assert_eq!(host(&lab, 1, &cleanup).trim(), "nothing of weft's left on this host", "a second run is fine");
+    assert_eq!(lab.host_sh(1, &cleanup).trim(), "nothing of weft's left on this host", "a second run is fine");
     let lease = lab.etcdctl_ok(["get", "--print-value-only", &format!("/coreos.com/network/subnets/{key}")]).unwrap();
     assert!(!lease.trim().is_empty(), "the lease stays in etcd");
 
     lab.start_weftd(1).unwrap();
     let env = lab.wait_for_subnet_env(1, Duration::from_secs(15)).unwrap();
     assert_eq!(weft::subnet_file::lease_key(&env).unwrap(), key, "the same subnet comes back");
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
-    assert!(host(&lab, 1, &["iptables-save"]).contains("FLANNEL-POSTRTG"), "rules rebuilt");
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
+    assert!(lab.host_sh(1, &["iptables-save"]).contains("FLANNEL-POSTRTG"), "rules rebuilt");
 }

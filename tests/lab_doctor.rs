@@ -21,12 +21,6 @@ use weft_lab::lab::LabSpec;
 /// weftd's health endpoint inside each host's namespace.
 const HEALTHZ: &str = "127.0.0.1:8081";
 
-fn sh(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn host_dir(lab: &TestLab, h: usize) -> PathBuf {
     lab.subnet_file(h).parent().unwrap().to_path_buf()
 }
@@ -147,7 +141,7 @@ fn doctor_names_each_broken_thing_and_status_matches_the_lab() {
     assert_eq!(d["backend"]["mtu"], env.mtu);
     assert_eq!(d["backend"]["underlay"]["name"], "eth0");
     assert_eq!(d["backend"]["underlay"]["mtu"], 1500);
-    let mac = sh(&lab, 1, &["cat", "/sys/class/net/flannel.1/address"]);
+    let mac = lab.host_sh(1, &["cat", "/sys/class/net/flannel.1/address"]);
     assert_eq!(d["backend"]["devices"][0]["name"], "flannel.1");
     assert_eq!(d["backend"]["devices"][0]["mac"], mac.trim());
     assert_eq!(d["lease"]["backend_data"]["VtepMAC"], mac.trim());
@@ -191,11 +185,11 @@ fn doctor_names_each_broken_thing_and_status_matches_the_lab() {
     let stopped = Stopped::stop(lab.weftd_pid(2).unwrap());
     let h1_subnet =
         env.subnet.map(|s| ipnetwork::IpNetwork::new(s.network(), s.prefix()).unwrap()).unwrap().to_string();
-    sh(&lab, 2, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
-    sh(&lab, 2, &["ip", "route", "del", &h1_subnet]);
-    sh(&lab, 2, &["ip", "link", "set", "eth0", "mtu", "1400"]);
-    sh(&lab, 2, &["iptables", "-P", "FORWARD", "DROP"]);
-    sh(&lab, 2, &["iptables", "-F", "FORWARD"]);
+    lab.host_sh(2, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    lab.host_sh(2, &["ip", "route", "del", &h1_subnet]);
+    lab.host_sh(2, &["ip", "link", "set", "eth0", "mtu", "1400"]);
+    lab.host_sh(2, &["iptables", "-P", "FORWARD", "DROP"]);
+    lab.host_sh(2, &["iptables", "-F", "FORWARD"]);
     std::fs::remove_file(conf_dir(&lab, 2).join(weft::cni_install::CONFLIST_NAME)).unwrap();
 
     let (passed, report) = weftctl_json(&lab, 2, "doctor");
@@ -240,8 +234,8 @@ fn doctor_checks_host_gw_dual_stack_with_nftables() {
         ..TestLab::spec(2)
     });
     for h in 1..=2 {
-        sh(&lab, h, &["ip", "-6", "addr", "add", &format!("fd00:198:18::{h}/64"), "dev", "eth0", "nodad"]);
-        sh(&lab, h, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        lab.host_sh(h, &["ip", "-6", "addr", "add", &format!("fd00:198:18::{h}/64"), "dev", "eth0", "nodad"]);
+        lab.host_sh(h, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
     lab.etcdctl_ok(["put", "/coreos.com/network/config", CONFIG]).unwrap();
     for h in 1..=2 {
@@ -259,9 +253,9 @@ fn doctor_checks_host_gw_dual_stack_with_nftables() {
 
     let stopped = Stopped::stop(lab.weftd_pid(2).unwrap());
     let h1_v6 = weft::subnet_file::lease_key(&lab.subnet_env(1).unwrap()).unwrap().ipv6.unwrap().to_string();
-    sh(&lab, 2, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
-    sh(&lab, 2, &["ip", "-6", "route", "del", &h1_v6]);
-    sh(&lab, 2, &["nft", "flush", "chain", "ip", "flannel", "POSTRTG"]);
+    lab.host_sh(2, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+    lab.host_sh(2, &["ip", "-6", "route", "del", &h1_v6]);
+    lab.host_sh(2, &["nft", "flush", "chain", "ip", "flannel", "POSTRTG"]);
     let (passed, report) = weftctl_json(&lab, 2, "doctor");
     assert!(!passed, "{report:#}");
     assert_names(

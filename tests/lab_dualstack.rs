@@ -11,12 +11,6 @@ use weft::lease::{LeaseAttrs, SubnetKey};
 const CONFIG: &str =
     r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
 
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The lab's underlay is IPv4; give each host an IPv6 underlay address on the same bridge (ULA, inside the lab).
 fn underlay_v6(h: usize) -> String {
     format!("fd00:198:18::{h}")
@@ -26,7 +20,7 @@ fn underlay_v6(h: usize) -> String {
 fn dual_stack_hosts_reach_each_other_over_both_vteps() {
     let lab = TestLab::without_weftd(2);
     for h in 1..=2 {
-        host(&lab, h, &["ip", "-6", "addr", "add", &format!("{}/64", underlay_v6(h)), "dev", "eth0", "nodad"]);
+        lab.host_sh(h, &["ip", "-6", "addr", "add", &format!("{}/64", underlay_v6(h)), "dev", "eth0", "nodad"]);
     }
     lab.etcdctl_ok(["put", "/coreos.com/network/config", CONFIG]).unwrap();
     for h in 1..=2 {
@@ -46,9 +40,9 @@ fn dual_stack_hosts_reach_each_other_over_both_vteps() {
         let raw = lab.etcdctl_ok(["get", "--print-value-only", &format!("/coreos.com/network/subnets/{key}")]).unwrap();
         let attrs = LeaseAttrs::from_json(raw.trim()).unwrap();
         assert_eq!(attrs.public_ipv6.unwrap().to_string(), underlay_v6(h));
-        let v6_mac = host(&lab, h, &["cat", "/sys/class/net/flannel-v6.1/address"]);
+        let v6_mac = lab.host_sh(h, &["cat", "/sys/class/net/flannel-v6.1/address"]);
         assert_eq!(attrs.backend_v6_data.unwrap()["VtepMAC"], v6_mac.trim(), "h{h} publishes its IPv6 VTEP");
-        let link = host(&lab, h, &["ip", "-d", "link", "show", "flannel-v6.1"]);
+        let link = lab.host_sh(h, &["ip", "-d", "link", "show", "flannel-v6.1"]);
         assert!(
             link.contains(&format!("vxlan id 1 local {}", underlay_v6(h))) && link.contains("dstport 8472"),
             "{link}"
@@ -61,21 +55,21 @@ fn dual_stack_hosts_reach_each_other_over_both_vteps() {
     let v4_base = keys[1].ipv4.unwrap().ip().to_string();
     let want = format!("{} via {v6_base} dev flannel-v6.1 proto 87", keys[1].ipv6.unwrap());
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
-        let route = host(&lab, 1, &["ip", "-6", "route", "show", &keys[1].ipv6.unwrap().to_string()]);
+        let route = lab.host_sh(1, &["ip", "-6", "route", "show", &keys[1].ipv6.unwrap().to_string()]);
         if route.starts_with(&want) && route.contains(" onlink") {
             Ok(())
         } else {
             Err(format!("h1 has no route {want} onlink: {route:?}"))
         }
     });
-    let fdb = host(&lab, 1, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
+    let fdb = lab.host_sh(1, &["bridge", "fdb", "show", "dev", "flannel-v6.1"]);
     assert!(fdb.contains(&format!("dst {} self permanent", underlay_v6(2))), "{fdb}");
 
     // An IPv6 outer header is 20 bytes longer: the IPv6 VTEP gets underlay - 70 (the kernel refuses more), and
     // containers get the smaller of the two VTEP MTUs so neither family needs Path MTU discovery to get through.
     for h in 1..=2 {
-        assert!(host(&lab, h, &["ip", "link", "show", "flannel.1"]).contains(" mtu 1450 "));
-        assert!(host(&lab, h, &["ip", "link", "show", "flannel-v6.1"]).contains(" mtu 1430 "));
+        assert!(lab.host_sh(h, &["ip", "link", "show", "flannel.1"]).contains(" mtu 1450 "));
+        assert!(lab.host_sh(h, &["ip", "link", "show", "flannel-v6.1"]).contains(" mtu 1430 "));
         let env = lab.wait_for_subnet_env(h, Duration::from_secs(1)).unwrap();
         assert_eq!(env.mtu, 1430, "h{h}: {env:?}");
     }

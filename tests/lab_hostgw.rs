@@ -6,20 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, TestLab};
+use common::{eventually, TestLab, SUBNETS};
 use weft::lease::{LeaseAttrs, SubnetKey};
 use weft_lab::lab::LabSpec;
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 const CONFIG: &str =
     r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
 const METRICS_PORT: &str = "9111";
-
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn underlay_v6(h: usize) -> String {
     format!("fd00:198:18::{h}")
@@ -33,29 +26,6 @@ fn first_v6(key: &SubnetKey) -> String {
     std::net::Ipv6Addr::from(octets).to_string()
 }
 
-fn all_ping(lab: &TestLab) -> Result<(), String> {
-    for from in 1..=lab.hosts() {
-        for to in (1..=lab.hosts()).filter(|to| *to != from) {
-            let ip = lab.container_ip(to).unwrap();
-            if !lab.ping(from, ip) {
-                return Err(format!("container on h{from} cannot ping h{to}'s container {ip}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn put_lease(lab: &TestLab, key: &str, value: &str) {
-    let grant = lab.etcdctl_ok(["lease", "grant", "600"]).unwrap();
-    let id = grant.split_whitespace().nth(1).unwrap().to_string();
-    lab.etcdctl_ok(["put", &format!("--lease={id}"), &format!("{SUBNETS}{key}"), value]).unwrap();
-}
-
-fn metric(lab: &TestLab, h: usize, name: &str) -> Option<String> {
-    let text = host(lab, h, &["curl", "-s", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")]);
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(str::to_string))
-}
-
 #[test]
 fn three_hosts_route_over_both_families_with_flannels_leases() {
     let lab = TestLab::from_spec(LabSpec {
@@ -65,7 +35,7 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
         ..TestLab::spec(3)
     });
     for h in 1..=3 {
-        host(&lab, h, &["ip", "-6", "addr", "add", &format!("{}/64", underlay_v6(h)), "dev", "eth0", "nodad"]);
+        lab.host_sh(h, &["ip", "-6", "addr", "add", &format!("{}/64", underlay_v6(h)), "dev", "eth0", "nodad"]);
     }
     lab.etcdctl_ok(["put", "/coreos.com/network/config", CONFIG]).unwrap();
     for h in 1..=3 {
@@ -100,8 +70,8 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
         let want_v4 = format!("{} via 198.18.0.{h} dev eth0 proto 87", key.ipv4.unwrap());
         let want_v6 = format!("{} via {} dev eth0 proto 87", key.ipv6.unwrap(), underlay_v6(h));
         eventually(Duration::from_secs(10), Duration::from_millis(100), || {
-            let v4 = host(&lab, 1, &["ip", "route", "show", &key.ipv4.unwrap().to_string()]);
-            let v6 = host(&lab, 1, &["ip", "-6", "route", "show", &key.ipv6.unwrap().to_string()]);
+            let v4 = lab.host_sh(1, &["ip", "route", "show", &key.ipv4.unwrap().to_string()]);
+            let v6 = lab.host_sh(1, &["ip", "-6", "route", "show", &key.ipv6.unwrap().to_string()]);
             if v4.trim() == want_v4 && v6.starts_with(&want_v6) {
                 Ok(())
             } else {
@@ -109,12 +79,12 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
             }
         });
     }
-    assert!(!host(&lab, 1, &["ip", "link"]).contains("flannel"), "host-gw creates no device");
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
+    assert!(!lab.host_sh(1, &["ip", "link"]).contains("flannel"), "host-gw creates no device");
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || lab.all_containers_ping());
 
     // IPv6 between subnets: h1 and h2 each hold their subnet's ::1, and h1 pings h2's from its own.
     for (h, key) in keys.iter().enumerate().take(2) {
-        host(&lab, h + 1, &["ip", "-6", "addr", "add", &format!("{}/128", first_v6(key)), "dev", "lo"]);
+        lab.host_sh(h + 1, &["ip", "-6", "addr", "add", &format!("{}/128", first_v6(key)), "dev", "lo"]);
     }
     let (from, to) = (first_v6(&keys[0]), first_v6(&keys[1]));
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
@@ -124,20 +94,20 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
 
     // A route deleted by hand returns (netlink notification, or the 1 s resync).
     let subnet2 = keys[1].ipv4.unwrap().to_string();
-    let before = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
-    host(&lab, 1, &["ip", "route", "del", &subnet2]);
+    let before = lab.host_sh(1, &["ip", "route", "show", "proto", "87"]);
+    lab.host_sh(1, &["ip", "route", "del", &subnet2]);
     eventually(Duration::from_secs(5), Duration::from_millis(50), || {
-        let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
+        let now = lab.host_sh(1, &["ip", "route", "show", "proto", "87"]);
         (now == before).then_some(()).ok_or_else(|| format!("routes now:\n{now}"))
     });
 
     // flanneld's host-gw lease of a host on the segment is routed; one on another segment is reported once (not
     // on every 1 s pass) and counted, and gets no route.
-    put_lease(&lab, "10.244.200.0-24", r#"{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"host-gw"}"#);
-    put_lease(&lab, "10.244.201.0-24", r#"{"PublicIP":"198.19.7.7","PublicIPv6":null,"BackendType":"host-gw"}"#);
+    lab.put_leased("10.244.200.0-24", r#"{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"host-gw"}"#);
+    lab.put_leased("10.244.201.0-24", r#"{"PublicIP":"198.19.7.7","PublicIPv6":null,"BackendType":"host-gw"}"#);
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
-        let route = host(&lab, 2, &["ip", "route", "show", "10.244.200.0/24"]);
-        let skipped = metric(&lab, 2, "weft_peers_skipped{reason=\"not_on_segment\"}");
+        let route = lab.host_sh(2, &["ip", "route", "show", "10.244.200.0/24"]);
+        let skipped = lab.metric(2, METRICS_PORT, "weft_peers_skipped{reason=\"not_on_segment\"}");
         if route.trim() == "10.244.200.0/24 via 198.18.0.77 dev eth0 proto 87" && skipped.as_deref() == Some("1") {
             Ok(())
         } else {
@@ -145,7 +115,7 @@ fn three_hosts_route_over_both_families_with_flannels_leases() {
         }
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(host(&lab, 2, &["ip", "route", "show", "10.244.201.0/24"]), "");
+    assert_eq!(lab.host_sh(2, &["ip", "route", "show", "10.244.201.0/24"]), "");
     let log = std::fs::read_to_string(lab.weftd_log(2)).unwrap();
     let reports =
         log.matches("ignoring peer lease 10.244.201.0/24: public IP 198.19.7.7 is not on eth0's segment").count();

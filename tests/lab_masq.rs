@@ -18,12 +18,6 @@ use weft_lab::lab::LabSpec;
 const SERVER_IP: &str = "198.18.0.200";
 static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
 
-fn sh(lab: &TestLab, ns: &str, args: &[&str]) -> String {
-    let out = lab.exec_in(ns, args).unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
-    assert!(out.status.success(), "{args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A server outside the cluster network, on the lab's underlay segment.
 struct Server {
     ns: String,
@@ -48,7 +42,7 @@ impl Server {
             "netns",
             &lab.underlay_ns(),
         ]);
-        sh(lab, &lab.underlay_ns(), &["ip", "link", "set", "srv0", "master", "br0", "up"]);
+        lab.sh(&lab.underlay_ns(), &["ip", "link", "set", "srv0", "master", "br0", "up"]);
         server.ip(&["-n", &server.ns, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "eth0"]);
         server.ip(&["-n", &server.ns, "link", "set", "eth0", "up"]);
         server.exec(&[
@@ -130,7 +124,7 @@ fn check_traffic(lab: &TestLab, flush: &[&str], listing: &[&str]) {
 
     let c1 = lab.container_ip(1).unwrap().to_string();
     let c2_ns = lab.container_ns(2);
-    sh(lab, &c2_ns, &["nft", &format!("add table ip seen; add chain ip seen in {{ type filter hook input priority 0; }}; add rule ip seen in ip saddr {c1} counter")]);
+    lab.sh(&c2_ns, &["nft", &format!("add table ip seen; add chain ip seen in {{ type filter hook input priority 0; }}; add rule ip seen in ip saddr {c1} counter")]);
     eventually(Duration::from_secs(15), Duration::from_millis(200), || {
         if lab.ping(1, lab.container_ip(2).unwrap()) {
             Ok(())
@@ -138,15 +132,15 @@ fn check_traffic(lab: &TestLab, flush: &[&str], listing: &[&str]) {
             Err("h1's container cannot ping h2's".into())
         }
     });
-    let seen = sh(lab, &c2_ns, &["nft", "list", "chain", "ip", "seen", "in"]);
+    let seen = lab.sh(&c2_ns, &["nft", "list", "chain", "ip", "seen", "in"]);
     assert!(packets(&seen, &c1) >= 1, "pod to pod keeps the pod's address:\n{seen}");
 
-    let before = sh(lab, &lab.host_ns(1), listing);
+    let before = lab.sh(&lab.host_ns(1), listing);
     assert!(before.contains("10.244.0.0/16"), "{before}");
-    sh(lab, &lab.host_ns(1), flush);
-    assert_ne!(sh(lab, &lab.host_ns(1), listing), before);
+    lab.sh(&lab.host_ns(1), flush);
+    assert_ne!(lab.sh(&lab.host_ns(1), listing), before);
     eventually(Duration::from_secs(3), Duration::from_millis(100), || {
-        let now = sh(lab, &lab.host_ns(1), listing);
+        let now = lab.sh(&lab.host_ns(1), listing);
         (now == before).then_some(()).ok_or_else(|| format!("rules now:\n{now}"))
     });
     for h in 1..=2 {
@@ -157,7 +151,7 @@ fn check_traffic(lab: &TestLab, flush: &[&str], listing: &[&str]) {
 
 #[test]
 fn iptables_nft_host_with_forward_drop() {
-    let lab = masq_lab(false, |lab, h| drop(sh(lab, &lab.host_ns(h), &["iptables-nft", "-P", "FORWARD", "DROP"])));
+    let lab = masq_lab(false, |lab, h| drop(lab.sh(&lab.host_ns(h), &["iptables-nft", "-P", "FORWARD", "DROP"])));
     check_traffic(
         &lab,
         &["iptables-nft", "-t", "nat", "-F", "FLANNEL-POSTRTG"],
@@ -169,7 +163,7 @@ fn iptables_nft_host_with_forward_drop() {
 
 #[test]
 fn iptables_legacy_host_with_forward_drop() {
-    let lab = masq_lab(false, |lab, h| drop(sh(lab, &lab.host_ns(h), &["iptables-legacy", "-P", "FORWARD", "DROP"])));
+    let lab = masq_lab(false, |lab, h| drop(lab.sh(&lab.host_ns(h), &["iptables-legacy", "-P", "FORWARD", "DROP"])));
     check_traffic(
         &lab,
         &["iptables-legacy", "-t", "nat", "-F", "FLANNEL-POSTRTG"],
@@ -199,13 +193,13 @@ fn nftables_host_with_a_drop_policy_in_another_table() {
         let table = "add table inet filter; \
                      add chain inet filter forward { type filter hook forward priority 0; policy drop; }; \
                      add rule inet filter forward ct state established,related accept comment \"host rule\"";
-        drop(sh(lab, &lab.host_ns(h), &["nft", table]))
+        drop(lab.sh(&lab.host_ns(h), &["nft", table]))
     });
     let c2 = lab.container_ip(2).unwrap();
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         lab.ping(1, c2).then_some(()).ok_or_else(|| "h1's container cannot ping h2's".to_string())
     });
-    let chain = || sh(&lab, &lab.host_ns(1), &["nft", "list", "chain", "inet", "filter", "forward"]);
+    let chain = || lab.sh(&lab.host_ns(1), &["nft", "list", "chain", "inet", "filter", "forward"]);
     let accepts = |listing: &str| -> Vec<String> {
         listing.lines().map(str::trim).filter(|l| l.contains("flanneld forward")).map(str::to_string).collect()
     };
@@ -222,7 +216,7 @@ fn nftables_host_with_a_drop_policy_in_another_table() {
     assert!(first_rule.contains("flanneld forward"), "ours come first: {listing}");
     assert!(listing.contains("host rule") && listing.contains("policy drop"), "the host's chain is kept: {listing}");
 
-    sh(&lab, &lab.host_ns(1), &["nft", "flush", "chain", "inet", "filter", "forward"]);
+    lab.sh(&lab.host_ns(1), &["nft", "flush", "chain", "inet", "filter", "forward"]);
     eventually(Duration::from_secs(5), Duration::from_millis(100), || {
         let now = chain();
         (accepts(&now).len() == 2).then_some(()).ok_or_else(|| format!("chain now:\n{now}"))

@@ -12,10 +12,9 @@ use std::fs::File;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, TestLab, WEFTD};
+use common::{eventually, TestLab, SUBNETS, WEFTD};
 use weft_lab::lab::LabSpec;
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 /// weftd's /metrics port inside each host's namespace.
 const METRICS_PORT: &str = "9471";
@@ -23,20 +22,6 @@ const METRICS_PORT: &str = "9471";
 const LEASE_TTL: &str = "12s";
 const WAIT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(200);
-
-fn sh(lab: &TestLab, ns: &str, args: &[&str]) -> String {
-    let out = lab.exec_in(ns, args).unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
-    assert!(out.status.success(), "{args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    sh(lab, &lab.host_ns(h), args)
-}
-
-fn lease_key(lab: &TestLab, h: usize) -> String {
-    weft::subnet_file::lease_key(&lab.subnet_env(h).unwrap()).expect("subnet file has a subnet").to_string()
-}
 
 fn etcd_value(lab: &TestLab, key: &str) -> String {
     lab.etcdctl_ok(["get", "--print-value-only", key]).unwrap().trim().to_string()
@@ -49,28 +34,23 @@ fn lease_keys(lab: &TestLab) -> Vec<String> {
 
 /// Every route of host `h` that weft does not own (proto 87 is weft's): the underlay's and the bridge's.
 fn foreign_routes(lab: &TestLab, h: usize) -> Vec<String> {
-    let text = host(lab, h, &["ip", "-d", "route", "show", "table", "main"]);
+    let text = lab.host_sh(h, &["ip", "-d", "route", "show", "table", "main"]);
     text.lines().filter(|l| !l.contains("proto 87")).map(str::to_string).collect()
 }
 
 fn weft_routes(lab: &TestLab, h: usize) -> String {
-    host(lab, h, &["ip", "route", "show", "proto", "87"])
-}
-
-fn metrics(lab: &TestLab, h: usize) -> String {
-    let url = format!("http://{}:{METRICS_PORT}/metrics", lab.host_ip(h));
-    host(lab, h, &["curl", "-s", "--max-time", "5", &url])
+    lab.host_sh(h, &["ip", "route", "show", "proto", "87"])
 }
 
 /// Ok when host `h`'s metric `line` (name, labels and value) is exported.
 fn has_metric(lab: &TestLab, h: usize, line: &str) -> Result<(), String> {
-    let text = metrics(lab, h);
+    let text = lab.metrics(h, METRICS_PORT);
     text.lines().any(|l| l == line).then_some(()).ok_or_else(|| format!("h{h}: no {line:?} in\n{text}"))
 }
 
 /// The value of host `h`'s unlabelled metric `name`.
 fn metric_value(lab: &TestLab, h: usize, name: &str) -> f64 {
-    let text = metrics(lab, h);
+    let text = lab.metrics(h, METRICS_PORT);
     let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}:\n{text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
@@ -193,10 +173,10 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
     };
     eventually(WAIT, POLL, || all_ping(&[1, 2, 3]));
     let before: Vec<Vec<String>> = (1..=3).map(|h| foreign_routes(&lab, h)).collect();
-    let h1_key = lease_key(&lab, 1);
+    let h1_key = lab.lease_key(1);
     let h1_value = etcd_value(&lab, &format!("{SUBNETS}{h1_key}"));
     let h1_ip = lab.host_ip(1).to_string();
-    let h1_mac = host(&lab, 1, &["cat", "/sys/class/net/flannel.1/address"]).trim().to_string();
+    let h1_mac = lab.host_sh(1, &["cat", "/sys/class/net/flannel.1/address"]).trim().to_string();
     let everyone = [(1, 2), (2, 1), (2, 3), (3, 2), (3, 1), (1, 3)];
 
     // 1. A forged value in h1's own lease (another host's address and MAC): h1 writes its own value back.
@@ -258,7 +238,7 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
     assert_eq!(lost, Vec::<String>::new(), "a second weftd with h1's public IP");
     assert_eq!(etcd_value(&lab, &format!("{SUBNETS}{h1_key}")), h1_value, "h1's lease says what it said");
     assert_eq!(lease_keys(&lab).len(), 3, "{:?}", lease_keys(&lab));
-    assert_eq!(host(&lab, 1, &["cat", "/sys/class/net/flannel.1/address"]).trim(), h1_mac);
+    assert_eq!(lab.host_sh(1, &["cat", "/sys/class/net/flannel.1/address"]).trim(), h1_mac);
 
     // 3b. The same with another value: h4 kept a VXLAN device with a MAC of its own (as after flanneld), so its value
     //     differs. It watches the lease's TTL, sees h1 refresh it, and never writes it.
@@ -271,10 +251,9 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
     let other_log = lab.dir().join("duplicate-weftd-2.log");
     let other_file = lab.dir().join("duplicate-subnet-2.env");
     let lost = pinging_while(&lab, &everyone, Duration::from_secs(1), || {
-        host(&lab, 4, &["ip", "link", "del", "flannel.1"]);
+        lab.host_sh(4, &["ip", "link", "del", "flannel.1"]);
         let h4_ip = lab.host_ip(4).to_string();
-        host(
-            &lab,
+        lab.host_sh(
             4,
             &["ip", "link", "add", "flannel.1", "address", "0e:44:00:00:00:04", "type", "vxlan", "id", "1", "local"]
                 .into_iter()
@@ -304,7 +283,7 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
 
     // 4. weftctl refuses a reservation over a live subnet and configs weftd would refuse; runtime config
     //    changes are logged and counted.
-    let h2_key = lease_key(&lab, 2);
+    let h2_key = lab.lease_key(2);
     let h2_value = etcd_value(&lab, &format!("{SUBNETS}{h2_key}"));
     let config = etcd_value(&lab, CONFIG_KEY);
     let lost = pinging_while(&lab, &everyone, Duration::from_secs(1), || {
@@ -381,17 +360,17 @@ fn own_lease_config_and_start_up_misuse_never_cost_a_ping() {
 
     // 6. A reservation for h3's public IP while h3 runs: weftctl warns; h3 takes it at its restart, releases its
     //    old lease, routes neither subnet into the tunnel and leaves its bridge route alone. h1 and h2 keep talking.
-    let h3_key = lease_key(&lab, 3);
+    let h3_key = lab.lease_key(3);
     let h3_ip = lab.host_ip(3).to_string();
     let lost = pinging_while(&lab, &[(1, 2), (2, 1)], Duration::from_secs(1), || {
         let out = weftctl(&lab, &["lease", "reserve", "10.244.220.0/24", "--public-ip", &h3_ip]);
         assert!(out.status.success(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{h3_ip} is the public IP of the live lease")));
         std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(lease_key(&lab, 3), h3_key, "h3 keeps its subnet while it runs");
+        assert_eq!(lab.lease_key(3), h3_key, "h3 keeps its subnet while it runs");
         lab.restart_weftd(3).unwrap();
         eventually(WAIT, POLL, || {
-            let now = lease_key(&lab, 3);
+            let now = lab.lease_key(3);
             (now == "10.244.220.0-24").then_some(()).ok_or(format!("h3 is on {now}"))
         });
         eventually(WAIT, POLL, || {

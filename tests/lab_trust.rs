@@ -7,30 +7,15 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{eventually, TestLab};
+use common::{eventually, TestLab, SUBNETS};
 use weft_lab::lab::LabSpec;
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 /// weftd's /metrics port inside each host's namespace.
 const METRICS_PORT: &str = "9471";
 
-fn sh(lab: &TestLab, ns: &str, args: &[&str]) -> String {
-    let out = lab.exec_in(ns, args).unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
-    assert!(out.status.success(), "{args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    sh(lab, &lab.host_ns(h), args)
-}
-
-fn lease_key(lab: &TestLab, h: usize) -> String {
-    weft::subnet_file::lease_key(&lab.subnet_env(h).unwrap()).expect("subnet file has a subnet").to_string()
-}
-
 /// Every route of host `h` that weft does not own (proto 87 is weft's): the underlay's and the bridge's.
 fn foreign_routes(lab: &TestLab, h: usize) -> Vec<String> {
-    let text = host(lab, h, &["ip", "-d", "route", "show", "table", "main"]);
+    let text = lab.host_sh(h, &["ip", "-d", "route", "show", "table", "main"]);
     text.lines().filter(|l| !l.contains("proto 87")).map(str::to_string).collect()
 }
 
@@ -55,11 +40,6 @@ fn ping_result(child: Child) -> (u32, u32) {
     (number("packets transmitted"), number("received"))
 }
 
-fn metrics(lab: &TestLab, h: usize) -> String {
-    let url = format!("http://{}:{METRICS_PORT}/metrics", lab.host_ip(h));
-    host(lab, h, &["curl", "-s", "--max-time", "5", &url])
-}
-
 fn value(public_ip: &str, mac: &str) -> String {
     format!(
         r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
@@ -81,8 +61,8 @@ fn bad_leases_are_refused_while_containers_keep_talking() {
     };
     eventually(Duration::from_secs(20), Duration::from_millis(200), all_ping);
     let before: Vec<Vec<String>> = (1..=3).map(|h| foreign_routes(&lab, h)).collect();
-    let h2_mac = host(&lab, 2, &["cat", "/sys/class/net/flannel.1/address"]).trim().to_string();
-    let h2_subnet = lease_key(&lab, 2);
+    let h2_mac = lab.host_sh(2, &["cat", "/sys/class/net/flannel.1/address"]).trim().to_string();
+    let h2_subnet = lab.lease_key(2);
     let h2_base = h2_subnet.split('-').next().unwrap().to_string();
     let h2_upper = {
         let mut octets: Vec<u8> = h2_base.split('.').map(|o| o.parse().unwrap()).collect();
@@ -118,7 +98,7 @@ fn bad_leases_are_refused_while_containers_keep_talking() {
     // Every host reports and counts every bad lease.
     for h in 1..=3 {
         eventually(Duration::from_secs(20), Duration::from_millis(300), || {
-            let text = metrics(&lab, h);
+            let text = lab.metrics(h, METRICS_PORT);
             for (reason, count) in [
                 ("outside_network", 3),
                 ("wrong_length", 3),
@@ -147,18 +127,18 @@ fn bad_leases_are_refused_while_containers_keep_talking() {
 
     for h in 1..=3 {
         assert_eq!(foreign_routes(&lab, h), before[h - 1], "h{h}'s underlay and bridge routes are untouched");
-        let fdb = host(&lab, h, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        let fdb = lab.host_sh(h, &["bridge", "fdb", "show", "dev", "flannel.1"]);
         for ip in ["127.0.0.1", "224.0.0.1", "255.255.255.255", "198.18.0.96"] {
             assert!(!fdb.contains(&format!("dst {ip} ")), "h{h} FDB has {ip}:\n{fdb}");
         }
-        let ours = host(&lab, h, &["ip", "route", "show", "proto", "87"]);
+        let ours = lab.host_sh(h, &["ip", "route", "show", "proto", "87"]);
         assert_eq!(ours.lines().count(), 2, "h{h} routes exactly its two peers:\n{ours}");
     }
     eventually(Duration::from_secs(10), Duration::from_millis(300), all_ping);
 
     // weftctl shows why.
     let weftctl = common::weftctl();
-    let list = host(&lab, 1, &[weftctl.to_str().unwrap(), "lease", "list", "--etcd-endpoints", &lab.etcd_endpoint()]);
+    let list = lab.host_sh(1, &[weftctl.to_str().unwrap(), "lease", "list", "--etcd-endpoints", &lab.etcd_endpoint()]);
     for (key, _, reason) in &bad {
         assert!(
             list.lines().any(|l| l.starts_with(key.as_str()) && l.contains(&format!("skipped: {reason}"))),

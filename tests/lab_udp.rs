@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, TestLab};
+use common::{eventually, TestLab, SUBNETS};
 use weft_lab::lab::LabSpec;
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 const METRICS_PORT: &str = "9113";
 
 fn udp_lab(hosts: usize, start_weftd: bool) -> TestLab {
@@ -28,30 +27,9 @@ fn udp_lab(hosts: usize, start_weftd: bool) -> TestLab {
     })
 }
 
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    let out = lab.exec_in(&lab.host_ns(h), args).unwrap();
-    assert!(out.status.success(), "{args:?} on h{h}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn metric(lab: &TestLab, h: usize, name: &str) -> u64 {
-    let text = host(lab, h, &["curl", "-s", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")]);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} on h{h}:\n{text}"))
-}
-
-fn all_ping(lab: &TestLab) -> Result<(), String> {
-    for from in 1..=lab.hosts() {
-        for to in (1..=lab.hosts()).filter(|to| *to != from) {
-            let ip = lab.container_ip(to).unwrap();
-            if !lab.ping(from, ip) {
-                return Err(format!("container on h{from} cannot ping h{to}'s container {ip}"));
-            }
-        }
-    }
-    Ok(())
+    let value = lab.metric(h, METRICS_PORT, name).unwrap_or_else(|| panic!("no metric {name} on h{h}"));
+    value.parse().unwrap_or_else(|e| panic!("metric {name} on h{h} is {value:?}: {e}"))
 }
 
 /// `ping -i interval -c count` from h`from`'s container, in the background; `finish` gives (sent, received).
@@ -83,10 +61,10 @@ fn three_hosts_ping_and_iperf3_and_strangers_are_dropped() {
     for h in 1..=3 {
         assert_eq!(lab.subnet_env(h).unwrap().mtu, 1472, "underlay 1500 - 28");
     }
-    eventually(Duration::from_secs(20), Duration::from_millis(300), || all_ping(&lab));
-    let link = host(&lab, 1, &["ip", "-d", "link", "show", "flannel0"]);
+    eventually(Duration::from_secs(20), Duration::from_millis(300), || lab.all_containers_ping());
+    let link = lab.host_sh(1, &["ip", "-d", "link", "show", "flannel0"]);
     assert!(link.contains("mtu 1472") && link.contains("tun") && link.contains("multi_queue"), "{link}");
-    let routes = host(&lab, 1, &["ip", "route", "show", "10.244.0.0/16"]);
+    let routes = lab.host_sh(1, &["ip", "route", "show", "10.244.0.0/16"]);
     assert!(routes.contains("dev flannel0"), "the cluster network goes into the TUN: {routes}");
 
     // iperf3 TCP across hosts completes.
@@ -111,7 +89,7 @@ fn three_hosts_ping_and_iperf3_and_strangers_are_dropped() {
 
     // A datagram from an address that holds no lease is dropped and counted.
     let before = metric(&lab, 1, "weft_udp_drops_total{reason=\"not_from_peer\"}");
-    host(&lab, 3, &["ip", "addr", "add", "198.18.0.99/24", "dev", "eth0"]);
+    lab.host_sh(3, &["ip", "addr", "add", "198.18.0.99/24", "dev", "eth0"]);
     in_netns(&lab.host_ns(3), || {
         let sock = UdpSocket::bind("198.18.0.99:0").unwrap();
         let mut packet = ipv4_packet([10, 244, 9, 9], [10, 244, 0, 1], 64, &[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
@@ -139,7 +117,7 @@ fn three_hosts_ping_and_iperf3_and_strangers_are_dropped() {
 #[test]
 fn peers_come_and_go_while_traffic_flows_and_a_restart_loses_only_what_was_in_flight() {
     let lab = udp_lab(3, true);
-    eventually(Duration::from_secs(20), Duration::from_millis(300), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(300), || lab.all_containers_ping());
     let h1_pid = lab.weftd_pid(1).unwrap();
     let (c2, c3) = (lab.container_ip(2).unwrap(), lab.container_ip(3).unwrap());
 
@@ -195,14 +173,14 @@ fn peers_come_and_go_while_traffic_flows_and_a_restart_loses_only_what_was_in_fl
     // How many are lost depends on how fast a debug weftd starts on a loaded machine, so it is printed, not
     // asserted (the measured figure is in docs/backends.md); what must hold is that traffic flows again.
     assert!(received > 0, "no ping came back at all ({sent} sent)");
-    eventually(Duration::from_secs(10), Duration::from_millis(300), || all_ping(&lab));
+    eventually(Duration::from_secs(10), Duration::from_millis(300), || lab.all_containers_ping());
 
     // The TUN outlives weftd on purpose; `weftctl cleanup` removes it.
     lab.stop_weftd(3).unwrap();
-    assert!(host(&lab, 3, &["ip", "link", "show"]).contains("flannel0"), "the TUN persists across a stop");
+    assert!(lab.host_sh(3, &["ip", "link", "show"]).contains("flannel0"), "the TUN persists across a stop");
     let subnet_file = lab.subnet_file(3).display().to_string();
-    host(&lab, 3, &[common::weftctl().to_str().unwrap(), "cleanup", "--subnet-file", &subnet_file]);
-    assert!(!host(&lab, 3, &["ip", "link", "show"]).contains("flannel0"), "cleanup removes the TUN");
+    lab.host_sh(3, &[common::weftctl().to_str().unwrap(), "cleanup", "--subnet-file", &subnet_file]);
+    assert!(!lab.host_sh(3, &["ip", "link", "show"]).contains("flannel0"), "cleanup removes the TUN");
 }
 
 /// A lease in flanneld's own udp format: PublicIP only, no BackendType, no BackendData.
@@ -220,19 +198,11 @@ fn an_independent_flannel_udp_peer_exchanges_traffic_with_weft_both_ways() {
             (key.ipv4.unwrap().ip(), lab.host_ip(h))
         })
         .collect();
-    let grant = lab.etcdctl_ok(["lease", "grant", "600"]).unwrap();
-    let id = grant.split_whitespace().nth(1).unwrap().to_string();
-    lab.etcdctl_ok([
-        "put",
-        &format!("--lease={id}"),
-        &format!("{SUBNETS}10.244.77.0-24"),
-        r#"{"PublicIP":"198.18.0.3"}"#,
-    ])
-    .unwrap();
+    lab.put_leased("10.244.77.0-24", r#"{"PublicIP":"198.18.0.3"}"#);
 
     let peer = FlannelUdpPeer::start(&lab.host_ns(3), lab.host_ip(3), leases);
-    host(&lab, 3, &["ip", "addr", "add", "10.244.77.0/16", "dev", "flannel0"]);
-    host(&lab, 3, &["ip", "link", "set", "flannel0", "mtu", "1472", "up"]);
+    lab.host_sh(3, &["ip", "addr", "add", "10.244.77.0/16", "dev", "flannel0"]);
+    lab.host_sh(3, &["ip", "link", "set", "flannel0", "mtu", "1472", "up"]);
 
     // Our peer pings h1's container (requests through our loop to weft, replies from weft into our loop), and
     // h2's container pings our peer's TUN address (the other way round).

@@ -6,48 +6,18 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{eventually, TestLab};
+use common::{eventually, TestLab, SUBNETS};
 use weft::lease::LeaseAttrs;
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
-
-/// Runs a command in a namespace of the lab and returns stdout; panics with stderr when it fails.
-fn sh(lab: &TestLab, ns: &str, args: &[&str]) -> String {
-    let out = lab.exec_in(ns, args).unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
-    assert!(out.status.success(), "{args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn host(lab: &TestLab, h: usize, args: &[&str]) -> String {
-    sh(lab, &lab.host_ns(h), args)
-}
-
 fn vtep_mac(lab: &TestLab, h: usize) -> String {
-    let text = host(lab, h, &["cat", "/sys/class/net/flannel.1/address"]);
+    let text = lab.host_sh(h, &["cat", "/sys/class/net/flannel.1/address"]);
     text.trim().to_string()
-}
-
-/// The lease key (below the subnets prefix) of host `h`, from its subnet file.
-fn lease_key(lab: &TestLab, h: usize) -> String {
-    weft::subnet_file::lease_key(&lab.subnet_env(h).unwrap()).expect("subnet file has a subnet").to_string()
 }
 
 fn etcd_get(lab: &TestLab, key: &str) -> Option<String> {
     let out = lab.etcdctl_ok(["get", "--print-value-only", key]).unwrap();
     let value = out.trim();
     (!value.is_empty()).then(|| value.to_string())
-}
-
-fn all_ping(lab: &TestLab) -> Result<(), String> {
-    for from in 1..=lab.hosts() {
-        for to in 1..=lab.hosts() {
-            let ip = lab.container_ip(to).unwrap();
-            if from != to && !lab.ping(from, ip) {
-                return Err(format!("container on h{from} cannot ping h{to}'s container {ip}"));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Ok once `on` has no neighbour, FDB entry (for `mac`) or route left for `peer_subnet`.
@@ -61,19 +31,19 @@ fn peer_state_gone(lab: &TestLab, on: usize, peer_subnet: &str, mac: &str) -> Re
 /// The triple weftd programs on `on` for the host `peer`: (neighbour line, fdb line, route line), each possibly empty.
 fn triple(lab: &TestLab, on: usize, peer_subnet: &str) -> (String, String, String) {
     let base = peer_subnet.split('/').next().unwrap().to_string();
-    let neigh = host(lab, on, &["ip", "neigh", "show", "dev", "flannel.1", &base]);
-    let fdb = host(lab, on, &["bridge", "fdb", "show", "dev", "flannel.1"]);
-    let route = host(lab, on, &["ip", "route", "show", peer_subnet]);
+    let neigh = lab.host_sh(on, &["ip", "neigh", "show", "dev", "flannel.1", &base]);
+    let fdb = lab.host_sh(on, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let route = lab.host_sh(on, &["ip", "route", "show", peer_subnet]);
     (neigh.trim().to_string(), fdb, route.trim().to_string())
 }
 
 #[test]
 fn containers_reach_each_other_and_leases_are_flannels() {
     let lab = TestLab::new(3);
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
 
     for h in 1..=3 {
-        let key = lease_key(&lab, h);
+        let key = lab.lease_key(h);
         let raw = etcd_get(&lab, &format!("{SUBNETS}{key}")).unwrap_or_else(|| panic!("no lease {key} for h{h}"));
         // Exactly flannel's field set and order, and our own encoder reproduces it byte for byte.
         let expected = format!(
@@ -97,7 +67,7 @@ fn containers_reach_each_other_and_leases_are_flannels() {
 
     // On h1, each other host has flannel's triple: permanent neighbour, FDB entry to its public IP, onlink route.
     for peer in [2, 3] {
-        let subnet = format!("{}/24", lease_key(&lab, peer).trim_end_matches("-24"));
+        let subnet = format!("{}/24", lab.lease_key(peer).trim_end_matches("-24"));
         let base = subnet.trim_end_matches("/24");
         let mac = vtep_mac(&lab, peer);
         let (neigh, fdb, route) = triple(&lab, 1, &subnet);
@@ -105,7 +75,7 @@ fn containers_reach_each_other_and_leases_are_flannels() {
         assert!(fdb.contains(&format!("{mac} dst {} self permanent", lab.host_ip(peer))), "{fdb}");
         assert_eq!(route, format!("{subnet} via {base} dev flannel.1 proto 87 onlink"));
     }
-    let link = host(&lab, 1, &["ip", "-d", "link", "show", "flannel.1"]);
+    let link = lab.host_sh(1, &["ip", "-d", "link", "show", "flannel.1"]);
     assert!(
         link.contains("vxlan id 1 local 198.18.0.1 dev eth0") && link.contains("dstport 8472 nolearning"),
         "{link}"
@@ -116,8 +86,8 @@ fn containers_reach_each_other_and_leases_are_flannels() {
 #[test]
 fn restart_keeps_subnet_and_vtep_mac_and_drops_no_packets() {
     let lab = TestLab::new(3);
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
-    let key = lease_key(&lab, 2);
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
+    let key = lab.lease_key(2);
     let mac = vtep_mac(&lab, 2);
     let lease = etcd_get(&lab, &format!("{SUBNETS}{key}")).unwrap();
 
@@ -148,7 +118,7 @@ fn restart_keeps_subnet_and_vtep_mac_and_drops_no_packets() {
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("80 received, 0% packet loss"), "packets were lost across the restart:\n{summary}");
 
-    assert_eq!(lease_key(&lab, 2), key, "same subnet after restart");
+    assert_eq!(lab.lease_key(2), key, "same subnet after restart");
     assert_eq!(vtep_mac(&lab, 2), mac, "same VTEP MAC after restart");
     eventually(Duration::from_secs(10), Duration::from_millis(200), || {
         let now = etcd_get(&lab, &format!("{SUBNETS}{key}"));
@@ -164,8 +134,8 @@ fn restart_keeps_subnet_and_vtep_mac_and_drops_no_packets() {
 #[test]
 fn a_deleted_lease_removes_the_peer_everywhere_and_its_owner_takes_it_back() {
     let lab = TestLab::new(3);
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
-    let key3 = lease_key(&lab, 3);
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
+    let key3 = lab.lease_key(3);
     let subnet3 = format!("{}/24", key3.trim_end_matches("-24"));
 
     // A stopped host's lease is deleted (as an expired TTL would): the others drop its route, neighbour, FDB entry.
@@ -181,7 +151,7 @@ fn a_deleted_lease_removes_the_peer_everywhere_and_its_owner_takes_it_back() {
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         etcd_get(&lab, &format!("{SUBNETS}{key3}")).map(|_| ()).ok_or("h3 has no lease yet".into())
     });
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || lab.all_containers_ping());
 
     // Deleting a running host's lease: weftd takes the same subnet back instead of exiting (flannel exits).
     lab.etcdctl_ok(["del", &format!("{SUBNETS}{key3}")]).unwrap();
@@ -189,21 +159,21 @@ fn a_deleted_lease_removes_the_peer_everywhere_and_its_owner_takes_it_back() {
         etcd_get(&lab, &format!("{SUBNETS}{key3}")).map(|_| ()).ok_or("h3 has not re-acquired".into())
     });
     assert!(lab.weftd_running(3));
-    assert_eq!(lease_key(&lab, 3), key3);
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
+    assert_eq!(lab.lease_key(3), key3);
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || lab.all_containers_ping());
 }
 
 #[test]
 fn routes_and_the_device_deleted_by_hand_come_back() {
     let lab = TestLab::new(3);
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
-    let subnet2 = format!("{}/24", lease_key(&lab, 2).trim_end_matches("-24"));
-    let before = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
+    let subnet2 = format!("{}/24", lab.lease_key(2).trim_end_matches("-24"));
+    let before = lab.host_sh(1, &["ip", "route", "show", "proto", "87"]);
     let mac = vtep_mac(&lab, 1);
     let routes_restored = || {
         // Repair comes from netlink notifications; the bound covers a lost one too (the periodic resync, 10 s).
         eventually(Duration::from_secs(15), Duration::from_millis(50), || {
-            let now = host(&lab, 1, &["ip", "route", "show", "proto", "87"]);
+            let now = lab.host_sh(1, &["ip", "route", "show", "proto", "87"]);
             if now == before {
                 Ok(())
             } else {
@@ -212,14 +182,14 @@ fn routes_and_the_device_deleted_by_hand_come_back() {
         })
     };
 
-    host(&lab, 1, &["ip", "route", "del", &subnet2]);
+    lab.host_sh(1, &["ip", "route", "del", &subnet2]);
     routes_restored();
 
-    host(&lab, 1, &["ip", "neigh", "del", subnet2.trim_end_matches("/24"), "dev", "flannel.1"]);
-    host(&lab, 1, &["ip", "link", "del", "flannel.1"]);
+    lab.host_sh(1, &["ip", "neigh", "del", subnet2.trim_end_matches("/24"), "dev", "flannel.1"]);
+    lab.host_sh(1, &["ip", "link", "del", "flannel.1"]);
     routes_restored();
     assert_eq!(vtep_mac(&lab, 1), mac, "a re-created device keeps its VTEP MAC, so peers' entries stay right");
-    eventually(Duration::from_secs(10), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(10), Duration::from_millis(200), || lab.all_containers_ping());
     let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
     assert!(log.contains("repaired drift"), "drift repair is logged at info:\n{log}");
 }
@@ -227,7 +197,7 @@ fn routes_and_the_device_deleted_by_hand_come_back() {
 #[test]
 fn traffic_flows_through_a_20_second_etcd_outage_and_weftd_reconnects() {
     let lab = TestLab::new(3);
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
     lab.stop_etcd().unwrap();
 
     // 20 s without etcd, at 4 pings a second between two hosts' containers: none may be lost.
@@ -266,12 +236,10 @@ fn traffic_flows_through_a_20_second_etcd_outage_and_weftd_reconnects() {
 
 /// Writes a lease exactly as flanneld v0.28 does: its JSON, under an etcd lease with a TTL.
 fn put_flannel_lease(lab: &TestLab, key: &str, public_ip: &str, mac: &str) {
-    let grant = lab.etcdctl_ok(["lease", "grant", "600"]).unwrap();
-    let id = grant.split_whitespace().nth(1).unwrap().to_string();
     let value = format!(
         r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
     );
-    lab.etcdctl_ok(["put", &format!("--lease={id}"), &format!("{SUBNETS}{key}"), &value]).unwrap();
+    lab.put_leased(key, &value);
 }
 
 #[test]
@@ -389,7 +357,7 @@ fn a_short_lease_ttl_is_kept_alive_and_json_logs_are_json() {
         extra_weftd_args: vec!["--subnet-lease-ttl".into(), "3s".into(), "--log-format".into(), "json".into()],
         ..TestLab::spec(1)
     });
-    let key = lease_key(&lab, 1);
+    let key = lab.lease_key(1);
     std::thread::sleep(Duration::from_secs(8));
     assert!(etcd_get(&lab, &format!("{SUBNETS}{key}")).is_some(), "the 3 s lease expired despite keepalives");
     let ids = lab.etcdctl_ok(["lease", "list"]).unwrap();
@@ -416,7 +384,7 @@ fn weftctl_manages_config_leases_and_reservations() {
         let mut full = vec![weftctl.to_str().expect("a UTF-8 target dir")];
         full.extend_from_slice(args);
         full.extend_from_slice(&["--etcd-endpoints", "http://127.0.0.1:2379"]);
-        sh(&lab, &lab.underlay_ns(), &full)
+        lab.sh(&lab.underlay_ns(), &full)
     };
     let config = ctl(&["config", "get"]);
     assert!(config.contains("\"Network\":\"10.244.0.0/16\""), "{config}");
@@ -425,7 +393,7 @@ fn weftctl_manages_config_leases_and_reservations() {
     assert_eq!(list.lines().count(), 2, "{list}");
     for h in 1..=2 {
         let ip = lab.host_ip(h).to_string();
-        assert!(list.lines().any(|l| l.contains(&lease_key(&lab, h)) && l.contains(&ip)), "{list}");
+        assert!(list.lines().any(|l| l.contains(&lab.lease_key(h)) && l.contains(&ip)), "{list}");
     }
     let table = ctl(&["lease", "list"]);
     assert!(table.starts_with("SUBNET") && table.contains(&vtep_mac(&lab, 1)), "{table}");
@@ -436,7 +404,7 @@ fn weftctl_manages_config_leases_and_reservations() {
     assert!(ctl(&["lease", "list"]).contains("never (reservation)"));
 
     // Deleting a live host's lease through weftctl: the host takes its subnet back.
-    let key2 = lease_key(&lab, 2);
+    let key2 = lab.lease_key(2);
     let subnet2 = format!("{}/24", key2.trim_end_matches("-24"));
     ctl(&["lease", "delete", &subnet2]);
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -451,7 +419,7 @@ fn a_dead_etcd_endpoint_in_the_list_does_not_matter() {
         extra_weftd_args: vec!["--etcd-endpoints".into(), "http://198.18.0.253:2379".into()],
         ..TestLab::spec(2)
     });
-    eventually(Duration::from_secs(20), Duration::from_millis(200), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(200), || lab.all_containers_ping());
 }
 
 #[test]
@@ -464,7 +432,7 @@ fn health_readiness_and_metrics_are_served_and_flannel_flags_accepted() {
         ..TestLab::spec(2)
     });
     let get = |path: &str| -> String {
-        host(&lab, 1, &["curl", "-s", "-w", " %{http_code}", &format!("http://127.0.0.1:9101{path}")])
+        lab.host_sh(1, &["curl", "-s", "-w", " %{http_code}", &format!("http://127.0.0.1:9101{path}")])
     };
     assert_eq!(get("/healthz"), "ok\n 200");
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -473,7 +441,7 @@ fn health_readiness_and_metrics_are_served_and_flannel_flags_accepted() {
             return Err(format!("/readyz: {ready}"));
         }
         let metrics = get("/metrics");
-        let key = lease_key(&lab, 1);
+        let key = lab.lease_key(1);
         let want = [
             "weft_ready 1",
             "weft_etcd_connected 1",

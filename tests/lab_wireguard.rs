@@ -30,18 +30,6 @@ fn wg_lab(hosts: usize) -> TestLab {
     TestLab::from_spec(wg_spec(hosts))
 }
 
-fn all_ping(lab: &TestLab) -> Result<(), String> {
-    for from in 1..=lab.hosts() {
-        for to in (1..=lab.hosts()).filter(|to| *to != from) {
-            let ip = lab.container_ip(to).unwrap();
-            if !lab.ping(from, ip) {
-                return Err(format!("container on h{from} cannot ping h{to}'s container {ip}"));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The PublicKey in host `h`'s lease.
 fn lease_public_key(lab: &TestLab, h: usize) -> String {
     let public_ip = lab.host_ip(h).to_string();
@@ -127,7 +115,7 @@ fn three_hosts_ping_encrypted_and_keys_persist_and_rotate() {
     for h in 1..=3 {
         assert_eq!(lab.subnet_env(h).unwrap().mtu, 1420, "underlay 1500 - 80, as flannel");
     }
-    eventually(Duration::from_secs(30), Duration::from_millis(300), || all_ping(&lab));
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || lab.all_containers_ping());
     let link = lab.exec_in(&lab.host_ns(1), ["ip", "-d", "link", "show", "flannel-wg"]).unwrap();
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains("mtu 1420") && link.contains("tun"), "{link}");
@@ -175,7 +163,7 @@ fn three_hosts_ping_encrypted_and_keys_persist_and_rotate() {
     lab.restart_weftd(2).unwrap();
     lab.wait_for_subnet_env(2, Duration::from_secs(15)).unwrap();
     assert_eq!(lease_public_key(&lab, 2), before, "a restart keeps the public key");
-    eventually(Duration::from_secs(20), Duration::from_millis(300), || all_ping(&lab));
+    eventually(Duration::from_secs(20), Duration::from_millis(300), || lab.all_containers_ping());
 
     // Rotation: the key file deleted and weftd restarted; the lease carries the new key and the peers follow.
     std::fs::remove_file(&key_file).unwrap();
@@ -189,7 +177,7 @@ fn three_hosts_ping_encrypted_and_keys_persist_and_rotate() {
             Err("h2's lease still carries the old key".into())
         }
     });
-    eventually(Duration::from_secs(30), Duration::from_millis(300), || all_ping(&lab));
+    eventually(Duration::from_secs(30), Duration::from_millis(300), || lab.all_containers_ping());
 }
 
 /// `wireguard-go` in the foreground, ended by its pid when the test ends (pass or fail), and its control socket.
@@ -237,12 +225,10 @@ fn wireguard_go_configured_with_wg_from_the_leases_exchanges_traffic_with_weft()
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), private.as_bytes()).unwrap();
     let public = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string();
 
-    let grant = lab.etcdctl_ok(["lease", "grant", "600"]).unwrap();
-    let id = grant.split_whitespace().nth(1).unwrap().to_string();
     let value = format!(
         r#"{{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{public}","Port":51820}}}}"#
     );
-    lab.etcdctl_ok(["put", &format!("--lease={id}"), "/coreos.com/network/subnets/10.244.77.0-24", &value]).unwrap();
+    lab.put_leased("10.244.77.0-24", &value);
 
     let mut go = lab.command_in(&h3, ["wireguard-go", "-f", &device]).unwrap();
     go.env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")

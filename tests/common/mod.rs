@@ -94,6 +94,63 @@ impl TestLab {
         }
     }
 
+    /// Runs `args` in namespace `ns` and returns its stdout; panics (naming the command and its stderr) when it
+    /// cannot start or fails.
+    #[track_caller]
+    pub fn sh(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.exec_in(ns, args).unwrap_or_else(|e| panic!("{args:?} in {ns}: {e}"));
+        assert!(out.status.success(), "{args:?} in {ns} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`TestLab::sh`] in host `h`'s namespace.
+    #[track_caller]
+    pub fn host_sh(&self, h: usize, args: &[&str]) -> String {
+        self.sh(&self.host_ns(h), args)
+    }
+
+    /// Ok when every host's container pings every other host's container; otherwise the first pair that cannot.
+    pub fn all_containers_ping(&self) -> Result<(), String> {
+        for from in 1..=self.hosts() {
+            for to in (1..=self.hosts()).filter(|to| *to != from) {
+                let ip = self.container_ip(to).ok_or_else(|| format!("h{to} has no container"))?;
+                if !self.ping(from, ip) {
+                    return Err(format!("container on h{from} cannot ping h{to}'s container {ip}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The lease key (below the subnets prefix) of host `h`, from its subnet file.
+    #[track_caller]
+    pub fn lease_key(&self, h: usize) -> String {
+        weft::subnet_file::lease_key(&self.subnet_env(h).unwrap()).expect("subnet file has a subnet").to_string()
+    }
+
+    /// Writes `value` at `/coreos.com/network/subnets/<key>` under a fresh 600 s etcd lease, as flanneld and
+    /// weftd write theirs.
+    #[track_caller]
+    pub fn put_leased(&self, key: &str, value: &str) {
+        let grant = self.etcdctl_ok(["lease", "grant", "600"]).unwrap();
+        let id = grant.split_whitespace().nth(1).expect("etcdctl lease grant prints an id").to_string();
+        self.etcdctl_ok(["put", &format!("--lease={id}"), &format!("{SUBNETS}{key}"), value]).unwrap();
+    }
+
+    /// Host `h`'s /metrics text, read from inside its namespace at `port`.
+    #[track_caller]
+    pub fn metrics(&self, h: usize, port: &str) -> String {
+        let url = format!("http://{}:{port}/metrics", self.host_ip(h));
+        self.host_sh(h, &["curl", "-s", "--max-time", "5", &url])
+    }
+
+    /// The value of host `h`'s metric `name` (with its labels, if any, as they are printed), if exported.
+    #[track_caller]
+    pub fn metric(&self, h: usize, port: &str, name: &str) -> Option<String> {
+        let text = self.metrics(h, port);
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).map(str::to_string))
+    }
+
     /// The end of etcd's log and of every host's weftd log.
     pub fn log_tails(&self) -> String {
         let mut text = format!(
@@ -137,6 +194,9 @@ impl Drop for TestLab {
         }
     }
 }
+
+/// Where flannel's schema keeps the leases.
+pub const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 /// Where test labs keep their state.
 fn state_root() -> PathBuf {
