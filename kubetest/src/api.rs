@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::discovery;
+use crate::openapi;
 use crate::patch::{self, PatchError};
 use crate::resources::{self, ResourceType};
 use crate::selector::{ObjectFilter, Selector};
@@ -143,10 +144,29 @@ pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response
         (Method::GET, "/healthz" | "/readyz" | "/livez") => {
             return Response::builder().status(200).body(full("ok")).expect("static response");
         }
+        (Method::GET, "/openapi/v3") => return simple(openapi::index()),
+        (Method::GET, "/openapi/v2") => {
+            if accept.contains("protobuf") {
+                return Response::builder()
+                    .status(200)
+                    .header("Content-Type", openapi::V2_PROTOBUF_MEDIA_TYPE)
+                    .body(full(openapi::v2_protobuf()))
+                    .expect("static headers are valid");
+            }
+            return simple(openapi::v2_json());
+        }
         (Method::GET, "/api/v1") => {
             return simple(discovery::resource_list("", "v1").expect("the core group is served"));
         }
         _ => {}
+    }
+    if method == Method::GET {
+        if let Some(group_version) = path.strip_prefix("/openapi/v3/") {
+            return match openapi::document(group_version.trim_end_matches('/')) {
+                Some(doc) => simple(doc),
+                None => error_response(&ApiError::path_not_found(&path)),
+            };
+        }
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if method == Method::GET {

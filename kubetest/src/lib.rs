@@ -41,6 +41,7 @@
 mod api;
 mod clock;
 mod discovery;
+mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod selector;
