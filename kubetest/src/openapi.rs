@@ -81,46 +81,33 @@ const LIST_PARAMETERS: &[&str] = &[
     "watch",
 ];
 
+/// The v3 path items of one type, from the same operation list as v2.
 fn paths_of(resource: &ResourceType) -> Vec<(String, Value)> {
-    let prefix = if resource.group.is_empty() {
-        format!("/api/{}", resource.version)
-    } else {
-        format!("/apis/{}/{}", resource.group, resource.version)
-    };
-    let scope = if resource.namespaced { "/namespaces/{namespace}" } else { "" };
-    let collection = format!("{prefix}{scope}/{}", resource.plural);
-    let item = format!("{collection}/{{name}}");
-    let patch_parameters = [WRITE_PARAMETERS, &["force"]].concat();
-    let mut paths = vec![
-        (
-            collection,
-            json!({"get": operation(resource, "list", LIST_PARAMETERS), "post": operation(resource, "post", WRITE_PARAMETERS)}),
-        ),
-        (
-            item.clone(),
-            json!({
-                "get": operation(resource, "get", &[]),
-                "put": operation(resource, "put", WRITE_PARAMETERS),
-                "patch": operation(resource, "patch", &patch_parameters),
-                "delete": operation(resource, "delete", &["dryRun"]),
-            }),
-        ),
-    ];
-    if resource.has_status {
-        paths.push((
-            format!("{item}/status"),
-            json!({
-                "get": operation(resource, "get", &[]),
-                "put": operation(resource, "put", WRITE_PARAMETERS),
-                "patch": operation(resource, "patch", &patch_parameters),
-            }),
-        ));
-    }
-    paths
+    operations_of(resource)
+        .into_iter()
+        .map(|(path, operations)| {
+            let item: Map<String, Value> = operations
+                .into_iter()
+                .map(|op| (op.method.to_string(), operation(resource, op.action, &op.parameters)))
+                .collect();
+            (path, Value::Object(item))
+        })
+        .collect()
 }
 
-/// The operations of one path in OpenAPI v2 terms: (HTTP method, action, query parameters).
-fn v2_operations(resource: &ResourceType) -> Vec<(String, Vec<(&'static str, &'static str, Vec<&'static str>)>)> {
+/// One operation of a path: its HTTP method, Kubernetes action and query parameters.
+struct OperationSpec {
+    method: &'static str,
+    action: &'static str,
+    parameters: Vec<&'static str>,
+}
+
+fn op(method: &'static str, action: &'static str, parameters: &[&'static str]) -> OperationSpec {
+    OperationSpec { method, action, parameters: parameters.to_vec() }
+}
+
+/// Every path of one type with its operations: the collection, the item, and the item's status.
+fn operations_of(resource: &ResourceType) -> Vec<(String, Vec<OperationSpec>)> {
     let prefix = if resource.group.is_empty() {
         format!("/api/{}", resource.version)
     } else {
@@ -131,25 +118,21 @@ fn v2_operations(resource: &ResourceType) -> Vec<(String, Vec<(&'static str, &'s
     let item = format!("{collection}/{{name}}");
     let patch_parameters = [WRITE_PARAMETERS, &["force"]].concat();
     let mut paths = vec![
-        (collection, vec![("get", "list", LIST_PARAMETERS.to_vec()), ("post", "post", WRITE_PARAMETERS.to_vec())]),
+        (collection, vec![op("get", "list", LIST_PARAMETERS), op("post", "post", WRITE_PARAMETERS)]),
         (
             item.clone(),
             vec![
-                ("get", "get", Vec::new()),
-                ("put", "put", WRITE_PARAMETERS.to_vec()),
-                ("patch", "patch", patch_parameters.clone()),
-                ("delete", "delete", vec!["dryRun"]),
+                op("get", "get", &[]),
+                op("put", "put", WRITE_PARAMETERS),
+                op("patch", "patch", &patch_parameters),
+                op("delete", "delete", &["dryRun"]),
             ],
         ),
     ];
     if resource.has_status {
         paths.push((
             format!("{item}/status"),
-            vec![
-                ("get", "get", Vec::new()),
-                ("put", "put", WRITE_PARAMETERS.to_vec()),
-                ("patch", "patch", patch_parameters),
-            ],
+            vec![op("get", "get", &[]), op("put", "put", WRITE_PARAMETERS), op("patch", "patch", &patch_parameters)],
         ));
     }
     paths
@@ -159,9 +142,9 @@ fn v2_operations(resource: &ResourceType) -> Vec<(String, Vec<(&'static str, &'s
 pub fn v2_json() -> Value {
     let mut paths = Map::new();
     for resource in RESOURCES {
-        for (path, operations) in v2_operations(resource) {
+        for (path, operations) in operations_of(resource) {
             let mut item = Map::new();
-            for (method, action, parameters) in operations {
+            for OperationSpec { method, action, parameters } in operations {
                 let parameters: Vec<Value> = parameters
                     .iter()
                     .map(|p| json!({"name": p, "in": "query", "type": "string", "uniqueItems": true}))
@@ -230,9 +213,9 @@ pub fn v2_protobuf() -> Vec<u8> {
     // Response{description=1}.
     let mut paths = Vec::new();
     for resource in RESOURCES {
-        for (path, operations) in v2_operations(resource) {
+        for (path, operations) in operations_of(resource) {
             let mut path_item = Vec::new();
-            for (method, action, parameters) in operations {
+            for OperationSpec { method, action, parameters } in operations {
                 let mut op = Vec::new();
                 pb::bytes(&mut op, 5, format!("{action}{}", resource.kind).as_bytes());
                 for name in parameters {
