@@ -30,10 +30,13 @@ pub fn node(name: &str, cidr: &str) -> Value {
     })
 }
 
+/// Response headers: lowercased names and their values, in order.
+pub type Headers = Vec<(String, String)>;
+
 /// One answered request: the status code, the headers (lowercased names) and the body (decoded if chunked).
 pub struct HttpResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
 }
 
@@ -61,7 +64,7 @@ fn request_bytes(method: &str, path: &str, content_type: Option<&str>, body: Opt
     bytes
 }
 
-fn split_head(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+fn split_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
