@@ -171,14 +171,17 @@ fn json_documents(bytes: &[u8]) -> Vec<Value> {
     serde_json::Deserializer::from_slice(bytes).into_iter::<Value>().map_while(Result::ok).collect()
 }
 
+/// Polls of 50 ms: up to 30 s for kubectl to start, discover and watch on a loaded machine.
+const POLLS: usize = 600;
+
 async fn wait_for_watch(server: &RunningServer) {
-    for _ in 0..200 {
+    for _ in 0..POLLS {
         if server.watch_count() > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("kubectl did not open a watch within 10 s");
+    panic!("kubectl did not open a watch within 30 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +198,7 @@ async fn get_watch_sees_added_modified_and_deleted() {
 
     let wanted = [("ADDED", "node-a"), ("MODIFIED", "node-a"), ("ADDED", "node-b"), ("DELETED", "node-b")];
     let mut seen: Vec<(String, String)> = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..POLLS {
         seen = json_documents(&output.lock().unwrap())
             .iter()
             .map(|e| {
@@ -224,7 +227,7 @@ async fn get_watch_prints_table_rows_for_changes() {
     wait_for_watch(&server).await;
     server.put_node(node("node-b", "10.244.2.0/24")).unwrap();
     let mut text = String::new();
-    for _ in 0..200 {
+    for _ in 0..POLLS {
         text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
         if text.contains("node-b") {
             break;
