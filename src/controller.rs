@@ -400,24 +400,27 @@ mod tests {
         fn scope(&self) -> Scope {
             Scope { tables: vec![tables()], ..Scope::links(vec!["weft0".into()], WEFT_ROUTE_PROTOCOL) }
         }
-        fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+        fn base(&self, own: &Peer) -> Desired {
             let mut desired = Desired::default();
             let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1472, up: true };
             desired.state.add_link(tun);
             let own_subnet = own.subnet(Family::V4).unwrap();
             desired.state.add_route(Route::blackhole(own_subnet, WEFT_ROUTE_PROTOCOL));
-            let mut forwarding = ForwardingTable::default();
-            for peer in peers {
-                let subnet = peer.subnet(Family::V4).unwrap();
-                desired.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
-                forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip(Family::V4).unwrap(), 8285));
-            }
-            desired.forwarding = Some(forwarding);
+            desired.forwarding = Some(ForwardingTable::default());
             let accept = Rule::new(vec![Match::Source { net: own_subnet, negated: false }], Verdict::Accept);
             let forward =
                 BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0, policy: Policy::Accept };
             desired.rules.add(Table::new(tables()).base_chain("forward", forward, vec![accept]));
             desired
+        }
+        fn peer(&self, _own: &Peer, peer: &Peer) -> Desired {
+            let mut part = Desired::default();
+            let subnet = peer.subnet(Family::V4).unwrap();
+            part.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
+            let mut forwarding = ForwardingTable::default();
+            forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip(Family::V4).unwrap(), 8285));
+            part.forwarding = Some(forwarding);
+            part
         }
         fn lease_data(&self, _: Family) -> Option<serde_json::Value> {
             None
