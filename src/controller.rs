@@ -150,6 +150,15 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         &mut self.rules
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The peers the last pass programmed (with their revisions) and the leases it rejected, with the reasons.
+    pub fn peers_reported(&self) -> String {
+        format!("programmed {:?}\nrejected {:?}\n", self.known, self.known_rejected)
+    }
+
     /// The forwarding table as of the latest pass, for a userspace data plane to follow.
     pub fn forwarding(&self) -> ForwardingReceiver {
         self.forwarding.subscribe()
@@ -350,7 +359,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             let table = index.forwarding.clone();
             self.publish_forwarding(table.as_ref());
         }
-        let Some(Indexed { index, .. }) = self.index.as_ref() else { return None };
+        let Indexed { index, .. } = self.index.as_ref()?;
         let (accepted, rejected) = trust::accepted_and_rejected(accepted, rejected, index);
         self.record_peers(own, set, &accepted, &rejected);
         self.last_pass_objects = touched.keys.len();
