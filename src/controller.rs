@@ -17,15 +17,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use weft_backends::backend::{AnyBackend, Backend};
+use weft_backends::forwarding::ForwardingTable;
 use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
-use weft_backends::kernel::{reconcile, ApplyReport, Drift, Kernel, KernelError};
+use weft_backends::kernel::{apply_in_order, reconcile, ApplyReport, Drift, Kernel, KernelError};
+use weft_backends::parts::{DesiredIndex, ObjectKey, Touched};
 use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 
 use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 use crate::registry::LeaseSet;
-use crate::trust::{self, Rejected, TrustPolicy};
+use crate::trust::{self, IndexedJudgement, Rejected, Screening, TrustPolicy};
 use crate::value_grace::ValueGrace;
 
 fn public_ip(lease: &Lease) -> String {
@@ -105,6 +107,15 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     route_networks: Vec<ipnetwork::IpNetwork>,
     /// Holds a rewritten peer value back until it has stood for a while (see [`ValueGrace`]).
     grace: ValueGrace,
+    /// The desired state by peer, as of the last pass, when that pass left the kernel equal to it; None when the
+    /// next pass must be a full one (see [`Controller::incremental_pass`]).
+    index: Option<Indexed>,
+}
+
+/// The desired state a clean pass left in the kernel, by peer, and the own lease it was derived for.
+struct Indexed {
+    own: Lease,
+    index: DesiredIndex<SubnetKey>,
 }
 
 impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
@@ -121,6 +132,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             last_pass_objects: 0,
             route_networks: Vec::new(),
             grace: ValueGrace::default(),
+            index: None,
         }
     }
 
@@ -138,6 +150,15 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         &mut self.rules
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The peers the last pass programmed (with their revisions) and the leases it rejected, with the reasons.
+    pub fn peers_reported(&self) -> String {
+        format!("programmed {:?}\nrejected {:?}\n", self.known, self.known_rejected)
+    }
+
     /// The forwarding table as of the latest pass, for a userspace data plane to follow.
     pub fn forwarding(&self) -> ForwardingReceiver {
         self.forwarding.subscribe()
@@ -150,25 +171,15 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// One pass. Returns the report; errors observing the kernel are returned as is.
     pub async fn pass(&mut self, own: &Lease, set: &Arc<LeaseSet>, trigger: Trigger) -> Result<ApplyReport, PassError> {
-        let judgement = trust::judge(&self.policy, &self.backend, own, set);
-        self.log_peer_changes(&judgement.accepted);
-        self.log_rejected(&judgement.rejected);
-        let accepted = judgement.accepted.len();
-        let in_store = set.leases.len() + set.bad_keys.len() - usize::from(set.leases.contains_key(&own.key));
-        self.metrics.status.record_peers(own, in_store, &judgement.accepted, &judgement.rejected);
-        let desired = judgement.desired;
+        self.index = None;
+        let IndexedJudgement { index: desired, accepted, rejected } =
+            trust::judge_indexed(&self.policy, &self.backend, own, set);
+        self.record_peers(own, set, &accepted, &rejected);
         self.last_pass_objects = desired.state.object_count();
-        if let Some(table) = &desired.forwarding {
-            // Published before the kernel is touched: the data plane needs no kernel object to forward.
-            if self.forwarding.publish(table) {
-                debug!(entries = table.entries.len(), "forwarding table published");
-            }
-        }
+        self.publish_forwarding(desired.forwarding.as_ref());
 
         let started = std::time::Instant::now();
         let m = &self.metrics;
-        m.peers.store(accepted as i64, Ordering::Relaxed);
-        m.set_skipped(judgement.rejected.iter().map(|r| r.reason.name()));
         m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
         let scope = self.scope();
         let mut report = match reconcile(&mut self.kernel, &scope, &desired.state).await {
@@ -195,6 +206,38 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
+        self.log_report(&report, trigger);
+        if report.is_clean() {
+            // The kernel now holds exactly the desired state: later changes can be applied against it.
+            self.index = Some(Indexed { own: own.clone(), index: desired });
+        }
+        Ok(report)
+    }
+
+    /// The pass `trigger` calls for. Lease changes and deleted objects a notification named (`gone`; None when a
+    /// notification named none: a device went, notifications were lost) are applied alone
+    /// ([`incremental_pass`](Self::incremental_pass)); the periodic resync, retries, a change of our own lease and
+    /// whatever the incremental pass cannot do exactly run a full pass, the safety net.
+    pub async fn step(
+        &mut self,
+        own: &Lease,
+        set: &Arc<LeaseSet>,
+        trigger: Trigger,
+        gone: Option<Vec<ObjectKey>>,
+    ) -> Result<ApplyReport, PassError> {
+        let incremental = match (trigger, gone) {
+            (Trigger::LeasesChanged, _) => self.incremental_pass(own, set, &[], trigger).await,
+            (Trigger::KernelEvent, Some(keys)) => self.incremental_pass(own, set, &keys, trigger).await,
+            _ => None,
+        };
+        match incremental {
+            Some(report) => Ok(report),
+            None => self.pass(own, set, trigger).await,
+        }
+    }
+
+    /// Logs what a pass did: drift repairs at info, other changes at debug, every failure as a warning.
+    fn log_report(&self, report: &ApplyReport, trigger: Trigger) {
         if report.applied_count() > 0 {
             // Rendering every op costs as much as applying it at 30,000 ops: only when the line is written.
             let ops = || {
@@ -203,7 +246,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             };
             match trigger {
                 Trigger::KernelEvent | Trigger::Resync => {
-                    m.drift_repairs.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
                     info!(count = report.applied_count(), ops = ?ops(), "repaired drift in the kernel state")
                 }
                 _ if tracing::enabled!(tracing::Level::DEBUG) => {
@@ -219,7 +262,123 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         for (op, err) in &report.rules.failed {
             warn!(%op, error = %err, "firewall operation failed; will retry");
         }
-        Ok(report)
+    }
+
+    /// Logs and records the peers a pass programs and the leases it does not.
+    fn record_peers(&mut self, own: &Lease, set: &LeaseSet, accepted: &[&Lease], rejected: &[Rejected]) {
+        self.log_peer_changes(accepted);
+        self.log_rejected(rejected);
+        let in_store = set.leases.len() + set.bad_keys.len() - usize::from(set.leases.contains_key(&own.key));
+        let m = &self.metrics;
+        m.status.record_peers(own, in_store, accepted, rejected);
+        m.peers.store(accepted.len() as i64, Ordering::Relaxed);
+        m.set_skipped(rejected.iter().map(|r| r.reason.name()));
+    }
+
+    fn publish_forwarding(&self, table: Option<&ForwardingTable>) {
+        if let Some(table) = table {
+            // Published before the kernel is touched: the data plane needs no kernel object to forward.
+            if self.forwarding.publish(table) {
+                debug!(entries = table.entries.len(), "forwarding table published");
+            }
+        }
+    }
+
+    /// Applies a change of the lease set, or objects a notification said were deleted (`gone`), in time and
+    /// memory proportional to the change: only the leases whose accepted value changed since the last pass are
+    /// re-derived, and only their objects (and the `gone` ones) are diffed, against the values the last pass left
+    /// in the kernel; no kernel state is dumped. Returns None when this cannot be done exactly and a full pass
+    /// must run instead: no clean pass before it, our own lease changed, or a notification that names no single
+    /// object. The lease screen itself still looks at the whole set (a lease's acceptance depends on the others).
+    pub async fn incremental_pass(
+        &mut self,
+        own: &Lease,
+        set: &LeaseSet,
+        gone: &[ObjectKey],
+        trigger: Trigger,
+    ) -> Option<ApplyReport> {
+        let Indexed { own: indexed_own, index } = self.index.as_mut()?;
+        if indexed_own != own {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let Screening { mut accepted, rejected } = trust::screen(&self.policy, Some(own), set);
+        accepted.sort_by_key(|l| l.key);
+        let mut touched = Touched::default();
+        for key in gone {
+            touched.gone(key.clone());
+        }
+        // The accepted leases and the index's parts, both in key order: a lease whose revision differs (or that
+        // is new) is re-derived, a part without a lease goes.
+        let mut changed: Vec<&Lease> = Vec::new();
+        let mut removed: Vec<SubnetKey> = Vec::new();
+        {
+            let mut parts = index.revisions().peekable();
+            let mut leases = accepted.iter().peekable();
+            loop {
+                match (leases.peek(), parts.peek()) {
+                    (Some(l), Some((k, revision))) if l.key == **k => {
+                        if l.mod_revision != *revision {
+                            changed.push(l);
+                        }
+                        leases.next();
+                        parts.next();
+                    }
+                    (Some(l), Some((k, _))) if l.key < **k => {
+                        changed.push(l);
+                        leases.next();
+                    }
+                    (Some(l), None) => {
+                        changed.push(l);
+                        leases.next();
+                    }
+                    (_, Some((k, _))) => {
+                        removed.push(**k);
+                        parts.next();
+                    }
+                    (None, None) => break,
+                }
+            }
+        }
+        let protected = self.policy.protected(Some(own));
+        let own_peer = own.to_peer();
+        for key in &removed {
+            index.remove(key, &mut touched);
+        }
+        for lease in &changed {
+            index.remove(&lease.key, &mut touched);
+            let part = trust::judge_peer(&self.backend, &own_peer, lease, &protected);
+            if let Err(e) = index.insert(lease.key, lease.mod_revision, part, &mut touched) {
+                debug!(lease = %lease.key, error = %e, "cannot apply the change alone; running a full pass");
+                self.index = None;
+                return None;
+            }
+        }
+        let ops = touched.ops(index);
+        if touched.forwarding_changed() {
+            let table = index.forwarding.clone();
+            self.publish_forwarding(table.as_ref());
+        }
+        let Indexed { index, .. } = self.index.as_ref()?;
+        let (accepted, rejected) = trust::accepted_and_rejected(accepted, rejected, index);
+        self.record_peers(own, set, &accepted, &rejected);
+        self.last_pass_objects = touched.keys.len();
+
+        let m = &self.metrics;
+        m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
+        m.incremental_passes.fetch_add(1, Ordering::Relaxed);
+        let report = apply_in_order(&mut self.kernel, ops).await;
+        let failures: Vec<String> = report.failed.iter().map(|(op, e)| format!("{op}: {e}")).collect();
+        m.status.record_pass(trigger.name(), started.elapsed(), report.applied_count(), failures);
+        *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
+        m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
+        m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
+        self.log_report(&report, trigger);
+        if !report.is_clean() {
+            // The kernel may now differ from the index anywhere the failed ops touched: the retry is a full pass.
+            self.index = None;
+        }
+        Some(report)
     }
 
     fn log_peer_changes(&mut self, accepted: &[&Lease]) {
@@ -271,6 +430,9 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         let mut events_open = true;
         let mut release_at: Option<Instant> = None;
         let mut grace_at: Option<Instant> = None;
+        // Objects notifications said were deleted, for an incremental repair; None: a notification named none
+        // (a device went, notifications were lost), so the repair is a full pass.
+        let mut gone: Option<Vec<ObjectKey>> = Some(Vec::new());
         loop {
             let wake = [retry_at, release_at, grace_at].into_iter().flatten().fold(next_resync, Instant::min);
             let trigger = tokio::select! {
@@ -281,7 +443,14 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                     Some(drift) => {
                         debug!(%drift, "kernel event");
                         // A burst of deletions (a device takes its routes along) needs one pass, not one each.
-                        while kernel_events.try_recv().is_ok() {}
+                        let mut note = |drift: &Drift| match (ObjectKey::of_drift(drift), gone.as_mut()) {
+                            (Some(key), Some(keys)) => keys.push(key),
+                            _ => gone = None,
+                        };
+                        note(&drift);
+                        while let Ok(drift) = kernel_events.try_recv() {
+                            note(&drift);
+                        }
                         Trigger::KernelEvent
                     }
                     None => { events_open = false; continue; }
@@ -312,7 +481,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 set = Arc::new(view);
             }
             let mut applied = 0;
-            match self.pass(&own_lease, &set, trigger).await {
+            match self.step(&own_lease, &set, trigger, gone.replace(Vec::new())).await {
                 Ok(report) if report.is_clean() => {
                     applied = report.applied_count();
                     retry.reset();
@@ -400,24 +569,27 @@ mod tests {
         fn scope(&self) -> Scope {
             Scope { tables: vec![tables()], ..Scope::links(vec!["weft0".into()], WEFT_ROUTE_PROTOCOL) }
         }
-        fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+        fn base(&self, own: &Peer) -> Desired {
             let mut desired = Desired::default();
             let tun = Link { name: "weft0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1472, up: true };
             desired.state.add_link(tun);
             let own_subnet = own.subnet(Family::V4).unwrap();
             desired.state.add_route(Route::blackhole(own_subnet, WEFT_ROUTE_PROTOCOL));
-            let mut forwarding = ForwardingTable::default();
-            for peer in peers {
-                let subnet = peer.subnet(Family::V4).unwrap();
-                desired.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
-                forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip(Family::V4).unwrap(), 8285));
-            }
-            desired.forwarding = Some(forwarding);
+            desired.forwarding = Some(ForwardingTable::default());
             let accept = Rule::new(vec![Match::Source { net: own_subnet, negated: false }], Verdict::Accept);
             let forward =
                 BaseChain { chain_type: ChainType::Filter, hook: Hook::Forward, priority: 0, policy: Policy::Accept };
             desired.rules.add(Table::new(tables()).base_chain("forward", forward, vec![accept]));
             desired
+        }
+        fn peer(&self, _own: &Peer, peer: &Peer) -> Desired {
+            let mut part = Desired::default();
+            let subnet = peer.subnet(Family::V4).unwrap();
+            part.state.add_route(Route::dev(subnet, "weft0", WEFT_ROUTE_PROTOCOL));
+            let mut forwarding = ForwardingTable::default();
+            forwarding.insert(subnet, std::net::SocketAddr::new(peer.public_ip(Family::V4).unwrap(), 8285));
+            part.forwarding = Some(forwarding);
+            part
         }
         fn lease_data(&self, _: Family) -> Option<serde_json::Value> {
             None

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Rejected peer leases by reason (short name), as of the last pass.
     pub skipped_peers: Mutex<std::collections::BTreeMap<&'static str, i64>>,
     pub reconcile_passes: AtomicU64,
+    /// Of those, passes that re-derived and diffed only what changed (see controller.rs); the rest were full.
+    pub incremental_passes: AtomicU64,
     pub reconcile_failures: AtomicU64,
     pub drift_repairs: AtomicU64,
     pub kernel_ops: AtomicU64,
@@ -129,6 +131,14 @@ impl Metrics {
         for (name, help, value) in counters {
             sample(&mut out, name, "counter", help, "", &value.load(Ordering::Relaxed).to_string());
         }
+        let incremental = self.incremental_passes.load(Ordering::Relaxed);
+        let full = self.reconcile_passes.load(Ordering::Relaxed).saturating_sub(incremental);
+        let _ = writeln!(
+            out,
+            "# HELP weft_passes_total Reconcile passes by kind: full (every peer, kernel dumps) or incremental (only \
+             what changed).\n# TYPE weft_passes_total counter\nweft_passes_total{{kind=\"full\"}} {full}\n\
+             weft_passes_total{{kind=\"incremental\"}} {incremental}"
+        );
         let subnet = lock(&self.subnet).clone();
         sample(
             &mut out,

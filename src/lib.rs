@@ -11,6 +11,8 @@ pub mod cni_masq_keeper;
 pub mod config;
 pub mod config_watch;
 pub mod controller;
+#[cfg(test)]
+mod controller_equivalence;
 pub mod ctl;
 pub mod daemon;
 pub mod docker_opts;

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use weft_backends::backend::{Backend, BackendConfig, Desired};
 use weft_backends::model::MacAddr;
+use weft_backends::parts::DesiredIndex;
 use weft_backends::trust::{guard_routes, unusable_endpoint, Protected, RejectReason};
 use weft_backends::Family;
 
@@ -185,25 +186,84 @@ pub struct Judgement<'a> {
 /// Screens the set, asks the backend for the accepted peers' desired state, and applies the last guard. What the
 /// backend itself skipped is reported the same way.
 pub fn judge<'a, B: Backend>(policy: &TrustPolicy, backend: &B, own: &Lease, set: &'a LeaseSet) -> Judgement<'a> {
-    let Screening { accepted, mut rejected } = screen(policy, Some(own), set);
-    let peers: Vec<_> = accepted.iter().map(|l| l.to_peer()).collect();
-    let mut desired = backend.desired(&own.to_peer(), &peers);
-    let refused = guard_routes(&mut desired.state, &policy.protected(Some(own)));
-    let name_of = |subnet: IpNetwork| {
-        accepted.iter().find(|l| l.key.subnets().any(|s| s == subnet)).map_or(subnet.to_string(), |l| l.key.to_string())
-    };
-    for s in desired.skipped.iter().chain(&refused) {
-        rejected.push(Rejected { name: name_of(s.subnet), reason: s.reason.clone() });
+    let IndexedJudgement { index, accepted, rejected } = judge_indexed(policy, backend, own, set);
+    Judgement { desired: index.into_desired(), accepted, rejected }
+}
+
+/// [`judge`]'s outcome with the desired state kept as a base and one part per accepted lease, so the reconcile
+/// loop can later re-derive only the leases that change.
+#[derive(Debug)]
+pub struct IndexedJudgement<'a> {
+    pub index: DesiredIndex<SubnetKey>,
+    pub accepted: Vec<&'a Lease>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// [`judge`], keeping the parts apart.
+pub fn judge_indexed<'a, B: Backend>(
+    policy: &TrustPolicy,
+    backend: &B,
+    own: &Lease,
+    set: &'a LeaseSet,
+) -> IndexedJudgement<'a> {
+    let Screening { accepted, rejected } = screen(policy, Some(own), set);
+    let protected = policy.protected(Some(own));
+    let own_peer = own.to_peer();
+    let mut index = DesiredIndex::new(judge_base(backend, &own_peer, &protected));
+    let mut touched = weft_backends::parts::Touched::default();
+    for lease in &accepted {
+        let part = judge_peer(backend, &own_peer, lease, &protected);
+        // Backends derive disjoint parts (every backend's tests check it) and the screen lets no two leases
+        // claim one subnet or VTEP MAC, so this cannot collide; if it did, the last part would win, as in a merge.
+        if let Err(e) = index.insert(lease.key, lease.mod_revision, part, &mut touched) {
+            tracing::warn!(lease = %lease.key, error = %e, "a peer's objects collide with another's");
+        }
     }
-    desired.skipped.extend(refused);
-    let refused_names: std::collections::BTreeSet<&str> = rejected.iter().map(|r| r.name.as_str()).collect();
-    let accepted = if refused_names.is_empty() {
+    let (accepted, rejected) = accepted_and_rejected(accepted, rejected, &index);
+    IndexedJudgement { index, accepted, rejected }
+}
+
+/// The base of the desired state (our own lease's objects), with the last guard applied.
+pub fn judge_base<B: Backend>(backend: &B, own: &weft_backends::Peer, protected: &[Protected]) -> Desired {
+    let mut base = backend.base(own);
+    let refused = guard_routes(&mut base.state, protected);
+    base.skipped.extend(refused);
+    base
+}
+
+/// One accepted lease's part of the desired state, with the last guard applied.
+pub fn judge_peer<B: Backend>(
+    backend: &B,
+    own: &weft_backends::Peer,
+    lease: &Lease,
+    protected: &[Protected],
+) -> Desired {
+    let mut part = backend.peer(own, &lease.to_peer());
+    let refused = guard_routes(&mut part.state, protected);
+    part.skipped.extend(refused);
+    part
+}
+
+/// The screen's verdicts completed with what the backend and the last guard skipped: such a lease is reported
+/// as rejected and no longer counted as accepted.
+pub fn accepted_and_rejected<'a>(
+    accepted: Vec<&'a Lease>,
+    mut rejected: Vec<Rejected>,
+    index: &DesiredIndex<SubnetKey>,
+) -> (Vec<&'a Lease>, Vec<Rejected>) {
+    let before = rejected.len();
+    for (key, s) in index.skipped() {
+        let name = key.map_or(s.subnet.to_string(), ToString::to_string);
+        rejected.push(Rejected { name, reason: s.reason.clone() });
+    }
+    let accepted = if rejected.len() == before {
         accepted
     } else {
-        accepted.into_iter().filter(|l| !refused_names.contains(l.key.to_string().as_str())).collect()
+        let refused: std::collections::BTreeSet<&str> = rejected[before..].iter().map(|r| r.name.as_str()).collect();
+        accepted.into_iter().filter(|l| !refused.contains(l.key.to_string().as_str())).collect()
     };
     rejected.sort_by(|a, b| a.name.cmp(&b.name));
-    Judgement { desired, accepted, rejected }
+    (accepted, rejected)
 }
 
 #[cfg(test)]

@@ -52,6 +52,34 @@ impl Desired {
     }
 }
 
+impl Desired {
+    /// Adds `part` (another peer's objects, say) to this state. A key both hold takes `part`'s value: the parts a
+    /// backend derives never share a key (see [`Backend::peer`]).
+    pub fn merge(&mut self, part: Desired) {
+        let Desired { state, rules, forwarding, skipped } = part;
+        self.state.links.extend(state.links);
+        self.state.addresses.extend(state.addresses);
+        self.state.routes.extend(state.routes);
+        self.state.neighbours.extend(state.neighbours);
+        self.state.fdb.extend(state.fdb);
+        for table in rules.tables.into_values() {
+            self.rules.add(table);
+        }
+        self.rules.foreign_forward.extend(rules.foreign_forward);
+        if let Some(part) = forwarding {
+            let table = self.forwarding.get_or_insert_with(ForwardingTable::default);
+            table.entries.extend(part.entries);
+            table.keys.extend(part.keys);
+        }
+        self.skipped.extend(skipped);
+    }
+
+    /// Puts what the backend skipped in a fixed order, so the value does not depend on the peers' order.
+    pub fn sort_skipped(&mut self) {
+        self.skipped.sort_by_cached_key(|s| (s.subnet, s.reason.to_string()));
+    }
+}
+
 /// A peer lease the backend could not use, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedPeer {
@@ -69,9 +97,27 @@ pub trait Backend {
     /// changed, and the scope does not depend on the leases, so stale objects of an earlier run are found.
     fn scope(&self) -> Scope;
 
-    /// The complete desired state for our lease (`own`) and the other hosts' leases. Pure: the same leases give
-    /// the same value, whatever order the peers come in.
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired;
+    /// What our own lease alone asks for: devices, their addresses, our firewall tables, the forwarding table
+    /// (empty) of a userspace data plane. Pure.
+    fn base(&self, own: &Peer) -> Desired;
+
+    /// What one peer adds to [`base`](Self::base): its routes, neighbours, FDB entries and forwarding entries, or
+    /// why it is skipped. Pure, and independent of every other peer, so the reconcile loop re-derives only the
+    /// peers that changed. Two different peers' parts never share a key (each object is keyed by something of the
+    /// peer's own: its subnet, its gateway inside that subnet, its VTEP MAC), nor does a part share one with the
+    /// base.
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired;
+
+    /// The complete desired state for our lease (`own`) and the other hosts' leases: the base and every peer's
+    /// part. Pure: the same leases give the same value, whatever order the peers come in.
+    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+        let mut desired = self.base(own);
+        for peer in peers {
+            desired.merge(self.peer(own, peer));
+        }
+        desired.sort_skipped();
+        desired
+    }
 
     /// BackendData (or BackendV6Data) for our lease; None when `family` is not enabled.
     fn lease_data(&self, family: Family) -> Option<Value>;
@@ -212,12 +258,20 @@ impl Backend for AnyBackend {
             AnyBackend::Wireguard(b) => b.scope(),
         }
     }
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    fn base(&self, own: &Peer) -> Desired {
         match self {
-            AnyBackend::Vxlan(b) => b.desired(own, peers),
-            AnyBackend::HostGw(b) => b.desired(own, peers),
-            AnyBackend::Udp(b) => b.desired(own, peers),
-            AnyBackend::Wireguard(b) => b.desired(own, peers),
+            AnyBackend::Vxlan(b) => b.base(own),
+            AnyBackend::HostGw(b) => b.base(own),
+            AnyBackend::Udp(b) => b.base(own),
+            AnyBackend::Wireguard(b) => b.base(own),
+        }
+    }
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        match self {
+            AnyBackend::Vxlan(b) => b.peer(own, peer),
+            AnyBackend::HostGw(b) => b.peer(own, peer),
+            AnyBackend::Udp(b) => b.peer(own, peer),
+            AnyBackend::Wireguard(b) => b.peer(own, peer),
         }
     }
     fn lease_data(&self, family: Family) -> Option<Value> {
@@ -244,6 +298,46 @@ impl Backend for AnyBackend {
             AnyBackend::Wireguard(b) => b.notes(),
         }
     }
+}
+
+/// Checks what the reconcile loop relies on to re-derive one peer at a time: the base and the peers' parts share
+/// no key, and together they are exactly [`Backend::desired`] (whatever the peers' order). Tests of every backend
+/// call it with peers of every kind the backend handles.
+#[cfg(test)]
+pub(crate) fn assert_parts_add_up<B: Backend>(backend: &B, own: &Peer, peers: &[Peer]) {
+    fn keys(part: &Desired) -> Vec<String> {
+        let s = &part.state;
+        let mut keys: Vec<String> = s.links.keys().map(|k| format!("link {k}")).collect();
+        keys.extend(s.addresses.iter().map(|a| format!("addr {} {}", a.device, a.addr)));
+        keys.extend(s.routes.keys().map(|k| format!("route {k}")));
+        keys.extend(s.neighbours.keys().map(|(d, ip)| format!("neigh {d} {ip}")));
+        keys.extend(s.fdb.keys().map(|(d, mac)| format!("fdb {d} {mac}")));
+        keys.extend(part.rules.tables.keys().map(|t| format!("table {t:?}")));
+        keys.extend(part.forwarding.iter().flat_map(|f| f.entries.keys().map(|k| format!("forward {k}"))));
+        keys
+    }
+    let base = backend.base(own);
+    let mut seen: std::collections::BTreeMap<String, String> =
+        keys(&base).into_iter().map(|k| (k, "the base".to_string())).collect();
+    let mut union = base;
+    let mut peer_objects = 0;
+    for (i, peer) in peers.iter().enumerate() {
+        let part = backend.peer(own, peer);
+        assert!(part.rules.tables.is_empty(), "a peer's part has no firewall table of its own");
+        for key in keys(&part) {
+            peer_objects += 1;
+            if let Some(holder) = seen.insert(key.clone(), format!("peer {i}")) {
+                panic!("{key} is in both {holder} and peer {i}'s part");
+            }
+        }
+        union.merge(part);
+    }
+    union.sort_skipped();
+    assert!(peer_objects > 0, "the fixture gives the peers some objects");
+    assert_eq!(union.render(), backend.desired(own, peers).render());
+    let mut reversed = peers.to_vec();
+    reversed.reverse();
+    assert_eq!(backend.desired(own, &reversed), union, "the peers' order does not matter");
 }
 
 #[cfg(test)]

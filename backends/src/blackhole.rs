@@ -40,14 +40,18 @@ impl<B: Backend> Backend for WithBlackholeRoute<B> {
         self.backend.scope()
     }
 
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
-        let mut desired = self.backend.desired(own, peers);
+    fn base(&self, own: &Peer) -> Desired {
+        let mut desired = self.backend.base(own);
         if self.enabled {
             for route in own_subnet_blackholes(own, self.backend.scope().route_protocol) {
                 desired.state.add_route(route);
             }
         }
         desired
+    }
+
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        self.backend.peer(own, peer)
     }
 
     fn lease_data(&self, family: Family) -> Option<Value> {
@@ -102,6 +106,14 @@ mod tests {
         );
         assert!(backend(false).desired(&own("10.244.1.0/24", "fd00:244:0:1::/64"), &[]).state.routes.is_empty());
         assert!(backend(true).desired(&Peer::default(), &[]).state.routes.is_empty(), "no lease yet, no blackhole");
+        let peer = Peer {
+            subnets: PerFamily::new(Some("10.244.2.0/24".parse().unwrap()), Some("fd00:244:0:2::/64".parse().unwrap())),
+            public_ips: PerFamily::new(Some("198.18.0.2".parse().unwrap()), Some("2001:db8:18::2".parse().unwrap())),
+            backend_type: "host-gw".into(),
+            ..Peer::default()
+        };
+        let own = own("10.244.1.0/24", "fd00:244:0:1::/64");
+        crate::backend::assert_parts_add_up(&backend(true), &own, &[peer, own.clone()]);
     }
 
     #[tokio::test]

@@ -88,32 +88,35 @@ impl Backend for HostGwBackend {
         }
     }
 
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    /// The underlay every route leaves through.
+    fn base(&self, _own: &Peer) -> Desired {
         let mut state = KernelState::default();
-        let mut skipped = Vec::new();
         state.add_link(Link::unowned(self.underlay.name.clone()));
+        Desired { state, ..Desired::default() }
+    }
+
+    /// A route straight to the peer per family, or why it cannot have one.
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        let mut part = Desired::default();
         for &family in &self.families {
-            for peer in peers {
-                let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
-                    continue;
-                };
-                if own.subnet(family) == Some(subnet) {
-                    continue;
-                }
-                if peer.backend_type != BACKEND_TYPE {
-                    let reason =
-                        RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                    skipped.push(SkippedPeer { subnet, reason });
-                    continue;
-                }
-                match direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol) {
-                    Ok(route) => state.add_route(route),
-                    Err(e) => skipped.push(SkippedPeer { subnet, reason: RejectReason::NotOnSegment(e) }),
-                }
+            let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
+                continue;
+            };
+            if own.subnet(family) == Some(subnet) {
+                continue;
+            }
+            if peer.backend_type != BACKEND_TYPE {
+                let reason =
+                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
+                part.skipped.push(SkippedPeer { subnet, reason });
+                continue;
+            }
+            match direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol) {
+                Ok(route) => part.state.add_route(route),
+                Err(e) => part.skipped.push(SkippedPeer { subnet, reason: RejectReason::NotOnSegment(e) }),
             }
         }
-        skipped.sort_by_key(|s| (s.subnet, s.reason.to_string()));
-        Desired { state, skipped, ..Desired::default() }
+        part
     }
 
     /// flannel's host-gw lease has no BackendData.
@@ -187,6 +190,7 @@ mod tests {
             peer(Some(("10.244.5.0/24", "198.18.0.5")), None, "vxlan"),
         ];
         let desired = backend(&[Family::V4, Family::V6]).desired(&own(), &peers);
+        crate::backend::assert_parts_add_up(&backend(&[Family::V4, Family::V6]), &own(), &peers);
         let expected = "\
 link eth0 unowned
 route 10.244.2.0/24 via 198.18.0.2 dev eth0 proto 87

@@ -176,6 +176,11 @@ pub async fn reconcile<K: Kernel>(
 ) -> Result<ApplyReport, KernelError> {
     let observed = kernel.observe(scope).await?;
     let ops = crate::diff::diff(desired, &observed);
+    Ok(apply_in_order(kernel, ops).await)
+}
+
+/// Applies `ops` (a diff's output, in its order), carrying on past failures.
+pub async fn apply_in_order<K: Kernel>(kernel: &mut K, ops: Vec<Op>) -> ApplyReport {
     let mut report = ApplyReport::default();
     // A run of operations of one kind touches distinct keys, so its operations are independent and may overlap.
     // The runs themselves stay in the diff's order: links first, a route after its neighbour and FDB entry,
@@ -195,5 +200,5 @@ pub async fn reconcile<K: Kernel>(
             }
         }
     }
-    Ok(report)
+    report
 }

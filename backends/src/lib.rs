@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod model;
 #[cfg(feature = "runtime")]
 pub mod netlink;
+pub mod parts;
 pub mod rules;
 pub mod trust;
 pub mod udp;

@@ -290,60 +290,63 @@ impl Backend for VxlanBackend {
         &self.notes
     }
 
-    /// The complete kernel state for our lease (`own`) and the other hosts' leases. Peers that cannot be used
-    /// (another backend type, a malformed VtepMAC, a VNI that differs) are left out and reported.
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    /// The VTEPs with our subnet's base address on each, and the underlay when direct routing uses it.
+    fn base(&self, own: &Peer) -> Desired {
         let mut state = KernelState::default();
-        let mut skipped = Vec::new();
         if let Some(underlay) = self.direct_routing_device() {
             state.add_link(Link::unowned(underlay));
         }
         for vtep in &self.vteps {
-            let family = vtep.family;
-            let device = &vtep.link.name;
             state.add_link(vtep.link.clone());
-            if let Some(own_subnet) = own.subnet(family) {
-                let base = IpNetwork::new(own_subnet.network(), family.host_prefix()).expect("host prefix is valid");
-                state.add_address(Address { device: device.clone(), addr: base });
-            }
-            for peer in peers {
-                let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
-                    continue;
-                };
-                if own.subnet(family) == Some(subnet) {
-                    continue;
-                }
-                if peer.backend_type != BACKEND_TYPE {
-                    let reason =
-                        RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                    skipped.push(SkippedPeer { subnet, reason });
-                    continue;
-                }
-                // Peers on our own segment are routed to directly; the rest go through the tunnel.
-                if self.config.direct_routing {
-                    if let Ok(route) =
-                        direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol)
-                    {
-                        state.add_route(route);
-                        continue;
-                    }
-                }
-                let mac = match check_peer_data(peer.backend_data(family), self.config.vni) {
-                    Ok(mac) => mac,
-                    Err(reason) => {
-                        skipped.push(SkippedPeer { subnet, reason });
-                        continue;
-                    }
-                };
-                let gateway = subnet.network();
-                state.add_neighbour(Neighbour { device: device.clone(), ip: gateway, mac });
-                state.add_fdb(FdbEntry { device: device.clone(), mac, dst: public_ip });
-                state.add_route(Route::via(subnet, gateway, device, true, self.route_protocol));
+            if let Some(own_subnet) = own.subnet(vtep.family) {
+                let base =
+                    IpNetwork::new(own_subnet.network(), vtep.family.host_prefix()).expect("host prefix is valid");
+                state.add_address(Address { device: vtep.link.name.clone(), addr: base });
             }
         }
-        // Peers come in any order; what the backend says about them must not depend on it.
-        skipped.sort_by_cached_key(|s| (s.subnet, s.reason.to_string()));
-        Desired { state, skipped, ..Desired::default() }
+        Desired { state, ..Desired::default() }
+    }
+
+    /// Per family, a permanent neighbour, an FDB entry and an onlink route through the VTEP (or a direct route
+    /// when direct routing finds the peer on our segment). A peer that cannot be used (another backend type, a
+    /// malformed VtepMAC, a VNI that differs) is left out and reported.
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        let mut part = Desired::default();
+        for vtep in &self.vteps {
+            let family = vtep.family;
+            let device = &vtep.link.name;
+            let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
+                continue;
+            };
+            if own.subnet(family) == Some(subnet) {
+                continue;
+            }
+            if peer.backend_type != BACKEND_TYPE {
+                let reason =
+                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
+                part.skipped.push(SkippedPeer { subnet, reason });
+                continue;
+            }
+            // Peers on our own segment are routed to directly; the rest go through the tunnel.
+            if self.config.direct_routing {
+                if let Ok(route) = direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol) {
+                    part.state.add_route(route);
+                    continue;
+                }
+            }
+            let mac = match check_peer_data(peer.backend_data(family), self.config.vni) {
+                Ok(mac) => mac,
+                Err(reason) => {
+                    part.skipped.push(SkippedPeer { subnet, reason });
+                    continue;
+                }
+            };
+            let gateway = subnet.network();
+            part.state.add_neighbour(Neighbour { device: device.clone(), ip: gateway, mac });
+            part.state.add_fdb(FdbEntry { device: device.clone(), mac, dst: public_ip });
+            part.state.add_route(Route::via(subnet, gateway, device, true, self.route_protocol));
+        }
+        part
     }
 }
 
@@ -357,5 +360,56 @@ pub fn check_peer_data(data: Option<&Value>, vni: u32) -> Result<MacAddr, Reject
     match theirs {
         Some(v) if v != u64::from(vni) => Err(RejectReason::WrongVni { theirs: v, ours: vni }),
         _ => parse_lease_data(data).map_err(|detail| RejectReason::BadBackendData { detail }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::WEFT_ROUTE_PROTOCOL;
+    use crate::PerFamily;
+
+    fn peer(n: u8, public_v4: &str, backend_type: &str, data: Value) -> Peer {
+        Peer {
+            subnets: PerFamily::new(
+                Some(format!("10.244.{n}.0/24").parse().unwrap()),
+                Some(format!("fd00:10:0:{n}::/64").parse().unwrap()),
+            ),
+            public_ips: PerFamily::new(Some(public_v4.parse().unwrap()), Some(format!("fd18::{n}").parse().unwrap())),
+            backend_type: backend_type.into(),
+            backend_data: PerFamily::new(Some(data.clone()), Some(data)),
+        }
+    }
+
+    fn mac_data(n: u8) -> Value {
+        lease_data(1, MacAddr([0x0e, 0, 0, 0, 0, n]))
+    }
+
+    #[test]
+    fn each_peer_s_part_is_its_own_and_the_parts_add_up_to_the_whole() {
+        let underlay =
+            Underlay::new("eth0", 2, 1500, vec!["198.18.0.1/24".parse().unwrap(), "fd18::1/64".parse().unwrap()]);
+        let own = peer(1, "198.18.0.1", "vxlan", mac_data(1));
+        let peers = vec![
+            own.clone(),
+            peer(2, "198.18.0.2", "vxlan", mac_data(2)),
+            peer(3, "198.19.0.3", "vxlan", mac_data(3)),
+            peer(4, "198.18.0.4", "host-gw", Value::Null),
+            peer(5, "198.18.0.5", "vxlan", lease_data(7, MacAddr([0x0e, 0, 0, 0, 0, 5]))),
+            peer(6, "198.18.0.6", "vxlan", serde_json::json!({"VNI": 1})),
+        ];
+        for direct_routing in [false, true] {
+            let config = VxlanConfig { direct_routing, ..VxlanConfig::default() };
+            let families = [Family::V4, Family::V6];
+            let backend = VxlanBackend::prepare(
+                config,
+                underlay.clone(),
+                &families,
+                &KernelState::default(),
+                WEFT_ROUTE_PROTOCOL,
+            )
+            .unwrap();
+            crate::backend::assert_parts_add_up(&backend, &own, &peers);
+        }
     }
 }

@@ -165,8 +165,9 @@ impl<B: Backend> Backend for WithTrafficRules<B> {
         scope
     }
 
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
-        let mut desired = self.backend.desired(own, peers);
+    /// The rules depend on our lease alone (our subnet), so they are part of the base.
+    fn base(&self, own: &Peer) -> Desired {
+        let mut desired = self.backend.base(own);
         let networks: Vec<(Family, FamilyNetworks)> = self
             .networks
             .iter()
@@ -180,6 +181,10 @@ impl<B: Backend> Backend for WithTrafficRules<B> {
         }
         desired.rules.foreign_forward.extend(set.foreign_forward);
         desired
+    }
+
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        self.backend.peer(own, peer)
     }
 
     fn lease_data(&self, family: Family) -> Option<Value> {
@@ -301,6 +306,13 @@ COMMIT
             Peer { subnets: crate::PerFamily::new(Some("10.244.1.0/24".parse().unwrap()), None), ..Peer::default() };
         assert_eq!(wrapped.desired(&own, &[]).rules, ALL.rule_set(&[v4()]));
         assert!(wrapped.desired(&Peer::default(), &[]).rules.is_empty(), "no lease yet, no rules");
+        let peer = |n: u8, ip: &str| Peer {
+            subnets: crate::PerFamily::new(Some(format!("10.244.{n}.0/24").parse().unwrap()), None),
+            public_ips: crate::PerFamily::new(Some(ip.parse().unwrap()), None),
+            backend_type: "host-gw".into(),
+            ..Peer::default()
+        };
+        crate::backend::assert_parts_add_up(&wrapped, &own, &[peer(2, "198.18.0.2"), peer(3, "198.19.0.3")]);
     }
 
     #[test]

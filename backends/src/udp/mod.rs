@@ -148,7 +148,8 @@ impl Backend for UdpBackend {
         Scope { links: vec![DEVICE.to_string()], route_protocol: self.route_protocol, ..Scope::default() }
     }
 
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    /// The TUN with its address, and an empty forwarding table.
+    fn base(&self, own: &Peer) -> Desired {
         let mut state = KernelState::default();
         state.add_link(Link {
             name: DEVICE.into(),
@@ -160,23 +161,26 @@ impl Backend for UdpBackend {
         if let Some(addr) = self.tun_address(own) {
             state.add_address(Address { device: DEVICE.into(), addr });
         }
-        let mut forwarding = ForwardingTable::default();
-        let mut skipped = Vec::new();
-        for peer in peers {
-            let (Some(subnet), Some(ip)) = (peer.subnet(Family::V4), peer.public_ip(Family::V4)) else { continue };
-            if own.subnet(Family::V4) == Some(subnet) {
-                continue;
-            }
-            if !accepts_backend_type(&peer.backend_type) {
-                let reason =
-                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                skipped.push(SkippedPeer { subnet, reason });
-                continue;
-            }
-            forwarding.insert(subnet, SocketAddr::new(ip, self.port));
+        Desired { state, forwarding: Some(ForwardingTable::default()), ..Desired::default() }
+    }
+
+    /// The peer's forwarding entry: its subnet to its public IP on our port.
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        let mut part = Desired::default();
+        let (Some(subnet), Some(ip)) = (peer.subnet(Family::V4), peer.public_ip(Family::V4)) else { return part };
+        if own.subnet(Family::V4) == Some(subnet) {
+            return part;
         }
-        skipped.sort_by_key(|s| (s.subnet, s.reason.to_string()));
-        Desired { state, forwarding: Some(forwarding), skipped, ..Desired::default() }
+        if !accepts_backend_type(&peer.backend_type) {
+            let reason =
+                RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
+            part.skipped.push(SkippedPeer { subnet, reason });
+            return part;
+        }
+        let mut forwarding = ForwardingTable::default();
+        forwarding.insert(subnet, SocketAddr::new(ip, self.port));
+        part.forwarding = Some(forwarding);
+        part
     }
 
     /// flannel's udp lease has no BackendData.
@@ -260,6 +264,7 @@ skip 10.244.4.0/24: BackendType is \"vxlan\", not \"udp\"
 ";
         let desired = b.desired(&own, &peers);
         assert_eq!(desired.render(), expected);
+        crate::backend::assert_parts_add_up(&b, &own, &peers);
         let mut reversed = peers.clone();
         reversed.reverse();
         assert_eq!(b.desired(&own, &reversed), desired, "peer order does not matter");

@@ -354,7 +354,8 @@ impl Backend for WireguardBackend {
         }
     }
 
-    fn desired(&self, own: &Peer, peers: &[Peer]) -> Desired {
+    /// The devices with our subnet's addresses, and an empty forwarding table.
+    fn base(&self, own: &Peer) -> Desired {
         let mut state = KernelState::default();
         for device in &self.devices {
             state.add_link(Link {
@@ -373,50 +374,55 @@ impl Backend for WireguardBackend {
                 }
             }
         }
+        Desired { state, forwarding: Some(ForwardingTable::default()), ..Desired::default() }
+    }
+
+    /// The peer's keyed forwarding entry per family, or why it cannot have one.
+    fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
+        let mut part = Desired::default();
+        let families: Vec<Family> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.families.iter().copied())
+            .filter(|f| peer.subnet(*f).is_some() && peer.subnet(*f) != own.subnet(*f))
+            .collect();
+        if families.is_empty() {
+            return part;
+        }
+        let mut skip = |subnet, reason| part.skipped.push(SkippedPeer { subnet, reason });
+        if peer.backend_type != BACKEND_TYPE {
+            let reason =
+                RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
+            for f in &families {
+                skip(peer.subnet(*f).expect("filtered"), reason.clone());
+            }
+            return part;
+        }
         let mut forwarding = ForwardingTable::default();
-        let mut skipped = Vec::new();
-        for peer in peers {
-            let families: Vec<Family> = self
-                .devices
-                .iter()
-                .flat_map(|d| d.families.iter().copied())
-                .filter(|f| peer.subnet(*f).is_some() && peer.subnet(*f) != own.subnet(*f))
-                .collect();
-            let mut skip = |subnet, reason| skipped.push(SkippedPeer { subnet, reason });
-            if families.is_empty() {
-                continue;
-            }
-            if peer.backend_type != BACKEND_TYPE {
-                let reason =
-                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                for f in &families {
-                    skip(peer.subnet(*f).expect("filtered"), reason.clone());
+        let data = PerFamily::from_fn(|f| parse_lease_data(peer.backend_data(f)).ok());
+        for family in families {
+            let subnet = peer.subnet(family).expect("filtered");
+            // In the single-device modes flannel takes the key from the last enabled family's data.
+            let key_family = if self.config.mode == Mode::Separate { family } else { Family::V6 };
+            let lease = match data.get(key_family).or(data.get(family)).or(data.get(Family::V4)) {
+                Some(d) => d,
+                None => {
+                    let reason = parse_lease_data(peer.backend_data(family))
+                        .err()
+                        .unwrap_or(RejectReason::BadBackendData { detail: "lease has no BackendData".into() });
+                    skip(subnet, reason);
+                    continue;
                 }
-                continue;
-            }
-            let data = PerFamily::from_fn(|f| parse_lease_data(peer.backend_data(f)).ok());
-            for family in families {
-                let subnet = peer.subnet(family).expect("filtered");
-                // In the single-device modes flannel takes the key from the last enabled family's data.
-                let key_family = if self.config.mode == Mode::Separate { family } else { Family::V6 };
-                let lease = match data.get(key_family).or(data.get(family)).or(data.get(Family::V4)) {
-                    Some(d) => d,
-                    None => {
-                        let reason = parse_lease_data(peer.backend_data(family))
-                            .err()
-                            .unwrap_or(RejectReason::BadBackendData { detail: "lease has no BackendData".into() });
-                        skip(subnet, reason);
-                        continue;
-                    }
-                };
-                match self.endpoint(peer, family, &data) {
-                    Some(endpoint) => forwarding.insert_keyed(subnet, endpoint, lease.public_key),
-                    None => skip(subnet, RejectReason::NoPublicIp { family }),
-                }
+            };
+            match self.endpoint(peer, family, &data) {
+                Some(endpoint) => forwarding.insert_keyed(subnet, endpoint, lease.public_key),
+                None => skip(subnet, RejectReason::NoPublicIp { family }),
             }
         }
-        skipped.sort_by_key(|s| (s.subnet, s.reason.to_string()));
-        Desired { state, forwarding: Some(forwarding), skipped, ..Desired::default() }
+        if !forwarding.entries.is_empty() {
+            part.forwarding = Some(forwarding);
+        }
+        part
     }
 
     /// flanneld's `{"PublicKey":"...","Port":N}`, per enabled family.

@@ -129,6 +129,14 @@ skip 10.244.4.0/24: BackendType is \"vxlan\", not \"wireguard\"
     let mut reversed = peers.clone();
     reversed.reverse();
     assert_eq!(b.desired(&own, &reversed), desired, "peer order does not matter");
+    crate::backend::assert_parts_add_up(&b, &own, &peers);
+    let mut broken = peer(5, true, "wireguard", None);
+    broken.backend_data = PerFamily::new(Some(json!({"Port": 51820})), None);
+    let mut peers = peers;
+    peers.push(broken);
+    for mode in ["auto", "ipv4", "ipv6"] {
+        crate::backend::assert_parts_add_up(&backend(json!({"Mode": mode}), true), &own, &peers);
+    }
 }
 
 #[test]

@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Directory for <timestamp>.json and <timestamp>.svg
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
-    /// Cold-start peer counts (default 100,1000,5000,10000; --quick: 100)
+    /// Cold-start peer counts (default 100,1000,5000,10000; --quick: 100); without cold and footprint, the
+    /// largest is the peer count the incremental and churn runs start from (default 1000; --quick: 100)
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<usize>,
     /// Repetitions of each cold start and iperf3 run (default 3; --quick: 1)

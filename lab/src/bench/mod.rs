@@ -280,7 +280,12 @@ async fn run_control(options: &BenchOptions) -> Result<Option<control::ControlRe
             3
         },
         cold: cold || footprint,
-        base: if options.quick { 100 } else { 1000 },
+        // Without cold starts, --sizes names the peer count the incremental and churn runs start from.
+        base: match options.sizes.iter().max() {
+            Some(&largest) if !cold && !footprint => largest,
+            _ if options.quick => 100,
+            _ => 1000,
+        },
         incremental: incremental.then_some(if options.quick { 20 } else { 200 }),
         churn: churn.then_some(if options.quick { (200, 2) } else { (1000, 10) }),
         footprint_window: Duration::from_secs(if options.quick { 1 } else { 5 }),
