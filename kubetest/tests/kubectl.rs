@@ -288,8 +288,10 @@ async fn apply_server_dry_run_checks_every_kind_and_stores_nothing() {
 }
 
 /// Manifest sets that must pass `kubectl apply --dry-run=server`: a file or a directory of YAML/JSON files each.
-/// Paths are relative to the workspace root; add weft's own deployment manifests here.
-const MANIFEST_SETS: &[&str] = &["kubetest/tests/fixtures/deployment.yaml"];
+/// Paths are relative to the workspace root. weft's two DaemonSet variants are alternatives: each gets a server of
+/// its own.
+const MANIFEST_SETS: &[&str] =
+    &["kubetest/tests/fixtures/deployment.yaml", "deploy/kubernetes/weft.yml", "deploy/kubernetes/weft-etcd.yml"];
 
 /// kubectl's name for an object's type in its messages: `daemonset.apps`, `configmap`.
 fn kubectl_type(object: &Value) -> String {
