@@ -200,7 +200,9 @@ impl ControlLab {
     async fn cold(&mut self, n: usize, reps: usize, window: Duration, progress: &mut Progress) -> Result<ColdResult> {
         let lease_write = self.grow_to(n).await?;
         let (mut weftd_ms, mut limit_ms, mut polled) = (Vec::new(), Vec::new(), false);
-        for _ in 0..reps.max(1) {
+        let reps = reps.max(1);
+        for rep in 1..=reps {
+            progress.step(&format!("cold {n} peers: run {rep}/{reps}"));
             // Interleaved, so that a burst of load elsewhere hits both about equally.
             limit_ms.push(ms(kernel_limit::ip_batch(n)?));
             let (took, was_polled) = self.cold_start().await?;
