@@ -256,6 +256,9 @@ pub fn plot_cold(cold: &[super::control::ColdResult], caption: &str) -> Option<S
     Some(svg)
 }
 
+/// Which number of a cold-start result a series plots.
+type ColdValue = fn(&super::control::ColdResult) -> f64;
+
 type PlotResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw_cold(
@@ -284,7 +287,7 @@ fn draw_cold(
         .draw()?;
     let weftd_colour = RGBColor(192, 57, 43);
     let limit_colour = RGBColor(44, 62, 80);
-    let series: [(&str, RGBColor, fn(&super::control::ColdResult) -> f64); 2] = [
+    let series: [(&str, RGBColor, ColdValue); 2] = [
         ("weftd (process start to all routes, neighbours, FDB entries)", weftd_colour, |c| c.weftd_median_ms),
         ("kernel limit: ip/bridge -batch, same 3N objects", limit_colour, |c| c.kernel_limit_median_ms),
     ];
