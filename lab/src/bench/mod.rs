@@ -3,7 +3,9 @@
 //! - control plane ([`control`]): a one-host lab whose etcd holds N synthetic peers (10.0.0.0/8); cold-start
 //!   convergence of a real weftd against the kernel's own limit (`ip -batch`), incremental latency, churn and
 //!   footprint;
-//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN and a hand-built kernel VXLAN setup.
+//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN and a hand-built kernel VXLAN setup;
+//! - fleet ([`fleet`]): N lab hosts whose weftds start at once against one etcd: time to a full mesh, etcd's
+//!   CPU and the requests per host per minute it serves at steady state, distinct subnets, weftd memory.
 //!
 //! All traffic stays in namespaces the suite creates (labs, and `wbn<pid>-*` scratch namespaces), which are
 //! removed when the suite ends, also on errors. Numbers are medians of repeated, interleaved runs; the machine's
@@ -15,6 +17,8 @@ pub mod control;
 pub mod dataplane;
 mod error;
 mod etcd_load;
+mod etcd_metrics;
+pub mod fleet;
 mod kernel_limit;
 mod kernel_watch;
 mod netns;
@@ -37,7 +41,7 @@ pub use error::{BenchError, Result};
 use crate::lab::Lab;
 
 /// The benchmark groups, as named on the command line.
-pub const SECTIONS: [&str; 7] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard"];
+pub const SECTIONS: [&str; 8] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard", "fleet"];
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -56,6 +60,8 @@ pub struct BenchOptions {
     pub iperf_seconds: u64,
     /// Parent directory of the labs' state.
     pub state_root: PathBuf,
+    /// Fleet sizes (hosts, each running weftd); empty means the default for the mode.
+    pub fleet_hosts: Vec<usize>,
 }
 
 impl BenchOptions {
@@ -69,6 +75,7 @@ impl BenchOptions {
             reps: 0,
             iperf_seconds: 0,
             state_root: std::env::temp_dir().join("weft-bench"),
+            fleet_hosts: Vec::new(),
         }
     }
 
@@ -113,6 +120,8 @@ pub struct Report {
     pub cni_note: String,
     /// weft wireguard vs wireguard-go vs kernel VXLAN.
     pub wireguard: Option<ExtraRows>,
+    /// One entry per fleet size run.
+    pub fleet: Vec<fleet::FleetResult>,
     pub targets: Vec<Target>,
 }
 
@@ -200,6 +209,20 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         None
     };
 
+    let fleet = if options.wants("fleet") {
+        let sizes = match (options.fleet_hosts.is_empty(), options.quick) {
+            (false, _) => options.fleet_hosts.clone(),
+            (true, true) => vec![fleet::QUICK_HOSTS],
+            (true, false) => vec![fleet::DEFAULT_HOSTS],
+        };
+        // A minute of steady state shows the keepalives; the smoke version only checks that counting works.
+        let window = Duration::from_secs(if options.quick { 3 } else { 60 });
+        eprintln!("fleet (hosts {sizes:?}, {} s at steady state):", window.as_secs());
+        runtime.block_on(fleet::run(options.weftd.clone(), options.state_root.clone(), &sizes, window))?
+    } else {
+        Vec::new()
+    };
+
     let mut report = Report {
         date,
         kernel: procfs::kernel_release(),
@@ -212,6 +235,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         cni,
         cni_note,
         wireguard,
+        fleet,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -333,6 +357,19 @@ fn targets(report: &Report) -> Vec<Target> {
                 met: c.final_exact,
             });
         }
+    }
+    for f in report.fleet.iter().filter(|f| f.hosts >= fleet::DEFAULT_HOSTS) {
+        out.push(Target {
+            name: format!("fleet of {} weftd: full mesh, distinct subnets", f.hosts),
+            measured: format!(
+                "mesh {} in {:.1} s, distinct {}, etcd {:.0} req/host/min",
+                f.full_mesh,
+                f.full_mesh_ms / 1000.0,
+                f.distinct_subnets,
+                f.etcd_requests_per_host_per_min
+            ),
+            met: f.full_mesh && f.distinct_subnets,
+        });
     }
     if let Some(d) = &report.dataplane {
         out.push(Target {

@@ -130,6 +130,61 @@ pub fn table(report: &Report) -> String {
             row(&mut rows, name, value, String::new(), String::new());
         }
     }
+    for f in &report.fleet {
+        group(
+            &mut rows,
+            &format!(
+                "fleet: {} weftd started at once, one etcd ({} s at steady state)",
+                f.hosts,
+                f.steady_window_s.round()
+            ),
+        );
+        row(
+            &mut rows,
+            "full mesh".into(),
+            format!("{} after {:.0} ms", f.full_mesh, f.full_mesh_ms),
+            format!("median host {:.0} ms", f.host_mesh_median_ms),
+            format!("spawning {:.0} ms", f.spawn_ms),
+        );
+        row(
+            &mut rows,
+            "subnets distinct".into(),
+            f.distinct_subnets.to_string(),
+            format!("{} leases in etcd", f.leases_in_etcd),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "etcd CPU".into(),
+            format!("start {:.0}% ({:.1} s)", f.etcd_cpu_percent_startup, f.etcd_cpu_s_startup),
+            format!("steady {:.1}% of a core", f.etcd_cpu_percent_steady),
+            format!("RSS {:.0} MiB", f.etcd_rss_mib),
+        );
+        let methods = |by_method: &std::collections::BTreeMap<String, f64>| {
+            by_method.iter().map(|(method, n)| format!("{method} {n:.1}")).collect::<Vec<_>>().join(", ")
+        };
+        row(
+            &mut rows,
+            "etcd requests/host".into(),
+            format!("start {:.1}", f.etcd_requests_per_host_startup),
+            methods(&f.etcd_requests_per_host_startup_by_method),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "etcd req/host/min".into(),
+            format!("steady {:.1}", f.etcd_requests_per_host_per_min),
+            methods(&f.etcd_requests_per_host_per_min_by_method),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "weftd RSS MiB".into(),
+            format!("median {:.1}, max {:.1}", f.weftd_rss_median_mib, f.weftd_rss_max_mib),
+            format!("peak max {:.1}", f.weftd_peak_rss_max_mib),
+            format!("all weftd CPU {:.1}%", f.weftd_cpu_percent_steady_total),
+        );
+    }
     group(&mut rows, "targets");
     for target in t {
         row(
