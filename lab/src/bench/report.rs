@@ -33,18 +33,19 @@ pub fn table(report: &Report) -> String {
                 );
             }
         }
-        if let Some(i) = &control.incremental {
-            group(
-                &mut rows,
-                &format!("incremental: {} new leases, one at a time, at {} peers", i.leases, i.peers_before),
-            );
-            row(
-                &mut rows,
-                "etcd put -> route".into(),
-                format!("p50 {:.2} ms", i.p50_ms),
-                format!("p99 {:.2} ms", i.p99_ms),
-                format!("max {:.2} ms", i.max_ms),
-            );
+        if !control.incremental.is_empty() {
+            let leases = control.incremental.iter().map(|i| i.leases).max().unwrap_or(0);
+            group(&mut rows, &format!("incremental: etcd put -> route, {leases} new leases one at a time"));
+            row(&mut rows, "peers before".into(), "p50 ms".into(), "p99 ms".into(), "max ms / weftd RSS".into());
+            for i in &control.incremental {
+                row(
+                    &mut rows,
+                    i.peers_before.to_string(),
+                    format!("{:.2}", i.p50_ms),
+                    format!("{:.2}", i.p99_ms),
+                    format!("{:.2} / {:.1} MiB (peak {:.1})", i.max_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib),
+                );
+            }
         }
         if let Some(c) = &control.churn {
             group(&mut rows, &format!("churn: {}/s for {} s over {} peers", c.target_rate, c.duration_s, c.peers));
@@ -61,6 +62,13 @@ pub fn table(report: &Report) -> String {
                 c.final_exact.to_string(),
                 format!("caught up {:.0} ms after the last put", c.catch_up_ms),
                 format!("weftd cpu {:.0}%", c.weftd_cpu_percent),
+            );
+            row(
+                &mut rows,
+                "weftd RSS MiB".into(),
+                format!("{:.1} after", c.weftd_rss_mib),
+                format!("peak {:.1}", c.weftd_peak_rss_mib),
+                String::new(),
             );
         }
         if !control.cold.is_empty() {
