@@ -216,15 +216,36 @@ const MIN_COLUMN: usize = 10;
 const INDENT: usize = 2;
 const GAP: usize = 2;
 
-/// Lays `rows` (a row whose first cell starts with `== ` is a group title) out in at most `width` columns:
-/// columns as wide as their widest cell, the widest one narrowed while the line is too long, and cells that no
-/// longer fit wrapped onto continuation lines.
+/// Lays `rows` (a row whose first cell starts with `== ` is a group title) out in at most `width` columns. Each
+/// group gets its own column widths: as wide as their widest cell, the widest one narrowed while the line is too
+/// long, and cells that no longer fit wrapped onto continuation lines.
 fn render(title: &str, rows: &[[String; 4]], width: usize) -> String {
-    let cells = |r: &[String; 4]| r.iter().map(|c| c.chars().count()).collect::<Vec<_>>();
+    let mut out = String::new();
+    for line in wrap(title, width) {
+        let _ = writeln!(out, "{line}");
+    }
+    let mut rest = rows;
+    while let Some(first) = rest.first() {
+        if let Some(group) = first[0].strip_prefix("== ") {
+            let _ = writeln!(out);
+            for line in wrap(group, width) {
+                let _ = writeln!(out, "{line}");
+            }
+            rest = &rest[1..];
+        }
+        let end = rest.iter().position(|r| r[0].starts_with("== ")).unwrap_or(rest.len());
+        render_group(&mut out, &rest[..end], width);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The rows of one group (no titles among them), see [`render`].
+fn render_group(out: &mut String, rows: &[[String; 4]], width: usize) {
     let mut widths = vec![0; 4];
-    for r in rows.iter().filter(|r| !r[0].starts_with("== ")) {
-        for (w, n) in widths.iter_mut().zip(cells(r)) {
-            *w = (*w).max(n);
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
         }
     }
     // Columns empty in every row take no gap either.
@@ -237,18 +258,7 @@ fn render(title: &str, rows: &[[String; 4]], width: usize) -> String {
         };
         widths[widest] -= 1;
     }
-    let mut out = String::new();
-    for line in wrap(title, width) {
-        let _ = writeln!(out, "{line}");
-    }
     for r in rows {
-        if let Some(group) = r[0].strip_prefix("== ") {
-            let _ = writeln!(out);
-            for line in wrap(group, width) {
-                let _ = writeln!(out, "{line}");
-            }
-            continue;
-        }
         let wrapped: Vec<Vec<String>> = used.iter().map(|&c| wrap(&r[c], widths[c])).collect();
         let height = wrapped.iter().map(Vec::len).max().unwrap_or(1).max(1);
         for i in 0..height {
@@ -260,7 +270,6 @@ fn render(title: &str, rows: &[[String; 4]], width: usize) -> String {
             let _ = writeln!(out, "{}{}", " ".repeat(INDENT), parts.join(&" ".repeat(GAP)).trim_end());
         }
     }
-    out
 }
 
 /// `text` broken at spaces into lines of at most `width` characters; a word longer than that is cut.
@@ -426,6 +435,18 @@ mod tests {
         for word in words(long).iter().chain(&words("quiet runs only: 1.010x / 0.980x) MISSED ratio")) {
             assert!(printed.contains(word), "{word:?} is missing from:\n{table}");
         }
+    }
+
+    #[test]
+    fn each_group_has_its_own_column_widths() {
+        let rows = vec![
+            row("== wide", "", "", ""),
+            row(&"x".repeat(60), "a", "", ""),
+            row("== narrow", "", "", ""),
+            row("peers", "weftd", "", ""),
+        ];
+        let table = render("t", &rows, TABLE_WIDTH);
+        assert!(table.ends_with("narrow\n  peers  weftd\n"), "{table}");
     }
 
     #[test]
