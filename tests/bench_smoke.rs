@@ -1,5 +1,5 @@
-//! The benchmark suite works: a tiny run of every lab benchmark (100 peers, one 2 s iperf3 run per path) produces
-//! complete, sane results, a JSON file, a plot and a table. It checks that numbers exist, never how fast they
+//! The benchmark suite works: a tiny run of every lab benchmark (100 peers, one 2 s iperf3 run per path, a fleet
+//! of 10 hosts) produces complete, sane results, a JSON file, a plot and a table. It checks that numbers exist, never how fast they
 //! are: speed is for `scripts/bench` on a quiet machine.
 
 mod common;
@@ -15,7 +15,7 @@ fn quick_benchmark_produces_complete_results() {
     let options = BenchOptions {
         quick: true,
         // The CNI comparison has its own tests; this one covers the suite's own benchmarks.
-        only: ["cold", "incremental", "churn", "footprint", "dataplane"].map(String::from).into(),
+        only: ["cold", "incremental", "churn", "footprint", "dataplane", "fleet"].map(String::from).into(),
         out: out.clone(),
         state_root: std::env::temp_dir().join("weft-bench-smoke-labs"),
         ..BenchOptions::new(PathBuf::from(common::WEFTD))
@@ -33,14 +33,28 @@ fn quick_benchmark_produces_complete_results() {
     positive("weftd RSS", cold.footprint.rss_mib);
     assert!(cold.footprint.idle_cpu_percent.is_finite());
 
-    let incremental = control.incremental.as_ref().expect("incremental results");
+    assert_eq!(control.incremental.len(), 1, "--quick runs one incremental size");
+    let incremental = &control.incremental[0];
+    assert_eq!(incremental.peers_before, 100);
     assert_eq!(incremental.samples_ms.len(), incremental.leases);
     assert!(incremental.samples_ms.iter().all(|v| v.is_finite() && *v >= 0.0));
     positive("incremental p99", incremental.p99_ms);
+    positive("weftd peak RSS after the incremental run", incremental.weftd_peak_rss_mib);
 
     let churn = control.churn.as_ref().expect("churn results");
     assert_eq!(churn.updates_sent, churn.target_rate * churn.duration_s as usize);
     assert!(churn.final_exact, "after churn the kernel must match etcd exactly");
+    positive("weftd peak RSS after churn", churn.weftd_peak_rss_mib);
+
+    assert_eq!(report.fleet.len(), 1, "--quick runs one fleet");
+    let fleet = &report.fleet[0];
+    assert_eq!(fleet.hosts, 10);
+    assert!(fleet.full_mesh, "every host must have routes to exactly the 9 others");
+    assert!(fleet.distinct_subnets, "10 hosts, 10 different subnets, 10 leases (found {})", fleet.leases_in_etcd);
+    positive("time to a full mesh", fleet.full_mesh_ms);
+    positive("etcd requests per host during the start", fleet.etcd_requests_per_host_startup);
+    assert!(fleet.etcd_requests_per_host_per_min.is_finite() && fleet.etcd_requests_per_host_per_min >= 0.0);
+    positive("weftd RSS in the fleet", fleet.weftd_rss_max_mib);
 
     let dataplane = report.dataplane.as_ref().expect("data-plane results");
     assert_eq!(
@@ -57,8 +71,11 @@ fn quick_benchmark_produces_complete_results() {
     let svg = std::fs::read_to_string(written.svg.expect("a plot")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     let table = bench::table(&report);
-    for heading in ["cold-start convergence", "incremental", "churn", "footprint", "data plane", "targets"] {
+    for heading in ["cold-start convergence", "incremental", "churn", "footprint", "data plane", "fleet", "targets"] {
         assert!(table.contains(heading), "table lacks {heading:?}:\n{table}");
+    }
+    for line in table.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100 columns: {line:?}");
     }
     let _ = std::fs::remove_dir_all(&out);
 }

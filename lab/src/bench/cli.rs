@@ -13,7 +13,8 @@ pub struct BenchArgs {
     /// Smoke version: 100 peers, one short iperf3 run per path, tiny incremental and churn runs
     #[arg(long)]
     pub quick: bool,
-    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,cni (default: all)
+    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,cni,wireguard,fleet
+    /// (default: all)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Directory for <timestamp>.json and <timestamp>.svg
@@ -29,6 +30,15 @@ pub struct BenchArgs {
     /// Seconds per iperf3 run (default 5; --quick: 2)
     #[arg(long, default_value_t = 0)]
     pub iperf_seconds: u64,
+    /// Peers before each incremental (put -> route) run (default 1000,10000,20000; --quick: 100)
+    #[arg(long, value_delimiter = ',')]
+    pub incremental_sizes: Vec<usize>,
+    /// Peers the churn run rewrites (default 10000; --quick: 100)
+    #[arg(long, default_value_t = 0)]
+    pub churn_peers: usize,
+    /// Fleet sizes: hosts, each running weftd, started at once (default 100; --quick: 10)
+    #[arg(long, value_delimiter = ',')]
+    pub fleet_hosts: Vec<usize>,
     /// The weftd binary (default: next to weftctl)
     #[arg(long)]
     pub weftd: Option<PathBuf>,
@@ -57,6 +67,9 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         sizes: args.sizes.clone(),
         reps: args.reps,
         iperf_seconds: args.iperf_seconds,
+        fleet_hosts: args.fleet_hosts.clone(),
+        incremental_sizes: args.incremental_sizes.clone(),
+        churn_peers: args.churn_peers,
         ..BenchOptions::new(weftd)
     };
     let (report, written) = super::run(&options).map_err(|e| e.to_string())?;

@@ -75,6 +75,9 @@ pub struct IncrementalResult {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub samples_ms: Vec<f64>,
+    /// weftd's memory after the run, and the most it ever held (VmHWM: the cold start at this size included).
+    pub weftd_rss_mib: f64,
+    pub weftd_peak_rss_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,27 +92,76 @@ pub struct ChurnResult {
     /// Every neighbour and FDB entry matched the final leases, with nothing stale left.
     pub final_exact: bool,
     pub weftd_cpu_percent: f64,
+    /// weftd's memory after the run, and the most it ever held (VmHWM: the cold start at this size included).
+    pub weftd_rss_mib: f64,
+    pub weftd_peak_rss_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ControlResults {
     pub cold: Vec<ColdResult>,
-    pub incremental: Option<IncrementalResult>,
+    /// One run per size of [`ControlPlan::incremental_sizes`], smallest first.
+    pub incremental: Vec<IncrementalResult>,
     pub churn: Option<ChurnResult>,
+}
+
+impl ControlResults {
+    /// The incremental run at `peers` (or up to 10% above: earlier runs may have added their leases).
+    pub fn incremental_at(&self, peers: usize) -> Option<&IncrementalResult> {
+        self.incremental.iter().find(|i| (peers..=peers + peers / 10).contains(&i.peers_before))
+    }
 }
 
 /// What to run and at what scale.
 #[derive(Debug, Clone)]
 pub struct ControlPlan {
+    /// Cold-start sizes.
     pub sizes: Vec<usize>,
     pub reps: usize,
     pub cold: bool,
-    /// Peers programmed before the incremental and churn runs.
-    pub base: usize,
+    /// New leases put one at a time in each incremental run.
     pub incremental: Option<usize>,
+    /// Peers programmed before each incremental run.
+    pub incremental_sizes: Vec<usize>,
     /// (updates per second, seconds)
     pub churn: Option<(usize, u64)>,
+    /// Peers programmed before the churn run (the updates rewrite them).
+    pub churn_peers: usize,
     pub footprint_window: Duration,
+}
+
+/// What happens at one number of peers, in this order: a cold start, the churn run, an incremental run (the
+/// last, as it adds leases).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Stop {
+    peers: usize,
+    cold: bool,
+    churn: bool,
+    incremental: bool,
+}
+
+impl ControlPlan {
+    /// Every size the plan visits, ascending (etcd only ever grows), with what runs there.
+    fn stops(&self) -> Vec<Stop> {
+        let mut stops: std::collections::BTreeMap<usize, Stop> = std::collections::BTreeMap::new();
+        fn at(stops: &mut std::collections::BTreeMap<usize, Stop>, peers: usize) -> &mut Stop {
+            stops.entry(peers).or_insert(Stop { peers, ..Stop::default() })
+        }
+        if self.cold {
+            for &n in &self.sizes {
+                at(&mut stops, n).cold = true;
+            }
+        }
+        if self.incremental.is_some() {
+            for &n in &self.incremental_sizes {
+                at(&mut stops, n).incremental = true;
+            }
+        }
+        if self.churn.is_some() {
+            at(&mut stops, self.churn_peers).churn = true;
+        }
+        stops.into_values().collect()
+    }
 }
 
 pub struct ControlLab {
@@ -200,7 +252,9 @@ impl ControlLab {
     async fn cold(&mut self, n: usize, reps: usize, window: Duration, progress: &mut Progress) -> Result<ColdResult> {
         let lease_write = self.grow_to(n).await?;
         let (mut weftd_ms, mut limit_ms, mut polled) = (Vec::new(), Vec::new(), false);
-        for _ in 0..reps.max(1) {
+        let reps = reps.max(1);
+        for rep in 1..=reps {
+            progress.step(&format!("cold {n} peers: run {rep}/{reps}"));
             // Interleaved, so that a burst of load elsewhere hits both about equally.
             limit_ms.push(ms(kernel_limit::ip_batch(n)?));
             let (took, was_polled) = self.cold_start().await?;
@@ -237,7 +291,10 @@ impl ControlLab {
     async fn incremental(&mut self, count: usize, progress: &mut Progress) -> Result<IncrementalResult> {
         let peers_before = self.peers;
         let mut samples = Vec::with_capacity(count);
-        for _ in 0..count {
+        for k in 1..=count {
+            if k % 20 == 1 {
+                progress.step(&format!("incremental at {peers_before} peers: lease {k}/{count}"));
+            }
             let i = self.peers;
             let (key, value) = synthetic::lease(&self.prefix, i, 1);
             let sent = self.loader.put_one(key, value).await?;
@@ -260,8 +317,13 @@ impl ControlLab {
             p99_ms: percentile(&samples, 99.0).unwrap_or(f64::NAN),
             max_ms: percentile(&samples, 100.0).unwrap_or(f64::NAN),
             samples_ms: samples,
+            weftd_rss_mib: procfs::rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
+            weftd_peak_rss_mib: procfs::peak_rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
         };
-        progress.note(&format!("  incremental: p50 {:.2} ms, p99 {:.2} ms", result.p50_ms, result.p99_ms));
+        progress.note(&format!(
+            "  incremental at {peers_before} peers: p50 {:.2} ms, p99 {:.2} ms",
+            result.p50_ms, result.p99_ms
+        ));
         Ok(result)
     }
 
@@ -313,6 +375,8 @@ impl ControlLab {
             catch_up_ms: if final_exact { ms(catch_up) } else { f64::NAN },
             final_exact,
             weftd_cpu_percent: cpu,
+            weftd_rss_mib: procfs::rss_mib(pid).unwrap_or(f64::NAN),
+            weftd_peak_rss_mib: procfs::peak_rss_mib(pid).unwrap_or(f64::NAN),
         };
         progress.note(&format!(
             "  churn: {} updates at {:.0}/s, exact: {}, caught up {:.0} ms after the last put",
@@ -322,47 +386,95 @@ impl ControlLab {
     }
 }
 
-/// Runs the plan: small sizes first, then the incremental and churn runs at `base` peers, then larger sizes.
+/// Runs the plan, size by size in ascending order (see [`Stop`]).
 pub async fn run(lab: &mut ControlLab, plan: &ControlPlan) -> Result<ControlResults> {
     let mut results = ControlResults::default();
-    let mut sizes = plan.sizes.clone();
-    sizes.sort_unstable();
-    let (small, large): (Vec<usize>, Vec<usize>) = sizes.iter().partition(|&&n| n <= plan.base);
-    let cold_runs = if plan.cold { sizes.len() } else { 0 };
-    let steps = cold_runs + usize::from(plan.incremental.is_some()) + usize::from(plan.churn.is_some());
+    let stops = plan.stops();
+    let steps = stops.iter().map(|s| usize::from(s.cold) + usize::from(s.churn) + usize::from(s.incremental)).sum();
     let mut progress = Progress::new("control plane", steps);
-    if plan.cold {
-        for &n in &small {
-            progress.step(&format!("cold start, {n} peers"));
-            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window, &mut progress).await?);
+    for stop in stops {
+        let n = stop.peers;
+        if stop.cold {
+            if n < lab.peers {
+                progress.note(&format!("  cold start at {n} peers skipped: etcd already holds {}", lab.peers));
+            } else {
+                progress.step(&format!("cold {n} peers"));
+                results.cold.push(lab.cold(n, plan.reps, plan.footprint_window, &mut progress).await?);
+            }
             progress.advance("");
         }
-    }
-    if plan.incremental.is_some() || plan.churn.is_some() {
-        progress.step(&format!("growing etcd to {} leases", plan.base));
-        lab.ensure(plan.base).await?;
-        if let Some(count) = plan.incremental {
-            progress.step(&format!("incremental, {count} leases"));
-            results.incremental = Some(lab.incremental(count, &mut progress).await?);
-            progress.advance("");
-        }
-        if let Some((rate, seconds)) = plan.churn {
-            progress.step(&format!("churn, {rate}/s for {seconds} s"));
+        if let (true, Some((rate, seconds))) = (stop.churn, plan.churn) {
+            progress.step(&format!("growing etcd to {n} leases for churn"));
+            lab.ensure(n).await?;
+            progress.step(&format!("churn at {} peers, {rate}/s for {seconds} s", lab.peers));
             results.churn = Some(lab.churn(rate, seconds, &mut progress).await?);
             progress.advance("");
         }
-    }
-    if plan.cold {
-        for &n in &large {
-            if n < lab.peers {
-                progress.note(&format!("  cold start at {n} peers skipped: etcd already holds {}", lab.peers));
-                progress.advance("");
-                continue;
-            }
-            progress.step(&format!("cold start, {n} peers"));
-            results.cold.push(lab.cold(n, plan.reps, plan.footprint_window, &mut progress).await?);
+        if let (true, Some(count)) = (stop.incremental, plan.incremental) {
+            progress.step(&format!("growing etcd to {n} leases for incremental"));
+            lab.ensure(n).await?;
+            results.incremental.push(lab.incremental(count, &mut progress).await?);
             progress.advance("");
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> ControlPlan {
+        ControlPlan {
+            sizes: vec![10_000, 100, 5000, 1000],
+            reps: 1,
+            cold: true,
+            incremental: Some(200),
+            incremental_sizes: vec![1000, 10_000, 20_000],
+            churn: Some((1000, 10)),
+            churn_peers: 10_000,
+            footprint_window: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn stops_ascend_and_merge_what_runs_at_each_size() {
+        let stop = |peers, cold, churn, incremental| Stop { peers, cold, churn, incremental };
+        assert_eq!(
+            plan().stops(),
+            [
+                stop(100, true, false, false),
+                stop(1000, true, false, true),
+                stop(5000, true, false, false),
+                stop(10_000, true, true, true),
+                stop(20_000, false, false, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn unselected_benchmarks_add_no_stops() {
+        let only_cold = ControlPlan { incremental: None, churn: None, ..plan() };
+        assert!(only_cold.stops().iter().all(|s| s.cold && !s.churn && !s.incremental));
+        let no_cold = ControlPlan { cold: false, churn: None, ..plan() };
+        assert_eq!(no_cold.stops().iter().map(|s| s.peers).collect::<Vec<_>>(), [1000, 10_000, 20_000]);
+    }
+
+    #[test]
+    fn incremental_results_are_found_by_size() {
+        let run = |peers_before| IncrementalResult {
+            peers_before,
+            leases: 1,
+            p50_ms: 1.0,
+            p99_ms: 1.0,
+            max_ms: 1.0,
+            samples_ms: vec![1.0],
+            weftd_rss_mib: 1.0,
+            weftd_peak_rss_mib: 1.0,
+        };
+        let results = ControlResults { incremental: vec![run(1000), run(10_200)], ..ControlResults::default() };
+        assert_eq!(results.incremental_at(1000).map(|i| i.peers_before), Some(1000));
+        assert_eq!(results.incremental_at(10_000).map(|i| i.peers_before), Some(10_200));
+        assert!(results.incremental_at(20_000).is_none());
+    }
 }

@@ -3,7 +3,9 @@
 //! - control plane ([`control`]): a one-host lab whose etcd holds N synthetic peers (10.0.0.0/8); cold-start
 //!   convergence of a real weftd against the kernel's own limit (`ip -batch`), incremental latency, churn and
 //!   footprint;
-//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN and a hand-built kernel VXLAN setup.
+//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN and a hand-built kernel VXLAN setup;
+//! - fleet ([`fleet`]): N lab hosts whose weftds start at once against one etcd: time to a full mesh, etcd's
+//!   CPU and the requests per host per minute it serves at steady state, distinct subnets, weftd memory.
 //!
 //! All traffic stays in namespaces the suite creates (labs, and `wbn<pid>-*` scratch namespaces), which are
 //! removed when the suite ends, also on errors. Numbers are medians of repeated, interleaved runs; the machine's
@@ -15,6 +17,8 @@ pub mod control;
 pub mod dataplane;
 mod error;
 mod etcd_load;
+mod etcd_metrics;
+pub mod fleet;
 mod kernel_limit;
 mod kernel_watch;
 mod netns;
@@ -37,7 +41,7 @@ pub use error::{BenchError, Result};
 use crate::lab::Lab;
 
 /// The benchmark groups, as named on the command line.
-pub const SECTIONS: [&str; 7] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard"];
+pub const SECTIONS: [&str; 8] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard", "fleet"];
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -56,6 +60,12 @@ pub struct BenchOptions {
     pub iperf_seconds: u64,
     /// Parent directory of the labs' state.
     pub state_root: PathBuf,
+    /// Fleet sizes (hosts, each running weftd); empty means the default for the mode.
+    pub fleet_hosts: Vec<usize>,
+    /// Peers before each incremental run; empty means the default for the mode.
+    pub incremental_sizes: Vec<usize>,
+    /// Peers the churn run rewrites; 0 means the default for the mode.
+    pub churn_peers: usize,
 }
 
 impl BenchOptions {
@@ -69,6 +79,9 @@ impl BenchOptions {
             reps: 0,
             iperf_seconds: 0,
             state_root: std::env::temp_dir().join("weft-bench"),
+            fleet_hosts: Vec::new(),
+            incremental_sizes: Vec::new(),
+            churn_peers: 0,
         }
     }
 
@@ -113,6 +126,8 @@ pub struct Report {
     pub cni_note: String,
     /// weft wireguard vs wireguard-go vs kernel VXLAN.
     pub wireguard: Option<ExtraRows>,
+    /// One entry per fleet size run.
+    pub fleet: Vec<fleet::FleetResult>,
     pub targets: Vec<Target>,
 }
 
@@ -200,6 +215,20 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         None
     };
 
+    let fleet = if options.wants("fleet") {
+        let sizes = match (options.fleet_hosts.is_empty(), options.quick) {
+            (false, _) => options.fleet_hosts.clone(),
+            (true, true) => vec![fleet::QUICK_HOSTS],
+            (true, false) => vec![fleet::DEFAULT_HOSTS],
+        };
+        // A minute of steady state shows the keepalives; the smoke version only checks that counting works.
+        let window = Duration::from_secs(if options.quick { 3 } else { 60 });
+        eprintln!("fleet (hosts {sizes:?}, {} s at steady state):", window.as_secs());
+        runtime.block_on(fleet::run(options.weftd.clone(), options.state_root.clone(), &sizes, window))?
+    } else {
+        Vec::new()
+    };
+
     let mut report = Report {
         date,
         kernel: procfs::kernel_release(),
@@ -212,6 +241,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         cni,
         cni_note,
         wireguard,
+        fleet,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -280,64 +310,134 @@ async fn run_control(options: &BenchOptions) -> Result<Option<control::ControlRe
             3
         },
         cold: cold || footprint,
-        // Without cold starts, --sizes names the peer count the incremental and churn runs start from.
-        base: match options.sizes.iter().max() {
-            Some(&largest) if !cold && !footprint => largest,
-            _ if options.quick => 100,
-            _ => 1000,
-        },
         incremental: incremental.then_some(if options.quick { 20 } else { 200 }),
+        incremental_sizes: match (options.incremental_sizes.is_empty(), options.quick) {
+            (false, _) => options.incremental_sizes.clone(),
+            (true, true) => vec![100],
+            (true, false) => INCREMENTAL_SIZES.to_vec(),
+        },
         churn: churn.then_some(if options.quick { (200, 2) } else { (1000, 10) }),
+        churn_peers: match (options.churn_peers, options.quick) {
+            (0, true) => 100,
+            (0, false) => TARGET_PEERS,
+            (n, _) => n,
+        },
         footprint_window: Duration::from_secs(if options.quick { 1 } else { 5 }),
         sizes,
     };
-    eprintln!("control plane (sizes {:?}, {} repetitions):", plan.sizes, plan.reps);
+    eprintln!(
+        "control plane (cold sizes {:?}, {} repetitions; incremental at {:?}; churn at {}):",
+        plan.sizes, plan.reps, plan.incremental_sizes, plan.churn_peers
+    );
     let mut lab = control::ControlLab::up(options.weftd.clone(), options.state_root.clone()).await?;
     let results = control::run(&mut lab, &plan).await;
     drop(lab);
     results.map(Some)
 }
 
+fn control_targets(control: &control::ControlResults, out: &mut Vec<Target>) {
+    for peers in INCREMENTAL_SIZES {
+        if let Some(i) = control.incremental_at(peers) {
+            out.push(Target {
+                name: format!("put -> route p99 < {INCREMENTAL_P99_MS} ms at {peers} peers"),
+                measured: format!("p99 {:.2} ms (p50 {:.2} ms, {} leases)", i.p99_ms, i.p50_ms, i.leases),
+                met: i.p99_ms < INCREMENTAL_P99_MS,
+            });
+        }
+    }
+    let (first, last) = (INCREMENTAL_SIZES[0], INCREMENTAL_SIZES[INCREMENTAL_SIZES.len() - 1]);
+    if let (Some(a), Some(b)) = (control.incremental_at(first), control.incremental_at(last)) {
+        let ratio = b.p99_ms / a.p99_ms;
+        out.push(Target {
+            name: format!("put -> route flat: p99 {last}/{first} peers <= {FLAT_RATIO}x"),
+            measured: format!("{ratio:.2}x ({:.2} ms / {:.2} ms)", b.p99_ms, a.p99_ms),
+            met: ratio <= FLAT_RATIO,
+        });
+    }
+    if let Some(c) = &control.churn {
+        out.push(Target {
+            name: format!("churn {}/s at {} peers: final state exact", c.target_rate, c.peers),
+            measured: format!("exact {}, {:.0}/s sent", c.final_exact, c.achieved_rate),
+            met: c.final_exact,
+        });
+        if c.peers >= TARGET_PEERS && c.target_rate >= 1000 {
+            out.push(Target {
+                name: format!("churn {}/s at {} peers: weftd < {CHURN_CPU_PERCENT}% of a core", c.target_rate, c.peers),
+                measured: format!("{:.0}%", c.weftd_cpu_percent),
+                met: c.weftd_cpu_percent < CHURN_CPU_PERCENT,
+            });
+        }
+    }
+    let cold_at = |peers| control.cold.iter().find(|c| c.peers == peers);
+    if let Some(c) = cold_at(TARGET_PEERS) {
+        out.push(Target {
+            name: format!("weftd idle RSS < {IDLE_RSS_MIB} MiB at {TARGET_PEERS} peers"),
+            measured: format!("{:.1} MiB", c.footprint.rss_mib),
+            met: c.footprint.rss_mib < IDLE_RSS_MIB,
+        });
+    }
+    // The highest VmHWM seen at the target size: its cold start, and the bursts run there.
+    let peaks: Vec<(&str, f64)> = [
+        cold_at(TARGET_PEERS).map(|c| ("cold start", c.footprint.peak_rss_mib)),
+        control.churn.as_ref().filter(|c| c.peers == TARGET_PEERS).map(|c| ("churn", c.weftd_peak_rss_mib)),
+        control.incremental_at(TARGET_PEERS).map(|i| ("incremental", i.weftd_peak_rss_mib)),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|(_, v)| v.is_finite())
+    .collect();
+    if let Some(&(when, peak)) = peaks.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+        out.push(Target {
+            name: format!("weftd peak RSS <= {PEAK_RSS_MIB} MiB at {TARGET_PEERS} peers"),
+            measured: format!("{peak:.1} MiB (highest after {when})"),
+            met: peak <= PEAK_RSS_MIB,
+        });
+    }
+    for peers in [5000, TARGET_PEERS] {
+        if let Some(c) = cold_at(peers) {
+            out.push(Target {
+                name: format!("cold start at {peers} peers <= {COLD_RATIO}x ip -batch"),
+                measured: format!(
+                    "{:.2}x ({:.0} ms vs {:.0} ms), verified {}",
+                    c.ratio, c.weftd_median_ms, c.kernel_limit_median_ms, c.verified
+                ),
+                met: c.ratio <= COLD_RATIO && c.verified,
+            });
+        }
+    }
+}
+
+/// The size the targets are set at.
+const TARGET_PEERS: usize = 10_000;
+/// Where put -> route latency is measured by default: it should be flat from the first to the last.
+const INCREMENTAL_SIZES: [usize; 3] = [1000, TARGET_PEERS, 20_000];
+/// put -> route p99 must stay under this at every size.
+const INCREMENTAL_P99_MS: f64 = 5.0;
+/// "Flat": the p99 at the largest size at most this many times the p99 at the smallest.
+const FLAT_RATIO: f64 = 1.5;
+const PEAK_RSS_MIB: f64 = 30.0;
+const IDLE_RSS_MIB: f64 = 16.0;
+const CHURN_CPU_PERCENT: f64 = 25.0;
+const COLD_RATIO: f64 = 1.0;
+
 /// The targets, checked against what this run measured (only those it measured).
 fn targets(report: &Report) -> Vec<Target> {
     let mut out = Vec::new();
     if let Some(control) = &report.control {
-        if let Some(c) = control.cold.iter().find(|c| c.peers == 5000) {
-            out.push(Target {
-                name: "cold start at 5000 peers within 2x the kernel limit".into(),
-                measured: format!(
-                    "{:.2}x ({:.0} ms vs {:.0} ms)",
-                    c.ratio, c.weftd_median_ms, c.kernel_limit_median_ms
-                ),
-                met: c.ratio <= 2.0 && c.verified,
-            });
-        }
-        if let Some(c) = control.cold.iter().find(|c| c.peers == 10_000) {
-            out.push(Target {
-                name: "10000 peers converge".into(),
-                measured: format!("{:.0} ms, verified {}", c.weftd_median_ms, c.verified),
-                met: c.verified,
-            });
-            out.push(Target {
-                name: "weftd RSS under 30 MiB at 10000 peers".into(),
-                measured: format!("{:.1} MiB", c.footprint.rss_mib),
-                met: c.footprint.rss_mib < 30.0,
-            });
-        }
-        if let Some(i) = control.incremental.as_ref().filter(|i| i.peers_before >= 1000) {
-            out.push(Target {
-                name: "incremental p99 under 20 ms at 1000 peers".into(),
-                measured: format!("{:.2} ms", i.p99_ms),
-                met: i.p99_ms < 20.0,
-            });
-        }
-        if let Some(c) = &control.churn {
-            out.push(Target {
-                name: "churn: final state exactly right".into(),
-                measured: format!("exact {}, {:.0}/s sent", c.final_exact, c.achieved_rate),
-                met: c.final_exact,
-            });
-        }
+        control_targets(control, &mut out);
+    }
+    for f in report.fleet.iter().filter(|f| f.hosts >= fleet::DEFAULT_HOSTS) {
+        out.push(Target {
+            name: format!("fleet of {} weftd: full mesh, distinct subnets", f.hosts),
+            measured: format!(
+                "mesh {} in {:.1} s, distinct {}, etcd {:.0} req/host/min",
+                f.full_mesh,
+                f.full_mesh_ms / 1000.0,
+                f.distinct_subnets,
+                f.etcd_requests_per_host_per_min
+            ),
+            met: f.full_mesh && f.distinct_subnets,
+        });
     }
     if let Some(d) = &report.dataplane {
         out.push(Target {

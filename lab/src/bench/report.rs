@@ -1,4 +1,5 @@
-//! The printed table and the convergence plot (a hand-written SVG: no plotting dependency).
+//! The printed table (at most [`TABLE_WIDTH`] columns wide) and the convergence plot (drawn with plotters'
+//! SVG backend, which writes text as SVG `<text>`: no font library is needed to build or run it).
 
 use std::fmt::Write;
 
@@ -32,18 +33,19 @@ pub fn table(report: &Report) -> String {
                 );
             }
         }
-        if let Some(i) = &control.incremental {
-            group(
-                &mut rows,
-                &format!("incremental: {} new leases, one at a time, at {} peers", i.leases, i.peers_before),
-            );
-            row(
-                &mut rows,
-                "etcd put -> route".into(),
-                format!("p50 {:.2} ms", i.p50_ms),
-                format!("p99 {:.2} ms", i.p99_ms),
-                format!("max {:.2} ms", i.max_ms),
-            );
+        if !control.incremental.is_empty() {
+            let leases = control.incremental.iter().map(|i| i.leases).max().unwrap_or(0);
+            group(&mut rows, &format!("incremental: etcd put -> route, {leases} new leases one at a time"));
+            row(&mut rows, "peers before".into(), "p50 ms".into(), "p99 ms".into(), "max ms / weftd RSS".into());
+            for i in &control.incremental {
+                row(
+                    &mut rows,
+                    i.peers_before.to_string(),
+                    format!("{:.2}", i.p50_ms),
+                    format!("{:.2}", i.p99_ms),
+                    format!("{:.2} / {:.1} MiB (peak {:.1})", i.max_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib),
+                );
+            }
         }
         if let Some(c) = &control.churn {
             group(&mut rows, &format!("churn: {}/s for {} s over {} peers", c.target_rate, c.duration_s, c.peers));
@@ -60,6 +62,13 @@ pub fn table(report: &Report) -> String {
                 c.final_exact.to_string(),
                 format!("caught up {:.0} ms after the last put", c.catch_up_ms),
                 format!("weftd cpu {:.0}%", c.weftd_cpu_percent),
+            );
+            row(
+                &mut rows,
+                "weftd RSS MiB".into(),
+                format!("{:.1} after", c.weftd_rss_mib),
+                format!("peak {:.1}", c.weftd_peak_rss_mib),
+                String::new(),
             );
         }
         if !control.cold.is_empty() {
@@ -129,6 +138,61 @@ pub fn table(report: &Report) -> String {
             row(&mut rows, name, value, String::new(), String::new());
         }
     }
+    for f in &report.fleet {
+        group(
+            &mut rows,
+            &format!(
+                "fleet: {} weftd started at once, one etcd ({} s at steady state)",
+                f.hosts,
+                f.steady_window_s.round()
+            ),
+        );
+        row(
+            &mut rows,
+            "full mesh".into(),
+            format!("{} after {:.0} ms", f.full_mesh, f.full_mesh_ms),
+            format!("median host {:.0} ms", f.host_mesh_median_ms),
+            format!("spawning {:.0} ms", f.spawn_ms),
+        );
+        row(
+            &mut rows,
+            "subnets distinct".into(),
+            f.distinct_subnets.to_string(),
+            format!("{} leases in etcd", f.leases_in_etcd),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "etcd CPU".into(),
+            format!("start {:.0}% ({:.1} s)", f.etcd_cpu_percent_startup, f.etcd_cpu_s_startup),
+            format!("steady {:.1}% of a core", f.etcd_cpu_percent_steady),
+            format!("RSS {:.0} MiB", f.etcd_rss_mib),
+        );
+        let methods = |by_method: &std::collections::BTreeMap<String, f64>| {
+            by_method.iter().map(|(method, n)| format!("{method} {n:.1}")).collect::<Vec<_>>().join(", ")
+        };
+        row(
+            &mut rows,
+            "etcd requests/host".into(),
+            format!("start {:.1}", f.etcd_requests_per_host_startup),
+            methods(&f.etcd_requests_per_host_startup_by_method),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "etcd req/host/min".into(),
+            format!("steady {:.1}", f.etcd_requests_per_host_per_min),
+            methods(&f.etcd_requests_per_host_per_min_by_method),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "weftd RSS MiB".into(),
+            format!("median {:.1}, max {:.1}", f.weftd_rss_median_mib, f.weftd_rss_max_mib),
+            format!("peak max {:.1}", f.weftd_peak_rss_max_mib),
+            format!("all weftd CPU {:.1}%", f.weftd_cpu_percent_steady_total),
+        );
+    }
     group(&mut rows, "targets");
     for target in t {
         row(
@@ -140,19 +204,101 @@ pub fn table(report: &Report) -> String {
         );
     }
 
-    let widths: Vec<usize> = (0..4)
-        .map(|c| rows.iter().filter(|r| !r[0].starts_with("== ")).map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = format!("weft benchmarks, {} ({} cores, kernel {})\n", report.date, report.cpus, report.kernel);
-    for r in &rows {
-        if r[0].starts_with("== ") {
-            let _ = writeln!(out, "\n{}", &r[0][3..]);
-            continue;
+    let title = format!("weft benchmarks, {} ({} cores, kernel {})", report.date, report.cpus, report.kernel);
+    render(&title, &rows, TABLE_WIDTH)
+}
+
+/// The widest line the table prints: it fits a 100-column terminal.
+pub const TABLE_WIDTH: usize = 100;
+/// Columns are never squeezed below this, however wide the others are.
+const MIN_COLUMN: usize = 10;
+/// Indent of a row, and the gap between columns.
+const INDENT: usize = 2;
+const GAP: usize = 2;
+
+/// Lays `rows` (a row whose first cell starts with `== ` is a group title) out in at most `width` columns. Each
+/// group gets its own column widths: as wide as their widest cell, the widest one narrowed while the line is too
+/// long, and cells that no longer fit wrapped onto continuation lines.
+fn render(title: &str, rows: &[[String; 4]], width: usize) -> String {
+    let mut out = String::new();
+    for line in wrap(title, width) {
+        let _ = writeln!(out, "{line}");
+    }
+    let mut rest = rows;
+    while let Some(first) = rest.first() {
+        if let Some(group) = first[0].strip_prefix("== ") {
+            let _ = writeln!(out);
+            for line in wrap(group, width) {
+                let _ = writeln!(out, "{line}");
+            }
+            rest = &rest[1..];
         }
-        let line: Vec<String> = (0..4).map(|c| format!("{:<w$}", r[c], w = widths[c])).collect();
-        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+        let end = rest.iter().position(|r| r[0].starts_with("== ")).unwrap_or(rest.len());
+        render_group(&mut out, &rest[..end], width);
+        rest = &rest[end..];
     }
     out
+}
+
+/// The rows of one group (no titles among them), see [`render`].
+fn render_group(out: &mut String, rows: &[[String; 4]], width: usize) {
+    let mut widths = vec![0; 4];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    // Columns empty in every row take no gap either.
+    let used: Vec<usize> = (0..4).filter(|&c| widths[c] > 0).collect();
+    let line_width =
+        |widths: &[usize]| INDENT + used.iter().map(|&c| widths[c]).sum::<usize>() + GAP * used.len().saturating_sub(1);
+    while line_width(&widths) > width {
+        let Some(&widest) = used.iter().filter(|&&c| widths[c] > MIN_COLUMN).max_by_key(|&&c| widths[c]) else {
+            break;
+        };
+        widths[widest] -= 1;
+    }
+    for r in rows {
+        let wrapped: Vec<Vec<String>> = used.iter().map(|&c| wrap(&r[c], widths[c])).collect();
+        let height = wrapped.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        for i in 0..height {
+            let parts: Vec<String> = used
+                .iter()
+                .zip(&wrapped)
+                .map(|(&c, lines)| format!("{:<w$}", lines.get(i).map_or("", String::as_str), w = widths[c]))
+                .collect();
+            let _ = writeln!(out, "{}{}", " ".repeat(INDENT), parts.join(&" ".repeat(GAP)).trim_end());
+        }
+    }
+}
+
+/// `text` broken at spaces into lines of at most `width` characters; a word longer than that is cut.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        while word.len() > width {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            lines.push(word.drain(..width).collect());
+        }
+        let word: String = word.into_iter().collect();
+        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if needed > width && !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// Convergence time against the number of peers (log-log), weftd and the kernel limit.
@@ -161,75 +307,92 @@ pub fn convergence_svg(report: &Report) -> Option<String> {
     plot_cold(cold, &format!("{}, {} cores, kernel {}", report.date, report.cpus, report.kernel))
 }
 
-/// The plot for cold-start results, `caption` in the title (date and machine).
+/// The plot for cold-start results, `caption` in the title (date and machine): log-log, weftd and the kernel limit.
 pub fn plot_cold(cold: &[super::control::ColdResult], caption: &str) -> Option<String> {
-    if cold.is_empty() {
+    let usable = |v: f64| v.is_finite() && v > 0.0;
+    let xs: Vec<f64> = cold.iter().map(|c| c.peers as f64).filter(|&v| usable(v)).collect();
+    let ys: Vec<f64> =
+        cold.iter().flat_map(|c| [c.weftd_median_ms, c.kernel_limit_median_ms]).filter(|&v| usable(v)).collect();
+    if xs.is_empty() || ys.is_empty() {
         return None;
     }
-    let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
-    let xs: Vec<f64> = cold.iter().map(|c| c.peers as f64).collect();
-    let ys: Vec<f64> = cold
-        .iter()
-        .flat_map(|c| [c.weftd_median_ms, c.kernel_limit_median_ms])
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .collect();
-    let (x0, x1) =
-        (floor_pow10(xs.iter().cloned().fold(f64::MAX, f64::min)), ceil_pow10(xs.iter().cloned().fold(0.0, f64::max)));
-    let (y0, y1) =
-        (floor_pow10(ys.iter().cloned().fold(f64::MAX, f64::min)), ceil_pow10(ys.iter().cloned().fold(0.0, f64::max)));
-    // At least one decade per axis, so that a single point still gets one.
-    let (x1, y1) = (x1.max(x0 * 10.0), y1.max(y0 * 10.0));
-    let px = |x: f64| left + (x.log10() - x0.log10()) / (x1.log10() - x0.log10()).max(1e-9) * (w - left - right);
-    let py = |y: f64| h - bottom - (y.log10() - y0.log10()) / (y1.log10() - y0.log10()).max(1e-9) * (h - top - bottom);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">Cold-start convergence ({})</text>\n",
-        w / 2.0,
-        caption
-    );
-    // Decade grid lines and labels.
-    let mut x = x0;
-    while x <= x1 * 1.001 {
-        let _ = writeln!(svg, "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#ddd\"/><text x=\"{0:.1}\" y=\"{2}\" text-anchor=\"middle\">{3}</text>", px(x), h - bottom, h - bottom + 16.0, x);
-        x *= 10.0;
+    let (x0, x1) = decades(&xs);
+    let (y0, y1) = decades(&ys);
+    let mut svg = String::new();
+    let drawn = draw_cold(&mut svg, cold, caption, (x0..x1, y0..y1));
+    // Drawing into a String fails only on a bug in the chart's set-up; a report without a plot beats no report.
+    if let Err(e) = drawn {
+        eprintln!("weftctl bench: drawing the convergence plot: {e}");
+        return None;
     }
-    let mut y = y0;
-    while y <= y1 * 1.001 {
-        let _ = writeln!(svg, "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/><text x=\"{2}\" y=\"{3:.1}\" text-anchor=\"end\">{4} ms</text>", py(y), w - right, left - 6.0, py(y) + 4.0, y);
-        y *= 10.0;
-    }
-    let _ = writeln!(
-        svg,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">peers (log scale)</text>",
-        (left + w - right) / 2.0,
-        h - 10.0
-    );
-    for (color, value) in [
-        ("#c0392b", (|c: &super::control::ColdResult| c.weftd_median_ms) as fn(&super::control::ColdResult) -> f64),
-        ("#2c3e50", |c: &super::control::ColdResult| c.kernel_limit_median_ms),
-    ] {
-        let points: Vec<String> = cold
-            .iter()
-            .filter(|c| value(c).is_finite() && value(c) > 0.0)
-            .map(|c| format!("{:.1},{:.1}", px(c.peers as f64), py(value(c))))
-            .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
-            points.join(" ")
-        );
-        for p in &points {
-            let (cx, cy) = p.split_once(',').unwrap_or(("0", "0"));
-            let _ = writeln!(svg, "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3.5\" fill=\"{color}\"/>");
-        }
-    }
-    let _ = writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#c0392b\"/><text x=\"{}\" y=\"{}\">weftd (process start to all routes, neighbours, FDB entries)</text>", left + 10.0, top + 8.0, left + 28.0, top + 12.0);
-    let _ = writeln!(svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"#2c3e50\"/><text x=\"{}\" y=\"{}\">kernel limit: ip/bridge -batch, same 3N objects</text>", left + 10.0, top + 26.0, left + 28.0, top + 30.0);
-    svg.push_str("</svg>\n");
     Some(svg)
 }
 
+/// Which number of a cold-start result a series plots.
+type ColdValue = fn(&super::control::ColdResult) -> f64;
+
+type PlotResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn draw_cold(
+    svg: &mut String,
+    cold: &[super::control::ColdResult],
+    caption: &str,
+    (x_range, y_range): (std::ops::Range<f64>, std::ops::Range<f64>),
+) -> PlotResult {
+    use plotters::prelude::*;
+
+    let root = SVGBackend::with_string(svg, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Cold-start convergence ({caption})"), ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("peers (log scale)")
+        .y_desc("median ms (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y}"))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()?;
+    let weftd_colour = RGBColor(192, 57, 43);
+    let limit_colour = RGBColor(44, 62, 80);
+    let series: [(&str, RGBColor, ColdValue); 2] = [
+        ("weftd (process start to all routes, neighbours, FDB entries)", weftd_colour, |c| c.weftd_median_ms),
+        ("kernel limit: ip/bridge -batch, same 3N objects", limit_colour, |c| c.kernel_limit_median_ms),
+    ];
+    for (label, colour, value) in series {
+        let points: Vec<(f64, f64)> = cold
+            .iter()
+            .map(|c| (c.peers as f64, value(c)))
+            .filter(|&(x, y)| x > 0.0 && y.is_finite() && y > 0.0)
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The whole decades around `values` (all positive): at least one decade, so that a single point still gets one.
+fn decades(values: &[f64]) -> (f64, f64) {
+    let low = floor_pow10(values.iter().copied().fold(f64::MAX, f64::min));
+    let high = ceil_pow10(values.iter().copied().fold(0.0, f64::max));
+    (low, high.max(low * 10.0))
+}
+
+/// The largest power of ten at or below `v`.
 fn floor_pow10(v: f64) -> f64 {
     10f64.powf(v.max(1e-3).log10().floor())
 }
@@ -237,4 +400,90 @@ fn floor_pow10(v: f64) -> f64 {
 /// The smallest power of ten at or above `v`.
 fn ceil_pow10(v: f64) -> f64 {
     10f64.powf(v.max(1e-3).log10().ceil())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(a: &str, b: &str, c: &str, d: &str) -> [String; 4] {
+        [a.into(), b.into(), c.into(), d.into()]
+    }
+
+    #[test]
+    fn wrapping_keeps_words_and_cuts_only_what_cannot_fit() {
+        assert_eq!(wrap("a bb ccc", 4), ["a bb", "ccc"]);
+        assert_eq!(wrap("abcdefgh", 3), ["abc", "def", "gh"]);
+        assert_eq!(wrap("", 5), [""]);
+        assert_eq!(wrap("fits exactly", 12), ["fits exactly"]);
+    }
+
+    #[test]
+    fn wide_tables_fit_the_terminal_and_lose_no_text() {
+        let long = "weft vxlan >= 0.95x hand-built vxlan (-P 1) with a rather long explanation after it";
+        let rows = vec![
+            row(&format!("== {long} {long}"), "", "", ""),
+            row(long, "1.000x (-P 2: 0.990x; quiet runs only: 1.010x / 0.980x)", "MISSED", ""),
+            row("peers", "weftd", "kernel limit (ip -batch)", "ratio"),
+        ];
+        let table = render("title", &rows, TABLE_WIDTH);
+        for line in table.lines() {
+            assert!(line.chars().count() <= TABLE_WIDTH, "{} columns: {line:?}", line.chars().count());
+        }
+        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let printed = words(&table);
+        for word in words(long).iter().chain(&words("quiet runs only: 1.010x / 0.980x) MISSED ratio")) {
+            assert!(printed.contains(word), "{word:?} is missing from:\n{table}");
+        }
+    }
+
+    #[test]
+    fn each_group_has_its_own_column_widths() {
+        let rows = vec![
+            row("== wide", "", "", ""),
+            row(&"x".repeat(60), "a", "", ""),
+            row("== narrow", "", "", ""),
+            row("peers", "weftd", "", ""),
+        ];
+        let table = render("t", &rows, TABLE_WIDTH);
+        assert!(table.ends_with("narrow\n  peers  weftd\n"), "{table}");
+    }
+
+    #[test]
+    fn narrow_tables_stay_on_one_line_per_row() {
+        let rows = vec![row("peers", "weftd", "", ""), row("100", "12", "", "")];
+        assert_eq!(render("t", &rows, TABLE_WIDTH), "t\n  peers  weftd\n  100    12\n");
+    }
+
+    #[test]
+    fn the_plot_is_an_svg_with_both_lines() {
+        let cold = |peers: usize, weftd: f64, limit: f64| super::super::control::ColdResult {
+            peers,
+            weftd_ms: vec![weftd],
+            weftd_median_ms: weftd,
+            kernel_limit_ms: vec![limit],
+            kernel_limit_median_ms: limit,
+            ratio: weftd / limit,
+            lease_write_ms: 1.0,
+            polled: false,
+            verified: true,
+            footprint: super::super::control::Footprint {
+                peers,
+                rss_mib: 1.0,
+                peak_rss_mib: 1.0,
+                idle_cpu_percent: 0.0,
+                window_s: 1.0,
+            },
+        };
+        let svg = plot_cold(&[cold(100, 20.0, 10.0), cold(1000, 150.0, 90.0)], "today").unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        for colour in ["#C0392B", "#2C3E50"] {
+            assert!(
+                svg.contains(&format!("<polyline fill=\"none\" opacity=\"1\" stroke=\"{colour}\"")),
+                "{colour}: {svg}"
+            );
+        }
+        assert!(svg.contains("Cold-start convergence (today)"));
+        assert!(plot_cold(&[], "empty").is_none());
+    }
 }
