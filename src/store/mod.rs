@@ -19,6 +19,7 @@ use crate::lease::{InvalidAttrs, InvalidKey, Lease, LeaseAttrs, SubnetKey};
 pub mod etcd;
 pub mod etcd_tls;
 mod feed;
+pub mod kube_node;
 pub mod memory;
 
 pub use feed::{LeaseFeed, ResyncCause, WatchEvent};
