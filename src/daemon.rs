@@ -121,7 +121,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
     let store = match store {
         // Only the enabled families' annotations are read and written, as flanneld does.
-        AnyStore::Kube(kube) => AnyStore::Kube(kube.with_families(&config.families())),
+        AnyStore::Kube(kube) => AnyStore::Kube(kube.for_config(&config)),
         etcd => etcd,
     };
     let identity_family = if config.networks.v4.is_some() { Family::V4 } else { Family::V6 };

@@ -97,6 +97,8 @@ pub enum KubeStoreError {
     NotAssigned { node: String },
     #[error("node {node}: {problem}")]
     BadOwnNode { node: String, problem: super::kube_node::NodeDefect },
+    #[error("node {node}'s pod CIDR {subnet} is not inside the network config's {network}: the controller manager's --cluster-cidr and the config must agree")]
+    OutsideNetwork { node: String, subnet: ipnetwork::IpNetwork, network: ipnetwork::IpNetwork },
     #[error("subnet {key} is not node {node}'s pod CIDR ({assigned}): a Node's subnet is assigned by Kubernetes")]
     NotOurs { node: String, key: SubnetKey, assigned: SubnetKey },
     #[error(
@@ -121,6 +123,8 @@ pub struct KubeStore {
     names: Arc<AnnotationNames>,
     /// The families the network config enables: only their annotations are read or written.
     families: Vec<Family>,
+    /// The network config's networks: our pod CIDR must lie inside them.
+    networks: Vec<ipnetwork::IpNetwork>,
     net_config_path: PathBuf,
     server: String,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
@@ -142,15 +146,18 @@ impl KubeStore {
             node_name,
             names: Arc::new(names),
             families: vec![Family::V4],
+            networks: Vec::new(),
             net_config_path: settings.net_config_path.clone(),
             server: server.trim_end_matches('/').to_string(),
             seen: Arc::default(),
         })
     }
 
-    /// The same store, reading and writing the annotations of `families` only (the network config's).
-    pub fn with_families(mut self, families: &[Family]) -> KubeStore {
-        self.families = families.to_vec();
+    /// The same store for a network config: only the annotations of its families are read or written, and our
+    /// pod CIDR must lie inside its networks.
+    pub fn for_config(mut self, config: &crate::config::NetworkConfig) -> KubeStore {
+        self.families = config.families();
+        self.networks = config.networks.iter().map(|(_, family)| family.network).collect();
         self
     }
 
@@ -208,8 +215,16 @@ impl KubeStore {
         if facts.pod_cidrs.is_empty() && facts.pod_cidr.is_none_or(str::is_empty) {
             return Err(KubeStoreError::NotAssigned { node: self.node_name.clone() }.into());
         }
-        super::kube_node::node_subnet(&facts, &self.families)
-            .map_err(|problem| KubeStoreError::BadOwnNode { node: self.node_name.clone(), problem }.into())
+        let key = super::kube_node::node_subnet(&facts, &self.families)
+            .map_err(|problem| KubeStoreError::BadOwnNode { node: self.node_name.clone(), problem })?;
+        for subnet in key.subnets() {
+            let inside = |n: &ipnetwork::IpNetwork| n.contains(subnet.network()) && n.prefix() <= subnet.prefix();
+            if let Some(network) = self.networks.iter().find(|n| n.is_ipv4() == subnet.is_ipv4() && !inside(n)) {
+                let (node, network) = (self.node_name.clone(), *network);
+                return Err(KubeStoreError::OutsideNetwork { node, subnet, network }.into());
+            }
+        }
+        Ok(key)
     }
 
     /// A Node as the changes it makes, remembering what it was.
@@ -536,7 +551,8 @@ mod tests {
             net_config_path: "/nonexistent/net-conf.json".into(),
             node_name: Some(node_name.into()),
         };
-        KubeStore::connect(&settings).await.unwrap().with_families(&[Family::V4])
+        let config = crate::config::NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        KubeStore::connect(&settings).await.unwrap().for_config(&config.unwrap())
     }
 
     fn our_attrs() -> LeaseAttrs {
@@ -588,6 +604,9 @@ mod tests {
         let store = store_for(&server, "new").await;
         let err = store.assigned_subnet().await.unwrap_err();
         assert!(err.to_string().contains("node new has no pod CIDR yet"), "{err}");
+        server.put_node(node("elsewhere", "10.99.1.0/24", json!({}))).unwrap();
+        let err = store_for(&server, "elsewhere").await.assigned_subnet().await.unwrap_err();
+        assert!(err.to_string().contains("10.99.1.0/24 is not inside the network config's 10.244.0.0/16"), "{err}");
         let err = store_for(&server, "missing").await.assigned_subnet().await.unwrap_err();
         assert!(err.to_string().contains("node missing does not exist"), "{err}");
     }
