@@ -157,6 +157,12 @@ impl LabSpec {
         if self.start_weftd && !self.weftd.is_file() {
             return invalid(format!("weftd binary {} does not exist", self.weftd.display()));
         }
+        if let Some(server) = self.kube_api_server.as_ref().filter(|s| !s.is_file()) {
+            return invalid(format!(
+                "test API server {} does not exist (build it: cargo build -p weft-kube-testserver)",
+                server.display()
+            ));
+        }
         if self.start_weftd && !self.cni_plugin_path().is_file() {
             return invalid(format!(
                 "CNI plugin {} does not exist (build it: cargo build --bin weft)",
@@ -577,6 +583,7 @@ mod tests {
             LabSpec { backend: " ".into(), ..spec() },
             LabSpec { name: "bad name".into(), ..spec() },
             LabSpec { start_weftd: true, ..spec() },
+            LabSpec { kube_api_server: Some("/nonexistent/weft-kube-testserver".into()), ..spec() },
         ];
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");
