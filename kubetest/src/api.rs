@@ -25,6 +25,9 @@ use crate::table::{self, IncludeObject};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Server-side apply's media type.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
@@ -273,8 +276,23 @@ async fn serve_resource(request: &ApiRequest, target: Target) -> Result<Response
         }
         (&Method::PATCH, Some(name)) => {
             let media = request.content_type.split(';').next().unwrap_or("").trim().to_string();
-            let patch_body: Value = serde_json::from_slice(&request.body)
-                .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
+            let patch_body: Value = serde_json::from_slice(&request.body).map_err(|e| {
+                if media == APPLY_PATCH {
+                    ApiError::unsupported_media_type("application/apply-patch+yaml (only its JSON form is served)")
+                } else {
+                    ApiError::bad_request(format!("the patch is not valid JSON: {e}"))
+                }
+            })?;
+            if media == APPLY_PATCH {
+                if request.query.get("fieldManager").is_none_or(str::is_empty) {
+                    return Err(ApiError::bad_request("PATCH with an apply patch requires the fieldManager parameter"));
+                }
+                // Server-side apply creates what does not exist yet.
+                if !status && store.get(resource, &scope, &name).is_err() {
+                    let created = store.create(resource, &scope, patch_body, dry_run)?;
+                    return Ok(respond_object(request, resource, &created, 201));
+                }
+            }
             let patched = store.modify(resource, &scope, &name, subresource, dry_run, |current| {
                 let mut object = current.clone();
                 let result = match media.as_str() {
@@ -282,7 +300,11 @@ async fn serve_resource(request: &ApiRequest, target: Target) -> Result<Response
                         patch::merge_patch(&mut object, &patch_body);
                         Ok(())
                     }
-                    "application/strategic-merge-patch+json" => patch::strategic_merge(&mut object, &patch_body),
+                    // Server-side apply without field ownership: the applied configuration merges as a strategic
+                    // merge patch does (see README: fields dropped from a later apply are not removed).
+                    "application/strategic-merge-patch+json" | APPLY_PATCH => {
+                        patch::strategic_merge(&mut object, &patch_body)
+                    }
                     "application/json-patch+json" => patch::json_patch(&mut object, &patch_body),
                     other => return Err(ApiError::unsupported_media_type(other)),
                 };
@@ -360,11 +382,25 @@ fn list(
         let objects: Vec<&Value> = page.items.iter().map(|o| o.as_ref()).collect();
         return Ok(json_response(200, &table::table(resource, objects, include, metadata, true)));
     }
-    let items: Vec<Value> = page.items.iter().map(|o| (**o).clone()).collect();
-    Ok(json_response(
-        200,
-        &json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.api_version(), "metadata": metadata, "items": items}),
-    ))
+    // Written item by item from the stored objects: a list of thousands of Nodes is not deep-copied first.
+    let mut body =
+        json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.api_version(), "metadata": metadata})
+            .to_string();
+    body.pop();
+    body.push_str(",\"items\":[");
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&item.to_string());
+    }
+    body.push_str("]}");
+    Ok(Response::builder()
+        .status(200)
+        .header("Content-Type", "application/json")
+        .header("Cache-Control", "no-cache, private")
+        .body(full(body))
+        .expect("static headers are valid"))
 }
 
 /// The parameters of one watch that shape each event it sends.

@@ -11,9 +11,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weft_netlink::netns::in_netns;
 
 use crate::api;
 use crate::resources::{self, ResourceType};
@@ -144,7 +148,8 @@ impl TestApiServer {
 
     /// Binds `addr` and serves until the [`RunningServer`] is shut down or dropped. Must run inside a tokio runtime.
     pub async fn serve(self, addr: SocketAddr) -> Result<RunningServer, Error> {
-        let listener = bind(addr).map_err(|source| Error::Bind { addr, source })?;
+        let home = HomeNetns::of_this_thread();
+        let listener = bind_here(addr).map_err(|source| Error::Bind { addr, source })?;
         let address = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
         let shared = Arc::new(Shared {
             store: Store::new(self.config.history_limit),
@@ -155,22 +160,62 @@ impl TestApiServer {
         });
         let (control, control_rx) = watch::channel(false);
         let (listening_tx, listening) = watch::channel(true);
-        let accept_task = tokio::spawn(accept_loop(shared.clone(), listener, control_rx, listening_tx));
+        let accept_task = tokio::spawn(accept_loop(shared.clone(), home, listener, control_rx, listening_tx));
         Ok(RunningServer { shared, control, listening, accept_task })
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    // The port is bound again after a simulated outage, while the closed connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// The network namespace a server was started in, so that it listens there again after an outage: the accept
+/// loop runs on whatever tokio worker is free, and a worker may be in another namespace (the lab starts servers
+/// from a thread inside a lab namespace; the workers stay in the root one).
+struct HomeNetns {
+    file: Option<Arc<File>>,
+}
+
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+fn netns_identity(path: &str) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl HomeNetns {
+    fn of_this_thread() -> HomeNetns {
+        HomeNetns { file: File::open(THREAD_NETNS).ok().map(Arc::new) }
+    }
+
+    /// Binds `addr` in the home namespace: on this thread when it is already there (no privilege needed),
+    /// else on a short-lived thread that enters it.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let listener = match &self.file {
+            Some(home) if Some(home_identity(home)?) != netns_identity(THREAD_NETNS) => {
+                let home = home.clone();
+                tokio::task::spawn_blocking(move || in_netns(&home, || std::net::TcpListener::bind(addr)))
+                    .await
+                    .map_err(|_| io::Error::other("the bind thread panicked"))??
+            }
+            _ => std::net::TcpListener::bind(addr)?,
+        };
+        listener.set_nonblocking(true)?;
+        TcpListener::from_std(listener)
+    }
+}
+
+fn home_identity(file: &File) -> io::Result<(u64, u64)> {
+    file.metadata().map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds on the calling thread (std's bind sets SO_REUSEADDR, so the port can be bound again after an outage
+/// while cut connections sit in TIME_WAIT).
+fn bind_here(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// Accepts connections while not in an outage; in an outage the listener is closed, so connecting is refused.
 async fn accept_loop(
     shared: Arc<Shared>,
+    home: HomeNetns,
     listener: TcpListener,
     mut outage: watch::Receiver<bool>,
     listening: watch::Sender<bool>,
@@ -187,7 +232,7 @@ async fn accept_loop(
         }
         let active = match &listener {
             Some(active) => active,
-            None => match bind(shared.address) {
+            None => match home.bind(shared.address).await {
                 Ok(rebound) => {
                     listening.send_replace(true);
                     listener.insert(rebound)

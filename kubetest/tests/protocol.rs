@@ -268,10 +268,9 @@ async fn create_validation_dry_run_and_delete() {
     let answer = request(server.addr(), "POST", path, Some("application/json"), Some(&config)).await;
     assert_eq!(answer.status, 201);
     assert_eq!(request(server.addr(), "POST", path, Some("application/json"), Some(&config)).await.status, 409);
-    let yaml =
-        request(server.addr(), "PATCH", &format!("{path}/c"), Some("application/apply-patch+yaml"), Some(&json!({})))
-            .await;
-    assert_eq!(yaml.status, 415);
+    let unknown =
+        request(server.addr(), "PATCH", &format!("{path}/c"), Some("application/x-patch"), Some(&json!({}))).await;
+    assert_eq!(unknown.status, 415);
     let deleted = request(server.addr(), "DELETE", &format!("{path}/c"), None, None).await;
     assert_eq!((deleted.status, deleted.json()["status"].as_str()), (200, Some("Success")));
     assert_eq!(request(server.addr(), "DELETE", &format!("{path}/c"), None, None).await.status, 404);
@@ -348,4 +347,21 @@ async fn json_patch_and_status_put() {
     let stored = server.node("n1").unwrap();
     assert_eq!(stored["status"]["conditions"], json!([{"type": "Ready", "status": "False"}]));
     assert_eq!(stored["spec"]["podCIDR"], "10.244.7.0/24");
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_merges() {
+    let server = start(TestApiServer::new()).await;
+    let addr = server.addr();
+    let apply = |body: Value, manager: &'static str| {
+        let path = format!("/api/v1/nodes/n1?fieldManager={manager}");
+        async move { request(addr, "PATCH", &path, Some("application/apply-patch+yaml"), Some(&body)).await }
+    };
+    let config = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": {"a": "1"}}});
+    let created = apply(config, "weft").await;
+    assert_eq!(created.status, 201);
+    let more = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": {"b": "2"}}});
+    assert_eq!(apply(more, "weft").await.status, 200);
+    assert_eq!(server.node("n1").unwrap()["metadata"]["annotations"], json!({"a": "1", "b": "2"}));
+    assert_eq!(apply(json!({"apiVersion": "v1", "kind": "Node"}), "").await.status, 400);
 }
