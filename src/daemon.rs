@@ -31,7 +31,9 @@ use crate::lease::LeaseAttrs;
 use crate::own_lease::LeaseManager;
 use crate::registry::{self, LeaseSet};
 use crate::status::{BackendStatus, RulesStatus};
+use crate::store::any::AnyStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::kubernetes::KubeStore;
 use crate::store::{LeaseStore, Listing};
 use crate::subnet_file::{self, SubnetFile};
 use crate::trust::TrustPolicy;
@@ -89,6 +91,12 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         tasks.spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
     }
 
+    // The Kubernetes client first: its settings (kubeconfig, in-cluster account, Node name) are checked without
+    // touching the host.
+    let kube = match args.kube.kube_subnet_mgr {
+        true => Some(KubeStore::connect(&args.kube.settings()).await?),
+        false => None,
+    };
     // Before etcd, so nothing is claimed for a host that could not use it: the subnet file can be written and
     // the interface exists.
     subnet_file::check_writable(&args.subnet_file)
@@ -96,15 +104,26 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
     iface::check_present(&args.iface, &kernel.interfaces().await?)?;
 
-    let user = args.etcd_username.clone().zip(args.etcd_password.clone());
-    let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
-    info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
+    let store = if let Some(store) = kube {
+        info!(api = %store.server(), node = %store.node_name(), "weftd starting with the Kubernetes subnet manager");
+        AnyStore::Kube(store)
+    } else {
+        let user = args.etcd_username.clone().zip(args.etcd_password.clone());
+        let store = EtcdStore::connect_secured(&args.etcd_endpoints, &args.etcd_prefix, user, &args.etcd_tls()).await?;
+        info!(endpoints = %store.endpoints(), prefix = %args.etcd_prefix, "weftd starting");
+        AnyStore::Etcd(store)
+    };
     metrics.status.update(|s| {
-        s.store.endpoints = store.endpoints().to_string();
+        s.store.endpoints = store.endpoints();
         s.subnet_file = args.subnet_file.display().to_string();
     });
 
     let Some((config, backend_config)) = wait_for_config(&store, &mut shutdown).await else { return Ok(()) };
+    let store = match store {
+        // Only the enabled families' annotations are read and written, as flanneld does.
+        AnyStore::Kube(kube) => AnyStore::Kube(kube.for_config(&config)),
+        etcd => etcd,
+    };
     let identity_family = if config.networks.v4.is_some() { Family::V4 } else { Family::V6 };
     let underlay = pick_underlay(&mut kernel, &args, identity_family).await?;
     let address = underlay.address(identity_family).map_or("-".to_string(), |a| a.to_string());
@@ -206,6 +225,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         warn!(error = %e, "cannot notify systemd of readiness");
     }
     info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
+    if let (AnyStore::Kube(kube), true) = (&store, args.kube.set_node_network_unavailable) {
+        tasks.spawn(clear_network_unavailable(kube.clone(), shutdown.clone()));
+    }
 
     let (own_tx, own_rx) = watch::channel(own.clone());
     let (leases_tx, leases_rx) = watch::channel(initial_set);
@@ -271,7 +293,7 @@ pub fn host_addresses(underlay: &Underlay) -> Vec<IpNetwork> {
 /// Reads the network config, waiting while it is missing or invalid: both are fixed by writing the key, and a
 /// daemon that stays up picks the fix up without a restart loop.
 async fn wait_for_config(
-    store: &EtcdStore,
+    store: &AnyStore,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<(NetworkConfig, BackendConfig)> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
@@ -286,12 +308,9 @@ async fn wait_for_config(
                     info!(config = %text.trim(), "network config loaded");
                     return Some((config, backend));
                 }
-                Err(e) => format!("{e}; fix it with: weftctl config set '<json>' (key {})", store.config_key()),
+                Err(e) => format!("{e}; fix the network config ({})", store.config_location()),
             },
-            Ok(None) => format!(
-                "no network config at {key}; write one, e.g. etcdctl put {key} '{{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}' or weftctl config set",
-                key = store.config_key()
-            ),
+            Ok(None) => format!("no network config ({}); {}", store.config_location(), store.config_hint()),
             Err(e) => format!("cannot read the network config: {e}"),
         };
         if complaint != last_complaint {
@@ -300,6 +319,25 @@ async fn wait_for_config(
         }
         tokio::select! {
             _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Clears our Node's NetworkUnavailable condition once the network is up (flanneld's
+/// --set-node-network-unavailable), retrying while the API server is unreachable.
+async fn clear_network_unavailable(store: KubeStore, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::store();
+    loop {
+        match store.clear_network_unavailable().await {
+            Ok(()) => {
+                info!(node = %store.node_name(), "cleared the Node's NetworkUnavailable condition");
+                return;
+            }
+            Err(e) => warn!(error = %e, "cannot clear the Node's NetworkUnavailable condition yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

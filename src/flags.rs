@@ -145,6 +145,9 @@ pub struct DaemonArgs {
     pub version: bool,
 
     #[command(flatten)]
+    pub kube: crate::kube_args::KubeArgs,
+
+    #[command(flatten)]
     pub flannel: FlannelOnlyArgs,
 }
 
@@ -167,31 +170,11 @@ pub struct FlannelOnlyArgs {
     /// klog: log a stack trace at file:line
     #[arg(long = "log_backtrace_at", env = "WEFTD_LOG_BACKTRACE_AT", hide = true)]
     pub log_backtrace_at: Option<String>,
-    #[arg(long, env = "WEFTD_KUBE_SUBNET_MGR", hide = true, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_go_bool)]
-    pub kube_subnet_mgr: Option<bool>,
-    #[arg(long, env = "WEFTD_KUBE_API_URL", hide = true)]
-    pub kube_api_url: Option<String>,
-    #[arg(long, env = "WEFTD_KUBE_ANNOTATION_PREFIX", hide = true)]
-    pub kube_annotation_prefix: Option<String>,
-    #[arg(long, env = "WEFTD_KUBECONFIG_FILE", hide = true)]
-    pub kubeconfig_file: Option<PathBuf>,
-    #[arg(long, env = "WEFTD_NET_CONFIG_PATH", hide = true)]
-    pub net_config_path: Option<PathBuf>,
-    #[arg(long, env = "WEFTD_SET_NODE_NETWORK_UNAVAILABLE", hide = true, num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_go_bool)]
-    pub set_node_network_unavailable: Option<bool>,
 }
-
-/// The Kubernetes subnet manager's flags: flannel reads them only with `--kube-subnet-mgr`.
-const KUBE_ONLY: &str = "is used only with --kube-subnet-mgr and is ignored";
 
 impl FlannelOnlyArgs {
     /// Warnings for the flags weftd ignores, or the reason it refuses to start.
     pub fn check(&self) -> Result<Vec<String>, String> {
-        if self.kube_subnet_mgr == Some(true) {
-            return Err("--kube-subnet-mgr is not supported yet: this weftd leases subnets from etcd only".into());
-        }
         if let Some(margin) = self.subnet_lease_renew_margin {
             // flanneld refuses these too, so a command line that starts flanneld starts weftd and vice versa.
             if !(1..24 * 60).contains(&margin) {
@@ -217,11 +200,6 @@ impl FlannelOnlyArgs {
         given("-v", self.verbosity.is_some(), "is ignored: use --log-level debug");
         given("-vmodule", self.vmodule.is_some(), "is ignored: use --log-level with per-module filters (weft=debug)");
         given("-log_backtrace_at", self.log_backtrace_at.is_some(), "is ignored: weftd logs no stack traces");
-        given("--kube-api-url", self.kube_api_url.is_some(), KUBE_ONLY);
-        given("--kube-annotation-prefix", self.kube_annotation_prefix.is_some(), KUBE_ONLY);
-        given("--kubeconfig-file", self.kubeconfig_file.is_some(), KUBE_ONLY);
-        given("--net-config-path", self.net_config_path.is_some(), KUBE_ONLY);
-        given("--set-node-network-unavailable", self.set_node_network_unavailable.is_some(), KUBE_ONLY);
         Ok(warnings)
     }
 }
@@ -438,17 +416,17 @@ mod tests {
         ("subnet-lease-renew-margin", "60", false, Warned),
         ("ip-masq", "false", true, Implemented),
         ("ip-masq-fully-random-disable", "true", true, Implemented),
-        ("kube-subnet-mgr", "true", true, Refused),
-        ("kube-api-url", "https://10.96.0.1:443", false, Warned),
-        ("kube-annotation-prefix", "flannel.alpha.coreos.com", false, Warned),
-        ("kubeconfig-file", "/etc/kubernetes/kubeconfig", false, Warned),
+        ("kube-subnet-mgr", "true", true, Implemented),
+        ("kube-api-url", "https://10.96.0.1:443", false, Implemented),
+        ("kube-annotation-prefix", "flannel.alpha.coreos.com", false, Implemented),
+        ("kubeconfig-file", "/etc/kubernetes/kubeconfig", false, Implemented),
         ("healthz-ip", "127.0.0.1", false, Implemented),
         ("healthz-port", "8471", false, Implemented),
         ("iptables-resync", "5", false, Warned),
         ("iptables-forward-rules", "true", true, Implemented),
         ("ip-blackhole-route", "true", true, Implemented),
-        ("net-config-path", "/etc/kube-flannel/net-conf.json", false, Warned),
-        ("set-node-network-unavailable", "true", true, Warned),
+        ("net-config-path", "/etc/kube-flannel/net-conf.json", false, Implemented),
+        ("set-node-network-unavailable", "true", true, Implemented),
         ("v", "2", false, Warned),
         ("vmodule", "main=3", false, Warned),
         ("log_backtrace_at", "main.go:42", false, Warned),
@@ -561,10 +539,12 @@ mod tests {
         assert_eq!(a.etcd_endpoints.len(), 2);
         assert_eq!(a.etcd_prefix, "/atomic.io/network");
         assert_eq!(a.flannel.check().unwrap().len(), 1, "only -v is ignored");
-        // kube-flannel.yml: parsed, and refused until the Kubernetes subnet manager exists.
+        // kube-flannel.yml's command line.
         let a = parse(&["--ip-masq", "--kube-subnet-mgr"]).unwrap();
-        assert!(a.ip_masq);
-        assert!(a.flannel.check().unwrap_err().contains("--kube-subnet-mgr is not supported yet"));
+        assert!(a.ip_masq && a.kube.kube_subnet_mgr);
+        assert!(a.kube.set_node_network_unavailable, "flanneld's default");
+        assert_eq!(a.kube.net_config_path, PathBuf::from("/etc/kube-flannel/net-conf.json"));
+        assert!(a.flannel.check().unwrap().is_empty());
         // Go: a repeated single-valued flag keeps the last value; repeated --iface values all count.
         let a = parse(&["-etcd-prefix=/a", "-etcd-prefix=/b", "-iface", "eth1", "-iface", "eth0"]).unwrap();
         assert_eq!(a.etcd_prefix, "/b");

@@ -268,6 +268,17 @@ fn write_backend_data(out: &mut String, data: &Value, order: &[&str]) {
     out.push('}');
 }
 
+/// One family's BackendData as flanneld's Go encoder writes it (`null` when there is none): the text flannel's
+/// Kubernetes subnet manager stores in a Node's backend-data annotation.
+pub fn backend_data_json(backend_type: &str, data: Option<&Value>) -> String {
+    let mut out = String::new();
+    match data {
+        Some(data) => write_backend_data(&mut out, data, backend_data_field_order(backend_type)),
+        None => out.push_str("null"),
+    }
+    out
+}
+
 /// Backend data as an object map, for callers that build it by hand.
 pub fn backend_data(pairs: &[(&str, Value)]) -> Value {
     Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Map<_, _>>())

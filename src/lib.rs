@@ -22,6 +22,7 @@ pub mod fuzz_checks;
 pub mod http;
 pub mod iface;
 pub mod ipmath;
+pub mod kube_args;
 pub mod lease;
 pub mod lease_holder;
 pub mod logging;

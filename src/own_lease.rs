@@ -61,6 +61,10 @@ impl<S: LeaseStore> LeaseManager<S> {
     /// One acquisition attempt: list, plan, then claim with create-if-absent, and yield the claim if an older lease
     /// overlaps it after all (retrying lost races either way).
     pub async fn acquire_once(&self, preferred: &[SubnetKey]) -> Result<Lease, AcquireError> {
+        if let Some(key) = self.store.assigned_subnet().await? {
+            // The store assigned our subnet (a Kubernetes Node's pod CIDR): nothing to plan, nobody to race.
+            return Ok(self.store.create_lease(&key, &self.attrs, self.ttl).await?);
+        }
         for _ in 0..RACE_RETRIES {
             let listing = self.store.list_leases().await?;
             let plan =

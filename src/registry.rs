@@ -51,6 +51,14 @@ impl LeaseSet {
             LeaseProblem::BadValue { key, reason, .. } => {
                 self.bad_values.insert(*key, reason.to_string());
             }
+            LeaseProblem::BadNode { path, problem } => match problem.key {
+                Some(key) => {
+                    self.bad_values.insert(key, problem.defect.to_string());
+                }
+                None => {
+                    self.bad_keys.insert(path.clone(), problem.defect.to_string());
+                }
+            },
         }
     }
 

@@ -65,12 +65,13 @@ fn a_bad_etcd_endpoint_is_named() {
 #[test]
 fn flanneld_variables_take_gos_boolean_spellings() {
     for yes in ["1", "t", "T", "TRUE", "true", "True"] {
+        // The Kubernetes subnet manager, outside a pod and without a kubeconfig: it says how to reach the API.
         let out = run(WEFTD, &[], &[("FLANNELD_KUBE_SUBNET_MGR", yes)]);
         assert_eq!(out.status.code(), Some(1), "{yes}");
-        assert!(stderr(&out).contains("--kube-subnet-mgr is not supported yet"), "{yes}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no --kube-api-url or --kubeconfig-file"), "{yes}: {}", stderr(&out));
     }
     for no in ["0", "f", "F", "FALSE", "false", "False"] {
-        // false passes the Kubernetes check, so the next refusal (an out-of-range margin) is the one reported.
+        // false keeps etcd, and the refusal of an out-of-range margin comes first either way.
         let out = run(WEFTD, &["-subnet-lease-renew-margin=0"], &[("FLANNELD_KUBE_SUBNET_MGR", no)]);
         assert_eq!(out.status.code(), Some(1), "{no}");
         assert!(stderr(&out).contains("--subnet-lease-renew-margin=0 is out of range"), "{no}: {}", stderr(&out));
@@ -82,9 +83,10 @@ fn flanneld_variables_take_gos_boolean_spellings() {
 
 #[test]
 fn a_single_dash_flanneld_command_line_reaches_the_daemon() {
-    let out = run(WEFTD, &["-etcd-endpoints=http://127.0.0.1:1", "-iface", "eth0", "-kube-subnet-mgr"], &[]);
+    let out =
+        run(WEFTD, &["-etcd-endpoints=http://127.0.0.1:1", "-kube-subnet-mgr", "-kube-annotation-prefix", "Bad"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--kube-subnet-mgr is not supported yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--kube-annotation-prefix \"Bad\""), "{}", stderr(&out));
     let out = run(WEFTD, &["-version"], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("weftd "));

@@ -216,9 +216,12 @@ fn daemon_sets_run_what_weftd_and_weftctl_accept_and_mount_what_their_flags_name
         for tls in [&args.etcd_cafile, &args.etcd_certfile, &args.etcd_keyfile].into_iter().flatten() {
             assert_from_config(&docs, pod, weftd, tls);
         }
-        if args.flannel.kube_subnet_mgr == Some(true) {
-            let net_conf = args.flannel.net_config_path.clone().unwrap_or_else(|| DEFAULT_NET_CONFIG_PATH.into());
-            assert_from_config(&docs, pod, weftd, &net_conf);
+        if args.kube.kube_subnet_mgr {
+            if !strings(&weftd["args"]).iter().any(|a| a.contains("net-config-path")) {
+                let default = Path::new(DEFAULT_NET_CONFIG_PATH);
+                assert_eq!(args.kube.net_config_path, default, "weftd's default --net-config-path is flannel's");
+            }
+            assert_from_config(&docs, pod, weftd, &args.kube.net_config_path);
             let env = weftd["env"].as_array().unwrap();
             let node_name = env.iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
             assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");

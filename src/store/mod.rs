@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use crate::lease::{InvalidAttrs, InvalidKey, Lease, LeaseAttrs, SubnetKey};
 
+pub mod any;
 pub mod etcd;
 pub mod etcd_tls;
 mod feed;
+pub mod kube_node;
+pub mod kubernetes;
 pub mod memory;
 
 pub use feed::{LeaseFeed, ResyncCause, WatchEvent};
@@ -56,6 +59,9 @@ pub enum StoreError {
     #[error(transparent)]
     TlsSetup(#[from] etcd_tls::TlsSetupError),
     /// The store was reached, but the TLS handshake or the authentication failed; `why` says what to check.
+    /// The Kubernetes store's own failures (a missing pod CIDR, a write it cannot do, its client setup).
+    #[error(transparent)]
+    Kube(Box<kubernetes::KubeStoreError>),
     #[error("{store}: {}: {source}", why.advice())]
     Rejected {
         store: String,
@@ -63,6 +69,13 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+}
+
+impl From<kubernetes::KubeStoreError> for StoreError {
+    /// Boxed: the Kubernetes client's errors are large, and every store call returns a `StoreError`.
+    fn from(e: kubernetes::KubeStoreError) -> StoreError {
+        StoreError::Kube(Box::new(e))
+    }
 }
 
 /// A key or value below the subnets prefix that is not a lease. Never fatal: it is reported to the operator, and a
@@ -73,6 +86,9 @@ pub enum LeaseProblem {
     BadKey { path: String, name: String, reason: InvalidKey },
     #[error("lease {path}: {reason} (value {value:?})")]
     BadValue { path: String, key: SubnetKey, value: String, reason: InvalidAttrs },
+    /// A Node that carries flannel's annotations but cannot be a peer (`path` is `node/<name>`).
+    #[error("ignoring {problem}")]
+    BadNode { path: String, problem: kube_node::NodeProblem },
 }
 
 /// One key/value pair as a store holds it below the subnets prefix.
@@ -213,6 +229,12 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// The raw watch: every change from `revision` (inclusive) on. Fails with `Compacted` when that history is
     /// gone. Consumers use [`LeaseStore::watch`], which turns compaction and reconnects into a fresh listing.
     fn watch_changes(&self, revision: i64) -> impl Future<Output = Result<Self::Changes, StoreError>> + Send;
+
+    /// The one subnet this host may hold, where the store assigns it (a Kubernetes Node's pod CIDR); None where
+    /// hosts claim free subnets themselves (etcd).
+    fn assigned_subnet(&self) -> impl Future<Output = Result<Option<SubnetKey>, StoreError>> + Send {
+        std::future::ready(Ok(None))
+    }
 
     /// Follows the leases after `seen_revision` (a listing's revision): changes in order, and a full fresh
     /// listing whenever the history is compacted or the watch broke.

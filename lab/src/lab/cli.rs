@@ -40,6 +40,12 @@ pub enum LabCommand {
         /// Only build namespaces and etcd: start no weftd, attach no containers
         #[arg(long)]
         no_weftd: bool,
+        /// Kubernetes mode: the test API server instead of etcd, a Node per host, weftd with --kube-subnet-mgr
+        #[arg(long)]
+        kube: bool,
+        /// The test API server for --kube [default: the weft-kube-testserver next to weftd]
+        #[arg(long, requires = "kube")]
+        kube_api_server: Option<PathBuf>,
         /// Extra weftd arguments, after `--`
         #[arg(last = true)]
         weftd_args: Vec<String>,
@@ -65,12 +71,16 @@ pub enum LabCommand {
 /// Runs a `weftctl lab` subcommand, printing to stdout.
 pub fn run(command: LabCommand) -> Result<(), LabError> {
     match command {
-        LabCommand::Up { lab, hosts, backend, network, weftd, no_weftd, weftd_args } => {
+        LabCommand::Up { lab, hosts, backend, network, weftd, no_weftd, kube, kube_api_server, weftd_args } => {
+            let weftd = weftd.map_or_else(default_weftd, Ok)?;
+            let kube_api_server =
+                kube.then(|| kube_api_server.unwrap_or_else(|| weftd.with_file_name("weft-kube-testserver")));
             let spec = LabSpec {
                 hosts,
                 backend,
                 network,
-                weftd: weftd.map_or_else(default_weftd, Ok)?,
+                weftd,
+                kube_api_server,
                 state_root: lab.state_root,
                 extra_weftd_args: weftd_args,
                 start_weftd: !no_weftd,

@@ -29,6 +29,7 @@ pub mod cli;
 mod cmd;
 mod error;
 mod etcd;
+mod kube;
 mod process;
 mod state;
 mod status;
@@ -98,6 +99,10 @@ pub struct LabSpec {
     /// config; use [`Lab::start_weftd`] and [`Lab::attach_container`] later.
     #[serde(default = "default_true")]
     pub start_weftd: bool,
+    /// Kubernetes mode: this test API server binary (`weft-kube-testserver`) runs instead of etcd, with a Node
+    /// per host, and weftd runs with `--kube-subnet-mgr`. None: etcd mode.
+    #[serde(default)]
+    pub kube_api_server: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -122,6 +127,7 @@ impl LabSpec {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             extra_weftd_args: Vec::new(),
             start_weftd: true,
+            kube_api_server: None,
         }
     }
 
@@ -150,6 +156,12 @@ impl LabSpec {
         }
         if self.start_weftd && !self.weftd.is_file() {
             return invalid(format!("weftd binary {} does not exist", self.weftd.display()));
+        }
+        if let Some(server) = self.kube_api_server.as_ref().filter(|s| !s.is_file()) {
+            return invalid(format!(
+                "test API server {} does not exist (build it: cargo build -p weft-kube-testserver)",
+                server.display()
+            ));
         }
         if self.start_weftd && !self.cni_plugin_path().is_file() {
             return invalid(format!(
@@ -239,6 +251,9 @@ impl Lab {
         if let Err(e) = self.stop_etcd() {
             problems.push(e.to_string());
         }
+        if let Err(e) = self.stop_kube_api() {
+            problems.push(e.to_string());
+        }
         progress.advance("deleting namespaces");
         for ns in namespaces.iter().rev() {
             progress.step(&format!("deleting {ns}"));
@@ -321,10 +336,16 @@ impl Lab {
             progress.advance(&format!("namespaces of h{host}"));
         }
         self.connect_hosts_to_underlay()?;
-        progress.step("starting etcd");
-        self.start_etcd()?;
-        self.put_network_config()?;
-        progress.advance("etcd up");
+        if self.is_kube() {
+            progress.step("starting the test Kubernetes API server");
+            self.start_kube_api()?;
+            progress.advance("API server up");
+        } else {
+            progress.step("starting etcd");
+            self.start_etcd()?;
+            self.put_network_config()?;
+            progress.advance("etcd up");
+        }
         if self.spec.start_weftd {
             self.start_all_weftds_and_attach(progress)?;
         }
@@ -562,6 +583,7 @@ mod tests {
             LabSpec { backend: " ".into(), ..spec() },
             LabSpec { name: "bad name".into(), ..spec() },
             LabSpec { start_weftd: true, ..spec() },
+            LabSpec { kube_api_server: Some("/nonexistent/weft-kube-testserver".into()), ..spec() },
         ];
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");

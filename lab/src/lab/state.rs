@@ -19,6 +19,9 @@ pub(crate) struct Runtime {
     /// ever deleted.
     pub namespaces: Vec<String>,
     pub etcd_pid: Option<u32>,
+    /// The test Kubernetes API server, in Kubernetes mode.
+    #[serde(default)]
+    pub kube_api_pid: Option<u32>,
     /// Index 0 is host 1.
     pub hosts: Vec<HostRuntime>,
 }
@@ -107,6 +110,7 @@ mod tests {
         Runtime {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             etcd_pid: Some(42),
+            kube_api_pid: None,
             hosts: vec![HostRuntime::default(); hosts],
         }
     }

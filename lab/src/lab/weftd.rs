@@ -24,14 +24,17 @@ impl Lab {
 
     /// weftd's arguments on host `host` (after the binary).
     pub fn weftd_args(&self, host: usize) -> Vec<String> {
-        let mut args = vec![
-            "--etcd-endpoints".to_string(),
-            etcd_endpoint(),
+        let store = match self.is_kube() {
+            true => self.kube_weftd_args(),
+            false => vec!["--etcd-endpoints".to_string(), etcd_endpoint()],
+        };
+        let mut args = store;
+        args.extend([
             "--iface".to_string(),
             "eth0".to_string(),
             "--subnet-file".to_string(),
             self.subnet_file(host).display().to_string(),
-        ];
+        ]);
         args.extend(self.spec.extra_weftd_args.iter().cloned());
         args
     }
@@ -52,6 +55,9 @@ impl Lab {
         command.args(self.weftd_args(host));
         // Every host its own WireGuard key (flannel's default path would be one file shared by all lab hosts).
         command.env("WIREGUARD_KEY_FILE", self.wireguard_key_file(host));
+        if self.is_kube() {
+            command.env("NODE_NAME", self.node_name(host));
+        }
         let log = self.weftd_log(host);
         log_marker(&log, "starting weftd")?;
         let pid = process::spawn_daemon(command, &log)?;
