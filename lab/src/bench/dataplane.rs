@@ -204,7 +204,7 @@ pub fn run(
                 progress.advance("");
                 let busy = run.idle_before < BUSY_IDLE_PERCENT || run.client_cpu < STARVED_CLIENT_CPU;
                 progress.note(&format!(
-                    "  {:<22} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
+                    "  {:<24} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
                     path.label(),
                     run.gbps,
                     run.idle_before,
