@@ -325,20 +325,29 @@ impl Drop for ServerGuard {
 
 pub(super) fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
     let idle_before = procfs::idle_percent(Duration::from_secs(1)).unwrap_or(f64::NAN);
-    let server = Command::new("ip")
-        .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the iperf3 server")?;
-    let mut server = ServerGuard(server);
+    let start_server = || -> Result<ServerGuard> {
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the iperf3 server")?;
+        Ok(ServerGuard(server))
+    };
+    let mut server = start_server()?;
     // The server needs a moment to listen; the client retries its connection meanwhile.
     let target = ends.server_ip.to_string();
     let (secs, p) = (seconds.to_string(), streams.to_string());
     let started = Instant::now();
     let out = loop {
         std::thread::sleep(Duration::from_millis(200));
+        // A one-off server (`-1`) exits after a failed attempt too (a client that connected and then timed out on
+        // a loaded machine), and every retry would then be refused: start another.
+        if !matches!(server.0.try_wait(), Ok(None)) {
+            server = start_server()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let out = Command::new("ip")
             .args(["netns", "exec", &ends.client_ns, "iperf3", "-c", &target, "-p", PORT, "-t", &secs, "-P", &p, "-J"])
             .stdin(Stdio::null())
