@@ -114,10 +114,27 @@ pub struct DaemonArgs {
     #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE", default_value = "false", action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_blackhole_route: bool,
-    /// udp backend: virtio-net offloads on the TUN and UDP GSO/GRO (false: one packet per system call, as flanneld)
+    /// udp backend: TUN offloads and UDP GSO/GRO, each unless its own switch says otherwise (false: one packet per
+    /// system call, as flanneld)
     #[arg(long, env = "WEFTD_UDP_OFFLOADS", default_value = "true", action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub udp_offloads: bool,
+
+    /// udp backend: virtio-net headers with TSO/USO on the TUN (super-packet reads, coalesced writes); default:
+    /// --udp-offloads
+    #[arg(long, env = "WEFTD_UDP_TUN_OFFLOADS", action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub udp_tun_offloads: Option<bool>,
+
+    /// udp backend: UDP GSO (UDP_SEGMENT) on send; default: --udp-offloads
+    #[arg(long, env = "WEFTD_UDP_GSO", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub udp_gso: Option<bool>,
+
+    /// udp backend: UDP GRO on receive; default: --udp-offloads
+    #[arg(long, env = "WEFTD_UDP_GRO", action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub udp_gro: Option<bool>,
 
     /// udp backend: TUN queues, each with a sending and a receiving worker (0: one per CPU)
     #[arg(long, env = "WEFTD_UDP_QUEUES", default_value_t = 0)]

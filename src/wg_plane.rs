@@ -37,7 +37,7 @@ pub fn plane_configs(backend: &AnyBackend, args: &DaemonArgs) -> Vec<WgPlaneConf
             psk: wg.config.psk,
             persistent_keepalive: wg.config.persistent_keepalive,
             queues,
-            offloads: args.udp_offloads,
+            offloads: crate::udp_plane::offloads(args),
             socket_buffer: SOCKET_BUFFER,
         })
         .collect()

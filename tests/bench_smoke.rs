@@ -59,8 +59,9 @@ fn quick_benchmark_produces_complete_results() {
     let dataplane = report.dataplane.as_ref().expect("data-plane results");
     assert_eq!(
         dataplane.summary.len(),
-        12,
-        "6 paths (underlay, host-gw, vxlan, hand-built, udp, udp without offloads) x 1 and 2 streams"
+        18,
+        "9 paths (underlay, host-gw, vxlan, hand-built, udp with all, none and all but one of its three techniques) \
+         x 1 and 2 streams"
     );
     for s in &dataplane.summary {
         positive(&format!("{:?} -P {} throughput", s.path, s.streams), s.median_gbps);

@@ -14,6 +14,7 @@ pub mod offload;
 pub mod packet;
 #[cfg(feature = "runtime")]
 pub mod plane;
+pub mod switches;
 pub mod tun;
 
 use std::net::{IpAddr, SocketAddr};

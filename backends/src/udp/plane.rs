@@ -1,11 +1,12 @@
 //! The udp data plane: per TUN queue one sending worker (TUN → peers) and one receiving worker (peers → TUN),
 //! plain threads on blocking sockets, each following the forwarding table on its watch channel.
 //!
-//! With offloads on (the default) the TUN carries virtio-net headers with TSO/USO, so one read is up to 64 KiB of
-//! one flow; it is cut into wire packets by [`offload::segment`] and sent as one UDP GSO datagram train
-//! (`UDP_SEGMENT`), many trains per `sendmmsg`. The receiving socket has UDP GRO, so one `recvmmsg` slot holds a
-//! train from a peer; its packets are merged by [`offload::Coalescer`] into super-packets, one TUN write each.
-//! With offloads off, every packet is its own read, datagram and write: flannel's own data path.
+//! With every technique on (the default, [`Offloads::ALL`]) the TUN carries virtio-net headers with TSO/USO, so
+//! one read is up to 64 KiB of one flow; it is cut into wire packets by [`offload::segment`] and sent as one UDP
+//! GSO datagram train (`UDP_SEGMENT`), many trains per `sendmmsg`. The receiving socket has UDP GRO, so one
+//! `recvmmsg` slot holds a train from a peer; its packets are merged by [`offload::Coalescer`] into
+//! super-packets, one TUN write each. Each technique has its own switch ([`Offloads`]); with all off, every packet
+//! is its own read, datagram and write: flannel's own data path.
 
 use std::collections::HashSet;
 use std::io;
@@ -20,6 +21,7 @@ use tracing::{info, warn};
 use super::counters::Counters;
 use super::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use super::packet::{decrement_hop_limit, net_unreachable, DropReason, IpHeader};
+use super::switches::Offloads;
 use super::tun::{TunError, TunOffloads, TunQueue};
 use crate::forwarding::{ForwardingReceiver, ForwardingTable};
 use crate::Family;
@@ -43,8 +45,8 @@ pub struct PlaneConfig {
     pub bind: SocketAddr,
     /// The source of ICMP errors (see [`super::icmp_source`]).
     pub icmp_source: Option<IpAddr>,
-    /// Virtio-net headers with TSO/USO on the TUN, UDP GSO on send and GRO on receive.
-    pub offloads: bool,
+    /// Virtio-net headers with TSO/USO on the TUN, UDP GSO on send, UDP GRO on receive: each on or off.
+    pub offloads: Offloads,
     /// SO_SNDBUF/SO_RCVBUF of each socket (forced past rmem_max/wmem_max as root).
     pub socket_buffer: usize,
 }
@@ -67,7 +69,8 @@ pub enum PlaneError {
 /// A running data plane: what it got from the kernel. Its workers run until the process exits.
 #[derive(Debug)]
 pub struct DataPlane {
-    pub offloads: TunOffloads,
+    /// What the TUN granted (none when TUN offloads are off).
+    pub tun_offloads: TunOffloads,
     pub queues: usize,
 }
 
@@ -81,7 +84,7 @@ pub fn start(
     let mut queues = Vec::new();
     let mut offloads = TunOffloads { tso: false, uso: false };
     for _ in 0..config.queues.max(1) {
-        let (queue, got) = TunQueue::open(&config.device, config.offloads)?;
+        let (queue, got) = TunQueue::open(&config.device, config.offloads.tun)?;
         queue.set_nonblocking().map_err(|source| {
             PlaneError::Tun(TunError::Ioctl { device: config.device.clone(), what: "O_NONBLOCK", source })
         })?;
@@ -95,14 +98,22 @@ pub fn start(
             peers: Peers::new(forwarding.clone()),
             counters: counters.clone(),
             icmp_source: config.icmp_source,
-            gso: config.offloads,
+            gso: config.offloads.gso,
+            gro: config.offloads.gro,
         };
         let rx = tx.clone_parts();
         spawn(format!("weft-udp-tx{i}"), move || tx.send_loop())?;
         spawn(format!("weft-udp-rx{i}"), move || rx.receive_loop())?;
     }
-    info!(device = %config.device, queues = queues.len(), bind = %config.bind, offloads = ?offloads, "udp data plane running");
-    Ok(DataPlane { offloads, queues: queues.len() })
+    info!(
+        device = %config.device,
+        queues = queues.len(),
+        bind = %config.bind,
+        techniques = %config.offloads,
+        tun_offloads = ?offloads,
+        "udp data plane running"
+    );
+    Ok(DataPlane { tun_offloads: offloads, queues: queues.len() })
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), PlaneError> {
@@ -112,7 +123,7 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), PlaneErr
 fn open_socket(config: &PlaneConfig) -> Result<Socket, PlaneError> {
     let addr = config.bind;
     // One socket per queue on the same port; the kernel spreads peers across them by their address and port.
-    tunnel_socket(addr, config.socket_buffer, true, config.offloads).map_err(|(what, source)| PlaneError::Socket {
+    tunnel_socket(addr, config.socket_buffer, true, config.offloads.gro).map_err(|(what, source)| PlaneError::Socket {
         addr,
         what,
         source,
@@ -193,11 +204,15 @@ struct Worker {
     peers: Peers,
     counters: Arc<Counters>,
     icmp_source: Option<IpAddr>,
+    /// UDP GSO on send (switched off for good if the kernel refuses it).
     gso: bool,
+    /// UDP GRO on the socket: a received datagram may be a train.
+    gro: bool,
 }
 
 /// One datagram train to send: `out[start..start + len]`, cut every `segment_len` bytes.
 struct Train {
+    peer: SocketAddr,
     dst: SockAddr,
     start: usize,
     len: usize,
@@ -213,6 +228,7 @@ impl Worker {
             counters: self.counters.clone(),
             icmp_source: self.icmp_source,
             gso: self.gso,
+            gro: self.gro,
         }
     }
 
@@ -281,7 +297,13 @@ impl Worker {
                 return Err(e);
             }
         };
-        trains.push(Train { dst: dst.into(), start, len: segments.total_len, segment_len: segments.segment_len });
+        let (len, segment_len) = (segments.total_len, segments.segment_len);
+        // Consecutive reads for one peer form one train while it stays valid for UDP_SEGMENT (equal segments, only
+        // the last shorter): without TUN offloads this is what gives GSO several packets to carry.
+        match trains.last_mut() {
+            Some(last) if joins_train(last, dst, start, segment_len) => last.len += len,
+            _ => trains.push(Train { peer: dst, dst: dst.into(), start, len, segment_len }),
+        }
         Ok(())
     }
 
@@ -349,7 +371,7 @@ impl Worker {
 
     /// Peers → TUN.
     fn receive_loop(mut self) {
-        let mut slots = RecvSlots::new(if self.gso { 65535 } else { MAX_READ });
+        let mut slots = RecvSlots::new(if self.gro { 65535 } else { MAX_READ });
         let mut coalescer = Coalescer::default();
         let mut warned = false;
         loop {
@@ -416,6 +438,16 @@ impl Worker {
             Err(_) => Counters::add(&self.counters.tun_write_errors, 1),
         }
     }
+}
+
+/// Whether the wire packets just appended at `start` (`segment_len` each, the last possibly shorter) may extend
+/// `last`: same peer, directly behind it, same segment size, and `last` not ending in a shorter packet.
+fn joins_train(last: &Train, peer: SocketAddr, start: usize, segment_len: usize) -> bool {
+    last.peer == peer
+        && last.start + last.len == start
+        && last.segment_len == segment_len
+        && segment_len > 0
+        && last.len % segment_len == 0
 }
 
 /// Control-message space for one u16 (UDP_SEGMENT) or one int (UDP_GRO), 8-byte aligned.
@@ -539,5 +571,28 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sin6.sin6_port)))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(peer: &str, start: usize, len: usize, segment_len: usize) -> Train {
+        let peer: SocketAddr = peer.parse().unwrap();
+        Train { peer, dst: peer.into(), start, len, segment_len }
+    }
+
+    #[test]
+    fn consecutive_reads_for_one_peer_extend_a_train_only_while_it_stays_valid_for_udp_segment() {
+        let a: SocketAddr = "198.18.0.2:8285".parse().unwrap();
+        let b: SocketAddr = "198.18.0.3:8285".parse().unwrap();
+        let full = train("198.18.0.2:8285", 0, 2 * 1472, 1472);
+        assert!(joins_train(&full, a, 2 * 1472, 1472), "equal packets right behind it");
+        assert!(!joins_train(&full, b, 2 * 1472, 1472), "another peer");
+        assert!(!joins_train(&full, a, 2 * 1472, 52), "another segment size");
+        assert!(!joins_train(&full, a, 3 * 1472, 1472), "not directly behind it");
+        let short_end = train("198.18.0.2:8285", 0, 1472 + 600, 1472);
+        assert!(!joins_train(&short_end, a, 1472 + 600, 1472), "a train ends at its shorter packet");
     }
 }

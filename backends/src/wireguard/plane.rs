@@ -30,6 +30,7 @@ use crate::udp::counters::Counters;
 use crate::udp::offload::{self, Coalescer, VnetHdr, VNET_HDR_LEN};
 use crate::udp::packet::{DropReason, IpHeader};
 use crate::udp::plane::tunnel_socket;
+use crate::udp::switches::Offloads;
 use crate::udp::tun::{TunError, TunQueue};
 use crate::Family;
 
@@ -56,9 +57,10 @@ pub struct WgPlaneConfig {
     pub persistent_keepalive: u16,
     /// TUN queues, each with its own sending worker.
     pub queues: usize,
-    /// The udp backend's offloads: TSO super-packets from the TUN, cut by its segmenter, encrypted packet by
-    /// packet and sent as one UDP GSO train; UDP GRO on receive, decrypted packets merged by its coalescer.
-    pub offloads: bool,
+    /// The udp backend's techniques, each on or off: TSO super-packets from the TUN, cut by its segmenter and
+    /// encrypted packet by packet, decrypted packets merged by its coalescer (`tun`); one UDP GSO train per
+    /// super-packet (`gso`); UDP GRO on receive (`gro`).
+    pub offloads: Offloads,
     pub socket_buffer: usize,
 }
 
@@ -121,7 +123,7 @@ pub fn start(
 ) -> Result<(), WgPlaneError> {
     let mut queues = Vec::new();
     for _ in 0..config.queues.max(1) {
-        let (queue, _) = TunQueue::open(&config.device, config.offloads)?;
+        let (queue, _) = TunQueue::open(&config.device, config.offloads.tun)?;
         queue.set_nonblocking().map_err(|source| {
             WgPlaneError::Tun(TunError::Ioctl { device: config.device.clone(), what: "O_NONBLOCK", source })
         })?;
@@ -153,11 +155,8 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<(), WgPlaneE
 
 fn open_socket(config: &WgPlaneConfig) -> Result<Socket, WgPlaneError> {
     let addr = config.bind;
-    tunnel_socket(addr, config.socket_buffer, false, config.offloads).map_err(|(what, source)| WgPlaneError::Socket {
-        addr,
-        what,
-        source,
-    })
+    tunnel_socket(addr, config.socket_buffer, false, config.offloads.gro)
+        .map_err(|(what, source)| WgPlaneError::Socket { addr, what, source })
 }
 
 /// One `sendmsg` of `train` to `dst`, cut by the kernel every `segment` bytes (UDP_SEGMENT).
@@ -285,7 +284,7 @@ impl Shared {
         let mut read = vec![0u8; 65535 + VNET_HDR_LEN];
         let mut plain: Vec<u8> = Vec::with_capacity(70_000);
         let mut wire = vec![0u8; 2 * BUF];
-        let mut gso = self.config.offloads;
+        let mut gso = self.config.offloads.gso;
         loop {
             match tun.wait_readable(1000) {
                 Ok(true) => {}

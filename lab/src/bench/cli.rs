@@ -13,8 +13,8 @@ pub struct BenchArgs {
     /// Smoke version: 100 peers, one short iperf3 run per path, tiny incremental and churn runs
     #[arg(long)]
     pub quick: bool,
-    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,cni,wireguard,fleet
-    /// (default: all)
+    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,udp,cni,wireguard,fleet
+    /// (default: all; udp: the udp backend's per-technique breakdown alone, also part of dataplane)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Directory for <timestamp>.json and <timestamp>.svg

@@ -1,7 +1,8 @@
-//! Data-plane throughput: iperf3 TCP between two hosts of a weft lab (the underlay, and container to container
-//! through weft's VXLAN), between the containers of a second lab running the host-gw backend, and between the containers of a hand-built kernel VXLAN setup with the same topology,
-//! MTU and device options (the physical limit for this backend). Runs are interleaved and repeated; idle CPU is
-//! recorded before each run and runs on a busy machine are flagged.
+//! Data-plane throughput: iperf3 TCP between two hosts of a weft lab (the underlay), container to container in
+//! two-host labs of weft's VXLAN, host-gw and udp backends (the udp backend five times: its default, every
+//! technique off, and each technique off alone, to see what each contributes), and between the containers of a
+//! hand-built kernel VXLAN setup with the same topology, MTU and device options (the physical limit for VXLAN).
+//! Runs are interleaved and repeated; idle CPU is recorded before each run and runs on a busy machine are flagged.
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
@@ -35,12 +36,39 @@ pub enum Path {
     WeftUdp,
     /// The same with `--udp-offloads=false`: one packet per system call, flanneld's udp data path.
     WeftUdpPlain,
+    /// The udp backend with every technique but TUN offloads (`--udp-tun-offloads=false`).
+    WeftUdpNoTun,
+    /// ... but UDP GSO (`--udp-gso=false`).
+    WeftUdpNoGso,
+    /// ... but UDP GRO (`--udp-gro=false`).
+    WeftUdpNoGro,
 }
 
 impl Path {
     /// Every path, in the order of the table.
-    pub const ALL: [Path; 6] =
-        [Path::Underlay, Path::WeftHostGw, Path::WeftVxlan, Path::KernelVxlan, Path::WeftUdp, Path::WeftUdpPlain];
+    pub const ALL: [Path; 9] = [
+        Path::Underlay,
+        Path::WeftHostGw,
+        Path::WeftVxlan,
+        Path::KernelVxlan,
+        Path::WeftUdp,
+        Path::WeftUdpPlain,
+        Path::WeftUdpNoTun,
+        Path::WeftUdpNoGso,
+        Path::WeftUdpNoGro,
+    ];
+
+    /// The udp backend's breakdown (`weftctl bench --only udp`): each technique turned off alone, all on, all off,
+    /// against kernel VXLAN and the underlay.
+    pub const UDP_BREAKDOWN: [Path; 7] = [
+        Path::Underlay,
+        Path::KernelVxlan,
+        Path::WeftUdp,
+        Path::WeftUdpPlain,
+        Path::WeftUdpNoTun,
+        Path::WeftUdpNoGso,
+        Path::WeftUdpNoGro,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -50,6 +78,25 @@ impl Path {
             Path::KernelVxlan => "hand-built vxlan c-c",
             Path::WeftUdp => "weft udp c-c",
             Path::WeftUdpPlain => "weft udp no offloads",
+            Path::WeftUdpNoTun => "weft udp no TUN offloads",
+            Path::WeftUdpNoGso => "weft udp no GSO",
+            Path::WeftUdpNoGro => "weft udp no GRO",
+        }
+    }
+
+    /// The weftd lab a container-to-container path runs in: its name prefix, backend and extra weftd flags. None
+    /// for the underlay (any lab's hosts) and the hand-built VXLAN.
+    fn weft_lab(self) -> Option<(&'static str, &'static str, &'static [&'static str])> {
+        use weft_backends::{hostgw, udp};
+        match self {
+            Path::Underlay | Path::KernelVxlan => None,
+            Path::WeftVxlan => Some(("d", weft_backends::vxlan::BACKEND_TYPE, &[])),
+            Path::WeftHostGw => Some(("g", hostgw::BACKEND_TYPE, &[])),
+            Path::WeftUdp => Some(("u", udp::BACKEND_TYPE, &[])),
+            Path::WeftUdpPlain => Some(("p", udp::BACKEND_TYPE, &["--udp-offloads=false"])),
+            Path::WeftUdpNoTun => Some(("t", udp::BACKEND_TYPE, &["--udp-tun-offloads=false"])),
+            Path::WeftUdpNoGso => Some(("s", udp::BACKEND_TYPE, &["--udp-gso=false"])),
+            Path::WeftUdpNoGro => Some(("r", udp::BACKEND_TYPE, &["--udp-gro=false"])),
         }
     }
 }
@@ -95,6 +142,13 @@ pub struct DataplaneResults {
     pub udp_vs_kernel_p2: f64,
 }
 
+impl DataplaneResults {
+    /// The paths measured, in the order of the table.
+    pub fn paths(&self) -> Vec<Path> {
+        Path::ALL.into_iter().filter(|p| self.summary.iter().any(|s| s.path == *p)).collect()
+    }
+}
+
 /// Where one path's server and client run.
 pub(super) struct Endpoints {
     pub(super) server_ns: String,
@@ -102,52 +156,44 @@ pub(super) struct Endpoints {
     pub(super) client_ns: String,
 }
 
+/// Measures `paths` (a subset of [`Path::ALL`]; the underlay and hand-built VXLAN are the baselines of the
+/// ratios). Each weft path is its own two-host lab, all up at once so the runs can be interleaved.
 pub fn run(
     weftd: std::path::PathBuf,
     state_root: std::path::PathBuf,
     reps: usize,
     seconds: u64,
+    paths: &[Path],
 ) -> Result<DataplaneResults> {
-    let name = format!("d{}", std::process::id());
-    let spec = LabSpec { state_root, ..LabSpec::new(name, 2, weftd) };
-    let lab = LabGuard(Lab::up(spec).context("building the data-plane lab")?);
-    let weft_c2 =
-        lab.container_ip(2).ok_or_else(|| super::error::BenchError("lab container 2 has no address".into()))?;
-    crate::lab::wait_for(|| lab.ping(1, weft_c2), Duration::from_secs(10))
-        .then_some(())
-        .ok_or_else(|| super::error::BenchError("weft lab containers cannot reach each other".into()))?;
-    // The host-gw lab is a second lab of the same shape, so both data planes are measured in the same run.
-    let hostgw_spec = LabSpec {
-        backend: weft_backends::hostgw::BACKEND_TYPE.to_string(),
-        ..LabSpec::new(format!("g{}", std::process::id()), 2, lab.spec().weftd.clone())
-    };
-    let hostgw_spec = LabSpec { state_root: lab.spec().state_root.clone(), ..hostgw_spec };
-    let hostgw = LabGuard(Lab::up(hostgw_spec).context("building the host-gw data-plane lab")?);
-    let hostgw_c2 =
-        hostgw.container_ip(2).ok_or_else(|| super::error::BenchError("host-gw container 2 has no address".into()))?;
-    crate::lab::wait_for(|| hostgw.ping(1, hostgw_c2), Duration::from_secs(10))
-        .then_some(())
-        .ok_or_else(|| super::error::BenchError("host-gw lab containers cannot reach each other".into()))?;
-    // The udp backend twice, with and without offloads, as two more labs of the same shape.
-    let udp = second_lab(&lab, "u", weft_backends::udp::BACKEND_TYPE, &[])?;
-    let udp_plain = second_lab(&lab, "p", weft_backends::udp::BACKEND_TYPE, &["--udp-offloads=false"])?;
+    let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| paths.contains(p)).collect();
+    let mut labs: Vec<(Path, LabGuard)> = Vec::new();
+    for &path in &paths {
+        if let Some((prefix, backend, args)) = path.weft_lab() {
+            labs.push((path, weft_lab(&weftd, &state_root, prefix, backend, args)?));
+        }
+    }
+    // The underlay is host to host in any of the labs (all have the same topology).
+    if paths.contains(&Path::Underlay) && labs.is_empty() {
+        labs.push((Path::WeftVxlan, weft_lab(&weftd, &state_root, "d", weft_backends::vxlan::BACKEND_TYPE, &[])?));
+    }
     let mut scratch = ScratchNamespaces::new();
-    let kernel = build_kernel_vxlan(&mut scratch)?;
+    let mut measured = Vec::new();
+    for &path in &paths {
+        let ends = match path {
+            Path::Underlay => {
+                let lab = &labs[0].1;
+                Endpoints { server_ns: lab.host_ns(2), server_ip: lab.host_ip(2), client_ns: lab.host_ns(1) }
+            }
+            Path::KernelVxlan => build_kernel_vxlan(&mut scratch)?,
+            _ => {
+                let (_, lab) = labs.iter().find(|(p, _)| *p == path).expect("every weft path has its lab");
+                container_ends(lab)?
+            }
+        };
+        measured.push((path, ends));
+    }
+    let paths = measured;
 
-    let paths = [
-        (Path::Underlay, Endpoints { server_ns: lab.host_ns(2), server_ip: lab.host_ip(2), client_ns: lab.host_ns(1) }),
-        (
-            Path::WeftHostGw,
-            Endpoints { server_ns: hostgw.container_ns(2), server_ip: hostgw_c2, client_ns: hostgw.container_ns(1) },
-        ),
-        (
-            Path::WeftVxlan,
-            Endpoints { server_ns: lab.container_ns(2), server_ip: weft_c2, client_ns: lab.container_ns(1) },
-        ),
-        (Path::KernelVxlan, kernel),
-        (Path::WeftUdp, container_ends(&udp)?),
-        (Path::WeftUdpPlain, container_ends(&udp_plain)?),
-    ];
     let mut runs = Vec::new();
     let mut progress = weft::term::Progress::new("data plane", reps.max(1) * 2 * paths.len());
     for rep in 0..reps.max(1) {
@@ -158,7 +204,7 @@ pub fn run(
                 progress.advance("");
                 let busy = run.idle_before < BUSY_IDLE_PERCENT || run.client_cpu < STARVED_CLIENT_CPU;
                 progress.note(&format!(
-                    "  {:<22} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
+                    "  {:<24} -P {streams} rep {rep}: {:6.2} Gbit/s (idle before {:.0}%, client cpu {:.0}%){}",
                     path.label(),
                     run.gbps,
                     run.idle_before,
@@ -204,13 +250,19 @@ pub fn run(
     })
 }
 
-/// A two-host lab like `first` with another backend and extra weftd flags, its containers able to reach each other.
-fn second_lab(first: &Lab, prefix: &str, backend: &str, args: &[&str]) -> Result<LabGuard> {
+/// A two-host lab with `backend` and extra weftd flags, its containers able to reach each other.
+fn weft_lab(
+    weftd: &std::path::Path,
+    state_root: &std::path::Path,
+    prefix: &str,
+    backend: &str,
+    args: &[&str],
+) -> Result<LabGuard> {
     let spec = LabSpec {
         backend: backend.to_string(),
-        state_root: first.spec().state_root.clone(),
+        state_root: state_root.to_path_buf(),
         extra_weftd_args: args.iter().map(|a| a.to_string()).collect(),
-        ..LabSpec::new(format!("{prefix}{}", std::process::id()), 2, first.spec().weftd.clone())
+        ..LabSpec::new(format!("{prefix}{}", std::process::id()), 2, weftd)
     };
     let lab = LabGuard(Lab::up(spec).context(format!("building the {backend} {args:?} data-plane lab"))?);
     let c2 =
@@ -234,7 +286,7 @@ fn summarize(runs: &[Run]) -> Vec<Summary> {
     };
     let mut out = Vec::new();
     for streams in [1, 2] {
-        for path in Path::ALL {
+        for path in Path::ALL.into_iter().filter(|p| runs.iter().any(|r| r.path == *p)) {
             let of_path: Vec<&Run> = runs.iter().filter(|r| r.path == path && r.streams == streams).collect();
             let m = med(path, streams);
             let quiet: Vec<f64> = of_path.iter().filter(|r| !r.busy).map(|r| r.gbps).collect();
@@ -273,20 +325,29 @@ impl Drop for ServerGuard {
 
 pub(super) fn iperf(ends: &Endpoints, streams: usize, seconds: u64) -> Result<Measured> {
     let idle_before = procfs::idle_percent(Duration::from_secs(1)).unwrap_or(f64::NAN);
-    let server = Command::new("ip")
-        .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the iperf3 server")?;
-    let mut server = ServerGuard(server);
+    let start_server = || -> Result<ServerGuard> {
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ends.server_ns, "iperf3", "-s", "-1", "-p", PORT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the iperf3 server")?;
+        Ok(ServerGuard(server))
+    };
+    let mut server = start_server()?;
     // The server needs a moment to listen; the client retries its connection meanwhile.
     let target = ends.server_ip.to_string();
     let (secs, p) = (seconds.to_string(), streams.to_string());
     let started = Instant::now();
     let out = loop {
         std::thread::sleep(Duration::from_millis(200));
+        // A one-off server (`-1`) exits after a failed attempt too (a client that connected and then timed out on
+        // a loaded machine), and every retry would then be refused: start another.
+        if !matches!(server.0.try_wait(), Ok(None)) {
+            server = start_server()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let out = Command::new("ip")
             .args(["netns", "exec", &ends.client_ns, "iperf3", "-c", &target, "-p", PORT, "-t", &secs, "-P", &p, "-J"])
             .stdin(Stdio::null())

@@ -3,7 +3,8 @@
 //! - control plane ([`control`]): a one-host lab whose etcd holds N synthetic peers (10.0.0.0/8); cold-start
 //!   convergence of a real weftd against the kernel's own limit (`ip -batch`), incremental latency, churn and
 //!   footprint;
-//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN and a hand-built kernel VXLAN setup;
+//! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN, host-gw and udp backends (the udp backend
+//!   also with each of its techniques off alone) and a hand-built kernel VXLAN setup;
 //! - fleet ([`fleet`]): N lab hosts whose weftds start at once against one etcd: time to a full mesh, etcd's
 //!   CPU and the requests per host per minute it serves at steady state, distinct subnets, weftd memory.
 //!
@@ -41,7 +42,9 @@ pub use error::{BenchError, Result};
 use crate::lab::Lab;
 
 /// The benchmark groups, as named on the command line.
-pub const SECTIONS: [&str; 8] = ["cold", "incremental", "churn", "footprint", "dataplane", "cni", "wireguard", "fleet"];
+/// `udp` is the data plane's udp breakdown alone ([`dataplane::Path::UDP_BREAKDOWN`]); `dataplane` includes it.
+pub const SECTIONS: [&str; 9] =
+    ["cold", "incremental", "churn", "footprint", "dataplane", "udp", "cni", "wireguard", "fleet"];
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -177,7 +180,14 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("building a runtime")?;
 
     let control = runtime.block_on(run_control(options))?;
-    let dataplane = if options.wants("dataplane") {
+    let paths: &[dataplane::Path] = if options.wants("dataplane") {
+        &dataplane::Path::ALL
+    } else if options.wants("udp") {
+        &dataplane::Path::UDP_BREAKDOWN
+    } else {
+        &[]
+    };
+    let dataplane = if !paths.is_empty() {
         eprintln!("data plane:");
         let reps = if options.reps > 0 {
             options.reps
@@ -193,7 +203,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         } else {
             5
         };
-        Some(dataplane::run(options.weftd.clone(), options.state_root.clone(), reps, seconds)?)
+        Some(dataplane::run(options.weftd.clone(), options.state_root.clone(), reps, seconds, paths)?)
     } else {
         None
     };
@@ -439,7 +449,8 @@ fn targets(report: &Report) -> Vec<Target> {
             met: f.full_mesh && f.distinct_subnets,
         });
     }
-    if let Some(d) = &report.dataplane {
+    // A target whose paths were not measured (`--only udp` has no weft vxlan) is left out.
+    if let Some(d) = report.dataplane.as_ref().filter(|d| !d.weft_vs_kernel_p1.is_nan()) {
         out.push(Target {
             name: "weft vxlan >= 0.95x hand-built vxlan (-P 1)".into(),
             measured: format!(
@@ -448,6 +459,8 @@ fn targets(report: &Report) -> Vec<Target> {
             ),
             met: d.weft_vs_kernel_p1 >= 0.95,
         });
+    }
+    if let Some(d) = report.dataplane.as_ref().filter(|d| !d.udp_vs_kernel_p1.is_nan()) {
         out.push(Target {
             name: "weft udp >= 0.5x hand-built vxlan (-P 1)".into(),
             measured: format!("{:.3}x (-P 2: {:.3}x)", d.udp_vs_kernel_p1, d.udp_vs_kernel_p2),

@@ -104,7 +104,7 @@ pub fn table(report: &Report) -> String {
             "-P 2 (vs underlay / vs hand-built)".into(),
             "busy runs".into(),
         );
-        for path in super::dataplane::Path::ALL {
+        for path in d.paths() {
             let cell = |streams| {
                 d.summary.iter().find(|s| s.path == path && s.streams == streams).map_or(String::new(), |s| {
                     format!("{:.2} ({:.2} / {:.2})", s.median_gbps, s.vs_underlay, s.vs_kernel_vxlan)
@@ -114,7 +114,7 @@ pub fn table(report: &Report) -> String {
             let runs: usize = d.summary.iter().filter(|s| s.path == path).map(|s| s.runs).sum();
             row(&mut rows, path.label().into(), cell(1), cell(2), format!("{busy}/{runs}"));
         }
-        for path in super::dataplane::Path::ALL {
+        for path in d.paths() {
             let cell = |streams| {
                 d.summary.iter().find(|s| s.path == path && s.streams == streams).map_or(String::new(), |s| {
                     format!("{:.2} quiet runs only ({} of {})", s.quiet_median_gbps, s.runs - s.busy_runs, s.runs)
