@@ -18,7 +18,7 @@ use crate::request::{Answer, Outcome, Reply, Request};
 /// 32 KiB); a datagram that does not fit is an error, never silently cut.
 const RECV_BUFFER: usize = 64 * 1024;
 
-/// How many bytes of requests [`Socket::apply_changes`] puts in one datagram: about a thousand neighbours, FDB
+/// How many bytes of requests [`Socket::apply_changes`] puts in one datagram: about 1,300 neighbours, FDB
 /// entries or routes, well within the kernel's default send buffer (212,992 bytes).
 pub const CHANGE_DATAGRAM_BYTES: usize = 64 * 1024;
 
