@@ -167,7 +167,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
 
     // Program the current peers before announcing readiness, so the first container has a working network.
     let listing = list_with_retry(&store, &mut shutdown).await;
-    let Some(listing) = listing else { return Ok(()) };
+    let Some(mut listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let udp_plane = crate::udp_plane::plane_config(&backend, &own, &args);
     let wg_planes = crate::wg_plane::plane_configs(&backend, &args);
@@ -203,8 +203,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     }
     crate::wg_plane::start(&wg_planes, &controller.forwarding(), &metrics)?;
     crate::wg_plane::start_kernel(wg_kernel_devices, &controller.forwarding())?;
-    // One copy of the set serves the startup pass and then the watch channel.
-    let initial_set = Arc::new(LeaseSet::from_listing(&listing));
+    // One copy of the set serves the startup pass and then the watch channel: the leases move out of the listing.
+    let peers = listing.leases.len().saturating_sub(1);
+    let initial_set = Arc::new(LeaseSet::take_from_listing(&mut listing));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
         Ok(report) if report.is_clean() => report.applied.len(),
         Ok(report) => {
@@ -224,7 +225,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     if let Err(e) = crate::sd_notify::notify("READY=1") {
         warn!(error = %e, "cannot notify systemd of readiness");
     }
-    info!(subnet = %own.key, file = %args.subnet_file.display(), peers = listing.leases.len().saturating_sub(1), "weftd ready");
+    info!(subnet = %own.key, file = %args.subnet_file.display(), peers, "weftd ready");
     if let (AnyStore::Kube(kube), true) = (&store, args.kube.set_node_network_unavailable) {
         tasks.spawn(clear_network_unavailable(kube.clone(), shutdown.clone()));
     }

@@ -43,6 +43,20 @@ impl LeaseSet {
         set
     }
 
+    /// [`LeaseSet::from_listing`] that moves the leases out of `listing` instead of copying them (10,000 leases
+    /// are megabytes); the listing keeps its revision and problems.
+    pub fn take_from_listing(listing: &mut Listing) -> LeaseSet {
+        let mut set = LeaseSet {
+            leases: std::mem::take(&mut listing.leases).into_iter().map(|l| (l.key, l)).collect(),
+            revision: listing.revision,
+            ..LeaseSet::default()
+        };
+        for problem in &listing.problems {
+            set.note(problem);
+        }
+        set
+    }
+
     fn note(&mut self, problem: &LeaseProblem) {
         match problem {
             LeaseProblem::BadKey { name, reason, .. } => {
@@ -84,7 +98,8 @@ impl LeaseSet {
     }
 }
 
-/// Runs until `shutdown` turns true. `initial` is a listing taken just before (so startup lists once).
+/// Runs until `shutdown` turns true. `initial` is a listing taken just before (so startup lists once); its leases
+/// may have been taken out already ([`LeaseSet::take_from_listing`]) when the channel holds them.
 pub async fn run<S: LeaseStore>(
     store: S,
     initial: Listing,
@@ -126,7 +141,7 @@ pub async fn run<S: LeaseStore>(
                 }
                 tx.send_modify(|set| Arc::make_mut(set).apply(&changes, revision));
             }
-            Ok(WatchEvent::Resync { listing, cause }) => {
+            Ok(WatchEvent::Resync { mut listing, cause }) => {
                 metrics.etcd_connected.store(true, Ordering::Relaxed);
                 match (cause, lost_since.take()) {
                     (_, Some(since)) => info!(outage = ?since.elapsed(), "etcd connection regained; leases resynced"),
@@ -136,7 +151,7 @@ pub async fn run<S: LeaseStore>(
                     (ResyncCause::Reconnected, None) => debug!("the watch was re-established; leases relisted"),
                 }
                 report_problems(&listing.problems);
-                let fresh = LeaseSet::from_listing(&listing);
+                let fresh = LeaseSet::take_from_listing(&mut listing);
                 log_resync(&tx.borrow(), &fresh);
                 tx.send_replace(Arc::new(fresh));
             }
@@ -193,6 +208,23 @@ mod tests {
         format!(
             r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}}}"#
         )
+    }
+
+    #[tokio::test]
+    async fn taking_the_leases_out_of_a_listing_gives_the_same_set() {
+        let store = MemoryStore::new();
+        for (key, ip) in [("10.244.1.0-24", "198.18.0.1"), ("10.244.2.0-24", "198.18.0.2")] {
+            store.put(key, &value(ip));
+        }
+        store.put("10.244.3.0-24", "not json");
+        store.put("not-a-key", &value("198.18.0.4"));
+        let mut listing = store.list_leases().await.unwrap();
+        let copied = LeaseSet::from_listing(&listing);
+        let taken = LeaseSet::take_from_listing(&mut listing);
+        assert_eq!(taken, copied);
+        assert_eq!((taken.leases.len(), taken.bad_values.len(), taken.bad_keys.len()), (3, 1, 1));
+        assert!(listing.leases.is_empty());
+        assert_eq!((listing.revision, listing.problems.len()), (copied.revision, 2), "the rest stays");
     }
 
     /// What the store holds now, as a set of leases.

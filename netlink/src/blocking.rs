@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage};
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NLM_F_ACK};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::SocketAddr;
 
@@ -18,6 +18,24 @@ use crate::request::{Answer, Outcome, Reply, Request};
 /// 32 KiB); a datagram that does not fit is an error, never silently cut.
 const RECV_BUFFER: usize = 64 * 1024;
 
+/// How many bytes of requests [`Socket::apply_changes`] puts in one datagram: about 1,300 neighbours, FDB
+/// entries or routes, well within the kernel's default send buffer (212,992 bytes).
+pub const CHANGE_DATAGRAM_BYTES: usize = 64 * 1024;
+
+/// The receive buffer [`Socket::apply_changes`] asks for: each refusal costs about a kilobyte of it.
+const CHANGE_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Requests per datagram when a datagram's verdicts were lost and it is sent again, each acknowledged: their
+/// acknowledgements fit in the default receive buffer.
+const RESEND_WINDOW: usize = 64;
+
+/// Sets NLM_F_ACK on the netlink message at the start of `message`.
+fn set_acknowledge(message: &mut [u8]) {
+    const FLAGS: std::ops::Range<usize> = 6..8;
+    let flags = u16::from_ne_bytes([message[FLAGS.start], message[FLAGS.start + 1]]) | NLM_F_ACK;
+    message[FLAGS].copy_from_slice(&flags.to_ne_bytes());
+}
+
 fn socket_error(e: io::Error) -> Error {
     Error::Io { operation: Operation::socket(Action::Exchange), source: e }
 }
@@ -27,6 +45,8 @@ pub struct Socket {
     socket: netlink_sys::Socket,
     sequence: u32,
     buffer: Vec<u8>,
+    /// Whether the kernel's receive buffer was sized already (by [`Socket::apply_changes`] or the owner).
+    receive_buffer_sized: bool,
 }
 
 impl Socket {
@@ -50,7 +70,14 @@ impl Socket {
     pub fn from_socket(socket: netlink_sys::Socket) -> Result<Socket, Error> {
         // Connected to the kernel, so that plain send() reaches it and only the kernel's answers come back.
         socket.connect(&SocketAddr::new(0, 0)).map_err(open_error)?;
-        Ok(Socket { socket, sequence: 0, buffer: Vec::with_capacity(RECV_BUFFER) })
+        Ok(Socket { socket, sequence: 0, buffer: Vec::with_capacity(RECV_BUFFER), receive_buffer_sized: false })
+    }
+
+    /// Sizes the kernel's receive buffer for this socket (see [`netns::set_receive_buffer`]), instead of the
+    /// size [`Socket::apply_changes`] would ask for.
+    pub fn set_receive_buffer(&mut self, bytes: usize) {
+        netns::set_receive_buffer(&self.socket, bytes);
+        self.receive_buffer_sized = true;
     }
 
     /// Sends one request and waits for its answer.
@@ -68,6 +95,124 @@ impl Socket {
             answers.extend(self.send_datagram(datagram)?);
         }
         Ok(answers)
+    }
+
+    /// Sends many change requests (adds, replaces, deletes) with few system calls and returns their answers in
+    /// order: up to [`CHANGE_DATAGRAM_BYTES`] of requests go out in one datagram, and only the last of each asks
+    /// for an acknowledgement, so the kernel answers the others only when it refuses them (each refusal carries
+    /// its request's sequence number, so every request still gets its own verdict). The kernel handles a
+    /// datagram's messages in order before `send` returns, so the last acknowledgement means all are settled.
+    ///
+    /// If refusals overflow the receive buffer (ENOBUFS: some verdicts were lost), the datagram's requests are
+    /// sent again one acknowledged request each, in small datagrams. So the requests must be safe to repeat:
+    /// replaces, deletes whose "not found" the caller accepts, creates whose "exists" it accepts.
+    pub fn apply_changes(&mut self, requests: &[Request]) -> Result<Vec<Outcome>, Error> {
+        if requests.iter().any(Request::is_dump) {
+            // A dump's answer needs every message read; batch() sends each with its own datagram's worth.
+            return self.batch(requests.to_vec());
+        }
+        if !self.receive_buffer_sized {
+            // Room for a datagram's worth of refusals (a kilobyte or so each) before any is lost.
+            self.set_receive_buffer(CHANGE_RECEIVE_BUFFER);
+        }
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut rest = requests;
+        let mut datagram = Vec::with_capacity(CHANGE_DATAGRAM_BYTES + 1024);
+        while !rest.is_empty() {
+            datagram.clear();
+            let first = self.sequence.wrapping_add(1);
+            let mut count = 0;
+            let mut last_at = 0;
+            for request in rest {
+                if count > 0 && datagram.len() >= CHANGE_DATAGRAM_BYTES {
+                    break;
+                }
+                self.sequence = self.sequence.wrapping_add(1);
+                last_at = datagram.len();
+                request.append_to(self.sequence, false, &mut datagram);
+                count += 1;
+            }
+            set_acknowledge(&mut datagram[last_at..]);
+            let (sent, later) = rest.split_at(count);
+            rest = later;
+            self.socket.send(&datagram, 0).map_err(socket_error)?;
+            match self.collect_refusals(first, sent) {
+                Ok(answers) => outcomes.extend(answers),
+                Err(e) if e.errno() == Some(libc::ENOBUFS) => {
+                    self.drain()?;
+                    outcomes.extend(self.resend_acknowledged(sent)?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The answers to `sent` (numbered from `first`, only the last acknowledged): every request the kernel did not
+    /// refuse succeeded once the last one is answered.
+    fn collect_refusals(&mut self, first: u32, sent: &[Request]) -> Result<Vec<Outcome>, Error> {
+        let count = sent.len();
+        let mut answers: Vec<Answer> = (0..count).map(|_| Answer::default()).collect();
+        let mut last_done = false;
+        while !last_done {
+            self.receive()?;
+            for (sequence, reply) in split(&self.buffer)? {
+                let index = sequence.wrapping_sub(first) as usize;
+                if index < count {
+                    let done = answers[index].absorb(reply);
+                    last_done |= done && index == count - 1;
+                }
+            }
+        }
+        Ok(answers.into_iter().zip(sent).map(|(answer, request)| answer.finish(request.operation())).collect())
+    }
+
+    /// Sends `requests` again, each acknowledged, [`RESEND_WINDOW`] to a datagram, halving the window whenever the
+    /// acknowledgements overflow the receive buffer too (one always fits).
+    fn resend_acknowledged(&mut self, requests: &[Request]) -> Result<Vec<Outcome>, Error> {
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut window = RESEND_WINDOW;
+        let mut rest = requests;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(window.min(rest.len()));
+            match self.send_datagram(now.to_vec()) {
+                Ok(answers) => {
+                    outcomes.extend(answers);
+                    rest = later;
+                }
+                Err(e) if e.errno() == Some(libc::ENOBUFS) && window > 1 => {
+                    self.drain()?;
+                    window /= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Reads and drops whatever answers are queued, without waiting.
+    fn drain(&mut self) -> Result<(), Error> {
+        loop {
+            // SAFETY: as in receive: recv writes at most `capacity` bytes into the vector's allocation, and the
+            // vector's length is left alone.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    self.buffer.as_mut_ptr().cast(),
+                    self.buffer.capacity(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(()),
+                    // A further overrun notice: keep draining.
+                    Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
+                    _ => return Err(socket_error(e)),
+                }
+            }
+        }
     }
 
     fn send_datagram(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>, Error> {

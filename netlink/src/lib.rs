@@ -6,11 +6,14 @@
 //!   `is_no_device`.
 //! - One way into a network namespace ([`netns`]): a short-lived thread enters it and opens the socket there.
 //! - Two transports over the same requests: [`blocking::Socket`] (batched, no runtime; the CNI plugin) and,
-//!   with the `tokio` feature, `pipelined::Connection` (many requests in flight; the daemon).
+//!   with the `tokio` feature, `pipelined::Connection` (many requests in flight; the daemon) and
+//!   `bulk::BulkSocket` (many change requests per datagram, only refusals answered; the daemon's passes).
 //! - Typed kernel events ([`Event`]) decoded from notifications with the same codecs.
 
 pub mod address;
 pub mod blocking;
+#[cfg(feature = "tokio")]
+pub mod bulk;
 pub mod error;
 pub mod event;
 pub mod fdb;

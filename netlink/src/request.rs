@@ -2,12 +2,15 @@
 //! only number, send and collect them.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Action, Error, Object, Operation};
+
+/// The length of a netlink message header (struct nlmsghdr).
+const NETLINK_HEADER_LEN: usize = 16;
 
 /// One rtnetlink request: the message, its NLM_F_* flags and what it does (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +65,25 @@ impl Request {
 
     /// The request's bytes as they go on the wire (aligned to 4 bytes, so requests can be concatenated).
     pub fn to_bytes(&self, sequence: u32) -> Vec<u8> {
-        let (mut message, _) = self.clone().into_netlink(sequence);
-        message.finalize();
-        let mut bytes = vec![0; message.buffer_len()];
-        message.serialize(&mut bytes);
-        bytes.resize((bytes.len() + 3) & !3, 0);
+        let mut bytes = Vec::new();
+        self.append_to(sequence, !self.is_dump(), &mut bytes);
         bytes
+    }
+
+    /// Appends the request's bytes to `out`, aligned to 4 bytes, without copying the message first. Without
+    /// `acknowledge` the kernel answers a change only when it refuses it (netlink sends an acknowledgement only on
+    /// NLM_F_ACK or an error); a dump or a get is answered either way.
+    pub(crate) fn append_to(&self, sequence: u32, acknowledge: bool, out: &mut Vec<u8>) {
+        let start = out.len();
+        let length = NETLINK_HEADER_LEN + NetlinkSerializable::buffer_len(&self.message);
+        out.resize(start + ((length + 3) & !3), 0);
+        let mut header = NetlinkHeader::default();
+        header.length = length as u32;
+        header.message_type = self.message.message_type();
+        header.flags = NLM_F_REQUEST | self.flags | if acknowledge { NLM_F_ACK } else { 0 };
+        header.sequence_number = sequence;
+        header.emit(&mut out[start..start + NETLINK_HEADER_LEN]);
+        self.message.serialize(&mut out[start + NETLINK_HEADER_LEN..start + length]);
     }
 }
 

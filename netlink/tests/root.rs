@@ -242,3 +242,42 @@ fn pipelined_requests_and_typed_events() {
         }
     });
 }
+
+/// Thousands of changes go out a datagram at a time with only refusals answered, and every request still gets its
+/// own verdict: the refused ones by their sequence number, in request order, across datagram boundaries.
+#[test]
+fn bulk_changes_keep_a_verdict_per_request() {
+    let ns = Netns::create("bulk");
+    ns.veth("d0");
+    let mut nl = ns.socket();
+    let d0 = ns.index(&mut nl, "d0");
+    let mac = |i: u32| [0x0e, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let neighbour_ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0af4_0000 + i));
+    let count = 3000u32;
+    // Every 700th request names a device that does not exist.
+    let refused = |i: u32| i % 700 == 699;
+    let requests: Vec<_> =
+        (0..count).map(|i| neighbour::replace(if refused(i) { 9999 } else { d0 }, neighbour_ip(i), mac(i))).collect();
+    let answers = nl.apply_changes(&requests).unwrap();
+    assert_eq!(answers.len(), requests.len());
+    for (i, answer) in (0..count).zip(&answers) {
+        match answer {
+            Err(e) => assert!(refused(i) && e.is_no_device(), "request {i}: {e}"),
+            Ok(objects) => assert!(!refused(i) && objects.is_empty(), "request {i} was accepted"),
+        }
+    }
+    let dumped: Vec<Neighbour> = decode_on(&nl.request(neighbour::dump(false, Some(d0))).unwrap(), Some(d0));
+    assert_eq!(dumped.iter().filter(|n| n.permanent).count(), (0..count).filter(|i| !refused(*i)).count());
+
+    let deletes: Vec<_> = (0..count).map(|i| neighbour::delete(d0, neighbour_ip(i))).collect();
+    let answers = nl.apply_changes(&deletes).unwrap();
+    assert!((0..count).zip(&answers).all(|(i, a)| a.is_ok() != refused(i)), "only the never-added ones are missing");
+
+    // Deleting them all again: every request is refused, far more refusals than the small receive buffer holds.
+    // Verdicts are lost (ENOBUFS), the requests are sent again, each acknowledged, and every verdict is right.
+    let mut small = ns.socket();
+    small.set_receive_buffer(4096);
+    let answers = small.apply_changes(&deletes).unwrap();
+    assert_eq!(answers.len(), deletes.len());
+    assert!(answers.iter().all(|a| a.as_ref().is_err_and(weft_netlink::Error::is_not_found)), "{answers:?}");
+}

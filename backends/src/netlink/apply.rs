@@ -1,5 +1,5 @@
 //! Applying ops: the one place that turns a model op into a request (`request_for`, `*_to_netlink`), which
-//! answers count as done, and the pipelined `apply_all`.
+//! answers count as done, and the batched `apply_all`.
 
 use weft_netlink::link::{LinkChange, LinkRef, NewVxlan};
 use weft_netlink::{address, fdb, link, neighbour, route, Error, Outcome, Request};
@@ -9,9 +9,10 @@ use crate::diff::Op;
 use crate::kernel::{precheck, KernelError};
 use crate::model::{Link, LinkKind, MacAddr, Route, RouteKind};
 
-/// Requests kept in flight by `apply_all`: enough to hide the round trip, few enough that the acknowledgements
-/// always fit in the socket's receive buffer.
-const PIPELINE_DEPTH: usize = 128;
+/// Ops resolved, sent and settled at a time by `apply_all`: a few datagrams' worth (see
+/// [`weft_netlink::blocking::CHANGE_DATAGRAM_BYTES`]), so that the requests of a pass over 10,000 peers never
+/// exist all at once.
+const APPLY_CHUNK: usize = 4096;
 
 pub(super) async fn apply(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError> {
     let result = apply_op(kernel, op).await;
@@ -24,10 +25,28 @@ pub(super) async fn apply(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), Ker
     result
 }
 
-/// Resolves every op's device first (from the cache), then keeps up to [`PIPELINE_DEPTH`] requests in flight on
-/// the one socket instead of waiting for each acknowledgement: the kernel still handles them one by one, in
-/// order, but the round trip through the connection task is paid once per window, not once per op.
+/// Resolves every op's device (from the cache) and hands the requests to the bulk socket in chunks of
+/// [`APPLY_CHUNK`]: many requests per datagram, only refusals answered (see
+/// [`weft_netlink::blocking::Socket::apply_changes`]), so a pass costs a few system calls per thousand ops instead
+/// of a round trip each. The kernel still handles them one by one, in order, and every op gets its own verdict.
 pub(super) async fn apply_all(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), KernelError>> {
+    let mut out = Vec::with_capacity(ops.len());
+    for chunk in ops.chunks(APPLY_CHUNK) {
+        let results = apply_chunk(kernel, chunk).await;
+        for (op, result) in chunk.iter().zip(results) {
+            // As in apply: a cached index may belong to a deleted (perhaps re-created) device.
+            out.push(if is_stale_index(&result) {
+                kernel.indexes.clear();
+                apply_op(kernel, op).await
+            } else {
+                result
+            });
+        }
+    }
+    out
+}
+
+async fn apply_chunk(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), KernelError>> {
     let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(ops.len());
     let mut positions = Vec::new();
     let mut requests = Vec::new();
@@ -53,22 +72,15 @@ pub(super) async fn apply_all(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Res
             Err(e) => results.push(Some(Err(e))),
         }
     }
-    let answers = kernel.connection.pipeline(requests, PIPELINE_DEPTH).await;
-    for (position, answer) in positions.into_iter().zip(answers) {
-        results[position] = Some(settle(&ops[position], answer));
+    if !requests.is_empty() {
+        for (position, answer) in positions.into_iter().zip(kernel.bulk.apply(requests).await) {
+            results[position] = Some(settle(&ops[position], answer));
+        }
     }
-    let mut out = Vec::with_capacity(ops.len());
-    for (op, result) in ops.iter().zip(results) {
-        let result = result.unwrap_or_else(|| Err(KernelError::Netlink(format!("{op}: no answer"))));
-        // As in apply: a cached index may belong to a deleted (perhaps re-created) device.
-        out.push(if is_stale_index(&result) {
-            kernel.indexes.clear();
-            apply_op(kernel, op).await
-        } else {
-            result
-        });
-    }
-    out
+    ops.iter()
+        .zip(results)
+        .map(|(op, result)| result.unwrap_or_else(|| Err(KernelError::Netlink(format!("{op}: no answer")))))
+        .collect()
 }
 
 fn is_link_op(op: &Op) -> bool {
@@ -210,7 +222,7 @@ pub(super) fn request_for(op: &Op, index: u32) -> Result<Request, KernelError> {
         Op::ReplaceRoute(r) => route::replace(&route_to_netlink(r, index)),
         Op::DeleteRoute(r) => route::delete(&route_to_netlink(r, index)),
         Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => {
-            return Err(KernelError::Netlink(format!("{op}: link operations are not pipelined")))
+            return Err(KernelError::Netlink(format!("{op}: link operations are not batched")))
         }
     })
 }

@@ -4,7 +4,7 @@
 //!   family, filtered by the kernel where it can, never one request per object, so 10,000 peers cost the same
 //!   number of round trips as one), and turns messages into model values;
 //! - [`apply`]: `apply` turns one [`Op`] into one request (UpdateLink also reads the current MAC), `apply_all`
-//!   keeps many requests in flight on one socket;
+//!   sends a pass's many requests a datagram at a time on a second socket, with only refusals answered;
 //! - [`watch`]: listens to the kernel's change notifications so the reconcile loop can wake up when someone
 //!   removes our objects.
 //!
@@ -21,6 +21,7 @@ use std::io;
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
+use weft_netlink::bulk::BulkSocket;
 use weft_netlink::pipelined::Connection;
 use weft_netlink::route::{RouteFilter, RouteKind};
 use weft_netlink::{address, decode_all, link, route, Message, Request};
@@ -51,6 +52,8 @@ pub struct Interface {
 /// rtnetlink access to one network namespace.
 pub struct NetlinkKernel {
     connection: Connection,
+    /// A second socket for the passes' many neighbour, FDB, route and address changes (see `apply_all`).
+    bulk: BulkSocket,
     /// Device name to ifindex. Ops name devices, the kernel wants indexes; without the cache every neighbour, FDB
     /// entry and route would cost an extra lookup. Refreshed by every link dump, dropped on create/delete/ENODEV.
     indexes: HashMap<String, u32>,
@@ -60,17 +63,19 @@ impl NetlinkKernel {
     /// A handle on the current network namespace. Must be called inside a tokio runtime, which runs the
     /// connection task.
     pub fn connect() -> io::Result<NetlinkKernel> {
-        Ok(NetlinkKernel::new(Connection::open().map_err(weft_netlink::Error::into_io)?))
+        let connection = Connection::open().map_err(weft_netlink::Error::into_io)?;
+        Ok(NetlinkKernel::new(connection, BulkSocket::open().map_err(weft_netlink::Error::into_io)?))
     }
 
     /// A handle on the network namespace at `netns_path` (e.g. /run/netns/foo), whatever namespace the caller is
     /// in. Must be called inside a tokio runtime.
     pub fn connect_in_netns(netns_path: &Path) -> io::Result<NetlinkKernel> {
-        Ok(NetlinkKernel::new(Connection::open_at(netns_path).map_err(weft_netlink::Error::into_io)?))
+        let connection = Connection::open_at(netns_path).map_err(weft_netlink::Error::into_io)?;
+        Ok(NetlinkKernel::new(connection, BulkSocket::open_at(netns_path).map_err(weft_netlink::Error::into_io)?))
     }
 
-    fn new(connection: Connection) -> NetlinkKernel {
-        NetlinkKernel { connection, indexes: HashMap::new() }
+    fn new(connection: Connection, bulk: BulkSocket) -> NetlinkKernel {
+        NetlinkKernel { connection, bulk, indexes: HashMap::new() }
     }
 
     /// Every interface with its addresses, ordered by ifindex.
