@@ -325,7 +325,7 @@ fn waits_for_a_missing_config_then_honours_a_reservation() {
     lab.start_weftd(1).unwrap();
     eventually(Duration::from_secs(10), Duration::from_millis(100), || {
         let log = std::fs::read_to_string(lab.weftd_log(1)).unwrap();
-        if log.contains("no network config at /coreos.com/network/config; write one") {
+        if log.contains("no network config (etcd key /coreos.com/network/config); write one") {
             Ok(())
         } else {
             Err(log)
