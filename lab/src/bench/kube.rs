@@ -38,7 +38,8 @@ pub struct ModeResult {
     /// weftd's VmHWM after each cold start.
     pub peak_rss_mib: Vec<f64>,
     pub peak_rss_median_mib: f64,
-    /// Writing the N peers into the store before the first run (etcd txn batches, or the API server's load).
+    /// Putting the N peers into the store before the first run: etcd's txn batches, or in Kubernetes mode the
+    /// test API server's start (with the lab around it) until it lists all N Nodes it loads from a file.
     pub load_ms: f64,
     /// Notifications were lost in some repetition, which was then timed by polling dumps instead.
     pub polled: bool,
@@ -91,9 +92,9 @@ impl KubeLab {
         let name = format!("k{}", std::process::id());
         std::fs::create_dir_all(state_root).context(format!("creating {}", state_root.display()))?;
         let nodes_file = state_root.join(format!("{name}-nodes.json"));
-        let started = Instant::now();
         std::fs::write(&nodes_file, synthetic::flannel_node_list(n).to_string())
             .context(format!("writing {}", nodes_file.display()))?;
+        let started = Instant::now();
         let spec = LabSpec {
             network: synthetic::NETWORK.to_string(),
             start_weftd: false,

@@ -231,7 +231,7 @@ pub fn table(report: &Report) -> String {
         row(
             &mut rows,
             "loading the peers ms".into(),
-            format!("{:.0} (API server)", k.kube.load_ms),
+            format!("{:.0} (API server start + load)", k.kube.load_ms),
             format!("{:.0} (etcd txns)", k.etcd.load_ms),
             String::new(),
         );
