@@ -1,6 +1,7 @@
 //! The benchmark suite works: a tiny run of every lab benchmark (100 peers, one 2 s iperf3 run per path, a fleet
-//! of 10 hosts) produces complete, sane results, a JSON file, a plot and a table. It checks that numbers exist, never how fast they
-//! are: speed is for `scripts/bench` on a quiet machine.
+//! of 10 hosts, 100 Nodes against 100 leases) produces complete, sane results, a JSON file, a plot and a table. It
+//! checks that numbers exist, never how fast they are: speed is for `scripts/bench` on a quiet machine. The
+//! Kubernetes comparison needs the test API server next to weftd (`cargo build -p weft-kube-testserver`).
 
 mod common;
 
@@ -15,7 +16,7 @@ fn quick_benchmark_produces_complete_results() {
     let options = BenchOptions {
         quick: true,
         // The CNI comparison has its own tests; this one covers the suite's own benchmarks.
-        only: ["cold", "incremental", "churn", "footprint", "dataplane", "fleet"].map(String::from).into(),
+        only: ["cold", "incremental", "churn", "footprint", "dataplane", "fleet", "kube"].map(String::from).into(),
         out: out.clone(),
         state_root: std::env::temp_dir().join("weft-bench-smoke-labs"),
         ..BenchOptions::new(PathBuf::from(common::WEFTD))
@@ -56,6 +57,18 @@ fn quick_benchmark_produces_complete_results() {
     assert!(fleet.etcd_requests_per_host_per_min.is_finite() && fleet.etcd_requests_per_host_per_min >= 0.0);
     positive("weftd RSS in the fleet", fleet.weftd_rss_max_mib);
 
+    let kube = report.kube.as_ref().expect("Kubernetes-mode results");
+    assert_eq!((kube.peers, kube.reps), (100, 1));
+    for (mode, m) in [("Kubernetes mode", &kube.kube), ("etcd mode", &kube.etcd)] {
+        assert!(m.verified, "{mode}: a final dump must find exactly 100 routes, neighbours and FDB entries");
+        assert_eq!((m.cold_ms.len(), m.peak_rss_mib.len()), (1, 1), "{mode}: one run, one reading");
+        positive(&format!("{mode} cold-start time"), m.cold_median_ms);
+        positive(&format!("{mode} weftd peak RSS"), m.peak_rss_median_mib);
+        positive(&format!("{mode} loading the peers"), m.load_ms);
+    }
+    positive("kube/etcd cold-start ratio", kube.cold_ratio);
+    positive("kube/etcd peak RSS ratio", kube.peak_rss_ratio);
+
     let dataplane = report.dataplane.as_ref().expect("data-plane results");
     assert_eq!(
         dataplane.summary.len(),
@@ -72,7 +85,17 @@ fn quick_benchmark_produces_complete_results() {
     let svg = std::fs::read_to_string(written.svg.expect("a plot")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     let table = bench::table(&report);
-    for heading in ["cold-start convergence", "incremental", "churn", "footprint", "data plane", "fleet", "targets"] {
+    let headings = [
+        "cold-start convergence",
+        "incremental",
+        "churn",
+        "footprint",
+        "data plane",
+        "fleet",
+        "Kubernetes mode",
+        "targets",
+    ];
+    for heading in headings {
         assert!(table.contains(heading), "table lacks {heading:?}:\n{table}");
     }
     for line in table.lines() {

@@ -13,8 +13,9 @@ pub struct BenchArgs {
     /// Smoke version: 100 peers, one short iperf3 run per path, tiny incremental and churn runs
     #[arg(long)]
     pub quick: bool,
-    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,udp,cni,wireguard,fleet
-    /// (default: all; udp: the udp backend's per-technique breakdown alone, also part of dataplane)
+    /// Comma-separated benchmarks to run: cold,incremental,churn,footprint,dataplane,udp,cni,wireguard,fleet,kube
+    /// (default: all; udp: the udp backend's per-technique breakdown alone, also part of dataplane; kube: cold
+    /// start with flannel Nodes on the test API server next to etcd leases)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Directory for <timestamp>.json and <timestamp>.svg
@@ -39,7 +40,10 @@ pub struct BenchArgs {
     /// Fleet sizes: hosts, each running weftd, started at once (default 100; --quick: 10)
     #[arg(long, value_delimiter = ',')]
     pub fleet_hosts: Vec<usize>,
-    /// The weftd binary (default: next to weftctl)
+    /// Peers of the Kubernetes-mode comparison: Nodes there, leases in etcd mode (default 5000; --quick: 100)
+    #[arg(long, default_value_t = 0)]
+    pub kube_nodes: usize,
+    /// The weftd binary (default: next to weftctl; the kube benchmark's weft-kube-testserver is next to it)
     #[arg(long)]
     pub weftd: Option<PathBuf>,
     /// Run nothing: redraw the convergence plot of an earlier run's JSON into --out
@@ -70,6 +74,7 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
         fleet_hosts: args.fleet_hosts.clone(),
         incremental_sizes: args.incremental_sizes.clone(),
         churn_peers: args.churn_peers,
+        kube_nodes: args.kube_nodes,
         ..BenchOptions::new(weftd)
     };
     let (report, written) = super::run(&options).map_err(|e| e.to_string())?;

@@ -174,7 +174,11 @@ pub struct ControlLab {
 
 impl ControlLab {
     pub async fn up(weftd: PathBuf, state_root: PathBuf) -> Result<ControlLab> {
-        let name = format!("b{}", std::process::id());
+        Self::up_named(format!("b{}", std::process::id()), weftd, state_root).await
+    }
+
+    /// [`ControlLab::up`] under another lab name, for a benchmark that runs next to the control-plane lab's own.
+    pub(super) async fn up_named(name: String, weftd: PathBuf, state_root: PathBuf) -> Result<ControlLab> {
         let spec = LabSpec {
             network: synthetic::NETWORK.to_string(),
             start_weftd: false,
@@ -191,12 +195,12 @@ impl ControlLab {
         self.lab.host_ns(1)
     }
 
-    fn weftd_pid(&self) -> Result<u32> {
+    pub(super) fn weftd_pid(&self) -> Result<u32> {
         self.lab.weftd_pid(1).ok_or_else(|| super::error::BenchError("weftd is not running".into()))
     }
 
     /// Adds synthetic peers until etcd holds `n`; returns how long writing took.
-    async fn grow_to(&mut self, n: usize) -> Result<Duration> {
+    pub(super) async fn grow_to(&mut self, n: usize) -> Result<Duration> {
         if n <= self.peers {
             return Ok(Duration::ZERO);
         }
@@ -207,30 +211,15 @@ impl ControlLab {
 
     /// Stops weftd, removes everything it programmed, starts it and times convergence to the current peers.
     /// Returns (time, polled instead of notified).
-    async fn cold_start(&mut self) -> Result<(Duration, bool)> {
-        self.lab.stop_weftd(1).context("stopping weftd")?;
-        let ns = self.host_ns();
-        if observe(&ns).await?.links.contains_key(DEVICE) {
-            run_ip(&["-n", &ns, "link", "del", DEVICE])?;
-        }
+    pub(super) async fn cold_start(&mut self) -> Result<(Duration, bool)> {
         self.watch = None;
-        let mut watch = KernelWatch::start(&ns)?;
-        let n = self.peers;
-        let started = Instant::now();
-        self.lab.start_weftd(1).context("starting weftd")?;
-        let Some(done) = watch.wait_until(|c| c.all_at_least(n), CONVERGE_TIMEOUT).await? else {
-            return fail(format!(
-                "weftd did not program {n} peers within {CONVERGE_TIMEOUT:?} (seen {:?}); see {}",
-                watch.counts(),
-                self.lab.weftd_log(1).display()
-            ));
-        };
+        let (took, watch) = cold_start_host(&self.lab, 1, self.peers).await?;
         let polled = watch.overrun;
         self.watch = Some(watch);
-        Ok((done.saturating_duration_since(started), polled))
+        Ok((took, polled))
     }
 
-    async fn exact_counts(&self) -> Result<bool> {
+    pub(super) async fn exact_counts(&self) -> Result<bool> {
         let counts = counts_of(&observe(&self.host_ns()).await?);
         Ok(counts.routes == self.peers && counts.neighbours == self.peers && counts.fdb == self.peers)
     }
@@ -384,6 +373,29 @@ impl ControlLab {
         ));
         Ok(result)
     }
+}
+
+/// One cold start of weftd on `host`: stops it, deletes flannel.1 (which takes every neighbour, FDB entry and
+/// route along), starts it again and returns the time from the start until the kernel holds `n` of each, with the
+/// watch that saw it (its `overrun` says it fell back to polling dumps). Both stores' cold starts (etcd here, the
+/// Kubernetes API in [`super::kube`]) are timed by this one measurement.
+pub(super) async fn cold_start_host(lab: &Lab, host: usize, n: usize) -> Result<(Duration, KernelWatch)> {
+    lab.stop_weftd(host).context("stopping weftd")?;
+    let ns = lab.host_ns(host);
+    if observe(&ns).await?.links.contains_key(DEVICE) {
+        run_ip(&["-n", &ns, "link", "del", DEVICE])?;
+    }
+    let mut watch = KernelWatch::start(&ns)?;
+    let started = Instant::now();
+    lab.start_weftd(host).context("starting weftd")?;
+    let Some(done) = watch.wait_until(|c| c.all_at_least(n), CONVERGE_TIMEOUT).await? else {
+        return fail(format!(
+            "weftd did not program {n} peers within {CONVERGE_TIMEOUT:?} (seen {:?}); see {}",
+            watch.counts(),
+            lab.weftd_log(host).display()
+        ));
+    };
+    Ok((done.saturating_duration_since(started), watch))
 }
 
 /// Runs the plan, size by size in ascending order (see [`Stop`]).

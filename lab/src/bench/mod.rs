@@ -6,7 +6,9 @@
 //! - data plane ([`dataplane`]): iperf3 over the underlay, weft's VXLAN, host-gw and udp backends (the udp backend
 //!   also with each of its techniques off alone) and a hand-built kernel VXLAN setup;
 //! - fleet ([`fleet`]): N lab hosts whose weftds start at once against one etcd: time to a full mesh, etcd's
-//!   CPU and the requests per host per minute it serves at steady state, distinct subnets, weftd memory.
+//!   CPU and the requests per host per minute it serves at steady state, distinct subnets, weftd memory;
+//! - Kubernetes mode ([`kube`]): weftd's cold start with N flannel Nodes on the test API server next to its cold
+//!   start with N etcd leases, interleaved in one run: time and peak memory, and their ratios.
 //!
 //! All traffic stays in namespaces the suite creates (labs, and `wbn<pid>-*` scratch namespaces), which are
 //! removed when the suite ends, also on errors. Numbers are medians of repeated, interleaved runs; the machine's
@@ -22,6 +24,7 @@ mod etcd_metrics;
 pub mod fleet;
 mod kernel_limit;
 mod kernel_watch;
+pub mod kube;
 mod netns;
 mod procfs;
 pub(crate) mod report;
@@ -43,8 +46,8 @@ use crate::lab::Lab;
 
 /// The benchmark groups, as named on the command line.
 /// `udp` is the data plane's udp breakdown alone ([`dataplane::Path::UDP_BREAKDOWN`]); `dataplane` includes it.
-pub const SECTIONS: [&str; 9] =
-    ["cold", "incremental", "churn", "footprint", "dataplane", "udp", "cni", "wireguard", "fleet"];
+pub const SECTIONS: [&str; 10] =
+    ["cold", "incremental", "churn", "footprint", "dataplane", "udp", "cni", "wireguard", "fleet", "kube"];
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -69,6 +72,8 @@ pub struct BenchOptions {
     pub incremental_sizes: Vec<usize>,
     /// Peers the churn run rewrites; 0 means the default for the mode.
     pub churn_peers: usize,
+    /// Nodes (and leases) of the Kubernetes-mode comparison; 0 means the default for the mode.
+    pub kube_nodes: usize,
 }
 
 impl BenchOptions {
@@ -85,6 +90,7 @@ impl BenchOptions {
             fleet_hosts: Vec::new(),
             incremental_sizes: Vec::new(),
             churn_peers: 0,
+            kube_nodes: 0,
         }
     }
 
@@ -131,6 +137,8 @@ pub struct Report {
     pub wireguard: Option<ExtraRows>,
     /// One entry per fleet size run.
     pub fleet: Vec<fleet::FleetResult>,
+    /// Kubernetes mode against etcd mode, cold starts at the same number of peers.
+    pub kube: Option<kube::KubeResult>,
     pub targets: Vec<Target>,
 }
 
@@ -239,6 +247,25 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         Vec::new()
     };
 
+    let kube = if options.wants("kube") {
+        let nodes = match (options.kube_nodes, options.quick) {
+            (0, true) => kube::QUICK_NODES,
+            (0, false) => kube::DEFAULT_NODES,
+            (n, _) => n,
+        };
+        let reps = match (options.reps, options.quick) {
+            (0, true) => 1,
+            (0, false) => 3,
+            (n, _) => n,
+        };
+        // The test API server is built with the workspace, next to weftd.
+        let server = options.weftd.with_file_name("weft-kube-testserver");
+        eprintln!("Kubernetes mode vs etcd mode ({nodes} peers, {reps} repetitions):");
+        Some(runtime.block_on(kube::run(options.weftd.clone(), server, options.state_root.clone(), nodes, reps))?)
+    } else {
+        None
+    };
+
     let mut report = Report {
         date,
         kernel: procfs::kernel_release(),
@@ -252,6 +279,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
         cni_note,
         wireguard,
         fleet,
+        kube,
         targets: Vec::new(),
     };
     report.targets = targets(&report);

@@ -193,6 +193,49 @@ pub fn table(report: &Report) -> String {
             format!("all weftd CPU {:.1}%", f.weftd_cpu_percent_steady_total),
         );
     }
+    if let Some(k) = &report.kube {
+        group(
+            &mut rows,
+            &format!(
+                "Kubernetes mode vs etcd mode: cold start with {} peers, median of {} interleaved runs",
+                k.peers, k.reps
+            ),
+        );
+        row(&mut rows, String::new(), "kube (Nodes)".into(), "etcd (leases)".into(), "kube / etcd".into());
+        let flags = |m: &super::kube::ModeResult| match (m.verified, m.polled) {
+            (false, _) => " UNVERIFIED",
+            (true, true) => " (polled)",
+            _ => "",
+        };
+        row(
+            &mut rows,
+            "cold start ms".into(),
+            format!("{:.0}{}", k.kube.cold_median_ms, flags(&k.kube)),
+            format!("{:.0}{}", k.etcd.cold_median_ms, flags(&k.etcd)),
+            format!("{:.2}x", k.cold_ratio),
+        );
+        row(
+            &mut rows,
+            "weftd peak RSS MiB".into(),
+            format!("{:.1}", k.kube.peak_rss_median_mib),
+            format!("{:.1}", k.etcd.peak_rss_median_mib),
+            format!("{:.2}x", k.peak_rss_ratio),
+        );
+        row(
+            &mut rows,
+            "final state exact".into(),
+            k.kube.verified.to_string(),
+            k.etcd.verified.to_string(),
+            String::new(),
+        );
+        row(
+            &mut rows,
+            "loading the peers ms".into(),
+            format!("{:.0} (API server start + load)", k.kube.load_ms),
+            format!("{:.0} (etcd txns)", k.etcd.load_ms),
+            String::new(),
+        );
+    }
     group(&mut rows, "targets");
     for target in t {
         row(

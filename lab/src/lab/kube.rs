@@ -77,6 +77,9 @@ impl Lab {
         write(&self.net_config_file(), config)?;
         let mut command = in_netns(&self.underlay_ns(), &binary)?;
         command.arg("--listen").arg(format!("{ETCD_IP}:{KUBE_API_PORT}")).arg("--load").arg(&nodes_file);
+        for objects in &self.spec().kube_objects {
+            command.arg("--load").arg(objects);
+        }
         log_marker(&self.kube_api_log(), "starting the test API server")?;
         let pid = process::spawn_daemon(command, &self.kube_api_log())?;
         self.update(|rt| rt.kube_api_pid = Some(pid))?;
@@ -129,6 +132,19 @@ impl Lab {
             Ok(_) => Ok(()),
             Err(_) => self.kube_api(&[&json[..], &["-X", "POST"]].concat(), "/api/v1/nodes", Some(&body)).map(drop),
         }
+    }
+
+    /// How many Nodes the API server holds: one list of one item, plus the `remainingItemCount` it reports.
+    pub fn kube_node_count(&self) -> Result<usize> {
+        let text = self.kube_api(&["-sf", "-m", "5"], "/api/v1/nodes?limit=1", None)?;
+        let list: Value = serde_json::from_str(&text).map_err(|e| LabError::CommandFailed {
+            command: format!("curl {}/api/v1/nodes?limit=1", self.kube_api_url()),
+            status: "answered something other than JSON".to_string(),
+            stderr: e.to_string(),
+        })?;
+        let listed = list["items"].as_array().map_or(0, Vec::len);
+        let remaining = list["metadata"]["remainingItemCount"].as_u64().unwrap_or(0);
+        Ok(listed + remaining as usize)
     }
 
     /// Deletes a Node.

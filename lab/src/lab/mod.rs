@@ -103,6 +103,11 @@ pub struct LabSpec {
     /// per host, and weftd runs with `--kube-subnet-mgr`. None: etcd mode.
     #[serde(default)]
     pub kube_api_server: Option<PathBuf>,
+    /// Kubernetes mode: JSON files of more objects (one object or a `List` each, e.g. the benchmark's thousands of
+    /// flannel Nodes) the test API server loads at start, after the hosts' Nodes. The server answers before it
+    /// has loaded them all: whoever needs them waits until it lists them.
+    #[serde(default)]
+    pub kube_objects: Vec<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -128,6 +133,7 @@ impl LabSpec {
             extra_weftd_args: Vec::new(),
             start_weftd: true,
             kube_api_server: None,
+            kube_objects: Vec::new(),
         }
     }
 
