@@ -74,6 +74,12 @@ impl Desired {
         self.skipped.extend(skipped);
     }
 
+    /// Records that `peer`'s `subnet` is left out because the peer runs another backend than `ours`.
+    pub fn skip_other_backend(&mut self, subnet: IpNetwork, peer: &Peer, ours: &str) {
+        let reason = RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: ours.into() };
+        self.skipped.push(SkippedPeer { subnet, reason });
+    }
+
     /// Puts what the backend skipped in a fixed order, so the value does not depend on the peers' order.
     pub fn sort_skipped(&mut self) {
         self.skipped.sort_by_cached_key(|s| (s.subnet, s.reason.to_string()));

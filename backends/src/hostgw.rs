@@ -99,16 +99,9 @@ impl Backend for HostGwBackend {
     fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
         let mut part = Desired::default();
         for &family in &self.families {
-            let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
-                continue;
-            };
-            if own.subnet(family) == Some(subnet) {
-                continue;
-            }
+            let Some((subnet, public_ip)) = peer.remote(own, family) else { continue };
             if peer.backend_type != BACKEND_TYPE {
-                let reason =
-                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                part.skipped.push(SkippedPeer { subnet, reason });
+                part.skip_other_backend(subnet, peer, BACKEND_TYPE);
                 continue;
             }
             match direct::route_via_underlay(&self.underlay, subnet, public_ip, self.route_protocol) {

@@ -140,6 +140,12 @@ impl Peer {
     pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
         self.public_ips.get(family).copied()
     }
+    /// This peer's subnet and public IP of `family`: None when it lacks either, or when the subnet is ours (a
+    /// peer never routes our own subnet away from us).
+    pub fn remote(&self, own: &Peer, family: Family) -> Option<(IpNetwork, IpAddr)> {
+        let (subnet, public_ip) = (self.subnet(family)?, self.public_ip(family)?);
+        (own.subnet(family) != Some(subnet)).then_some((subnet, public_ip))
+    }
     pub fn backend_data(&self, family: Family) -> Option<&Value> {
         self.backend_data.get(family)
     }

@@ -315,16 +315,9 @@ impl Backend for VxlanBackend {
         for vtep in &self.vteps {
             let family = vtep.family;
             let device = &vtep.link.name;
-            let (Some(subnet), Some(public_ip)) = (peer.subnet(family), peer.public_ip(family)) else {
-                continue;
-            };
-            if own.subnet(family) == Some(subnet) {
-                continue;
-            }
+            let Some((subnet, public_ip)) = peer.remote(own, family) else { continue };
             if peer.backend_type != BACKEND_TYPE {
-                let reason =
-                    RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-                part.skipped.push(SkippedPeer { subnet, reason });
+                part.skip_other_backend(subnet, peer, BACKEND_TYPE);
                 continue;
             }
             // Peers on our own segment are routed to directly; the rest go through the tunnel.

@@ -22,10 +22,9 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use crate::backend::{Backend, Desired, SkippedPeer};
+use crate::backend::{Backend, Desired};
 use crate::forwarding::ForwardingTable;
 use crate::model::{Address, KernelState, Link, LinkKind, MacAddr, Scope};
-use crate::trust::RejectReason;
 use crate::{BackendError, Family, Peer, PerFamily, Underlay};
 
 /// The lease's BackendType for this backend (flanneld itself writes none: see [`accepts_backend_type`]).
@@ -168,14 +167,9 @@ impl Backend for UdpBackend {
     /// The peer's forwarding entry: its subnet to its public IP on our port.
     fn peer(&self, own: &Peer, peer: &Peer) -> Desired {
         let mut part = Desired::default();
-        let (Some(subnet), Some(ip)) = (peer.subnet(Family::V4), peer.public_ip(Family::V4)) else { return part };
-        if own.subnet(Family::V4) == Some(subnet) {
-            return part;
-        }
+        let Some((subnet, ip)) = peer.remote(own, Family::V4) else { return part };
         if !accepts_backend_type(&peer.backend_type) {
-            let reason =
-                RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
-            part.skipped.push(SkippedPeer { subnet, reason });
+            part.skip_other_backend(subnet, peer, BACKEND_TYPE);
             return part;
         }
         let mut forwarding = ForwardingTable::default();

@@ -389,15 +389,13 @@ impl Backend for WireguardBackend {
         if families.is_empty() {
             return part;
         }
-        let mut skip = |subnet, reason| part.skipped.push(SkippedPeer { subnet, reason });
         if peer.backend_type != BACKEND_TYPE {
-            let reason =
-                RejectReason::WrongBackendType { theirs: peer.backend_type.clone(), ours: BACKEND_TYPE.into() };
             for f in &families {
-                skip(peer.subnet(*f).expect("filtered"), reason.clone());
+                part.skip_other_backend(peer.subnet(*f).expect("filtered"), peer, BACKEND_TYPE);
             }
             return part;
         }
+        let mut skip = |subnet, reason| part.skipped.push(SkippedPeer { subnet, reason });
         let mut forwarding = ForwardingTable::default();
         let data = PerFamily::from_fn(|f| parse_lease_data(peer.backend_data(f)).ok());
         for family in families {
