@@ -214,11 +214,11 @@ mod tests {
     fn lease(key: &str, public_ip: &str, etcd_lease: i64) -> Lease {
         Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs {
+            attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(public_ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
                 ..Default::default()
-            },
+            }),
             etcd_lease,
             mod_revision: 1,
         }

@@ -27,7 +27,8 @@ use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
 use crate::registry::LeaseSet;
-use crate::trust::{self, IndexedJudgement, Rejected, Screening, TrustPolicy};
+use crate::status::PeerChanges;
+use crate::trust::{self, IndexedJudgement, Rejected, Screener, Screening, TrustPolicy};
 use crate::value_grace::ValueGrace;
 
 fn public_ip(lease: &Lease) -> String {
@@ -100,6 +101,10 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     known: BTreeMap<SubnetKey, i64>,
     /// Rejected leases as of the last pass, to warn once per lease and distinct reason.
     known_rejected: BTreeSet<(String, String)>,
+    /// Whether the status board holds the rejected leases yet.
+    rejected_recorded: bool,
+    /// Remembers the last screen's verdicts, so a lease event judges only the leases that changed.
+    screener: Screener,
     metrics: Arc<Metrics>,
     /// Objects the last pass compared (desired plus observed are built and dropped each pass).
     last_pass_objects: usize,
@@ -128,6 +133,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             forwarding: ForwardingPublisher::new(),
             known: BTreeMap::new(),
             known_rejected: BTreeSet::new(),
+            rejected_recorded: false,
+            screener: Screener::default(),
             metrics,
             last_pass_objects: 0,
             route_networks: Vec::new(),
@@ -172,8 +179,10 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
     /// One pass. Returns the report; errors observing the kernel are returned as is.
     pub async fn pass(&mut self, own: &Lease, set: &Arc<LeaseSet>, trigger: Trigger) -> Result<ApplyReport, PassError> {
         self.index = None;
+        // The full pass is the safety net: it judges every lease afresh.
+        self.screener = Screener::default();
         let IndexedJudgement { index: desired, accepted, rejected } =
-            trust::judge_indexed(&self.policy, &self.backend, own, set);
+            trust::judge_indexed(&self.policy, &self.backend, own, set, &mut self.screener);
         self.record_peers(own, set, &accepted, &rejected);
         self.last_pass_objects = desired.state.object_count();
         self.publish_forwarding(desired.forwarding.as_ref());
@@ -266,11 +275,11 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// Logs and records the peers a pass programs and the leases it does not.
     fn record_peers(&mut self, own: &Lease, set: &LeaseSet, accepted: &[&Lease], rejected: &[Rejected]) {
-        self.log_peer_changes(accepted);
-        self.log_rejected(rejected);
+        let changes = self.log_peer_changes(accepted);
+        let rejected_changed = self.log_rejected(rejected);
         let in_store = set.leases.len() + set.bad_keys.len() - usize::from(set.leases.contains_key(&own.key));
         let m = &self.metrics;
-        m.status.record_peers(own, in_store, accepted, rejected);
+        m.status.record_peers(own, in_store, &changes, rejected_changed.then_some(rejected));
         m.peers.store(accepted.len() as i64, Ordering::Relaxed);
         m.set_skipped(rejected.iter().map(|r| r.reason.name()));
     }
@@ -289,7 +298,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
     /// re-derived, and only their objects (and the `gone` ones) are diffed, against the values the last pass left
     /// in the kernel; no kernel state is dumped. Returns None when this cannot be done exactly and a full pass
     /// must run instead: no clean pass before it, our own lease changed, or a notification that names no single
-    /// object. The lease screen itself still looks at the whole set (a lease's acceptance depends on the others).
+    /// object. The screen judges only the leases that changed (see [`Screener`]); finding them is one walk of the set
+    /// beside the last verdicts, with no copying.
     pub async fn incremental_pass(
         &mut self,
         own: &Lease,
@@ -302,8 +312,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             return None;
         }
         let started = std::time::Instant::now();
-        let Screening { mut accepted, rejected } = trust::screen(&self.policy, Some(own), set);
-        accepted.sort_by_key(|l| l.key);
+        let Screening { accepted, rejected } = self.screener.screen(&self.policy, Some(own), set);
         let mut touched = Touched::default();
         for key in gone {
             touched.gone(key.clone());
@@ -381,26 +390,41 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         Some(report)
     }
 
-    fn log_peer_changes(&mut self, accepted: &[&Lease]) {
-        let now: BTreeMap<SubnetKey, i64> = accepted.iter().map(|l| (l.key, l.mod_revision)).collect();
+    /// Logs the peers added, changed and removed since the last pass; `accepted` is in key order. One walk beside
+    /// the known peers, so an event that changes one peer changes one entry.
+    fn log_peer_changes<'a>(&mut self, accepted: &[&'a Lease]) -> PeerChanges<'a> {
+        debug_assert!(accepted.windows(2).all(|w| w[0].key < w[1].key), "accepted leases come in key order");
+        let mut changes = PeerChanges::default();
+        let mut known = self.known.iter().peekable();
         for lease in accepted {
-            match self.known.get(&lease.key) {
+            while let Some((key, _)) = known.next_if(|(key, _)| **key < lease.key) {
+                changes.removed.push(*key);
+            }
+            match known.next_if(|(key, _)| **key == lease.key) {
                 None => {
-                    info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added")
+                    info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added");
+                    changes.put.push(lease);
                 }
-                Some(revision) if *revision != lease.mod_revision => {
-                    info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed")
+                Some((_, revision)) if *revision != lease.mod_revision => {
+                    info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed");
+                    changes.put.push(lease);
                 }
-                _ => {}
+                Some(_) => {}
             }
         }
-        for key in self.known.keys().filter(|k| !now.contains_key(k)) {
+        changes.removed.extend(known.map(|(key, _)| *key));
+        for key in &changes.removed {
             info!(subnet = %key, "peer removed");
+            self.known.remove(key);
         }
-        self.known = now;
+        for lease in &changes.put {
+            self.known.insert(lease.key, lease.mod_revision);
+        }
+        changes
     }
 
-    fn log_rejected(&mut self, rejected: &[Rejected]) {
+    /// Warns once per rejected lease and reason; true when the rejected leases differ from the last pass's.
+    fn log_rejected(&mut self, rejected: &[Rejected]) -> bool {
         let now: BTreeSet<(String, String)> = rejected.iter().map(|r| (r.name.clone(), r.reason.to_string())).collect();
         for r in rejected {
             if !self.known_rejected.contains(&(r.name.clone(), r.reason.to_string())) {
@@ -412,7 +436,10 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 warn!(lease = %r.name, reason = r.reason.name(), "ignoring peer lease {shown}: {}", r.reason);
             }
         }
+        let changed = now != self.known_rejected || !self.rejected_recorded;
         self.known_rejected = now;
+        self.rejected_recorded = true;
+        changed
     }
 
     /// Runs until shutdown.
@@ -518,12 +545,12 @@ mod tests {
     fn lease(key: &str, ip: &str, mac: &str) -> Lease {
         Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs {
+            attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
                 backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap())),
                 ..Default::default()
-            },
+            }),
             etcd_lease: 1,
             mod_revision: 1,
         }

@@ -83,7 +83,7 @@ fn lease(backend: &str, n: u8, v6: bool, mac: u8, ip: u8, revision: i64) -> Leas
         r#"{{"PublicIP":"198.18.0.{ip}","PublicIPv6":{v6_ip},"BackendType":"{backend}","BackendData":{},"BackendV6Data":{v6_data}}}"#,
         data(0)
     );
-    Lease { key: key(n, v6), attrs: LeaseAttrs::from_json(&text).unwrap(), etcd_lease: 1, mod_revision: revision }
+    Lease { key: key(n, v6), attrs: std::sync::Arc::new(LeaseAttrs::from_json(&text).unwrap()), etcd_lease: 1, mod_revision: revision }
 }
 
 /// A controller over an in-memory kernel with our lease (subnet 1, public IP .1, MAC ..:01) in place.

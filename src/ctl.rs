@@ -326,7 +326,7 @@ mod tests {
     fn a_reservation_never_silently_takes_a_live_hosts_subnet() {
         let live = |key: &str, ip: &str, etcd_lease| Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() },
+            attrs: std::sync::Arc::new(LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() }),
             etcd_lease,
             mod_revision: 1,
         };
@@ -354,7 +354,7 @@ mod tests {
         let good = r#"{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"}}"#;
         let lease = |key: &str, value: &str, etcd_lease| Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs::from_json(value).unwrap(),
+            attrs: std::sync::Arc::new(LeaseAttrs::from_json(value).unwrap()),
             etcd_lease,
             mod_revision: 1,
         };

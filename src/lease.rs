@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
@@ -159,6 +160,22 @@ impl LeaseAttrs {
         out
     }
 
+    /// The public IP of `family`.
+    pub fn public_ip(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.public_ip.map(IpAddr::V4),
+            Family::V6 => self.public_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// The BackendData of `family`.
+    pub fn backend_data(&self, family: Family) -> Option<&Value> {
+        match family {
+            Family::V4 => self.backend_data.as_ref(),
+            Family::V6 => self.backend_v6_data.as_ref(),
+        }
+    }
+
     pub fn from_json(text: &str) -> Result<LeaseAttrs, InvalidAttrs> {
         let value: Value = serde_json::from_str(text).map_err(InvalidAttrs::NotJson)?;
         let obj = value.as_object().ok_or(InvalidAttrs::NotAnObject)?;
@@ -210,7 +227,9 @@ fn json_string(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub key: SubnetKey,
-    pub attrs: LeaseAttrs,
+    /// Shared: the lease set, the value grace and the screen's cache each hold a lease, and a copy-on-write of the
+    /// set (10,000 leases) must copy pointers, not values.
+    pub attrs: Arc<LeaseAttrs>,
     /// The etcd lease the key is attached to; 0 means a reservation, which never expires.
     pub etcd_lease: i64,
     pub mod_revision: i64,

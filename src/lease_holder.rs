@@ -86,12 +86,12 @@ mod tests {
     fn lease(public_ip: &str, mac: &str, rev: i64) -> Lease {
         Lease {
             key: "10.244.3.0-24".parse().unwrap(),
-            attrs: LeaseAttrs {
+            attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(public_ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
                 backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
                 ..Default::default()
-            },
+            }),
             etcd_lease: 9,
             mod_revision: rev,
         }
@@ -127,9 +127,9 @@ mod tests {
         let ours = LeaseAttrs { public_ip: Some("198.18.0.1".parse().unwrap()), ..Default::default() };
         let mut other = lease("198.18.0.1", "0e:00:00:00:00:05", 3);
         assert!(shares_public_ip(&other, &ours));
-        other.attrs.public_ip = Some("198.18.0.2".parse().unwrap());
+        std::sync::Arc::make_mut(&mut other.attrs).public_ip = Some("198.18.0.2".parse().unwrap());
         assert!(!shares_public_ip(&other, &ours));
-        other.attrs.public_ip = None;
+        std::sync::Arc::make_mut(&mut other.attrs).public_ip = None;
         assert!(!shares_public_ip(&other, &LeaseAttrs::default()));
     }
 

@@ -237,7 +237,7 @@ impl<S: LeaseStore> LeaseManager<S> {
     /// with a changed value, e.g. a rotated WireGuard key; another host configured with our public IP has its own
     /// subnet file).
     async fn refuse_if_held_elsewhere(&self, lease: &Lease, ours_before: &[SubnetKey]) -> Result<(), AcquireError> {
-        if lease.is_reservation() || lease.attrs == self.attrs {
+        if lease.is_reservation() || *lease.attrs == self.attrs {
             return Ok(());
         }
         if ours_before.contains(&lease.key) {

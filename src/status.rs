@@ -5,13 +5,17 @@
 //! reason, and how the pass went. The board is only written by those tasks and only read by the HTTP endpoint,
 //! so a lock per write is cheap next to the pass itself.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::lease::Lease;
+use weft_backends::Family;
+
+use crate::lease::{Lease, SubnetKey};
 use crate::trust::Rejected;
 
 /// Everything `/status` answers. Every field has a default, so an older or newer weftd's answer still parses.
@@ -194,6 +198,22 @@ pub struct ReconcileStatus {
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     status: Mutex<DaemonStatus>,
+    /// The programmed peers and their public IPs, kept apart and rendered only when the status is read: a lease
+    /// event changes one entry, and rendering 10,000 on every event would cost more than the event itself.
+    programmed: Mutex<BTreeMap<SubnetKey, Option<IpAddr>>>,
+}
+
+/// How the programmed peers changed in a pass: added or changed, and removed.
+#[derive(Debug, Default)]
+pub struct PeerChanges<'a> {
+    pub put: Vec<&'a Lease>,
+    pub removed: Vec<SubnetKey>,
+}
+
+impl PeerChanges<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.removed.is_empty()
+    }
 }
 
 impl StatusBoard {
@@ -208,26 +228,33 @@ impl StatusBoard {
         status.version = env!("CARGO_PKG_VERSION").to_string();
         status.ready = ready;
         status.store.connected = store_connected;
+        let programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
+        status.peers.programmed = programmed
+            .iter()
+            .map(|(key, ip)| PeerStatus { key: key.to_string(), public_ip: ip.map(|ip| ip.to_string()) })
+            .collect();
         status
     }
 
-    /// Records what a pass judged: our lease, and which peers it programs and which it rejects.
-    pub fn record_peers(&self, own: &Lease, in_store: usize, accepted: &[&Lease], rejected: &[Rejected]) {
-        let programmed = accepted
-            .iter()
-            .map(|l| PeerStatus {
-                key: l.key.to_string(),
-                public_ip: l
-                    .attrs
-                    .public_ip
-                    .map(|ip| ip.to_string())
-                    .or_else(|| l.attrs.public_ipv6.map(|ip| ip.to_string())),
-            })
-            .collect();
-        let rejected = rejected.iter().map(RejectedStatus::of).collect();
+    /// Records what a pass judged: our lease, how the peers it programs changed, and the leases it rejects
+    /// (None: the same as before).
+    pub fn record_peers(&self, own: &Lease, in_store: usize, changes: &PeerChanges, rejected: Option<&[Rejected]>) {
+        if !changes.is_empty() {
+            let mut programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
+            for key in &changes.removed {
+                programmed.remove(key);
+            }
+            for lease in &changes.put {
+                let ip = lease.attrs.public_ip(Family::V4).or(lease.attrs.public_ip(Family::V6));
+                programmed.insert(lease.key, ip);
+            }
+        }
         self.update(|s| {
             s.lease = Some(LeaseStatus::of(own));
-            s.peers = PeersStatus { in_store, programmed, rejected };
+            s.peers.in_store = in_store;
+            if let Some(rejected) = rejected {
+                s.peers.rejected = rejected.iter().map(RejectedStatus::of).collect();
+            }
         });
     }
 
@@ -258,11 +285,11 @@ mod tests {
     fn lease(key: &str, ip: &str) -> Lease {
         Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs {
+            attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
                 ..Default::default()
-            },
+            }),
             etcd_lease: 7,
             mod_revision: 1,
         }
@@ -277,7 +304,8 @@ mod tests {
             name: "10.244.9.0-24".into(),
             reason: RejectReason::WrongBackendType { theirs: "udp".into(), ours: "vxlan".into() },
         };
-        board.record_peers(&own, 2, &[&peer], &[rejected]);
+        let changes = PeerChanges { put: vec![&peer], removed: Vec::new() };
+        board.record_peers(&own, 2, &changes, Some(&[rejected]));
         board.record_pass("resync", Duration::from_millis(250), 3, vec!["replace route: boom".into()]);
         board.record_pass("retry", Duration::from_millis(500), 0, Vec::new());
         let status = board.snapshot(true, false);

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use weft_backends::backend::{Backend, BackendConfig, Desired};
@@ -21,7 +22,7 @@ use weft_backends::Family;
 
 use crate::config::NetworkConfig;
 use crate::ipmath;
-use crate::lease::{Lease, SubnetKey};
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::LeaseSet;
 
 /// What a host (or weftctl) judges peer leases against.
@@ -79,53 +80,200 @@ pub struct Screening<'a> {
     pub rejected: Vec<Rejected>,
 }
 
-/// Judges every lease in `set` but our own (`own`; None in weftctl). Deterministic: leases are taken in store
-/// order (oldest revision first, then key), so of two conflicting leases the older is kept and the newer reported.
+/// Judges every lease in `set` but our own (`own`; None in weftctl). Deterministic: of two conflicting leases the
+/// one first in store order (oldest revision first, then key) is kept and the other reported. Accepted leases come
+/// in key order, rejected ones in name order.
 pub fn screen<'a>(policy: &TrustPolicy, own: Option<&Lease>, set: &'a LeaseSet) -> Screening<'a> {
-    let mut out = Screening::default();
-    for (name, why) in &set.bad_keys {
-        out.rejected.push(Rejected { name: name.clone(), reason: RejectReason::BadKey { detail: why.clone() } });
-    }
-    for (key, why) in &set.bad_values {
-        out.rejected.push(Rejected { name: key.to_string(), reason: RejectReason::BadValue { detail: why.clone() } });
-    }
-    let own_key = own.map(|o| o.key);
-    // Who holds each accepted subnet and VtepMAC. Accepted subnets all have the configured length inside the
-    // configured network, so two of them overlap exactly when they are equal.
-    let mut subnets: BTreeMap<IpNetwork, String> = BTreeMap::new();
-    let mut macs: BTreeMap<MacAddr, String> = BTreeMap::new();
-    if let Some(own) = own {
-        for family in [Family::V4, Family::V6] {
-            if let Ok(Some(mac)) = policy.backend.check_peer_data(own.to_peer().backend_data(family)) {
-                macs.insert(mac, "this host".to_string());
-            }
-        }
-    }
-    let mut order: Vec<&Lease> =
-        set.leases.values().filter(|l| Some(l.key) != own_key && !set.bad_values.contains_key(&l.key)).collect();
-    order.sort_by_key(|l| l.precedence());
-    for lease in order {
-        match judge_lease(policy, own, lease, &subnets, &macs) {
-            Ok(lease_macs) => {
-                let name = lease.key.to_string();
-                subnets.extend(lease.key.subnets().map(|s| (s, name.clone())));
-                macs.extend(lease_macs.into_iter().map(|m| (m, name.clone())));
-                out.accepted.push(lease);
-            }
-            Err(reason) => out.rejected.push(Rejected { name: lease.key.to_string(), reason }),
-        }
-    }
-    out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    Screener::default().screen(policy, own, set)
 }
 
-/// One lease against the policy and what is accepted so far: the VtepMACs it uses, or the first reason it fails.
-fn judge_lease(
+/// [`screen`], remembering its verdicts so that the next screen of a changed set judges only the leases that
+/// changed: the reconcile loop screens on every lease event, and judging 10,000 leases each time would make
+/// every event cost the whole set. Whenever a conflict between two leases is involved (the older one wins, which
+/// may reverse an earlier verdict) it judges the whole set again, so its answer always equals [`screen`]'s.
+#[derive(Debug, Default)]
+pub struct Screener {
+    /// Our own lease as of the verdicts (it takes part in every judgement); None before the first screen.
+    own: Option<Option<Lease>>,
+    /// Every judged lease's value, and whether it passed the checks that look at it alone.
+    verdicts: BTreeMap<SubnetKey, Verdict>,
+    /// Who holds each subnet and VtepMAC among the accepted leases.
+    subnets: BTreeMap<IpNetwork, SubnetKey>,
+    macs: BTreeMap<MacAddr, SubnetKey>,
+    /// Leases rejected for a subnet or VtepMAC another lease holds: while there are any, a change may reverse a
+    /// verdict, so the whole set is judged again.
+    contested: usize,
+    /// Our own VtepMACs: no peer may use one.
+    own_macs: Vec<MacAddr>,
+    /// Screens of the whole set so far (for tests: the point is that most screens are not).
+    whole_screens: u64,
+}
+
+#[derive(Debug)]
+struct Verdict {
+    revision: i64,
+    attrs: Arc<LeaseAttrs>,
+    outcome: Result<(), RejectReason>,
+}
+
+impl Verdict {
+    fn judged(&self, lease: &Lease) -> bool {
+        self.revision == lease.mod_revision && self.attrs == lease.attrs
+    }
+}
+
+impl Screener {
+    /// Screens `set`; see [`screen`]. `policy` must be the same on every call.
+    pub fn screen<'a>(&mut self, policy: &TrustPolicy, own: Option<&Lease>, set: &'a LeaseSet) -> Screening<'a> {
+        if self.own.as_ref().map(Option::as_ref) != Some(own) || !self.update(policy, own, set) {
+            self.judge_all(policy, own, set);
+        }
+        self.screening(set)
+    }
+
+    /// Judges the leases that changed since the last screen against the standing verdicts. False when that
+    /// cannot give exactly what judging the whole set would: a conflict between leases is involved.
+    fn update(&mut self, policy: &TrustPolicy, own: Option<&Lease>, set: &LeaseSet) -> bool {
+        let mut changed: Vec<&Lease> = Vec::new();
+        let mut removed: Vec<SubnetKey> = Vec::new();
+        {
+            let mut leases = candidates(own, set).peekable();
+            let mut verdicts = self.verdicts.iter().peekable();
+            loop {
+                match (leases.peek(), verdicts.peek()) {
+                    (None, None) => break,
+                    (Some(lease), Some((key, verdict))) if lease.key == **key => {
+                        if !verdict.judged(lease) {
+                            changed.push(lease);
+                        }
+                        leases.next();
+                        verdicts.next();
+                    }
+                    (Some(lease), Some((key, _))) if lease.key < **key => changed.extend(leases.next()),
+                    (Some(_), None) => changed.extend(leases.next()),
+                    (_, Some(_)) => removed.extend(verdicts.next().map(|(key, _)| *key)),
+                }
+            }
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return true;
+        }
+        if self.contested > 0 {
+            return false;
+        }
+        for key in removed.iter().chain(changed.iter().map(|l| &l.key)) {
+            if let Some(old) = self.verdicts.remove(key) {
+                if old.outcome.is_ok() {
+                    for subnet in key.subnets() {
+                        self.subnets.remove(&subnet);
+                        let data = old.attrs.backend_data(Family::of(subnet.ip()));
+                        if let Ok(Some(mac)) = policy.backend.check_peer_data(data) {
+                            self.macs.remove(&mac);
+                        }
+                    }
+                }
+            }
+        }
+        changed.sort_by_key(|l| l.precedence());
+        for lease in changed {
+            let outcome = judge_alone(policy, own, &self.own_macs, lease);
+            if let Ok(macs) = &outcome {
+                let taken = macs.iter().any(|m| self.macs.contains_key(m))
+                    || lease.key.subnets().any(|s| self.subnets.contains_key(&s));
+                if taken {
+                    return false;
+                }
+                self.claim(lease, macs);
+            }
+            self.verdicts.insert(lease.key, Verdict::of(lease, outcome.map(drop)));
+        }
+        true
+    }
+
+    /// Judges every lease, in store order.
+    fn judge_all(&mut self, policy: &TrustPolicy, own: Option<&Lease>, set: &LeaseSet) {
+        let whole_screens = self.whole_screens + 1;
+        *self = Screener { own: Some(own.cloned()), own_macs: own_macs(policy, own), whole_screens, ..Screener::default() };
+        let mut order: Vec<&Lease> = candidates(own, set).collect();
+        order.sort_by_key(|l| l.precedence());
+        for lease in order {
+            let outcome = judge_alone(policy, own, &self.own_macs, lease).and_then(|macs| {
+                let conflict = if let Some((mac, holder)) = macs.iter().find_map(|m| self.macs.get_key_value(m)) {
+                    RejectReason::DuplicateVtepMac { mac: *mac, holder: holder.to_string() }
+                } else if let Some((subnet, winner)) = lease.key.subnets().find_map(|s| self.subnets.get_key_value(&s))
+                {
+                    RejectReason::OverlapsPeer { subnet: *subnet, winner: winner.to_string() }
+                } else {
+                    self.claim(lease, &macs);
+                    return Ok(());
+                };
+                self.contested += 1;
+                Err(conflict)
+            });
+            self.verdicts.insert(lease.key, Verdict::of(lease, outcome));
+        }
+    }
+
+    fn claim(&mut self, lease: &Lease, macs: &[MacAddr]) {
+        self.subnets.extend(lease.key.subnets().map(|s| (s, lease.key)));
+        self.macs.extend(macs.iter().map(|m| (*m, lease.key)));
+    }
+
+    /// The standing verdicts as a [`Screening`] of `set` (which they were made for).
+    fn screening<'a>(&self, set: &'a LeaseSet) -> Screening<'a> {
+        let mut out = Screening::default();
+        for (name, why) in &set.bad_keys {
+            out.rejected.push(Rejected { name: name.clone(), reason: RejectReason::BadKey { detail: why.clone() } });
+        }
+        for (key, why) in &set.bad_values {
+            out.rejected.push(Rejected { name: key.to_string(), reason: RejectReason::BadValue { detail: why.clone() } });
+        }
+        let own = self.own.as_ref().and_then(|o| o.as_ref().map(|o| o.key));
+        let mut verdicts = self.verdicts.iter();
+        for lease in candidates_of(own, set) {
+            // Both in key order, and the verdicts are of exactly these leases.
+            let Some((_, verdict)) = verdicts.find(|(key, _)| **key == lease.key) else { break };
+            match &verdict.outcome {
+                Ok(()) => out.accepted.push(lease),
+                Err(reason) => out.rejected.push(Rejected { name: lease.key.to_string(), reason: reason.clone() }),
+            }
+        }
+        out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+impl Verdict {
+    fn of(lease: &Lease, outcome: Result<(), RejectReason>) -> Verdict {
+        Verdict { revision: lease.mod_revision, attrs: lease.attrs.clone(), outcome }
+    }
+}
+
+/// The leases the screen judges, in key order: all but our own and those whose value is not flannel's JSON.
+fn candidates<'a>(own: Option<&Lease>, set: &'a LeaseSet) -> impl Iterator<Item = &'a Lease> {
+    candidates_of(own.map(|o| o.key), set)
+}
+
+fn candidates_of(own: Option<SubnetKey>, set: &LeaseSet) -> impl Iterator<Item = &Lease> {
+    set.leases.values().filter(move |l| Some(l.key) != own && !set.bad_values.contains_key(&l.key))
+}
+
+/// Our own lease's VtepMACs.
+fn own_macs(policy: &TrustPolicy, own: Option<&Lease>) -> Vec<MacAddr> {
+    let Some(own) = own else { return Vec::new() };
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|family| policy.backend.check_peer_data(own.attrs.backend_data(family)).ok().flatten())
+        .collect()
+}
+
+/// One lease against the policy and our own lease, whatever the other leases say: the VtepMACs it uses, or the
+/// first reason it fails.
+fn judge_alone(
     policy: &TrustPolicy,
     own: Option<&Lease>,
+    own_macs: &[MacAddr],
     lease: &Lease,
-    subnets: &BTreeMap<IpNetwork, String>,
-    macs: &BTreeMap<MacAddr, String>,
 ) -> Result<Vec<MacAddr>, RejectReason> {
     let key: &SubnetKey = &lease.key;
     for subnet in key.subnets() {
@@ -143,11 +291,10 @@ fn judge_lease(
     if !policy.backend.accepts_backend_type(&lease.attrs.backend_type) {
         return Err(RejectReason::WrongBackendType { theirs: lease.attrs.backend_type.clone(), ours: ours.into() });
     }
-    let peer = lease.to_peer();
     let mut lease_macs = Vec::new();
     for subnet in key.subnets() {
         let family = Family::of(subnet.ip());
-        let ip = peer.public_ip(family).ok_or(RejectReason::NoPublicIp { family })?;
+        let ip = lease.attrs.public_ip(family).ok_or(RejectReason::NoPublicIp { family })?;
         if let Some(why) = unusable_endpoint(ip) {
             return Err(RejectReason::BadPublicIp { ip, why });
         }
@@ -157,9 +304,9 @@ fn judge_lease(
         if policy.is_ours(ip) {
             return Err(RejectReason::OurPublicIp { ip });
         }
-        if let Some(mac) = policy.backend.check_peer_data(peer.backend_data(family))? {
-            if let Some(holder) = macs.get(&mac) {
-                return Err(RejectReason::DuplicateVtepMac { mac, holder: holder.clone() });
+        if let Some(mac) = policy.backend.check_peer_data(lease.attrs.backend_data(family))? {
+            if own_macs.contains(&mac) {
+                return Err(RejectReason::DuplicateVtepMac { mac, holder: "this host".to_string() });
             }
             lease_macs.push(mac);
         }
@@ -167,9 +314,6 @@ fn judge_lease(
     for subnet in key.subnets() {
         if let Some(own) = own.into_iter().flat_map(|o| o.key.subnets()).find(|o| ipmath::overlaps(*o, subnet)) {
             return Err(RejectReason::OverlapsOwn { subnet, own });
-        }
-        if let Some(winner) = subnets.get(&subnet) {
-            return Err(RejectReason::OverlapsPeer { subnet, winner: winner.clone() });
         }
     }
     Ok(lease_macs)
@@ -186,7 +330,7 @@ pub struct Judgement<'a> {
 /// Screens the set, asks the backend for the accepted peers' desired state, and applies the last guard. What the
 /// backend itself skipped is reported the same way.
 pub fn judge<'a, B: Backend>(policy: &TrustPolicy, backend: &B, own: &Lease, set: &'a LeaseSet) -> Judgement<'a> {
-    let IndexedJudgement { index, accepted, rejected } = judge_indexed(policy, backend, own, set);
+    let IndexedJudgement { index, accepted, rejected } = judge_indexed(policy, backend, own, set, &mut Screener::default());
     Judgement { desired: index.into_desired(), accepted, rejected }
 }
 
@@ -205,8 +349,9 @@ pub fn judge_indexed<'a, B: Backend>(
     backend: &B,
     own: &Lease,
     set: &'a LeaseSet,
+    screener: &mut Screener,
 ) -> IndexedJudgement<'a> {
-    let Screening { accepted, rejected } = screen(policy, Some(own), set);
+    let Screening { accepted, rejected } = screener.screen(policy, Some(own), set);
     let protected = policy.protected(Some(own));
     let own_peer = own.to_peer();
     let mut index = DesiredIndex::new(judge_base(backend, &own_peer, &protected));
@@ -307,7 +452,7 @@ mod tests {
     fn own_lease() -> Lease {
         Lease {
             key: OWN_KEY.parse().unwrap(),
-            attrs: LeaseAttrs::from_json(&v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01")).unwrap(),
+            attrs: std::sync::Arc::new(LeaseAttrs::from_json(&v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01")).unwrap()),
             etcd_lease: 1,
             mod_revision: 1,
         }
@@ -537,8 +682,77 @@ mod tests {
         )
     }
 
+    /// What a screening says, comparably.
+    fn verdicts(screening: &Screening) -> (Vec<SubnetKey>, Vec<(String, String)>) {
+        let accepted = screening.accepted.iter().map(|l| l.key).collect();
+        let rejected = screening.rejected.iter().map(|r| (r.name.clone(), r.reason.to_string())).collect();
+        (accepted, rejected)
+    }
+
+    #[test]
+    fn a_change_without_conflicts_is_judged_alone() {
+        let policy = policy(DUAL, &["198.18.0.1/24", "fd00::1/64"]);
+        let own = own_lease();
+        let mut set = LeaseSet::default();
+        set.leases.insert(own.key, own.clone());
+        let mut put = |set: &mut LeaseSet, n: u8, mac: &str, revision: i64| {
+            let key: SubnetKey = format!("10.244.{n}.0-24&fc00:0:0:{n:x}::-64").parse().unwrap();
+            let ip = format!("198.18.0.{n}");
+            let value = v6_value(&ip, &format!("fd00::{n:x}"), mac, &format!("0e:00:00:00:01:{n:02x}"));
+            let attrs = LeaseAttrs::from_json(&value).unwrap().into();
+            set.leases.insert(key, Lease { key, attrs, etcd_lease: 1, mod_revision: revision });
+        };
+        put(&mut set, 2, "0e:00:00:00:00:02", 2);
+        put(&mut set, 3, "0e:00:00:00:00:03", 3);
+        let mut screener = Screener::default();
+        assert_eq!(verdicts(&screener.screen(&policy, Some(&own), &set)).0.len(), 2);
+        assert_eq!(screener.whole_screens, 1);
+
+        // A new peer, a changed one, a removed one, one with a bad value: no screen of the whole set.
+        put(&mut set, 4, "0e:00:00:00:00:04", 4);
+        put(&mut set, 2, "0e:00:00:00:00:22", 5);
+        set.leases.remove(&format!("10.244.3.0-24&fc00:0:0:3::-64").parse().unwrap());
+        put(&mut set, 5, "0e:00:00:00:00:05", 6);
+        set.bad_values.insert(format!("10.244.5.0-24&fc00:0:0:5::-64").parse().unwrap(), "not JSON".into());
+        let incremental = verdicts(&screener.screen(&policy, Some(&own), &set));
+        assert_eq!(incremental, verdicts(&screen(&policy, Some(&own), &set)));
+        assert_eq!(screener.whole_screens, 1);
+
+        // A newcomer with a MAC already held: the whole set is judged (and the newcomer loses).
+        put(&mut set, 6, "0e:00:00:00:00:04", 7);
+        let conflicted = verdicts(&screener.screen(&policy, Some(&own), &set));
+        assert_eq!(conflicted, verdicts(&screen(&policy, Some(&own), &set)));
+        assert_eq!(screener.whole_screens, 2);
+        assert!(conflicted.1.iter().any(|(name, why)| name.starts_with("10.244.6.0") && why.contains("VtepMAC")));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Through any sequence of puts and deletes (conflicts included), screening only what changed gives exactly
+        /// what judging the whole set from scratch gives.
+        #[test]
+        fn the_incremental_screen_equals_the_whole_one(
+            steps in proptest::collection::vec((any_lease(), any::<bool>(), any::<prop::sample::Index>()), 1..40)
+        ) {
+            let policy = policy(DUAL, &["198.18.0.1/24", "fd00::1/64"]);
+            let own = own_lease();
+            let mut set = LeaseSet::default();
+            set.leases.insert(own.key, own.clone());
+            let mut screener = Screener::default();
+            for (revision, ((key, value, _), delete, which)) in (1..).zip(steps) {
+                let peers: Vec<SubnetKey> = set.leases.keys().copied().filter(|k| *k != own.key).collect();
+                if delete && !peers.is_empty() {
+                    set.leases.remove(&peers[which.index(peers.len())]);
+                } else {
+                    let key: SubnetKey = key.parse().unwrap();
+                    let attrs = LeaseAttrs::from_json(&value).unwrap().into();
+                    set.leases.insert(key, Lease { key, attrs, etcd_lease: 1, mod_revision: revision + 1 });
+                }
+                let incremental = verdicts(&screener.screen(&policy, Some(&own), &set));
+                prop_assert_eq!(incremental, verdicts(&screen(&policy, Some(&own), &set)));
+            }
+        }
 
         /// Whatever set of leases is in etcd, the desired state never routes the underlay, our own subnet or our
         /// addresses, never has two routes for overlapping prefixes, and never two neighbours or FDB entries for
@@ -550,7 +764,7 @@ mod tests {
             for (key, value, revision) in &leases {
                 let key: SubnetKey = key.parse().unwrap();
                 let attrs = LeaseAttrs::from_json(value).unwrap();
-                set.leases.insert(key, Lease { key, attrs, etcd_lease: 1, mod_revision: *revision });
+                set.leases.insert(key, Lease { key, attrs: attrs.into(), etcd_lease: 1, mod_revision: *revision });
             }
             let own = own_lease();
             set.leases.insert(own.key, own.clone());

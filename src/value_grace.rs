@@ -7,7 +7,9 @@
 //! peer's value (a host that came back with a new VTEP MAC) reaches the kernel [`GRACE`] later. New leases and
 //! deletions are not delayed: only a change of what a live key says.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,52 +33,81 @@ struct Held {
     programmed: Lease,
     programmed_bad: Option<String>,
     /// A different value seen since, and when it was first seen.
-    pending: Option<(LeaseAttrs, Instant)>,
+    pending: Option<(Arc<LeaseAttrs>, Instant)>,
+}
+
+impl Held {
+    fn new(lease: &Lease, bad: Option<&String>) -> Held {
+        Held { programmed: lease.clone(), programmed_bad: bad.cloned(), pending: None }
+    }
+
+    /// Takes in the key's value as of `now`; returns when its grace ends if it is held back.
+    fn see(&mut self, lease: &Lease, bad: Option<&String>, now: Instant) -> Option<Instant> {
+        // Leases share their value with the set they came from: an unchanged lease compares by pointer.
+        if self.programmed.attrs == lease.attrs && self.programmed_bad.as_ref() == bad {
+            if self.programmed.mod_revision != lease.mod_revision {
+                self.programmed = lease.clone();
+            }
+            self.pending = None;
+            return None;
+        }
+        let since = match &self.pending {
+            Some((attrs, since)) if *attrs == lease.attrs => *since,
+            _ => now,
+        };
+        if now >= since + GRACE {
+            *self = Held::new(lease, bad);
+            return None;
+        }
+        self.pending = Some((lease.attrs.clone(), since));
+        Some(since + GRACE)
+    }
 }
 
 impl ValueGrace {
     /// The lease set to program at `now`: `set`, except that a key whose value changed less than [`GRACE`] ago
     /// keeps the value programmed before (None: `set` itself, nothing is held back). Also returns when a held
     /// value's grace ends (look again then).
+    ///
+    /// Runs on every change of the set: one walk of the set and the held keys side by side (both in key order),
+    /// copying nothing for a key whose value did not change.
     pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Option<LeaseSet>, Option<Instant>) {
-        self.keys.retain(|key, _| set.leases.contains_key(key) && key != own);
         let mut held_back: Vec<(SubnetKey, Lease, Option<String>)> = Vec::new();
         let mut next: Option<Instant> = None;
-        for (key, lease) in set.leases.iter().filter(|(key, _)| *key != own) {
-            let bad = set.bad_values.get(key);
-            let held = self.keys.entry(*key).or_insert_with(|| Held {
-                programmed: lease.clone(),
-                programmed_bad: bad.cloned(),
-                pending: None,
-            });
-            if held.programmed.attrs == lease.attrs && held.programmed_bad.as_ref() == bad {
-                if held.programmed.mod_revision != lease.mod_revision {
-                    held.programmed = lease.clone();
-                }
-                held.pending = None;
-                continue;
-            }
-            let since = match &held.pending {
-                Some((attrs, since)) if *attrs == lease.attrs => *since,
-                _ => now,
+        let mut new: Vec<&Lease> = Vec::new();
+        let mut gone: Vec<SubnetKey> = Vec::new();
+        let mut leases = set.leases.iter().filter(|(key, _)| *key != own).peekable();
+        let mut held = self.keys.iter_mut().peekable();
+        loop {
+            let order = match (leases.peek(), held.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((key, _)), Some((held_key, _))) => key.cmp(held_key),
             };
-            if now >= since + GRACE {
-                *held = Held { programmed: lease.clone(), programmed_bad: bad.cloned(), pending: None };
-                continue;
+            match order {
+                Ordering::Less => new.extend(leases.next().map(|(_, lease)| lease)),
+                Ordering::Greater => gone.extend(held.next().map(|(key, _)| *key)),
+                Ordering::Equal => {
+                    let (Some((key, lease)), Some((_, h))) = (leases.next(), held.next()) else { break };
+                    let bad = set.bad_values.get(key);
+                    if let Some(ends) = h.see(lease, bad, now) {
+                        held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone()));
+                        next = Some(next.map_or(ends, |n| n.min(ends)));
+                    }
+                }
             }
-            held.pending = Some((lease.attrs.clone(), since));
-            held_back.push((*key, held.programmed.clone(), held.programmed_bad.clone()));
-            next = Some(next.map_or(since + GRACE, |n| n.min(since + GRACE)));
+        }
+        for key in gone {
+            self.keys.remove(&key);
+        }
+        for lease in new {
+            self.keys.insert(lease.key, Held::new(lease, set.bad_values.get(&lease.key)));
         }
         if held_back.is_empty() {
             return (None, None);
         }
-        let mut view = LeaseSet {
-            leases: set.leases.clone(),
-            revision: set.revision,
-            bad_keys: set.bad_keys.clone(),
-            bad_values: set.bad_values.clone(),
-        };
+        let mut view = set.clone();
         for (key, lease, bad) in held_back {
             view.leases.insert(key, lease);
             match bad {
@@ -95,7 +126,7 @@ mod tests {
     fn lease(key: &str, ip: &str, rev: i64) -> Lease {
         Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() },
+            attrs: std::sync::Arc::new(LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() }),
             etcd_lease: 7,
             mod_revision: rev,
         }
@@ -174,7 +205,7 @@ mod tests {
         // Our own key is never held back (the lease keeper reacts to it); garbage over a peer's value is.
         first.leases.insert(own, lease("10.244.1.0-24", "198.18.0.66", 6));
         let garbage: SubnetKey = "10.244.2.0-24".parse().unwrap();
-        first.leases.insert(garbage, Lease { attrs: LeaseAttrs::default(), ..lease("10.244.2.0-24", "198.18.0.2", 6) });
+        first.leases.insert(garbage, Lease { attrs: std::sync::Arc::new(LeaseAttrs::default()), ..lease("10.244.2.0-24", "198.18.0.2", 6) });
         first.bad_values.insert(garbage, "not JSON".into());
         let (view, next) = seen(&mut grace, &first, &own, t0 + Duration::from_millis(5));
         assert_eq!(ip(&view, "10.244.1.0-24"), "198.18.0.66");

@@ -975,12 +975,12 @@ mod tests {
     fn lease(key: &str, ip: &str, mac: &str, etcd_lease: i64) -> Lease {
         Lease {
             key: key.parse().unwrap(),
-            attrs: LeaseAttrs {
+            attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
                 backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap())),
                 ..Default::default()
-            },
+            }),
             etcd_lease,
             mod_revision: etcd_lease,
         }
@@ -1338,7 +1338,7 @@ mod tests {
         let mut facts = healthy();
         let store = facts.store.as_mut().unwrap();
         let mut udp = lease("10.244.9.0-24", "198.18.0.9", "0e:00:00:00:00:09", 9);
-        udp.attrs.backend_type = "udp".into();
+        std::sync::Arc::make_mut(&mut udp.attrs).backend_type = "udp".into();
         store.listing.leases.push(udp);
         let (ids, text) = failures(&facts);
         assert_eq!(ids, ["leases"]);

@@ -377,7 +377,7 @@ mod tests {
         let interfaces = [iface("eth0", 2, &["198.18.0.1/24"]), iface("eth1", 3, &["192.0.2.7/24"])];
         let mut own = Lease {
             key: "10.244.1.0-24".parse().unwrap(),
-            attrs: crate::lease::LeaseAttrs { public_ip: Some("192.0.2.7".parse().unwrap()), ..Default::default() },
+            attrs: std::sync::Arc::new(crate::lease::LeaseAttrs { public_ip: Some("192.0.2.7".parse().unwrap()), ..Default::default() }),
             etcd_lease: 1,
             mod_revision: 1,
         };
@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(weftds.name, "eth0");
         assert_eq!(weftds.public_ip(Family::V4), Some("192.0.2.7".parse().unwrap()), "a NAT address is published");
         assert_eq!(pick_underlay(&interfaces, &own, None, Some(2)).unwrap().name, "eth1", "the one with our IP");
-        own.attrs.public_ip = Some("203.0.113.9".parse().unwrap());
+        std::sync::Arc::make_mut(&mut own.attrs).public_ip = Some("203.0.113.9".parse().unwrap());
         assert_eq!(pick_underlay(&interfaces, &own, None, Some(2)).unwrap().name, "eth0", "the default route's");
         assert!(pick_underlay(&interfaces, &own, None, None).is_none());
     }

@@ -206,7 +206,7 @@ impl LeaseStore for EtcdStore {
             return Err(StoreError::Conflict { key: *key });
         }
         let revision = self.revision(resp.header())?;
-        Ok(Lease { key: *key, attrs: attrs.clone(), etcd_lease: grant.id(), mod_revision: revision })
+        Ok(Lease { key: *key, attrs: attrs.clone().into(), etcd_lease: grant.id(), mod_revision: revision })
     }
 
     async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<Lease, StoreError> {
@@ -228,7 +228,7 @@ impl LeaseStore for EtcdStore {
             return Err(StoreError::Conflict { key: lease.key });
         }
         let revision = self.revision(resp.header())?;
-        Ok(Lease { key: lease.key, attrs: attrs.clone(), etcd_lease, mod_revision: revision })
+        Ok(Lease { key: lease.key, attrs: attrs.clone().into(), etcd_lease, mod_revision: revision })
     }
 
     async fn keep_alive(&self, lease: &Lease) -> Result<Duration, StoreError> {

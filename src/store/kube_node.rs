@@ -193,7 +193,7 @@ pub fn node_lease(names: &AnnotationNames, families: &[Family], node: &NodeFacts
         Err(defect) => return bad(None, defect),
     };
     match node_attrs(names, families, node.annotations) {
-        Ok(attrs) => NodeLease::Peer(Lease { key, attrs, etcd_lease: 0, mod_revision: 0 }),
+        Ok(attrs) => NodeLease::Peer(Lease { key, attrs: attrs.into(), etcd_lease: 0, mod_revision: 0 }),
         Err(defect) => bad(Some(key), defect),
     }
 }
@@ -360,7 +360,7 @@ mod tests {
         let NodeLease::Peer(lease) = node_lease(&names(), &[Family::V4, Family::V6], &facts(&published, &cidrs)) else {
             panic!("a dual-stack peer")
         };
-        assert_eq!(lease.attrs, attrs);
+        assert_eq!(lease.attrs, std::sync::Arc::new(attrs));
         assert_eq!(lease.key.to_string(), "10.244.4.0-24&fd00:244:4::-64");
     }
 
@@ -392,7 +392,7 @@ mod tests {
             panic!("a peer")
         };
         assert_eq!(lease.key.to_string(), "10.244.1.0-24");
-        assert_eq!(lease.attrs, our_vxlan_attrs());
+        assert_eq!(lease.attrs, std::sync::Arc::new(our_vxlan_attrs()));
         assert!(lease.is_reservation(), "a Node does not expire");
         // Read the older single spec.podCIDR the same way, and mask host bits as Go's ParseCIDR does.
         let single = NodeFacts { pod_cidr: Some("10.244.1.9/24"), pod_cidrs: &[], ..facts(&annotations, &cidrs) };

@@ -112,7 +112,7 @@ pub enum KubeStoreError {
 #[derive(Debug, Clone)]
 struct Seen {
     key: SubnetKey,
-    attrs: LeaseAttrs,
+    attrs: std::sync::Arc<LeaseAttrs>,
     revision: i64,
 }
 
@@ -258,7 +258,7 @@ impl KubeStore {
                 }
                 if let Some(key) = problem.key {
                     // Like a lease with a bad value: the subnet stays taken, nothing is programmed for it.
-                    let attrs = LeaseAttrs::default();
+                    let attrs = std::sync::Arc::new(LeaseAttrs::default());
                     seen.insert(name.clone(), Seen { key, attrs: attrs.clone(), revision });
                     changes.push(Change::Put(Lease { key, attrs, etcd_lease: 0, mod_revision: revision }));
                 }
@@ -573,7 +573,7 @@ mod tests {
         let key = store.assigned_subnet().await.unwrap().unwrap();
         assert_eq!(key.to_string(), "10.244.1.0-24");
         let own = store.create_lease(&key, &our_attrs(), Duration::from_secs(1)).await.unwrap();
-        assert_eq!(own.attrs, our_attrs());
+        assert_eq!(own.attrs, std::sync::Arc::new(our_attrs()));
         let annotations = &server.node("ours").unwrap()["metadata"]["annotations"];
         assert_eq!(annotations["flannel.alpha.coreos.com/backend-data"], r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}"#);
         assert_eq!(annotations["flannel.alpha.coreos.com/public-ip"], "198.18.0.1");

@@ -365,7 +365,7 @@ impl LeaseStore for MemoryStore {
         let revision = state.write(&name, attrs.to_json(), id);
         drop(state);
         self.notify();
-        Ok(Lease { key: *key, attrs: attrs.clone(), etcd_lease: id, mod_revision: revision })
+        Ok(Lease { key: *key, attrs: attrs.clone().into(), etcd_lease: id, mod_revision: revision })
     }
 
     async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<Lease, StoreError> {
@@ -386,7 +386,7 @@ impl LeaseStore for MemoryStore {
         let revision = state.write(&name, attrs.to_json(), ttl_lease);
         drop(state);
         self.notify();
-        Ok(Lease { key: lease.key, attrs: attrs.clone(), etcd_lease: ttl_lease, mod_revision: revision })
+        Ok(Lease { key: lease.key, attrs: attrs.clone().into(), etcd_lease: ttl_lease, mod_revision: revision })
     }
 
     async fn keep_alive(&self, lease: &Lease) -> Result<Duration, StoreError> {
