@@ -79,7 +79,12 @@ mod tests {
     use std::time::Duration;
 
     fn lease(key: &str, mod_revision: i64) -> Lease {
-        Lease { key: key.parse().unwrap(), attrs: std::sync::Arc::new(LeaseAttrs::default()), etcd_lease: 7, mod_revision }
+        Lease {
+            key: key.parse().unwrap(),
+            attrs: std::sync::Arc::new(LeaseAttrs::default()),
+            etcd_lease: 7,
+            mod_revision,
+        }
     }
 
     #[test]

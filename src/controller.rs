@@ -26,7 +26,7 @@ use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, SubnetKey};
-use crate::registry::LeaseSet;
+use crate::registry::{LeaseSet, Version};
 use crate::status::PeerChanges;
 use crate::trust::{self, IndexedJudgement, Rejected, Screener, Screening, TrustPolicy};
 use crate::value_grace::ValueGrace;
@@ -52,6 +52,23 @@ pub fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// How the programmed peers differ from `known` at `keys` (each with its lease when it is programmed now).
+fn peer_changes<'a>(
+    known: &BTreeMap<SubnetKey, i64>,
+    keys: impl Iterator<Item = (SubnetKey, Option<&'a Lease>)>,
+) -> PeerChanges<'a> {
+    let mut changes = PeerChanges::default();
+    for (key, programmed) in keys {
+        match (programmed, known.get(&key)) {
+            (Some(lease), Some(revision)) if *revision == lease.mod_revision => {}
+            (Some(lease), _) => changes.put.push(lease),
+            (None, Some(_)) => changes.removed.push(key),
+            (None, None) => {}
+        }
+    }
+    changes
 }
 
 /// Why a pass runs; decides how its changes are logged.
@@ -105,6 +122,8 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
     rejected_recorded: bool,
     /// Remembers the last screen's verdicts, so a lease event judges only the leases that changed.
     screener: Screener,
+    /// The version of the lease set the last pass saw, to ask the set's journal what changed since.
+    seen: Option<Version>,
     metrics: Arc<Metrics>,
     /// Objects the last pass compared (desired plus observed are built and dropped each pass).
     last_pass_objects: usize,
@@ -135,6 +154,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             known_rejected: BTreeSet::new(),
             rejected_recorded: false,
             screener: Screener::default(),
+            seen: None,
             metrics,
             last_pass_objects: 0,
             route_networks: Vec::new(),
@@ -183,7 +203,11 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         self.screener = Screener::default();
         let IndexedJudgement { index: desired, accepted, rejected } =
             trust::judge_indexed(&self.policy, &self.backend, own, set, &mut self.screener);
-        self.record_peers(own, set, &accepted, &rejected);
+        // Whatever changed before this pass, it sees the whole set.
+        self.seen = set.version();
+        self.grace.take_flipped();
+        let changes = self.log_peer_changes(&accepted);
+        self.record_peers(own, set, changes, &rejected);
         self.last_pass_objects = desired.state.object_count();
         self.publish_forwarding(desired.forwarding.as_ref());
 
@@ -273,14 +297,13 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         }
     }
 
-    /// Logs and records the peers a pass programs and the leases it does not.
-    fn record_peers(&mut self, own: &Lease, set: &LeaseSet, accepted: &[&Lease], rejected: &[Rejected]) {
-        let changes = self.log_peer_changes(accepted);
+    /// Records how the programmed peers changed (already logged) and the leases a pass does not program.
+    fn record_peers(&mut self, own: &Lease, set: &LeaseSet, changes: PeerChanges, rejected: &[Rejected]) {
         let rejected_changed = self.log_rejected(rejected);
         let in_store = set.leases.len() + set.bad_keys.len() - usize::from(set.leases.contains_key(&own.key));
         let m = &self.metrics;
         m.status.record_peers(own, in_store, &changes, rejected_changed.then_some(rejected));
-        m.peers.store(accepted.len() as i64, Ordering::Relaxed);
+        m.peers.store(self.known.len() as i64, Ordering::Relaxed);
         m.set_skipped(rejected.iter().map(|r| r.reason.name()));
     }
 
@@ -295,11 +318,12 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// Applies a change of the lease set, or objects a notification said were deleted (`gone`), in time and
     /// memory proportional to the change: only the leases whose accepted value changed since the last pass are
-    /// re-derived, and only their objects (and the `gone` ones) are diffed, against the values the last pass left
-    /// in the kernel; no kernel state is dumped. Returns None when this cannot be done exactly and a full pass
-    /// must run instead: no clean pass before it, our own lease changed, or a notification that names no single
-    /// object. The screen judges only the leases that changed (see [`Screener`]); finding them is one walk of the set
-    /// beside the last verdicts, with no copying.
+    /// judged and re-derived, and only their objects (and the `gone` ones) are diffed, against the values the
+    /// last pass left in the kernel; no kernel state is dumped. Which leases changed comes from the set's journal
+    /// (and the value grace's releases); when the journal cannot tell, or a conflict between leases makes the
+    /// screen judge the whole set, one walk of the set beside the index finds them instead. Returns None when
+    /// this cannot be done exactly and a full pass must run instead: no clean pass before it, our own lease
+    /// changed, or a notification that names no single object.
     pub async fn incremental_pass(
         &mut self,
         own: &Lease,
@@ -312,16 +336,40 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             return None;
         }
         let started = std::time::Instant::now();
-        let Screening { accepted, rejected } = self.screener.screen(&self.policy, Some(own), set);
+        let flipped = self.grace.take_flipped();
+        let keys = set.changed_since(self.seen).map(|mut keys| {
+            keys.extend(flipped);
+            keys
+        });
+        self.seen = set.version();
         let mut touched = Touched::default();
         for key in gone {
             touched.gone(key.clone());
         }
-        // The accepted leases and the index's parts, both in key order: a lease whose revision differs (or that
-        // is new) is re-derived, a part without a lease goes.
         let mut changed: Vec<&Lease> = Vec::new();
         let mut removed: Vec<SubnetKey> = Vec::new();
-        {
+        let screen_alone = match &keys {
+            Some(keys) => self.screener.screen_keys(&self.policy, Some(own), set, keys),
+            None => false,
+        };
+        // What the index holds against what the screen accepts: a lease whose revision differs (or that is new)
+        // is re-derived, a part without an accepted lease goes.
+        let walked = match (&keys, screen_alone) {
+            (Some(keys), true) => {
+                for key in keys {
+                    match set.leases.get(key).filter(|_| self.screener.is_accepted(key)) {
+                        Some(lease) if index.revision(key) != Some(lease.mod_revision) => changed.push(lease),
+                        Some(_) => {}
+                        None if index.revision(key).is_some() => removed.push(*key),
+                        None => {}
+                    }
+                }
+                None
+            }
+            (Some(_), false) => Some(self.screener.screening(set)),
+            (None, _) => Some(self.screener.screen(&self.policy, Some(own), set)),
+        };
+        if let Some(Screening { accepted, .. }) = &walked {
             let mut parts = index.revisions().peekable();
             let mut leases = accepted.iter().peekable();
             loop {
@@ -369,8 +417,24 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             self.publish_forwarding(table.as_ref());
         }
         let Indexed { index, .. } = self.index.as_ref()?;
-        let (accepted, rejected) = trust::accepted_and_rejected(accepted, rejected, index);
-        self.record_peers(own, set, &accepted, &rejected);
+        match (walked, keys) {
+            (Some(Screening { accepted, rejected }), _) => {
+                let (accepted, rejected) = trust::accepted_and_rejected(accepted, rejected, index);
+                let changes = self.log_peer_changes(&accepted);
+                self.record_peers(own, set, changes, &rejected);
+            }
+            (None, Some(keys)) => {
+                let (_, rejected) = trust::accepted_and_rejected(Vec::new(), self.screener.rejected(set), index);
+                let programmed = |key: &SubnetKey| {
+                    let lease = set.leases.get(key).filter(|_| self.screener.is_accepted(key));
+                    lease.filter(|_| !index.has_skipped(key))
+                };
+                let changes = peer_changes(&self.known, keys.iter().map(|key| (*key, programmed(key))));
+                self.note_peer_changes(&changes);
+                self.record_peers(own, set, changes, &rejected);
+            }
+            (None, None) => unreachable!("without the journal's keys the screen walks the set"),
+        }
         self.last_pass_objects = touched.keys.len();
 
         let m = &self.metrics;
@@ -390,8 +454,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         Some(report)
     }
 
-    /// Logs the peers added, changed and removed since the last pass; `accepted` is in key order. One walk beside
-    /// the known peers, so an event that changes one peer changes one entry.
+    /// The peers added, changed and removed since the last pass, logged and taken into the known peers;
+    /// `accepted` (the programmed peers) is in key order. One walk beside the known peers.
     fn log_peer_changes<'a>(&mut self, accepted: &[&'a Lease]) -> PeerChanges<'a> {
         debug_assert!(accepted.windows(2).all(|w| w[0].key < w[1].key), "accepted leases come in key order");
         let mut changes = PeerChanges::default();
@@ -401,26 +465,28 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 changes.removed.push(*key);
             }
             match known.next_if(|(key, _)| **key == lease.key) {
-                None => {
-                    info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added");
-                    changes.put.push(lease);
-                }
-                Some((_, revision)) if *revision != lease.mod_revision => {
-                    info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed");
-                    changes.put.push(lease);
-                }
-                Some(_) => {}
+                Some((_, revision)) if *revision == lease.mod_revision => {}
+                _ => changes.put.push(lease),
             }
         }
         changes.removed.extend(known.map(|(key, _)| *key));
+        self.note_peer_changes(&changes);
+        changes
+    }
+
+    /// Logs peer changes and takes them into the known peers.
+    fn note_peer_changes(&mut self, changes: &PeerChanges) {
+        for lease in &changes.put {
+            if self.known.insert(lease.key, lease.mod_revision).is_none() {
+                info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added");
+            } else {
+                info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed");
+            }
+        }
         for key in &changes.removed {
             info!(subnet = %key, "peer removed");
             self.known.remove(key);
         }
-        for lease in &changes.put {
-            self.known.insert(lease.key, lease.mod_revision);
-        }
-        changes
     }
 
     /// Warns once per rejected lease and reason; true when the rejected leases differ from the last pass's.

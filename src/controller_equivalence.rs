@@ -20,6 +20,7 @@ use crate::controller::{Controller, Trigger};
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::LeaseSet;
+use crate::store::Change;
 use crate::trust::TrustPolicy;
 
 const CONFIG_VXLAN: &str =
@@ -83,7 +84,12 @@ fn lease(backend: &str, n: u8, v6: bool, mac: u8, ip: u8, revision: i64) -> Leas
         r#"{{"PublicIP":"198.18.0.{ip}","PublicIPv6":{v6_ip},"BackendType":"{backend}","BackendData":{},"BackendV6Data":{v6_data}}}"#,
         data(0)
     );
-    Lease { key: key(n, v6), attrs: std::sync::Arc::new(LeaseAttrs::from_json(&text).unwrap()), etcd_lease: 1, mod_revision: revision }
+    Lease {
+        key: key(n, v6),
+        attrs: std::sync::Arc::new(LeaseAttrs::from_json(&text).unwrap()),
+        etcd_lease: 1,
+        mod_revision: revision,
+    }
 }
 
 /// A controller over an in-memory kernel with our lease (subnet 1, public IP .1, MAC ..:01) in place.
@@ -126,8 +132,9 @@ fn pick<T: Clone>(items: impl Iterator<Item = T>, i: usize) -> Option<T> {
 /// Runs `steps` through both controllers; returns the first step after which they differ.
 async fn run(config: &str, backend_type: &str, steps: &[Step]) -> Result<(), String> {
     let own = lease(backend_type, 1, config == CONFIG_VXLAN, 1, 1, 1);
-    let mut set = LeaseSet::default();
-    set.leases.insert(own.key, own.clone());
+    // Changed through the journal, as the registry changes it: the incremental side visits only what it names.
+    let mut set = LeaseSet::journaled(0);
+    set.apply(&[Change::Put(own.clone())], 1);
     let mut incremental = controller(config);
     let mut full = controller(config);
     let set_now = Arc::new(set.clone());
@@ -144,11 +151,12 @@ async fn run(config: &str, backend_type: &str, steps: &[Step]) -> Result<(), Str
             Step::Put { n, v6, mac, ip } => {
                 revision += 1;
                 let l = lease(backend_type, *n, *v6, *mac, *ip, revision);
-                set.leases.insert(l.key, l);
+                set.apply(&[Change::Put(l)], revision);
                 trigger = Trigger::LeasesChanged;
             }
             Step::Delete { n, v6 } => {
-                set.leases.remove(&key(*n, *v6));
+                revision += 1;
+                set.apply(&[Change::Delete(key(*n, *v6))], revision);
                 trigger = Trigger::LeasesChanged;
             }
             Step::Resync => trigger = Trigger::Resync,
@@ -256,12 +264,13 @@ async fn lease_changes_and_named_deletions_take_no_full_pass() {
     run(CONFIG_VXLAN, "vxlan", &steps).await.unwrap();
     // The same sequence, counted: only the startup pass was full.
     let own = lease("vxlan", 1, true, 1, 1, 1);
-    let mut set = LeaseSet::default();
-    set.leases.insert(own.key, own.clone());
+    // Changed through the journal, as the registry changes it: the incremental side visits only what it names.
+    let mut set = LeaseSet::journaled(0);
+    set.apply(&[Change::Put(own.clone())], 1);
     let mut c = controller(CONFIG_VXLAN);
     c.pass(&own, &Arc::new(set.clone()), Trigger::Startup).await.unwrap();
     let peer = lease("vxlan", 2, true, 2, 2, 2);
-    set.leases.insert(peer.key, peer);
+    set.apply(&[Change::Put(peer)], 2);
     let report = c.step(&own, &Arc::new(set.clone()), Trigger::LeasesChanged, Some(Vec::new())).await.unwrap();
     assert_eq!(report.applied.len(), 6, "a neighbour, an FDB entry and a route per family");
     let dst = "10.244.2.0/24".parse().unwrap();

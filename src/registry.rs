@@ -20,6 +20,8 @@ use crate::store::{Change, LeaseProblem, LeaseStore, Listing, ResyncCause, Watch
 /// Every lease as of `revision`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseSet {
+    /// Change a journaled set only through [`apply`](Self::apply): a change made by hand is not journaled, and
+    /// the consumers that follow the journal would never see it.
     pub leases: BTreeMap<SubnetKey, Lease>,
     pub revision: i64,
     /// Keys below the subnets prefix that are not leases (by their name there), and why: never programmed, but
@@ -28,13 +30,91 @@ pub struct LeaseSet {
     /// Leases whose value is not flannel's JSON, and why. They hold their subnet (in `leases`, without
     /// attributes) and are never programmed.
     pub bad_values: BTreeMap<SubnetKey, String>,
+    /// Which keys the recent changes touched, so a consumer that saw an earlier version visits only those.
+    pub journal: Journal,
+}
+
+/// A version of the lease set a consumer has seen: the journal's line and the revision on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    line: u64,
+    revision: i64,
+}
+
+/// The keys changed by the most recent changes applied to a set, by revision. A set made from a listing starts a
+/// new line (a relisting may differ from the last version anywhere); a set built by hand has no line, and then
+/// nobody can tell what changed: consumers look at the whole set.
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// 0: no line.
+    line: u64,
+    /// The revision from which `entries` holds every change (the set's revision when the line began, or the
+    /// revision of the last entry dropped to keep the journal short).
+    complete_after: i64,
+    entries: std::collections::VecDeque<(i64, SubnetKey)>,
+}
+
+/// How many changes the journal keeps: a consumer that falls further behind looks at the whole set once.
+const JOURNAL_LEN: usize = 4096;
+
+/// Sets compare by what they say, not by how they were reached.
+impl PartialEq for Journal {
+    fn eq(&self, _: &Journal) -> bool {
+        true
+    }
+}
+
+impl Eq for Journal {}
+
+impl Journal {
+    /// A new line, complete after `revision`.
+    fn begin(revision: i64) -> Journal {
+        static LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let line = LINES.fetch_add(1, Ordering::Relaxed);
+        Journal { line, complete_after: revision, entries: std::collections::VecDeque::new() }
+    }
+
+    fn record(&mut self, revision: i64, key: SubnetKey) {
+        if self.line == 0 {
+            return;
+        }
+        if self.entries.len() == JOURNAL_LEN {
+            if let Some((dropped, _)) = self.entries.pop_front() {
+                self.complete_after = dropped;
+            }
+        }
+        self.entries.push_back((revision, key));
+    }
 }
 
 impl LeaseSet {
+    /// An empty set whose changes are journaled (a set from a listing is too).
+    pub fn journaled(revision: i64) -> LeaseSet {
+        LeaseSet { revision, journal: Journal::begin(revision), ..LeaseSet::default() }
+    }
+
+    /// This version, for a later [`changed_since`](Self::changed_since); None when the set keeps no journal.
+    pub fn version(&self) -> Option<Version> {
+        (self.journal.line != 0).then_some(Version { line: self.journal.line, revision: self.revision })
+    }
+
+    /// The keys whose lease or bad value changed after `since`, or None when the journal cannot tell (no
+    /// journal, another line, or older than it keeps): then anything may have changed.
+    pub fn changed_since(&self, since: Option<Version>) -> Option<std::collections::BTreeSet<SubnetKey>> {
+        let since = since?;
+        let journal = &self.journal;
+        if journal.line == 0 || since.line != journal.line || since.revision < journal.complete_after {
+            return None;
+        }
+        let newer = journal.entries.iter().rev().take_while(|(revision, _)| *revision > since.revision);
+        Some(newer.map(|(_, key)| *key).collect())
+    }
+
     pub fn from_listing(listing: &Listing) -> LeaseSet {
         let mut set = LeaseSet {
             leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(),
             revision: listing.revision,
+            journal: Journal::begin(listing.revision),
             ..LeaseSet::default()
         };
         for problem in &listing.problems {
@@ -49,6 +129,7 @@ impl LeaseSet {
         let mut set = LeaseSet {
             leases: std::mem::take(&mut listing.leases).into_iter().map(|l| (l.key, l)).collect(),
             revision: listing.revision,
+            journal: Journal::begin(listing.revision),
             ..LeaseSet::default()
         };
         for problem in &listing.problems {
@@ -76,25 +157,42 @@ impl LeaseSet {
         }
     }
 
-    fn apply(&mut self, changes: &[Change], revision: i64) {
+    /// Applies one batch of changes from the store's watch, all at `revision`.
+    pub fn apply(&mut self, changes: &[Change], revision: i64) {
         for change in changes {
             match change {
                 Change::Put(lease) => {
                     // A bad value comes as a put followed by its problem; a good one clears an earlier problem.
                     self.bad_values.remove(&lease.key);
                     self.leases.insert(lease.key, lease.clone());
+                    self.journal.record(revision, lease.key);
                 }
                 Change::Delete(key) => {
                     self.bad_values.remove(key);
                     self.leases.remove(key);
+                    self.journal.record(revision, *key);
                 }
-                Change::Problem(problem) => self.note(problem),
+                Change::Problem(problem) => {
+                    if let Some(key) = problem_key(problem) {
+                        self.journal.record(revision, key);
+                    }
+                    self.note(problem)
+                }
                 Change::DeleteUnparsable(name) => {
                     self.bad_keys.remove(name);
                 }
             }
         }
         self.revision = revision;
+    }
+}
+
+/// The lease key a problem is about, if it names one.
+fn problem_key(problem: &LeaseProblem) -> Option<SubnetKey> {
+    match problem {
+        LeaseProblem::BadKey { .. } => None,
+        LeaseProblem::BadValue { key, .. } => Some(*key),
+        LeaseProblem::BadNode { problem, .. } => problem.key,
     }
 }
 

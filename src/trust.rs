@@ -9,7 +9,7 @@
 //! accepted and applies the last guard ([`guard_routes`]): no route over the underlay, a host address or our own
 //! subnet, whatever the leases and the backend said.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -105,6 +105,8 @@ pub struct Screener {
     contested: usize,
     /// Our own VtepMACs: no peer may use one.
     own_macs: Vec<MacAddr>,
+    /// The keys of the leases rejected, so listing them costs what they are, not the whole set.
+    rejected_keys: BTreeSet<SubnetKey>,
     /// Screens of the whole set so far (for tests: the point is that most screens are not).
     whole_screens: u64,
 }
@@ -155,6 +157,69 @@ impl Screener {
                 }
             }
         }
+        self.take_in(policy, own, changed, removed)
+    }
+
+    /// [`screen`](Self::screen) when only the leases under `keys` can have changed since the last screen of this
+    /// set's line (its journal says so). True when only their verdicts changed; false when the whole set was
+    /// judged again (a conflict between leases was involved) and any verdict may have changed. Either way the
+    /// verdicts are current.
+    pub fn screen_keys(
+        &mut self,
+        policy: &TrustPolicy,
+        own: Option<&Lease>,
+        set: &LeaseSet,
+        keys: &BTreeSet<SubnetKey>,
+    ) -> bool {
+        if self.own.as_ref().map(Option::as_ref) != Some(own) {
+            self.judge_all(policy, own, set);
+            return false;
+        }
+        let own_key = own.map(|o| o.key);
+        let mut changed: Vec<&Lease> = Vec::new();
+        let mut removed: Vec<SubnetKey> = Vec::new();
+        for key in keys {
+            let lease = set.leases.get(key).filter(|l| Some(l.key) != own_key && !set.bad_values.contains_key(key));
+            match (lease, self.verdicts.get(key)) {
+                (Some(lease), Some(verdict)) if verdict.judged(lease) => {}
+                (Some(lease), _) => changed.push(lease),
+                (None, Some(_)) => removed.push(*key),
+                (None, None) => {}
+            }
+        }
+        if self.take_in(policy, own, changed, removed) {
+            return true;
+        }
+        self.judge_all(policy, own, set);
+        false
+    }
+
+    /// Whether the last screen accepted the lease under `key`.
+    pub fn is_accepted(&self, key: &SubnetKey) -> bool {
+        self.verdicts.get(key).is_some_and(|v| v.outcome.is_ok())
+    }
+
+    /// The leases the last screen rejected (the set's malformed keys and values included), in name order.
+    pub fn rejected(&self, set: &LeaseSet) -> Vec<Rejected> {
+        let mut out = bad_entries(set);
+        for key in &self.rejected_keys {
+            if let Some(Err(reason)) = self.verdicts.get(key).map(|v| &v.outcome) {
+                out.push(Rejected { name: key.to_string(), reason: reason.clone() });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Takes in changed and removed leases against the standing verdicts; false when a conflict between leases
+    /// is involved (the verdicts are then partly updated: judge the whole set).
+    fn take_in(
+        &mut self,
+        policy: &TrustPolicy,
+        own: Option<&Lease>,
+        mut changed: Vec<&Lease>,
+        removed: Vec<SubnetKey>,
+    ) -> bool {
         if changed.is_empty() && removed.is_empty() {
             return true;
         }
@@ -162,6 +227,7 @@ impl Screener {
             return false;
         }
         for key in removed.iter().chain(changed.iter().map(|l| &l.key)) {
+            self.rejected_keys.remove(key);
             if let Some(old) = self.verdicts.remove(key) {
                 if old.outcome.is_ok() {
                     for subnet in key.subnets() {
@@ -185,7 +251,7 @@ impl Screener {
                 }
                 self.claim(lease, macs);
             }
-            self.verdicts.insert(lease.key, Verdict::of(lease, outcome.map(drop)));
+            self.record(lease, outcome.map(drop));
         }
         true
     }
@@ -193,7 +259,8 @@ impl Screener {
     /// Judges every lease, in store order.
     fn judge_all(&mut self, policy: &TrustPolicy, own: Option<&Lease>, set: &LeaseSet) {
         let whole_screens = self.whole_screens + 1;
-        *self = Screener { own: Some(own.cloned()), own_macs: own_macs(policy, own), whole_screens, ..Screener::default() };
+        *self =
+            Screener { own: Some(own.cloned()), own_macs: own_macs(policy, own), whole_screens, ..Screener::default() };
         let mut order: Vec<&Lease> = candidates(own, set).collect();
         order.sort_by_key(|l| l.precedence());
         for lease in order {
@@ -210,8 +277,15 @@ impl Screener {
                 self.contested += 1;
                 Err(conflict)
             });
-            self.verdicts.insert(lease.key, Verdict::of(lease, outcome));
+            self.record(lease, outcome);
         }
+    }
+
+    fn record(&mut self, lease: &Lease, outcome: Result<(), RejectReason>) {
+        if outcome.is_err() {
+            self.rejected_keys.insert(lease.key);
+        }
+        self.verdicts.insert(lease.key, Verdict::of(lease, outcome));
     }
 
     fn claim(&mut self, lease: &Lease, macs: &[MacAddr]) {
@@ -220,14 +294,8 @@ impl Screener {
     }
 
     /// The standing verdicts as a [`Screening`] of `set` (which they were made for).
-    fn screening<'a>(&self, set: &'a LeaseSet) -> Screening<'a> {
-        let mut out = Screening::default();
-        for (name, why) in &set.bad_keys {
-            out.rejected.push(Rejected { name: name.clone(), reason: RejectReason::BadKey { detail: why.clone() } });
-        }
-        for (key, why) in &set.bad_values {
-            out.rejected.push(Rejected { name: key.to_string(), reason: RejectReason::BadValue { detail: why.clone() } });
-        }
+    pub fn screening<'a>(&self, set: &'a LeaseSet) -> Screening<'a> {
+        let mut out = Screening { accepted: Vec::new(), rejected: bad_entries(set) };
         let own = self.own.as_ref().and_then(|o| o.as_ref().map(|o| o.key));
         let mut verdicts = self.verdicts.iter();
         for lease in candidates_of(own, set) {
@@ -247,6 +315,18 @@ impl Verdict {
     fn of(lease: &Lease, outcome: Result<(), RejectReason>) -> Verdict {
         Verdict { revision: lease.mod_revision, attrs: lease.attrs.clone(), outcome }
     }
+}
+
+/// The set's malformed keys and values, as rejections.
+fn bad_entries(set: &LeaseSet) -> Vec<Rejected> {
+    let mut out = Vec::new();
+    for (name, why) in &set.bad_keys {
+        out.push(Rejected { name: name.clone(), reason: RejectReason::BadKey { detail: why.clone() } });
+    }
+    for (key, why) in &set.bad_values {
+        out.push(Rejected { name: key.to_string(), reason: RejectReason::BadValue { detail: why.clone() } });
+    }
+    out
 }
 
 /// The leases the screen judges, in key order: all but our own and those whose value is not flannel's JSON.
@@ -330,7 +410,8 @@ pub struct Judgement<'a> {
 /// Screens the set, asks the backend for the accepted peers' desired state, and applies the last guard. What the
 /// backend itself skipped is reported the same way.
 pub fn judge<'a, B: Backend>(policy: &TrustPolicy, backend: &B, own: &Lease, set: &'a LeaseSet) -> Judgement<'a> {
-    let IndexedJudgement { index, accepted, rejected } = judge_indexed(policy, backend, own, set, &mut Screener::default());
+    let IndexedJudgement { index, accepted, rejected } =
+        judge_indexed(policy, backend, own, set, &mut Screener::default());
     Judgement { desired: index.into_desired(), accepted, rejected }
 }
 
@@ -452,7 +533,9 @@ mod tests {
     fn own_lease() -> Lease {
         Lease {
             key: OWN_KEY.parse().unwrap(),
-            attrs: std::sync::Arc::new(LeaseAttrs::from_json(&v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01")).unwrap()),
+            attrs: std::sync::Arc::new(
+                LeaseAttrs::from_json(&v6_value("198.18.0.1", "fd00::1", OWN_MAC, "0e:00:00:00:01:01")).unwrap(),
+            ),
             etcd_lease: 1,
             mod_revision: 1,
         }
@@ -695,7 +778,7 @@ mod tests {
         let own = own_lease();
         let mut set = LeaseSet::default();
         set.leases.insert(own.key, own.clone());
-        let mut put = |set: &mut LeaseSet, n: u8, mac: &str, revision: i64| {
+        let put = |set: &mut LeaseSet, n: u8, mac: &str, revision: i64| {
             let key: SubnetKey = format!("10.244.{n}.0-24&fc00:0:0:{n:x}::-64").parse().unwrap();
             let ip = format!("198.18.0.{n}");
             let value = v6_value(&ip, &format!("fd00::{n:x}"), mac, &format!("0e:00:00:00:01:{n:02x}"));

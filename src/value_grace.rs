@@ -8,14 +8,14 @@
 //! deletions are not delayed: only a change of what a live key says.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::registry::LeaseSet;
+use crate::registry::{LeaseSet, Version};
 
 /// How long a changed peer value must stand before it is programmed: far more than a host needs to write its
 /// own value back (one etcd round trip), short next to any restart of a host.
@@ -25,6 +25,13 @@ pub const GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct ValueGrace {
     keys: BTreeMap<SubnetKey, Held>,
+    /// The version of the set `keys` reflects, and our own key then; None: look at the whole set next time.
+    seen: Option<(Version, SubnetKey)>,
+    /// The keys held back now.
+    held: BTreeSet<SubnetKey>,
+    /// Keys held back or released since [`take_flipped`](Self::take_flipped) last ran: the view's value of
+    /// these changed although the set's did not.
+    flipped: BTreeSet<SubnetKey>,
 }
 
 #[derive(Debug)]
@@ -69,11 +76,71 @@ impl ValueGrace {
     /// keeps the value programmed before (None: `set` itself, nothing is held back). Also returns when a held
     /// value's grace ends (look again then).
     ///
-    /// Runs on every change of the set: one walk of the set and the held keys side by side (both in key order),
-    /// copying nothing for a key whose value did not change.
+    /// Runs on every change of the set: it visits the keys the set's journal says changed and the held ones,
+    /// or, when the journal cannot tell, walks the set and the held keys side by side (both in key order);
+    /// either way it copies nothing for a key whose value did not change.
     pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Option<LeaseSet>, Option<Instant>) {
         let mut held_back: Vec<(SubnetKey, Lease, Option<String>)> = Vec::new();
         let mut next: Option<Instant> = None;
+        let changed = self.seen.filter(|(_, seen_own)| seen_own == own).and_then(|(v, _)| set.changed_since(Some(v)));
+        match changed {
+            Some(mut keys) => {
+                keys.extend(self.held.iter().copied());
+                keys.remove(own);
+                for key in keys {
+                    let Some(lease) = set.leases.get(&key) else {
+                        self.keys.remove(&key);
+                        continue;
+                    };
+                    let bad = set.bad_values.get(&key);
+                    match self.keys.get_mut(&key) {
+                        None => {
+                            self.keys.insert(key, Held::new(lease, bad));
+                        }
+                        Some(h) => {
+                            if let Some(ends) = h.see(lease, bad, now) {
+                                held_back.push((key, h.programmed.clone(), h.programmed_bad.clone()));
+                                next = Some(next.map_or(ends, |n| n.min(ends)));
+                            }
+                        }
+                    }
+                }
+            }
+            None => self.walk(set, own, now, &mut held_back, &mut next),
+        }
+        self.seen = set.version().map(|v| (v, *own));
+        let held: BTreeSet<SubnetKey> = held_back.iter().map(|(key, ..)| *key).collect();
+        self.flipped.extend(held.symmetric_difference(&self.held));
+        self.held = held;
+        if held_back.is_empty() {
+            return (None, None);
+        }
+        let mut view = set.clone();
+        for (key, lease, bad) in held_back {
+            view.leases.insert(key, lease);
+            match bad {
+                Some(why) => view.bad_values.insert(key, why),
+                None => view.bad_values.remove(&key),
+            };
+        }
+        (Some(view), next)
+    }
+
+    /// The keys whose value in the view changed without a change in the set (held back or released) since the
+    /// last call.
+    pub fn take_flipped(&mut self) -> BTreeSet<SubnetKey> {
+        std::mem::take(&mut self.flipped)
+    }
+
+    /// [`view`](Self::view)'s visit of every key.
+    fn walk(
+        &mut self,
+        set: &LeaseSet,
+        own: &SubnetKey,
+        now: Instant,
+        held_back: &mut Vec<(SubnetKey, Lease, Option<String>)>,
+        next: &mut Option<Instant>,
+    ) {
         let mut new: Vec<&Lease> = Vec::new();
         let mut gone: Vec<SubnetKey> = Vec::new();
         let mut leases = set.leases.iter().filter(|(key, _)| *key != own).peekable();
@@ -93,7 +160,7 @@ impl ValueGrace {
                     let bad = set.bad_values.get(key);
                     if let Some(ends) = h.see(lease, bad, now) {
                         held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone()));
-                        next = Some(next.map_or(ends, |n| n.min(ends)));
+                        *next = Some(next.map_or(ends, |n| n.min(ends)));
                     }
                 }
             }
@@ -104,24 +171,13 @@ impl ValueGrace {
         for lease in new {
             self.keys.insert(lease.key, Held::new(lease, set.bad_values.get(&lease.key)));
         }
-        if held_back.is_empty() {
-            return (None, None);
-        }
-        let mut view = set.clone();
-        for (key, lease, bad) in held_back {
-            view.leases.insert(key, lease);
-            match bad {
-                Some(why) => view.bad_values.insert(key, why),
-                None => view.bad_values.remove(&key),
-            };
-        }
-        (Some(view), next)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Change;
 
     fn lease(key: &str, ip: &str, rev: i64) -> Lease {
         Lease {
@@ -143,12 +199,7 @@ mod tests {
     /// What would be programmed: the held-back view, or the set itself.
     fn seen(grace: &mut ValueGrace, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (LeaseSet, Option<Instant>) {
         let (view, next) = grace.view(set, own, now);
-        let view = view.unwrap_or_else(|| LeaseSet {
-            leases: set.leases.clone(),
-            revision: set.revision,
-            bad_keys: set.bad_keys.clone(),
-            bad_values: set.bad_values.clone(),
-        });
+        let view = view.unwrap_or_else(|| set.clone());
         (view, next)
     }
 
@@ -205,12 +256,47 @@ mod tests {
         // Our own key is never held back (the lease keeper reacts to it); garbage over a peer's value is.
         first.leases.insert(own, lease("10.244.1.0-24", "198.18.0.66", 6));
         let garbage: SubnetKey = "10.244.2.0-24".parse().unwrap();
-        first.leases.insert(garbage, Lease { attrs: std::sync::Arc::new(LeaseAttrs::default()), ..lease("10.244.2.0-24", "198.18.0.2", 6) });
+        first.leases.insert(
+            garbage,
+            Lease { attrs: std::sync::Arc::new(LeaseAttrs::default()), ..lease("10.244.2.0-24", "198.18.0.2", 6) },
+        );
         first.bad_values.insert(garbage, "not JSON".into());
         let (view, next) = seen(&mut grace, &first, &own, t0 + Duration::from_millis(5));
         assert_eq!(ip(&view, "10.244.1.0-24"), "198.18.0.66");
         assert_eq!(ip(&view, "10.244.2.0-24"), "198.18.0.2");
         assert!(view.bad_values.is_empty(), "the garbage is not reported while it waits");
         assert!(next.is_some());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Following the set's journal gives the same views, wake-ups and releases as walking the whole set.
+        #[test]
+        fn the_journal_gives_what_the_walk_gives(
+            steps in proptest::collection::vec((0u8..3, 2u8..7, 1u8..4, 0u64..3000), 1..60)
+        ) {
+            let own: SubnetKey = "10.244.1.0-24".parse().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let _guard = runtime.enter();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut set = LeaseSet::journaled(0);
+            let (mut journaled, mut walked) = (ValueGrace::default(), ValueGrace::default());
+            for (revision, (what, n, ip, ms)) in (1..).zip(steps) {
+                let key = format!("10.244.{n}.0-24");
+                match what {
+                    0 => set.apply(&[Change::Put(lease(&key, &format!("198.18.0.{ip}"), revision))], revision),
+                    1 => set.apply(&[Change::Delete(key.parse().unwrap())], revision),
+                    _ => now += Duration::from_millis(ms),
+                }
+                let unjournaled = LeaseSet { journal: Default::default(), ..set.clone() };
+                let a = journaled.view(&set, &own, now);
+                let b = walked.view(&unjournaled, &own, now);
+                proptest::prop_assert_eq!(a.1, b.1);
+                proptest::prop_assert_eq!(a.0.map(|v| v.leases), b.0.map(|v| v.leases));
+                proptest::prop_assert_eq!(journaled.take_flipped(), walked.take_flipped());
+            }
+        }
     }
 }

@@ -84,6 +84,8 @@ pub struct DesiredIndex<K> {
     pub forwarding: Option<ForwardingTable>,
     base_skipped: Vec<SkippedPeer>,
     parts: BTreeMap<K, Part>,
+    /// The keys of the parts that skipped something, so listing what was skipped costs what it is.
+    skipping: BTreeSet<K>,
 }
 
 /// The objects a change touched: their values before it, and their keys.
@@ -178,7 +180,24 @@ impl<K: Ord + Clone> DesiredIndex<K> {
     /// An index holding only `base`.
     pub fn new(base: Desired) -> DesiredIndex<K> {
         let Desired { state, rules, forwarding, skipped } = base;
-        DesiredIndex { state, rules, forwarding, base_skipped: skipped, parts: BTreeMap::new() }
+        DesiredIndex {
+            state,
+            rules,
+            forwarding,
+            base_skipped: skipped,
+            parts: BTreeMap::new(),
+            skipping: BTreeSet::new(),
+        }
+    }
+
+    /// The store revision the part under `key` was derived from; None when there is no such part.
+    pub fn revision(&self, key: &K) -> Option<i64> {
+        self.parts.get(key).map(|p| p.revision)
+    }
+
+    /// Whether the backend skipped something of the part under `key`.
+    pub fn has_skipped(&self, key: &K) -> bool {
+        self.skipping.contains(key)
     }
 
     /// The store revision each part was derived from, in key order.
@@ -189,12 +208,14 @@ impl<K: Ord + Clone> DesiredIndex<K> {
     /// What the backend skipped: the base's (no peer's) and each part's, with its key.
     pub fn skipped(&self) -> impl Iterator<Item = (Option<&K>, &SkippedPeer)> {
         let base = self.base_skipped.iter().map(|s| (None, s));
-        base.chain(self.parts.iter().flat_map(|(k, p)| p.skipped.iter().map(move |s| (Some(k), s))))
+        let parts = self.skipping.iter().filter_map(|k| self.parts.get_key_value(k));
+        base.chain(parts.flat_map(|(k, p)| p.skipped.iter().map(move |s| (Some(k), s))))
     }
 
     /// Takes a part out: its objects leave the desired state and are recorded in `touched` as they were.
     pub fn remove(&mut self, key: &K, touched: &mut Touched) {
         let Some(part) = self.parts.remove(key) else { return };
+        self.skipping.remove(key);
         for object in part.objects {
             match &object {
                 ObjectKey::Forward(subnet) => {
@@ -243,6 +264,9 @@ impl<K: Ord + Clone> DesiredIndex<K> {
             table.keys.extend(part.keys);
         }
         touched.keys.extend(objects.iter().cloned());
+        if !skipped.is_empty() {
+            self.skipping.insert(key.clone());
+        }
         self.parts.insert(key, Part { revision, objects, skipped });
         Ok(())
     }

@@ -377,7 +377,10 @@ mod tests {
         let interfaces = [iface("eth0", 2, &["198.18.0.1/24"]), iface("eth1", 3, &["192.0.2.7/24"])];
         let mut own = Lease {
             key: "10.244.1.0-24".parse().unwrap(),
-            attrs: std::sync::Arc::new(crate::lease::LeaseAttrs { public_ip: Some("192.0.2.7".parse().unwrap()), ..Default::default() }),
+            attrs: std::sync::Arc::new(crate::lease::LeaseAttrs {
+                public_ip: Some("192.0.2.7".parse().unwrap()),
+                ..Default::default()
+            }),
             etcd_lease: 1,
             mod_revision: 1,
         };

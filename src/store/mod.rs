@@ -117,7 +117,12 @@ impl StoredLease<'_> {
             }
         };
         let text = String::from_utf8_lossy(self.value);
-        let lease = |attrs: LeaseAttrs| Lease { key, attrs: attrs.into(), etcd_lease: self.ttl_lease, mod_revision: self.mod_revision };
+        let lease = |attrs: LeaseAttrs| Lease {
+            key,
+            attrs: attrs.into(),
+            etcd_lease: self.ttl_lease,
+            mod_revision: self.mod_revision,
+        };
         match LeaseAttrs::from_json(&text) {
             Ok(attrs) => (Some(lease(attrs)), None),
             Err(reason) => (
