@@ -794,9 +794,9 @@ mod tests {
         // A new peer, a changed one, a removed one, one with a bad value: no screen of the whole set.
         put(&mut set, 4, "0e:00:00:00:00:04", 4);
         put(&mut set, 2, "0e:00:00:00:00:22", 5);
-        set.leases.remove(&format!("10.244.3.0-24&fc00:0:0:3::-64").parse().unwrap());
+        set.leases.remove(&"10.244.3.0-24&fc00:0:0:3::-64".parse().unwrap());
         put(&mut set, 5, "0e:00:00:00:00:05", 6);
-        set.bad_values.insert(format!("10.244.5.0-24&fc00:0:0:5::-64").parse().unwrap(), "not JSON".into());
+        set.bad_values.insert("10.244.5.0-24&fc00:0:0:5::-64".parse().unwrap(), "not JSON".into());
         let incremental = verdicts(&screener.screen(&policy, Some(&own), &set));
         assert_eq!(incremental, verdicts(&screen(&policy, Some(&own), &set)));
         assert_eq!(screener.whole_screens, 1);
