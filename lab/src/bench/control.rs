@@ -78,6 +78,9 @@ pub struct IncrementalResult {
     /// weftd's memory after the run, and the most it ever held (VmHWM: the cold start at this size included).
     pub weftd_rss_mib: f64,
     pub weftd_peak_rss_mib: f64,
+    /// The kernel's own time to add one more peer route at this size (`ip -batch` in a scratch namespace, measured
+    /// right after the run): a floor no daemon gets under.
+    pub kernel_route_insert_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -308,10 +311,11 @@ impl ControlLab {
             samples_ms: samples,
             weftd_rss_mib: procfs::rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
             weftd_peak_rss_mib: procfs::peak_rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
+            kernel_route_insert_ms: ms(kernel_limit::route_insert(peers_before)?),
         };
         progress.note(&format!(
-            "  incremental at {peers_before} peers: p50 {:.2} ms, p99 {:.2} ms",
-            result.p50_ms, result.p99_ms
+            "  incremental at {peers_before} peers: p50 {:.2} ms, p99 {:.2} ms (the kernel's own route insert {:.2} ms)",
+            result.p50_ms, result.p99_ms, result.kernel_route_insert_ms
         ));
         Ok(result)
     }
@@ -483,6 +487,7 @@ mod tests {
             samples_ms: vec![1.0],
             weftd_rss_mib: 1.0,
             weftd_peak_rss_mib: 1.0,
+            kernel_route_insert_ms: 0.1,
         };
         let results = ControlResults { incremental: vec![run(1000), run(10_200)], ..ControlResults::default() };
         assert_eq!(results.incremental_at(1000).map(|i| i.peers_before), Some(1000));

@@ -36,14 +36,18 @@ pub fn table(report: &Report) -> String {
         if !control.incremental.is_empty() {
             let leases = control.incremental.iter().map(|i| i.leases).max().unwrap_or(0);
             group(&mut rows, &format!("incremental: etcd put -> route, {leases} new leases one at a time"));
-            row(&mut rows, "peers before".into(), "p50 ms".into(), "p99 ms".into(), "max ms / weftd RSS".into());
+            let header = "max ms / kernel route add ms / weftd RSS";
+            row(&mut rows, "peers before".into(), "p50 ms".into(), "p99 ms".into(), header.into());
             for i in &control.incremental {
                 row(
                     &mut rows,
                     i.peers_before.to_string(),
                     format!("{:.2}", i.p50_ms),
                     format!("{:.2}", i.p99_ms),
-                    format!("{:.2} / {:.1} MiB (peak {:.1})", i.max_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib),
+                    format!(
+                        "{:.2} / {:.2} / {:.1} MiB (peak {:.1})",
+                        i.max_ms, i.kernel_route_insert_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib
+                    ),
                 );
             }
         }
