@@ -205,7 +205,6 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             trust::judge_indexed(&self.policy, &self.backend, own, set, &mut self.screener);
         // Whatever changed before this pass, it sees the whole set.
         self.seen = set.version();
-        self.grace.take_flipped();
         let changes = self.log_peer_changes(&accepted);
         self.record_peers(own, set, changes, &rejected);
         self.last_pass_objects = desired.state.object_count();
@@ -320,10 +319,11 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
     /// memory proportional to the change: only the leases whose accepted value changed since the last pass are
     /// judged and re-derived, and only their objects (and the `gone` ones) are diffed, against the values the
     /// last pass left in the kernel; no kernel state is dumped. Which leases changed comes from the set's journal
-    /// (and the value grace's releases); when the journal cannot tell, or a conflict between leases makes the
-    /// screen judge the whole set, one walk of the set beside the index finds them instead. Returns None when
-    /// this cannot be done exactly and a full pass must run instead: no clean pass before it, our own lease
-    /// changed, or a notification that names no single object.
+    /// (the value grace's view journals its own changes, held-back and released values included); when the
+    /// journal cannot tell, or a conflict between leases makes the screen judge the whole set, one walk of the
+    /// set beside the index finds them instead. Returns None when this cannot be done exactly and a full pass
+    /// must run instead: no clean pass before it, our own lease changed, or a notification that names no single
+    /// object.
     pub async fn incremental_pass(
         &mut self,
         own: &Lease,
@@ -336,11 +336,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             return None;
         }
         let started = std::time::Instant::now();
-        let flipped = self.grace.take_flipped();
-        let keys = set.changed_since(self.seen).map(|mut keys| {
-            keys.extend(flipped);
-            keys
-        });
+        let keys = set.changed_since(self.seen);
         self.seen = set.version();
         let mut touched = Touched::default();
         for key in gone {
@@ -567,12 +563,9 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 next_resync = Instant::now() + resync;
             }
             let own_lease = own.borrow_and_update().clone();
-            let mut set = leases.borrow_and_update().clone();
-            let (held_back, grace_ends) = self.grace.view(&set, &own_lease.key, Instant::now());
+            // The registry's set is let go at once: while we hold it, its next change would copy it.
+            let (set, grace_ends) = self.grace.view(&leases.borrow_and_update(), &own_lease.key, Instant::now());
             grace_at = grace_ends;
-            if let Some(view) = held_back {
-                set = Arc::new(view);
-            }
             let mut applied = 0;
             match self.step(&own_lease, &set, trigger, gone.replace(Vec::new())).await {
                 Ok(report) if report.is_clean() => {

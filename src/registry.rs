@@ -34,24 +34,26 @@ pub struct LeaseSet {
     pub journal: Journal,
 }
 
-/// A version of the lease set a consumer has seen: the journal's line and the revision on it.
+/// A version of the lease set a consumer has seen: the journal's line and the batch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
     line: u64,
-    revision: i64,
+    batch: u64,
 }
 
-/// The keys changed by the most recent changes applied to a set, by revision. A set made from a listing starts a
+/// The keys changed by the most recent batches of changes applied to a set. A set made from a listing starts a
 /// new line (a relisting may differ from the last version anywhere); a set built by hand has no line, and then
 /// nobody can tell what changed: consumers look at the whole set.
 #[derive(Debug, Clone, Default)]
 pub struct Journal {
     /// 0: no line.
     line: u64,
-    /// The revision from which `entries` holds every change (the set's revision when the line began, or the
-    /// revision of the last entry dropped to keep the journal short).
-    complete_after: i64,
-    entries: std::collections::VecDeque<(i64, SubnetKey)>,
+    /// Batches recorded on this line so far.
+    batch: u64,
+    /// The batch after which `entries` holds every change (0, or the batch of the last entry dropped to keep the
+    /// journal short).
+    complete_after: u64,
+    entries: std::collections::VecDeque<(u64, SubnetKey)>,
 }
 
 /// How many changes the journal keeps: a consumer that falls further behind looks at the whole set once.
@@ -67,14 +69,20 @@ impl PartialEq for Journal {
 impl Eq for Journal {}
 
 impl Journal {
-    /// A new line, complete after `revision`.
-    fn begin(revision: i64) -> Journal {
+    /// A new line.
+    pub fn begin() -> Journal {
         static LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let line = LINES.fetch_add(1, Ordering::Relaxed);
-        Journal { line, complete_after: revision, entries: std::collections::VecDeque::new() }
+        Journal { line, ..Journal::default() }
     }
 
-    fn record(&mut self, revision: i64, key: SubnetKey) {
+    /// Starts the next batch: the keys recorded from now on changed after every version seen so far.
+    pub fn next_batch(&mut self) {
+        self.batch += 1;
+    }
+
+    /// Records that the entry under `key` changed in the current batch.
+    pub fn record(&mut self, key: SubnetKey) {
         if self.line == 0 {
             return;
         }
@@ -83,30 +91,30 @@ impl Journal {
                 self.complete_after = dropped;
             }
         }
-        self.entries.push_back((revision, key));
+        self.entries.push_back((self.batch, key));
     }
 }
 
 impl LeaseSet {
     /// An empty set whose changes are journaled (a set from a listing is too).
     pub fn journaled(revision: i64) -> LeaseSet {
-        LeaseSet { revision, journal: Journal::begin(revision), ..LeaseSet::default() }
+        LeaseSet { revision, journal: Journal::begin(), ..LeaseSet::default() }
     }
 
     /// This version, for a later [`changed_since`](Self::changed_since); None when the set keeps no journal.
     pub fn version(&self) -> Option<Version> {
-        (self.journal.line != 0).then_some(Version { line: self.journal.line, revision: self.revision })
+        (self.journal.line != 0).then_some(Version { line: self.journal.line, batch: self.journal.batch })
     }
 
-    /// The keys whose lease or bad value changed after `since`, or None when the journal cannot tell (no
-    /// journal, another line, or older than it keeps): then anything may have changed.
+    /// The keys whose entry changed after `since`, or None when the journal cannot tell (no journal, another
+    /// line, or older than it keeps): then anything may have changed.
     pub fn changed_since(&self, since: Option<Version>) -> Option<std::collections::BTreeSet<SubnetKey>> {
         let since = since?;
         let journal = &self.journal;
-        if journal.line == 0 || since.line != journal.line || since.revision < journal.complete_after {
+        if journal.line == 0 || since.line != journal.line || since.batch < journal.complete_after {
             return None;
         }
-        let newer = journal.entries.iter().rev().take_while(|(revision, _)| *revision > since.revision);
+        let newer = journal.entries.iter().rev().take_while(|(batch, _)| *batch > since.batch);
         Some(newer.map(|(_, key)| *key).collect())
     }
 
@@ -114,7 +122,7 @@ impl LeaseSet {
         let mut set = LeaseSet {
             leases: listing.leases.iter().map(|l| (l.key, l.clone())).collect(),
             revision: listing.revision,
-            journal: Journal::begin(listing.revision),
+            journal: Journal::begin(),
             ..LeaseSet::default()
         };
         for problem in &listing.problems {
@@ -129,7 +137,7 @@ impl LeaseSet {
         let mut set = LeaseSet {
             leases: std::mem::take(&mut listing.leases).into_iter().map(|l| (l.key, l)).collect(),
             revision: listing.revision,
-            journal: Journal::begin(listing.revision),
+            journal: Journal::begin(),
             ..LeaseSet::default()
         };
         for problem in &listing.problems {
@@ -159,22 +167,23 @@ impl LeaseSet {
 
     /// Applies one batch of changes from the store's watch, all at `revision`.
     pub fn apply(&mut self, changes: &[Change], revision: i64) {
+        self.journal.next_batch();
         for change in changes {
             match change {
                 Change::Put(lease) => {
                     // A bad value comes as a put followed by its problem; a good one clears an earlier problem.
                     self.bad_values.remove(&lease.key);
                     self.leases.insert(lease.key, lease.clone());
-                    self.journal.record(revision, lease.key);
+                    self.journal.record(lease.key);
                 }
                 Change::Delete(key) => {
                     self.bad_values.remove(key);
                     self.leases.remove(key);
-                    self.journal.record(revision, *key);
+                    self.journal.record(*key);
                 }
                 Change::Problem(problem) => {
                     if let Some(key) = problem_key(problem) {
-                        self.journal.record(revision, key);
+                        self.journal.record(key);
                     }
                     self.note(problem)
                 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
-use crate::registry::{LeaseSet, Version};
+use crate::registry::{Journal, LeaseSet, Version};
 
 /// How long a changed peer value must stand before it is programmed: far more than a host needs to write its
 /// own value back (one etcd round trip), short next to any restart of a host.
@@ -29,9 +29,9 @@ pub struct ValueGrace {
     seen: Option<(Version, SubnetKey)>,
     /// The keys held back now.
     held: BTreeSet<SubnetKey>,
-    /// Keys held back or released since [`take_flipped`](Self::take_flipped) last ran: the view's value of
-    /// these changed although the set's did not.
-    flipped: BTreeSet<SubnetKey>,
+    /// The set as it is to be programmed, kept up to date key by key with a journal of its own: the keys whose
+    /// value in it changed, a held-back or released value included. None before the first view.
+    view: Option<Arc<LeaseSet>>,
 }
 
 #[derive(Debug)]
@@ -73,33 +73,32 @@ impl Held {
 
 impl ValueGrace {
     /// The lease set to program at `now`: `set`, except that a key whose value changed less than [`GRACE`] ago
-    /// keeps the value programmed before (None: `set` itself, nothing is held back). Also returns when a held
-    /// value's grace ends (look again then).
+    /// keeps the value programmed before. Also returns when a held value's grace ends (look again then).
     ///
     /// Runs on every change of the set: it visits the keys the set's journal says changed and the held ones,
-    /// or, when the journal cannot tell, walks the set and the held keys side by side (both in key order);
-    /// either way it copies nothing for a key whose value did not change.
-    pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Option<LeaseSet>, Option<Instant>) {
+    /// or, when the journal cannot tell, walks the set and the held keys side by side (both in key order). The
+    /// view is changed in place (copy-on-write, while a consumer holds the last one) and journals what it changed,
+    /// so its consumers visit only those keys too; a walk starts it afresh, on a new line.
+    pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Arc<LeaseSet>, Option<Instant>) {
         let mut held_back: Vec<(SubnetKey, Lease, Option<String>)> = Vec::new();
         let mut next: Option<Instant> = None;
         let changed = self.seen.filter(|(_, seen_own)| seen_own == own).and_then(|(v, _)| set.changed_since(Some(v)));
-        match changed {
-            Some(mut keys) => {
-                keys.extend(self.held.iter().copied());
-                keys.remove(own);
-                for key in keys {
-                    let Some(lease) = set.leases.get(&key) else {
-                        self.keys.remove(&key);
+        let changed = changed.filter(|_| self.view.is_some());
+        match &changed {
+            Some(keys) => {
+                for key in keys.iter().chain(self.held.iter()).filter(|key| *key != own) {
+                    let Some(lease) = set.leases.get(key) else {
+                        self.keys.remove(key);
                         continue;
                     };
-                    let bad = set.bad_values.get(&key);
-                    match self.keys.get_mut(&key) {
+                    let bad = set.bad_values.get(key);
+                    match self.keys.get_mut(key) {
                         None => {
-                            self.keys.insert(key, Held::new(lease, bad));
+                            self.keys.insert(*key, Held::new(lease, bad));
                         }
                         Some(h) => {
                             if let Some(ends) = h.see(lease, bad, now) {
-                                held_back.push((key, h.programmed.clone(), h.programmed_bad.clone()));
+                                held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone()));
                                 next = Some(next.map_or(ends, |n| n.min(ends)));
                             }
                         }
@@ -109,27 +108,37 @@ impl ValueGrace {
             None => self.walk(set, own, now, &mut held_back, &mut next),
         }
         self.seen = set.version().map(|v| (v, *own));
-        let held: BTreeSet<SubnetKey> = held_back.iter().map(|(key, ..)| *key).collect();
-        self.flipped.extend(held.symmetric_difference(&self.held));
-        self.held = held;
-        if held_back.is_empty() {
-            return (None, None);
-        }
-        let mut view = set.clone();
-        for (key, lease, bad) in held_back {
-            view.leases.insert(key, lease);
-            match bad {
-                Some(why) => view.bad_values.insert(key, why),
-                None => view.bad_values.remove(&key),
-            };
-        }
-        (Some(view), next)
-    }
-
-    /// The keys whose value in the view changed without a change in the set (held back or released) since the
-    /// last call.
-    pub fn take_flipped(&mut self) -> BTreeSet<SubnetKey> {
-        std::mem::take(&mut self.flipped)
+        let held: BTreeMap<SubnetKey, (Lease, Option<String>)> =
+            held_back.into_iter().map(|(key, lease, bad)| (key, (lease, bad))).collect();
+        let view = match (changed, self.view.as_mut()) {
+            (Some(keys), Some(view)) => {
+                let view = Arc::make_mut(view);
+                view.journal.next_batch();
+                let released = self.held.iter().filter(|key| !held.contains_key(key));
+                for key in keys.iter().chain(released).chain(held.keys()) {
+                    let (lease, bad) = match held.get(key) {
+                        Some((lease, bad)) => (Some(lease), bad.as_ref()),
+                        None => (set.leases.get(key), set.bad_values.get(key)),
+                    };
+                    update_entry(view, *key, lease, bad);
+                }
+                if view.bad_keys != set.bad_keys {
+                    view.bad_keys = set.bad_keys.clone();
+                }
+                view.revision = set.revision;
+                self.view.clone()
+            }
+            _ => {
+                let mut view = LeaseSet { journal: Journal::begin(), ..set.clone() };
+                for (key, (lease, bad)) in &held {
+                    update_entry(&mut view, *key, Some(lease), bad.as_ref());
+                }
+                self.view = Some(Arc::new(view));
+                self.view.clone()
+            }
+        };
+        self.held = held.into_keys().collect();
+        (view.unwrap_or_default(), next)
     }
 
     /// [`view`](Self::view)'s visit of every key.
@@ -174,6 +183,22 @@ impl ValueGrace {
     }
 }
 
+/// Makes `view`'s entry under `key` say `lease` and `bad`, journaling the key if that changes it.
+fn update_entry(view: &mut LeaseSet, key: SubnetKey, lease: Option<&Lease>, bad: Option<&String>) {
+    if view.leases.get(&key) == lease && view.bad_values.get(&key) == bad {
+        return;
+    }
+    match lease {
+        Some(lease) => view.leases.insert(key, lease.clone()),
+        None => view.leases.remove(&key),
+    };
+    match bad {
+        Some(why) => view.bad_values.insert(key, why.clone()),
+        None => view.bad_values.remove(&key),
+    };
+    view.journal.record(key);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,8 +224,7 @@ mod tests {
     /// What would be programmed: the held-back view, or the set itself.
     fn seen(grace: &mut ValueGrace, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (LeaseSet, Option<Instant>) {
         let (view, next) = grace.view(set, own, now);
-        let view = view.unwrap_or_else(|| set.clone());
-        (view, next)
+        ((*view).clone(), next)
     }
 
     fn ip(view: &LeaseSet, key: &str) -> String {
@@ -283,6 +307,7 @@ mod tests {
             let mut now = t0;
             let mut set = LeaseSet::journaled(0);
             let (mut journaled, mut walked) = (ValueGrace::default(), ValueGrace::default());
+            let mut last: Option<Arc<LeaseSet>> = None;
             for (revision, (what, n, ip, ms)) in (1..).zip(steps) {
                 let key = format!("10.244.{n}.0-24");
                 match what {
@@ -291,11 +316,19 @@ mod tests {
                     _ => now += Duration::from_millis(ms),
                 }
                 let unjournaled = LeaseSet { journal: Default::default(), ..set.clone() };
-                let a = journaled.view(&set, &own, now);
-                let b = walked.view(&unjournaled, &own, now);
-                proptest::prop_assert_eq!(a.1, b.1);
-                proptest::prop_assert_eq!(a.0.map(|v| v.leases), b.0.map(|v| v.leases));
-                proptest::prop_assert_eq!(journaled.take_flipped(), walked.take_flipped());
+                let (view, next) = journaled.view(&set, &own, now);
+                let (walked_view, walked_next) = walked.view(&unjournaled, &own, now);
+                proptest::prop_assert_eq!(next, walked_next);
+                proptest::prop_assert_eq!(&view.leases, &walked_view.leases);
+                // The view's own journal names every key whose value in it changed, held back or released.
+                if let Some(changed) = view.changed_since(last.as_ref().and_then(|l: &Arc<LeaseSet>| l.version())) {
+                    let before = &last.as_ref().expect("a version to compare with").leases;
+                    let differ = view.leases.keys().chain(before.keys()).filter(|k| view.leases.get(k) != before.get(k));
+                    for key in differ {
+                        proptest::prop_assert!(changed.contains(key), "{key} changed in the view, unjournaled");
+                    }
+                }
+                last = Some(view);
             }
         }
     }
