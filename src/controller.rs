@@ -71,6 +71,11 @@ fn peer_changes<'a>(
     changes
 }
 
+/// The periodic resync (a full pass: 30,000 objects dumped and compared at 10,000 peers) and the memory release
+/// wait while lease events keep coming closer together than this, so a burst of changes is not held up behind
+/// them; the resync waits one more interval at most, then runs whatever comes.
+const YIELD_TO_EVENTS: Duration = Duration::from_millis(100);
+
 /// Why a pass runs; decides how its changes are logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -522,12 +527,19 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         // Objects notifications said were deleted, for an incremental repair; None: a notification named none
         // (a device went, notifications were lost), so the repair is a full pass.
         let mut gone: Option<Vec<ObjectKey>> = Some(Vec::new());
+        // When lease events last came, and when the resync was due: see YIELD_TO_EVENTS.
+        let mut last_event: Option<Instant> = None;
+        let mut resync_due = next_resync;
         loop {
             let wake = [retry_at, release_at, grace_at].into_iter().flatten().fold(next_resync, Instant::min);
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
                 r = own.changed() => { if r.is_err() { return; } Trigger::OwnLeaseChanged }
-                r = leases.changed() => { if r.is_err() { return; } Trigger::LeasesChanged }
+                r = leases.changed() => {
+                    if r.is_err() { return; }
+                    last_event = Some(Instant::now());
+                    Trigger::LeasesChanged
+                }
                 event = kernel_events.recv(), if events_open => match event {
                     Some(drift) => {
                         debug!(%drift, "kernel event");
@@ -545,15 +557,24 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                     None => { events_open = false; continue; }
                 },
                 _ = tokio::time::sleep_until(wake) => {
-                    if release_at.is_some_and(|r| r <= Instant::now()) {
-                        release_freed_memory();
-                        release_at = None;
+                    let now = Instant::now();
+                    let busy = last_event.is_some_and(|e| now < e + YIELD_TO_EVENTS);
+                    if release_at.is_some_and(|r| r <= now) {
+                        if busy {
+                            release_at = Some(now + YIELD_TO_EVENTS);
+                        } else {
+                            release_freed_memory();
+                            release_at = None;
+                        }
                         continue;
                     }
-                    if grace_at.is_some_and(|g| g <= Instant::now()) {
+                    if grace_at.is_some_and(|g| g <= now) {
                         Trigger::LeasesChanged
-                    } else if retry_at.is_some_and(|r| r <= Instant::now()) {
+                    } else if retry_at.is_some_and(|r| r <= now) {
                         Trigger::Retry
+                    } else if busy && now < resync_due + resync {
+                        next_resync = now + YIELD_TO_EVENTS;
+                        continue;
                     } else {
                         Trigger::Resync
                     }
@@ -561,6 +582,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             };
             if trigger == Trigger::Resync {
                 next_resync = Instant::now() + resync;
+                resync_due = next_resync;
             }
             let own_lease = own.borrow_and_update().clone();
             // The registry's set is let go at once: while we hold it, its next change would copy it.
