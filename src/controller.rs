@@ -629,7 +629,7 @@ mod tests {
             attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
-                backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap())),
+                backend_data: Some(weft_backends::vxlan::lease_data(1, mac.parse().unwrap()).into()),
                 ..Default::default()
             }),
             etcd_lease: 1,

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 
 use weft_backends::trust::RejectReason;
+use weft_backends::Family;
 
 use crate::config::NetworkConfig;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -286,7 +287,8 @@ pub fn lease_table(leases: &[Lease], rejected: &BTreeMap<String, RejectReason>) 
         "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "STATUS"
     );
     for l in leases {
-        let mac = l.attrs.backend_data.as_ref().and_then(|d| d.get("VtepMAC")).and_then(|m| m.as_str()).unwrap_or("-");
+        let data = l.attrs.backend_data(Family::V4);
+        let mac = data.as_ref().and_then(|d| d.get("VtepMAC")).and_then(|m| m.as_str()).unwrap_or("-");
         let ip = l.attrs.public_ip.map(IpAddr::V4).or(l.attrs.public_ipv6.map(IpAddr::V6));
         let name = l.key.to_string();
         let status = match rejected.get(&name) {

@@ -27,7 +27,7 @@ use crate::controller::{Controller, Trigger};
 use crate::flags::DaemonArgs;
 use crate::http::{self, Metrics};
 use crate::iface::{self, HostFacts, IfaceOptions};
-use crate::lease::LeaseAttrs;
+use crate::lease::{BackendData, LeaseAttrs};
 use crate::own_lease::LeaseManager;
 use crate::registry::{self, LeaseSet};
 use crate::status::{BackendStatus, RulesStatus};
@@ -152,8 +152,8 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         public_ip: underlay.public_ip(Family::V4).filter(|_| config.networks.v4.is_some()).and_then(v4),
         public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.networks.v6.is_some()).and_then(v6),
         backend_type: backend.backend_type().to_string(),
-        backend_data: backend.lease_data(Family::V4),
-        backend_v6_data: backend.lease_data(Family::V6),
+        backend_data: backend.lease_data(Family::V4).map(BackendData::from),
+        backend_v6_data: backend.lease_data(Family::V6).map(BackendData::from),
     };
     let previous = SubnetFile::read(&args.subnet_file).ok().and_then(|f| subnet_file::lease_key(&f));
     let manager = Arc::new(LeaseManager {

@@ -118,8 +118,68 @@ pub struct LeaseAttrs {
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub backend_type: String,
-    pub backend_data: Option<Value>,
-    pub backend_v6_data: Option<Value>,
+    pub backend_data: Option<BackendData>,
+    pub backend_v6_data: Option<BackendData>,
+}
+
+/// One family's BackendData, held as its canonical compact JSON text: the parsed value written back by serde_json
+/// (no spaces, object keys sorted). weftd keeps a lease value per peer, and a vxlan `{"VNI":1,"VtepMAC":".."}`
+/// held as a decoded map costs over 600 heap bytes (a B-tree node with room for 11 entries, a String per key)
+/// where its text costs 38. It is decoded only where a value is read: a changed peer handed to the backend, the
+/// trust screen, status. Canonical text keeps equality meaning value equality: two leases whose data differ only
+/// in spacing or key order compare equal, so a rewrite that changes nothing is not a change.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BackendData(Box<str>);
+
+impl BackendData {
+    pub fn new(value: &Value) -> BackendData {
+        BackendData(value.to_string().into_boxed_str())
+    }
+
+    /// The decoded value; a fresh one each call.
+    pub fn to_value(&self) -> Value {
+        // The text is serde_json's own writing of a value it parsed or was given, so it always parses back.
+        serde_json::from_str(&self.0).expect("BackendData holds JSON serde_json wrote")
+    }
+
+    /// The canonical JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// Writes the data as flanneld's Go encoder does: the fields named in `order` first, in that order, then any
+    /// others in sorted order. The canonical text already is that when there is no order to follow.
+    fn write_in_order(&self, out: &mut String, order: &[&str]) {
+        if order.is_empty() {
+            out.push_str(&self.0);
+        } else {
+            write_backend_data(out, &self.to_value(), order);
+        }
+    }
+}
+
+impl From<Value> for BackendData {
+    fn from(value: Value) -> BackendData {
+        BackendData::new(&value)
+    }
+}
+
+impl From<&Value> for BackendData {
+    fn from(value: &Value) -> BackendData {
+        BackendData::new(value)
+    }
+}
+
+impl fmt::Debug for BackendData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackendData({})", self.0)
+    }
+}
+
+impl fmt::Display for BackendData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Why a lease value is not flannel's `LeaseAttrs` JSON.
@@ -153,7 +213,7 @@ impl LeaseAttrs {
         for (name, data) in [("BackendData", &self.backend_data), ("BackendV6Data", &self.backend_v6_data)] {
             if let Some(data) = data {
                 out.push_str(&format!(",\"{name}\":"));
-                write_backend_data(&mut out, data, backend_data_field_order(&self.backend_type));
+                data.write_in_order(&mut out, backend_data_field_order(&self.backend_type));
             }
         }
         out.push('}');
@@ -168,12 +228,13 @@ impl LeaseAttrs {
         }
     }
 
-    /// The BackendData of `family`.
-    pub fn backend_data(&self, family: Family) -> Option<&Value> {
+    /// The BackendData of `family`, decoded (a fresh value each call: the lease keeps only its text).
+    pub fn backend_data(&self, family: Family) -> Option<Value> {
         match family {
             Family::V4 => self.backend_data.as_ref(),
             Family::V6 => self.backend_v6_data.as_ref(),
         }
+        .map(BackendData::to_value)
     }
 
     pub fn from_json(text: &str) -> Result<LeaseAttrs, InvalidAttrs> {
@@ -213,8 +274,8 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6,
             backend_type: text_field("BackendType")?.unwrap_or_default().to_string(),
-            backend_data: get("BackendData").cloned(),
-            backend_v6_data: get("BackendV6Data").cloned(),
+            backend_data: get("BackendData").map(BackendData::new),
+            backend_v6_data: get("BackendV6Data").map(BackendData::new),
         })
     }
 }
@@ -253,7 +314,7 @@ impl Lease {
             subnets: PerFamily::from_fn(|family| self.key.subnet(family)),
             public_ips: PerFamily::new(self.attrs.public_ip.map(IpAddr::V4), self.attrs.public_ipv6.map(IpAddr::V6)),
             backend_type: self.attrs.backend_type.clone(),
-            backend_data: PerFamily::new(self.attrs.backend_data.clone(), self.attrs.backend_v6_data.clone()),
+            backend_data: PerFamily::from_fn(|family| self.attrs.backend_data(family)),
         }
     }
 }
@@ -289,10 +350,10 @@ fn write_backend_data(out: &mut String, data: &Value, order: &[&str]) {
 
 /// One family's BackendData as flanneld's Go encoder writes it (`null` when there is none): the text flannel's
 /// Kubernetes subnet manager stores in a Node's backend-data annotation.
-pub fn backend_data_json(backend_type: &str, data: Option<&Value>) -> String {
+pub fn backend_data_json(backend_type: &str, data: Option<&BackendData>) -> String {
     let mut out = String::new();
     match data {
-        Some(data) => write_backend_data(&mut out, data, backend_data_field_order(backend_type)),
+        Some(data) => data.write_in_order(&mut out, backend_data_field_order(backend_type)),
         None => out.push_str("null"),
     }
     out
@@ -315,7 +376,7 @@ mod tests {
         let attrs = LeaseAttrs::from_json(FLANNEL_VXLAN).unwrap();
         assert_eq!(attrs.public_ip, Some(Ipv4Addr::new(198, 18, 0, 1)));
         assert_eq!(attrs.backend_type, "vxlan");
-        assert_eq!(attrs.backend_data.as_ref().unwrap()["VtepMAC"], "c6:d2:32:6f:8f:44");
+        assert_eq!(attrs.backend_data(Family::V4).unwrap()["VtepMAC"], "c6:d2:32:6f:8f:44");
         assert_eq!(attrs.to_json(), FLANNEL_VXLAN);
     }
 
@@ -325,7 +386,7 @@ mod tests {
         let attrs = LeaseAttrs {
             public_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
             backend_type: "vxlan".into(),
-            backend_data: Some(weft_backends::vxlan::lease_data(1, mac)),
+            backend_data: Some(weft_backends::vxlan::lease_data(1, mac).into()),
             ..Default::default()
         };
         assert_eq!(attrs.to_json(), FLANNEL_VXLAN);
@@ -338,13 +399,13 @@ mod tests {
     #[test]
     fn flannel_wireguard_lease_round_trips_byte_for_byte() {
         let attrs = LeaseAttrs::from_json(FLANNEL_WIREGUARD).unwrap();
-        let data = weft_backends::wireguard::parse_lease_data(attrs.backend_data.as_ref()).unwrap();
+        let data = weft_backends::wireguard::parse_lease_data(attrs.backend_data(Family::V4).as_ref()).unwrap();
         assert_eq!(
             weft_backends::wireguard::keys::encode_key(&data.public_key),
             "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
         );
         assert_eq!(data.port, Some(51820));
-        let v6 = weft_backends::wireguard::parse_lease_data(attrs.backend_v6_data.as_ref()).unwrap();
+        let v6 = weft_backends::wireguard::parse_lease_data(attrs.backend_data(Family::V6).as_ref()).unwrap();
         assert_eq!(v6.port, Some(51821));
         assert_eq!(attrs.to_json(), FLANNEL_WIREGUARD);
     }
@@ -358,10 +419,66 @@ mod tests {
             public_ip: Some(Ipv4Addr::new(198, 18, 0, 4)),
             public_ipv6: Some("fd00::4".parse().unwrap()),
             backend_type: "wireguard".into(),
-            backend_data: Some(data(51820)),
-            backend_v6_data: Some(data(51821)),
+            backend_data: Some(data(51820).into()),
+            backend_v6_data: Some(data(51821).into()),
         };
         assert_eq!(attrs.to_json(), FLANNEL_WIREGUARD);
+    }
+
+    #[test]
+    fn backend_data_is_held_in_one_canonical_form() {
+        // Spaces and key order differ; the values are equal, so the leases must be too (a rewrite that changes
+        // nothing is not a change), and both are written back as flanneld writes them.
+        let spaced = r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{ "VtepMAC" : "c6:d2:32:6f:8f:44", "VNI" : 1 }}"#;
+        let compact = LeaseAttrs::from_json(FLANNEL_VXLAN).unwrap();
+        let canonical = LeaseAttrs::from_json(spaced).unwrap();
+        assert_eq!(canonical, compact);
+        assert_eq!(canonical.backend_data.as_ref().unwrap().as_json(), r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#);
+        assert_eq!(canonical.to_json(), FLANNEL_VXLAN);
+        // Built in code or read from a lease: the same data.
+        let built: BackendData = weft_backends::vxlan::lease_data(1, "c6:d2:32:6f:8f:44".parse().unwrap()).into();
+        assert_eq!(canonical.backend_data, Some(built));
+        // Go's field order for wireguard comes back from any input order.
+        let reordered = FLANNEL_WIREGUARD.replace(
+            r#"{"PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=","Port":51821}"#,
+            r#"{"Port":51821, "PublicKey":"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}"#,
+        );
+        assert_ne!(reordered, FLANNEL_WIREGUARD);
+        assert_eq!(LeaseAttrs::from_json(&reordered).unwrap().to_json(), FLANNEL_WIREGUARD);
+        // A different value is a different lease.
+        let other_vni = FLANNEL_VXLAN.replace(r#""VNI":1"#, r#""VNI":2"#);
+        assert_ne!(LeaseAttrs::from_json(&other_vni).unwrap(), compact);
+    }
+
+    #[test]
+    fn backend_data_that_is_not_an_object_round_trips() {
+        let with_data = |data: &str| {
+            format!(r#"{{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{data}}}"#)
+        };
+        for data in ["7", "-1.5", r#""a string""#, "true", "[]", r#"[1,{"b":[],"a":"\u00e9\n"}]"#, "{}", r#"{"":{}}"#] {
+            let attrs = LeaseAttrs::from_json(&with_data(data)).unwrap();
+            let value: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(attrs.backend_data(Family::V4), Some(value.clone()), "{data}");
+            assert_eq!(attrs.to_json(), with_data(&value.to_string()), "{data}");
+            assert_eq!(LeaseAttrs::from_json(&attrs.to_json()).unwrap(), attrs, "{data}");
+        }
+        // A null BackendData is no BackendData, as Go reads it.
+        let null = LeaseAttrs::from_json(&with_data("null")).unwrap();
+        assert_eq!((null.backend_data(Family::V4), null.backend_data(Family::V6)), (None, None));
+        assert_eq!(null.to_json(), r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan"}"#);
+    }
+
+    #[test]
+    fn a_lease_value_holds_backend_data_as_text() {
+        // Both families' data fit in two pointer-sized words each: a boxed str, with None in its null niche. A
+        // serde_json::Value is 32 bytes inline plus a map node of over 600 bytes on the heap.
+        assert_eq!(std::mem::size_of::<Option<BackendData>>(), 2 * std::mem::size_of::<usize>());
+        // The addresses (5 and 17 bytes), the BackendType String (24) and the two data (16 each), padded: 80 on a
+        // 64-bit target; with Value it was 112.
+        assert!(std::mem::size_of::<LeaseAttrs>() <= 80, "LeaseAttrs is {} bytes", std::mem::size_of::<LeaseAttrs>());
+        // On the heap, a vxlan lease's data is its 39 bytes of text, nothing more.
+        let attrs = LeaseAttrs::from_json(FLANNEL_VXLAN).unwrap();
+        assert_eq!(attrs.backend_data.as_ref().map(|d| d.as_json().len()), Some(39));
     }
 
     #[test]

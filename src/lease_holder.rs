@@ -89,7 +89,7 @@ mod tests {
             attrs: std::sync::Arc::new(LeaseAttrs {
                 public_ip: Some(public_ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
                 ..Default::default()
             }),
             etcd_lease: 9,

@@ -373,7 +373,7 @@ mod tests {
             attrs: LeaseAttrs {
                 public_ip: Some(public_ip.parse().unwrap()),
                 backend_type: "vxlan".into(),
-                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+                backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac}).into()),
                 ..Default::default()
             },
             ttl: TTL,

@@ -73,8 +73,8 @@ impl LeaseStatus {
             public_ip: lease.attrs.public_ip.map(|ip| ip.to_string()),
             public_ipv6: lease.attrs.public_ipv6.map(|ip| ip.to_string()),
             backend_type: lease.attrs.backend_type.clone(),
-            backend_data: lease.attrs.backend_data.clone(),
-            backend_v6_data: lease.attrs.backend_v6_data.clone(),
+            backend_data: lease.attrs.backend_data(Family::V4),
+            backend_v6_data: lease.attrs.backend_data(Family::V6),
             etcd_lease: lease.etcd_lease,
             reservation: lease.is_reservation(),
         }

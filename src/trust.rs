@@ -233,7 +233,7 @@ impl Screener {
                     for subnet in key.subnets() {
                         self.subnets.remove(&subnet);
                         let data = old.attrs.backend_data(Family::of(subnet.ip()));
-                        if let Ok(Some(mac)) = policy.backend.check_peer_data(data) {
+                        if let Ok(Some(mac)) = policy.backend.check_peer_data(data.as_ref()) {
                             self.macs.remove(&mac);
                         }
                     }
@@ -343,7 +343,7 @@ fn own_macs(policy: &TrustPolicy, own: Option<&Lease>) -> Vec<MacAddr> {
     let Some(own) = own else { return Vec::new() };
     [Family::V4, Family::V6]
         .into_iter()
-        .filter_map(|family| policy.backend.check_peer_data(own.attrs.backend_data(family)).ok().flatten())
+        .filter_map(|family| policy.backend.check_peer_data(own.attrs.backend_data(family).as_ref()).ok().flatten())
         .collect()
 }
 
@@ -384,7 +384,7 @@ fn judge_alone(
         if policy.is_ours(ip) {
             return Err(RejectReason::OurPublicIp { ip });
         }
-        if let Some(mac) = policy.backend.check_peer_data(lease.attrs.backend_data(family))? {
+        if let Some(mac) = policy.backend.check_peer_data(lease.attrs.backend_data(family).as_ref())? {
             if own_macs.contains(&mac) {
                 return Err(RejectReason::DuplicateVtepMac { mac, holder: "this host".to_string() });
             }

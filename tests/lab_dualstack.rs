@@ -41,7 +41,11 @@ fn dual_stack_hosts_reach_each_other_over_both_vteps() {
         let attrs = LeaseAttrs::from_json(raw.trim()).unwrap();
         assert_eq!(attrs.public_ipv6.unwrap().to_string(), underlay_v6(h));
         let v6_mac = lab.host_sh(h, &["cat", "/sys/class/net/flannel-v6.1/address"]);
-        assert_eq!(attrs.backend_v6_data.unwrap()["VtepMAC"], v6_mac.trim(), "h{h} publishes its IPv6 VTEP");
+        assert_eq!(
+            attrs.backend_data(weft_backends::Family::V6).unwrap()["VtepMAC"],
+            v6_mac.trim(),
+            "h{h} publishes its IPv6 VTEP"
+        );
         let link = lab.host_sh(h, &["ip", "-d", "link", "show", "flannel-v6.1"]);
         assert!(
             link.contains(&format!("vxlan id 1 local {}", underlay_v6(h))) && link.contains("dstport 8472"),

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weft_backends::Family;
 
-use crate::lease::{backend_data_json, Lease, LeaseAttrs, SubnetKey};
+use crate::lease::{backend_data_json, BackendData, Lease, LeaseAttrs, SubnetKey};
 
 /// flannel's default `--kube-annotation-prefix`.
 pub const DEFAULT_ANNOTATION_PREFIX: &str = "flannel.alpha.coreos.com";
@@ -217,11 +217,9 @@ pub fn node_attrs(
         let data_name = names.backend_data_for(family);
         let data = match annotations.get(data_name).map(String::as_str) {
             None | Some("") | Some("null") => None,
-            Some(value) => Some(serde_json::from_str(value).map_err(|source| NodeDefect::BadBackendData {
-                name: data_name.to_string(),
-                value: value.to_string(),
-                source,
-            })?),
+            Some(value) => Some(BackendData::new(&serde_json::from_str(value).map_err(|source| {
+                NodeDefect::BadBackendData { name: data_name.to_string(), value: value.to_string(), source }
+            })?)),
         };
         match (family, ip) {
             // Go writes 0.0.0.0 for "no IPv4 address".
@@ -314,7 +312,7 @@ mod tests {
         LeaseAttrs {
             public_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
             backend_type: "vxlan".into(),
-            backend_data: Some(weft_backends::vxlan::lease_data(1, MAC.parse().unwrap())),
+            backend_data: Some(weft_backends::vxlan::lease_data(1, MAC.parse().unwrap()).into()),
             ..Default::default()
         }
     }
@@ -347,8 +345,8 @@ mod tests {
             public_ip: Some(Ipv4Addr::new(198, 18, 0, 4)),
             public_ipv6: Some("fd00::4".parse().unwrap()),
             backend_type: "wireguard".into(),
-            backend_data: Some(data(51820)),
-            backend_v6_data: Some(data(51821)),
+            backend_data: Some(data(51820).into()),
+            backend_v6_data: Some(data(51821).into()),
         };
         let published = annotations_to_publish(&names(), &attrs, &BTreeMap::new());
         assert_eq!(

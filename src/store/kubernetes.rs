@@ -559,7 +559,7 @@ mod tests {
         LeaseAttrs {
             public_ip: Some("198.18.0.1".parse().unwrap()),
             backend_type: "vxlan".into(),
-            backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})),
+            backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}).into()),
             ..Default::default()
         }
     }
@@ -584,7 +584,7 @@ mod tests {
         let keys: Vec<String> = leases.iter().map(|l| l.key.to_string()).collect();
         assert_eq!(keys, ["10.244.1.0-24", "10.244.2.0-24"]);
         assert_eq!(leases[0].mod_revision, own.mod_revision, "our lease as we wrote it");
-        assert_eq!(leases[1].attrs.backend_data.as_ref().unwrap()["VtepMAC"], "c6:d2:32:6f:8f:44");
+        assert_eq!(leases[1].attrs.backend_data(Family::V4).unwrap()["VtepMAC"], "c6:d2:32:6f:8f:44");
         // Publishing again changes nothing, and a subnet that is not ours cannot be claimed.
         let again = store.renew_lease(&own, &our_attrs(), Duration::from_secs(1)).await.unwrap();
         assert_eq!(again, own);

@@ -50,7 +50,7 @@ pub fn lease(prefix: &str, i: usize, generation: u8) -> (String, String) {
     let attrs = LeaseAttrs {
         public_ip: Some(public_ip(i)),
         backend_type: weft_backends::vxlan::BACKEND_TYPE.to_string(),
-        backend_data: Some(weft_backends::vxlan::lease_data(1, mac(i, generation))),
+        backend_data: Some(weft_backends::vxlan::lease_data(1, mac(i, generation)).into()),
         ..LeaseAttrs::default()
     };
     (format!("{prefix}/subnets/{key}"), attrs.to_json())
@@ -126,7 +126,7 @@ mod tests {
         let (_, value) = lease("/coreos.com/network", 257, 1);
         let attrs = LeaseAttrs::from_json(&value).unwrap();
         let data = annotations["flannel.alpha.coreos.com/backend-data"].as_str().unwrap();
-        assert_eq!(attrs.backend_data, Some(serde_json::from_str::<Value>(data).unwrap()));
+        assert_eq!(attrs.backend_data(weft_backends::Family::V4), Some(serde_json::from_str::<Value>(data).unwrap()));
         assert_eq!(flannel_node_list(3)["items"].as_array().map(Vec::len), Some(3));
     }
 }
