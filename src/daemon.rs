@@ -206,6 +206,10 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     // One copy of the set serves the startup pass and then the watch channel: the leases move out of the listing.
     let peers = listing.leases.len().saturating_sub(1);
     let initial_set = Arc::new(LeaseSet::take_from_listing(&mut listing));
+    let (leases_tx, leases_rx) = watch::channel(initial_set.clone());
+    // The watch starts before the kernel is programmed, so changes made meanwhile are on their way when the loop
+    // starts (etcd catches up a watch that starts in the past only every 100 ms).
+    tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
     let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
         Ok(report) if report.is_clean() => report.applied.len(),
         Ok(report) => {
@@ -230,14 +234,13 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         tasks.spawn(clear_network_unavailable(kube.clone(), shutdown.clone()));
     }
 
+    drop(initial_set);
     let (own_tx, own_rx) = watch::channel(own.clone());
-    let (leases_tx, leases_rx) = watch::channel(initial_set);
     let kernel_events = netlink::watch_deletions(controller.scope()).unwrap_or_else(|e| {
         warn!(error = %e, "cannot subscribe to netlink notifications; drift is repaired on the periodic resync only");
         mpsc::unbounded_channel().1
     });
 
-    tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
     let every = args.resync_interval;
     tasks.spawn(crate::config_watch::run(store.clone(), config.clone(), every, metrics.clone(), shutdown.clone()));
     tasks.spawn(manager.clone().keep(own, own_tx, leases_rx.clone(), shutdown.clone()));
