@@ -251,6 +251,13 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         Ok(report)
     }
 
+    /// The startup pass, over the value grace's view of `set`: the loop then follows the view's journal from
+    /// here, instead of walking the whole set once on the first lease event.
+    pub async fn startup_pass(&mut self, own: &Lease, set: &LeaseSet) -> Result<ApplyReport, PassError> {
+        let (view, _) = self.grace.view(set, &own.key, Instant::now());
+        self.pass(own, &view, Trigger::Startup).await
+    }
+
     /// The pass `trigger` calls for. Lease changes and deleted objects a notification named (`gone`; None when a
     /// notification named none: a device went, notifications were lost) are applied alone
     /// ([`incremental_pass`](Self::incremental_pass)); the periodic resync, retries, a change of our own lease and

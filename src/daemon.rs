@@ -23,7 +23,7 @@ use weft_backends::{Family, Peer, PerFamily, Underlay};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
-use crate::controller::{Controller, Trigger};
+use crate::controller::Controller;
 use crate::flags::DaemonArgs;
 use crate::http::{self, Metrics};
 use crate::iface::{self, HostFacts, IfaceOptions};
@@ -210,7 +210,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     // The watch starts before the kernel is programmed, so changes made meanwhile are on their way when the loop
     // starts (etcd catches up a watch that starts in the past only every 100 ms).
     tasks.spawn(registry::run(store.clone(), listing, leases_tx, metrics.clone(), shutdown.clone()));
-    let applied = match controller.pass(&own, &initial_set, Trigger::Startup).await {
+    let applied = match controller.startup_pass(&own, &initial_set).await {
         Ok(report) if report.is_clean() => report.applied.len(),
         Ok(report) => {
             warn!("some kernel or firewall operations failed at startup; the reconcile loop retries them");

@@ -21,14 +21,20 @@ use crate::registry::{Journal, LeaseSet, Version};
 /// own value back (one etcd round trip), short next to any restart of a host.
 pub const GRACE: Duration = Duration::from_secs(2);
 
+/// A key held back: the value the view keeps for it (the lease, and its bad-value reason), and when its grace
+/// ends.
+type HeldBack = (SubnetKey, Lease, Option<String>, Instant);
+
 /// What was programmed for each peer key, and the value waiting for its grace to pass.
 #[derive(Debug, Default)]
 pub struct ValueGrace {
     keys: BTreeMap<SubnetKey, Held>,
     /// The version of the set `keys` reflects, and our own key then; None: look at the whole set next time.
     seen: Option<(Version, SubnetKey)>,
-    /// The keys held back now.
-    held: BTreeSet<SubnetKey>,
+    /// The keys held back now, with when their grace ends, and the same by end: a lease event visits only the
+    /// keys whose grace ended, not every one held (under churn, thousands are).
+    held: BTreeMap<SubnetKey, Instant>,
+    ends: BTreeSet<(Instant, SubnetKey)>,
     /// The set as it is to be programmed, kept up to date key by key with a journal of its own: the keys whose
     /// value in it changed, a held-back or released value included. None before the first view.
     view: Option<Arc<LeaseSet>>,
@@ -75,81 +81,82 @@ impl ValueGrace {
     /// The lease set to program at `now`: `set`, except that a key whose value changed less than [`GRACE`] ago
     /// keeps the value programmed before. Also returns when a held value's grace ends (look again then).
     ///
-    /// Runs on every change of the set: it visits the keys the set's journal says changed and the held ones,
-    /// or, when the journal cannot tell, walks the set and the held keys side by side (both in key order). The
-    /// view is changed in place (copy-on-write, while a consumer holds the last one) and journals what it changed,
-    /// so its consumers visit only those keys too; a walk starts it afresh, on a new line.
+    /// Runs on every change of the set: it visits the keys the set's journal says changed and the held ones
+    /// whose grace ended, or, when the journal cannot tell, walks the set and the held keys side by side (both
+    /// in key order). The view is changed in place (copy-on-write, while a consumer holds the last one) and
+    /// journals what it changed, so its consumers visit only those keys too; a walk starts it afresh, on a new
+    /// line.
     pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Arc<LeaseSet>, Option<Instant>) {
-        let mut held_back: Vec<(SubnetKey, Lease, Option<String>)> = Vec::new();
-        let mut next: Option<Instant> = None;
         let changed = self.seen.filter(|(_, seen_own)| seen_own == own).and_then(|(v, _)| set.changed_since(Some(v)));
-        let changed = changed.filter(|_| self.view.is_some());
-        match &changed {
-            Some(keys) => {
-                for key in keys.iter().chain(self.held.iter()).filter(|key| *key != own) {
-                    let Some(lease) = set.leases.get(key) else {
-                        self.keys.remove(key);
-                        continue;
-                    };
-                    let bad = set.bad_values.get(key);
-                    match self.keys.get_mut(key) {
-                        None => {
-                            self.keys.insert(*key, Held::new(lease, bad));
-                        }
-                        Some(h) => {
-                            if let Some(ends) = h.see(lease, bad, now) {
-                                held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone()));
-                                next = Some(next.map_or(ends, |n| n.min(ends)));
-                            }
-                        }
-                    }
-                }
-            }
-            None => self.walk(set, own, now, &mut held_back, &mut next),
-        }
         self.seen = set.version().map(|v| (v, *own));
-        let held: BTreeMap<SubnetKey, (Lease, Option<String>)> =
-            held_back.into_iter().map(|(key, lease, bad)| (key, (lease, bad))).collect();
-        let view = match (changed, self.view.as_mut()) {
-            (Some(keys), Some(view)) => {
-                let view = Arc::make_mut(view);
-                view.journal.next_batch();
-                let released = self.held.iter().filter(|key| !held.contains_key(key));
-                for key in keys.iter().chain(released).chain(held.keys()) {
-                    let (lease, bad) = match held.get(key) {
-                        Some((lease, bad)) => (Some(lease), bad.as_ref()),
-                        None => (set.leases.get(key), set.bad_values.get(key)),
+        let view = match (changed, self.view.take()) {
+            (Some(keys), Some(mut view)) => {
+                let expired = self.ends.iter().take_while(|(end, _)| *end <= now).map(|(_, key)| *key);
+                let visit: BTreeSet<SubnetKey> = keys.iter().copied().chain(expired).collect();
+                let v = Arc::make_mut(&mut view);
+                v.journal.next_batch();
+                for key in &visit {
+                    let (lease, bad) = if key == own {
+                        (set.leases.get(key).cloned(), set.bad_values.get(key).cloned())
+                    } else {
+                        self.visit(set, *key, now)
                     };
-                    update_entry(view, *key, lease, bad);
+                    update_entry(v, *key, lease.as_ref(), bad.as_ref());
                 }
-                if view.bad_keys != set.bad_keys {
-                    view.bad_keys = set.bad_keys.clone();
+                if v.bad_keys != set.bad_keys {
+                    v.bad_keys = set.bad_keys.clone();
                 }
-                view.revision = set.revision;
-                self.view.clone()
+                v.revision = set.revision;
+                view
             }
             _ => {
+                let mut held_back = Vec::new();
+                self.walk(set, own, now, &mut held_back);
                 let mut view = LeaseSet { journal: Journal::begin(), ..set.clone() };
-                for (key, (lease, bad)) in &held {
-                    update_entry(&mut view, *key, Some(lease), bad.as_ref());
+                self.held.clear();
+                self.ends.clear();
+                for (key, lease, bad, end) in held_back {
+                    update_entry(&mut view, key, Some(&lease), bad.as_ref());
+                    self.hold(key, end);
                 }
-                self.view = Some(Arc::new(view));
-                self.view.clone()
+                Arc::new(view)
             }
         };
-        self.held = held.into_keys().collect();
-        (view.unwrap_or_default(), next)
+        self.view = Some(view.clone());
+        (view, self.ends.first().map(|(end, _)| *end))
+    }
+
+    /// Takes in the set's value of a peer's `key`; returns what the view is to say of it.
+    fn visit(&mut self, set: &LeaseSet, key: SubnetKey, now: Instant) -> (Option<Lease>, Option<String>) {
+        if let Some(end) = self.held.remove(&key) {
+            self.ends.remove(&(end, key));
+        }
+        let Some(lease) = set.leases.get(&key) else {
+            self.keys.remove(&key);
+            return (None, None);
+        };
+        let bad = set.bad_values.get(&key);
+        let Some(h) = self.keys.get_mut(&key) else {
+            self.keys.insert(key, Held::new(lease, bad));
+            return (Some(lease.clone()), bad.cloned());
+        };
+        match h.see(lease, bad, now) {
+            Some(end) => {
+                let shown = (Some(h.programmed.clone()), h.programmed_bad.clone());
+                self.hold(key, end);
+                shown
+            }
+            None => (Some(lease.clone()), bad.cloned()),
+        }
+    }
+
+    fn hold(&mut self, key: SubnetKey, end: Instant) {
+        self.held.insert(key, end);
+        self.ends.insert((end, key));
     }
 
     /// [`view`](Self::view)'s visit of every key.
-    fn walk(
-        &mut self,
-        set: &LeaseSet,
-        own: &SubnetKey,
-        now: Instant,
-        held_back: &mut Vec<(SubnetKey, Lease, Option<String>)>,
-        next: &mut Option<Instant>,
-    ) {
+    fn walk(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant, held_back: &mut Vec<HeldBack>) {
         let mut new: Vec<&Lease> = Vec::new();
         let mut gone: Vec<SubnetKey> = Vec::new();
         let mut leases = set.leases.iter().filter(|(key, _)| *key != own).peekable();
@@ -167,9 +174,8 @@ impl ValueGrace {
                 Ordering::Equal => {
                     let (Some((key, lease)), Some((_, h))) = (leases.next(), held.next()) else { break };
                     let bad = set.bad_values.get(key);
-                    if let Some(ends) = h.see(lease, bad, now) {
-                        held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone()));
-                        *next = Some(next.map_or(ends, |n| n.min(ends)));
+                    if let Some(end) = h.see(lease, bad, now) {
+                        held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone(), end));
                     }
                 }
             }
