@@ -36,8 +36,8 @@ fn public_ip(lease: &Lease) -> String {
     ip.map_or("-".to_string(), |ip| ip.to_string())
 }
 
-/// After a pass over this many objects or operations (any pass with hundreds of peers: every pass dumps the
-/// kernel state and builds the desired one), hand freed memory back once passes have stopped for
+/// After passes over this many objects or operations in all (a full pass with hundreds of peers, or a burst of
+/// lease changes), hand freed memory back once passes have stopped for
 /// [`RELEASE_MEMORY_WHEN_QUIET`]. Not after every pass: returned pages fault back in on the next pass, which
 /// would add milliseconds to every lease change during a burst.
 pub const RELEASE_MEMORY_AFTER_OPS: usize = 256;
@@ -530,6 +530,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         let mut retry_at: Option<Instant> = None;
         let mut events_open = true;
         let mut release_at: Option<Instant> = None;
+        let mut work_since_release = 0;
         let mut grace_at: Option<Instant> = None;
         // Objects notifications said were deleted, for an incremental repair; None: a notification named none
         // (a device went, notifications were lost), so the repair is a full pass.
@@ -611,7 +612,10 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                     retry_at = Some(Instant::now() + retry.next_delay());
                 }
             }
-            if applied.max(self.last_pass_objects) >= RELEASE_MEMORY_AFTER_OPS {
+            // Many small passes (a burst of lease changes) churn the heap as much as one big one.
+            work_since_release += applied.max(self.last_pass_objects);
+            if work_since_release >= RELEASE_MEMORY_AFTER_OPS {
+                work_since_release = 0;
                 release_at = Some(Instant::now() + RELEASE_MEMORY_WHEN_QUIET);
             }
         }
