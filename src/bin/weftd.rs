@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("weftd: {e}");
         return std::process::ExitCode::from(2);
     }
+    weft::controller::share_one_heap();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
