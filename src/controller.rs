@@ -5,8 +5,10 @@
 //! hands its parts to the [`Kernel`], the [`Rules`] and the forwarding channel.
 //!
 //! It wakes when the lease set or our own lease changes, when the kernel reports that something of ours was
-//! deleted, on a periodic resync, and to retry failures with backoff. Every pass computes the whole desired state,
-//! so there is no event ordering to get wrong, and a pass with nothing to do performs no operations.
+//! deleted, on a periodic resync, and to retry failures with backoff. A lease change or a named deletion costs
+//! the change (an incremental pass: only the changed leases are judged, derived and diffed); the startup, the
+//! resync, retries and anything the incremental pass cannot do exactly run a full pass over the whole set, the
+//! safety net. A pass with nothing to do performs no operations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
