@@ -22,15 +22,15 @@ use weft_backends::backend::{AnyBackend, Backend};
 use weft_backends::forwarding::ForwardingTable;
 use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
 use weft_backends::kernel::{apply_in_order, reconcile, ApplyReport, Drift, Kernel, KernelError};
-use weft_backends::parts::{DesiredIndex, ObjectKey, Touched};
+use weft_backends::parts::{ObjectKey, Touched};
 use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 
 use crate::backoff::Backoff;
 use crate::http::Metrics;
-use crate::lease::{Lease, SubnetKey};
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::{LeaseSet, Version};
 use crate::status::PeerChanges;
-use crate::trust::{self, IndexedJudgement, Rejected, Screener, Screening, TrustPolicy};
+use crate::trust::{self, IndexedJudgement, PeerIndex, Rejected, Screener, Screening, TrustPolicy};
 use crate::value_grace::ValueGrace;
 
 fn public_ip(lease: &Lease) -> String {
@@ -159,7 +159,7 @@ pub struct Controller<K: Kernel, R: Rules, B: Backend = AnyBackend> {
 /// The desired state a clean pass left in the kernel, by peer, and the own lease it was derived for.
 struct Indexed {
     own: Lease,
-    index: DesiredIndex<SubnetKey>,
+    index: PeerIndex,
 }
 
 impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
@@ -422,13 +422,16 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         }
         let protected = self.policy.protected(Some(own));
         let own_peer = own.to_peer();
+        let derive = |key: &SubnetKey, attrs: &Arc<LeaseAttrs>| {
+            trust::judge_part(&self.backend, &own_peer, key, attrs, &protected)
+        };
         for key in &removed {
-            index.remove(key, &mut touched);
+            index.remove(key, &mut touched, derive);
         }
         for lease in &changed {
-            index.remove(&lease.key, &mut touched);
+            index.remove(&lease.key, &mut touched, derive);
             let part = trust::judge_peer(&self.backend, &own_peer, lease, &protected);
-            if let Err(e) = index.insert(lease.key, lease.mod_revision, part, &mut touched) {
+            if let Err(e) = index.insert(lease.key, lease.mod_revision, lease.attrs.clone(), part, &mut touched) {
                 debug!(lease = %lease.key, error = %e, "cannot apply the change alone; running a full pass");
                 self.index = None;
                 return None;
@@ -509,6 +512,9 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         for key in &changes.removed {
             info!(subnet = %key, "peer removed");
             self.known.remove(key);
+        }
+        if changes.is_large(self.known.len()) {
+            weft_backends::dense::repack_map(&mut self.known);
         }
     }
 

@@ -214,6 +214,12 @@ impl PeerChanges<'_> {
     pub fn is_empty(&self) -> bool {
         self.put.is_empty() && self.removed.is_empty()
     }
+
+    /// Whether these changes rewrote most of a map of peers now `len` long (a startup, a full pass after a
+    /// burst): worth re-packing it (see [`weft_backends::dense`]).
+    pub fn is_large(&self, len: usize) -> bool {
+        self.put.len() + self.removed.len() > (len / 2).max(64)
+    }
 }
 
 impl StatusBoard {
@@ -247,6 +253,9 @@ impl StatusBoard {
             for lease in &changes.put {
                 let ip = lease.attrs.public_ip(Family::V4).or(lease.attrs.public_ip(Family::V6));
                 programmed.insert(lease.key, ip);
+            }
+            if changes.is_large(programmed.len()) {
+                weft_backends::dense::repack_map(&mut programmed);
             }
         }
         self.update(|s| {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use weft_backends::backend::{Backend, BackendConfig, Desired};
+use weft_backends::dense;
 use weft_backends::model::MacAddr;
 use weft_backends::parts::DesiredIndex;
 use weft_backends::trust::{guard_routes, unusable_endpoint, Protected, RejectReason};
@@ -115,7 +116,8 @@ pub struct Screener {
 struct Verdict {
     revision: i64,
     attrs: Arc<LeaseAttrs>,
-    outcome: Result<(), RejectReason>,
+    /// Boxed: most leases pass, and a verdict per lease at 10,000 peers should not carry the largest reason.
+    outcome: Result<(), Box<RejectReason>>,
 }
 
 impl Verdict {
@@ -204,7 +206,7 @@ impl Screener {
         let mut out = bad_entries(set);
         for key in &self.rejected_keys {
             if let Some(Err(reason)) = self.verdicts.get(key).map(|v| &v.outcome) {
-                out.push(Rejected { name: key.to_string(), reason: reason.clone() });
+                out.push(Rejected { name: key.to_string(), reason: (**reason).clone() });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -279,6 +281,10 @@ impl Screener {
             });
             self.record(lease, outcome);
         }
+        // Kept until the next whole screen, and filled in precedence order, which leaves their nodes part empty.
+        dense::repack_map(&mut self.verdicts);
+        dense::repack_map(&mut self.subnets);
+        dense::repack_map(&mut self.macs);
     }
 
     fn record(&mut self, lease: &Lease, outcome: Result<(), RejectReason>) {
@@ -303,7 +309,7 @@ impl Screener {
             let Some((_, verdict)) = verdicts.find(|(key, _)| **key == lease.key) else { break };
             match &verdict.outcome {
                 Ok(()) => out.accepted.push(lease),
-                Err(reason) => out.rejected.push(Rejected { name: lease.key.to_string(), reason: reason.clone() }),
+                Err(reason) => out.rejected.push(Rejected { name: lease.key.to_string(), reason: (**reason).clone() }),
             }
         }
         out.rejected.sort_by(|a, b| a.name.cmp(&b.name));
@@ -313,7 +319,7 @@ impl Screener {
 
 impl Verdict {
     fn of(lease: &Lease, outcome: Result<(), RejectReason>) -> Verdict {
-        Verdict { revision: lease.mod_revision, attrs: lease.attrs.clone(), outcome }
+        Verdict { revision: lease.mod_revision, attrs: lease.attrs.clone(), outcome: outcome.map_err(Box::new) }
     }
 }
 
@@ -419,7 +425,7 @@ pub fn judge<'a, B: Backend>(policy: &TrustPolicy, backend: &B, own: &Lease, set
 /// loop can later re-derive only the leases that change.
 #[derive(Debug)]
 pub struct IndexedJudgement<'a> {
-    pub index: DesiredIndex<SubnetKey>,
+    pub index: PeerIndex,
     pub accepted: Vec<&'a Lease>,
     pub rejected: Vec<Rejected>,
 }
@@ -436,17 +442,33 @@ pub fn judge_indexed<'a, B: Backend>(
     let protected = policy.protected(Some(own));
     let own_peer = own.to_peer();
     let mut index = DesiredIndex::new(judge_base(backend, &own_peer, &protected));
-    let mut touched = weft_backends::parts::Touched::default();
     for lease in &accepted {
         let part = judge_peer(backend, &own_peer, lease, &protected);
         // Backends derive disjoint parts (every backend's tests check it) and the screen lets no two leases
-        // claim one subnet or VTEP MAC, so this cannot collide; if it did, the last part would win, as in a merge.
-        if let Err(e) = index.insert(lease.key, lease.mod_revision, part, &mut touched) {
+        // claim one subnet or VTEP MAC, so this cannot collide; if it did, the first part would win.
+        if let Err(e) = index.build(lease.key, lease.mod_revision, lease.attrs.clone(), part) {
             tracing::warn!(lease = %lease.key, error = %e, "a peer's objects collide with another's");
         }
     }
+    index.repack();
     let (accepted, rejected) = accepted_and_rejected(accepted, rejected, &index);
     IndexedJudgement { index, accepted, rejected }
+}
+
+/// The desired state by peer: each part derived from a peer lease's value (under its key).
+pub type PeerIndex = DesiredIndex<SubnetKey, Arc<LeaseAttrs>>;
+
+/// What [`judge_peer`] gives for the lease under `key` with value `attrs`: how a [`PeerIndex`] derives a part
+/// again to take it out.
+pub fn judge_part<B: Backend>(
+    backend: &B,
+    own: &weft_backends::Peer,
+    key: &SubnetKey,
+    attrs: &Arc<LeaseAttrs>,
+    protected: &[Protected],
+) -> Desired {
+    let lease = Lease { key: *key, attrs: attrs.clone(), etcd_lease: 0, mod_revision: 0 };
+    judge_peer(backend, own, &lease, protected)
 }
 
 /// The base of the desired state (our own lease's objects), with the last guard applied.
@@ -475,7 +497,7 @@ pub fn judge_peer<B: Backend>(
 pub fn accepted_and_rejected<'a>(
     accepted: Vec<&'a Lease>,
     mut rejected: Vec<Rejected>,
-    index: &DesiredIndex<SubnetKey>,
+    index: &PeerIndex,
 ) -> (Vec<&'a Lease>, Vec<Rejected>) {
     let before = rejected.len();
     for (key, s) in index.skipped() {

@@ -7,7 +7,6 @@
 //! peer's value (a host that came back with a new VTEP MAC) reaches the kernel [`GRACE`] later. New leases and
 //! deletions are not delayed: only a change of what a live key says.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,72 +20,48 @@ use crate::registry::{Journal, LeaseSet, Version};
 /// own value back (one etcd round trip), short next to any restart of a host.
 pub const GRACE: Duration = Duration::from_secs(2);
 
-/// A key held back: the value the view keeps for it (the lease, and its bad-value reason), and when its grace
-/// ends.
-type HeldBack = (SubnetKey, Lease, Option<String>, Instant);
-
-/// What was programmed for each peer key, and the value waiting for its grace to pass.
+/// What the grace keeps: only the keys held back. What is programmed for every other key is what the view
+/// says, so the grace holds no copy of the set (at 10,000 peers a copy per lease was megabytes).
 #[derive(Debug, Default)]
 pub struct ValueGrace {
-    keys: BTreeMap<SubnetKey, Held>,
-    /// The version of the set `keys` reflects, and our own key then; None: look at the whole set next time.
+    /// The version of the set the view reflects, and our own key then; None: look at the whole set next time.
     seen: Option<(Version, SubnetKey)>,
-    /// The keys held back now, with when their grace ends, and the same by end: a lease event visits only the
-    /// keys whose grace ended, not every one held (under churn, thousands are).
-    held: BTreeMap<SubnetKey, Instant>,
+    /// The keys held back now: the value waiting, and when it was first seen. A lease event visits only the keys
+    /// whose grace ended (`ends`), not every one held (under churn, thousands are).
+    held: BTreeMap<SubnetKey, Pending>,
     ends: BTreeSet<(Instant, SubnetKey)>,
     /// The set as it is to be programmed, kept up to date key by key with a journal of its own: the keys whose
-    /// value in it changed, a held-back or released value included. None before the first view.
+    /// value in it changed, a held-back or released value included. A held key's entry is the value programmed
+    /// before its new one came. None before the first view.
     view: Option<Arc<LeaseSet>>,
 }
 
-#[derive(Debug)]
-struct Held {
-    /// The value programmed now (and whether it was a bad value, which is reported rather than programmed).
-    programmed: Lease,
-    programmed_bad: Option<String>,
-    /// A different value seen since, and when it was first seen.
-    pending: Option<(Arc<LeaseAttrs>, Instant)>,
+/// A peer's new value waiting for its grace to pass.
+#[derive(Debug, Clone)]
+struct Pending {
+    attrs: Arc<LeaseAttrs>,
+    since: Instant,
 }
 
-impl Held {
-    fn new(lease: &Lease, bad: Option<&String>) -> Held {
-        Held { programmed: lease.clone(), programmed_bad: bad.cloned(), pending: None }
-    }
-
-    /// Takes in the key's value as of `now`; returns when its grace ends if it is held back.
-    fn see(&mut self, lease: &Lease, bad: Option<&String>, now: Instant) -> Option<Instant> {
-        // Leases share their value with the set they came from: an unchanged lease compares by pointer.
-        if self.programmed.attrs == lease.attrs && self.programmed_bad.as_ref() == bad {
-            if self.programmed.mod_revision != lease.mod_revision {
-                self.programmed = lease.clone();
-            }
-            self.pending = None;
-            return None;
-        }
-        let since = match &self.pending {
-            Some((attrs, since)) if *attrs == lease.attrs => *since,
-            _ => now,
-        };
-        if now >= since + GRACE {
-            *self = Held::new(lease, bad);
-            return None;
-        }
-        self.pending = Some((lease.attrs.clone(), since));
-        Some(since + GRACE)
+impl Pending {
+    fn end(&self) -> Instant {
+        self.since + GRACE
     }
 }
+
+/// What the view says of a key: its lease and, for a bad value, why it is bad.
+type Entry<'a> = (Option<&'a Lease>, Option<&'a String>);
 
 impl ValueGrace {
     /// The lease set to program at `now`: `set`, except that a key whose value changed less than [`GRACE`] ago
     /// keeps the value programmed before. Also returns when a held value's grace ends (look again then).
     ///
     /// Runs on every change of the set: it visits the keys the set's journal says changed and the held ones
-    /// whose grace ended, or, when the journal cannot tell, walks the set and the held keys side by side (both
-    /// in key order). The view is changed in place (copy-on-write, while a consumer holds the last one) and
-    /// journals what it changed, so its consumers visit only those keys too; a walk starts it afresh, on a new
-    /// line.
+    /// whose grace ended, or, when the journal cannot tell, walks the whole set against the last view. The view
+    /// is changed in place (copy-on-write, while a consumer holds the last one) and journals what it changed, so
+    /// its consumers visit only those keys too; a walk starts it afresh, on a new line.
     pub fn view(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant) -> (Arc<LeaseSet>, Option<Instant>) {
+        let seen_own = self.seen.map(|(_, seen_own)| seen_own);
         let changed = self.seen.filter(|(_, seen_own)| seen_own == own).and_then(|(v, _)| set.changed_since(Some(v)));
         self.seen = set.version().map(|v| (v, *own));
         let view = match (changed, self.view.take()) {
@@ -96,11 +71,13 @@ impl ValueGrace {
                 let v = Arc::make_mut(&mut view);
                 v.journal.next_batch();
                 for key in &visit {
-                    let (lease, bad) = if key == own {
-                        (set.leases.get(key).cloned(), set.bad_values.get(key).cloned())
+                    let shown = if key == own {
+                        (set.leases.get(key), set.bad_values.get(key))
                     } else {
-                        self.visit(set, *key, now)
+                        let programmed = (v.leases.get(key), v.bad_values.get(key));
+                        self.visit(programmed, (set.leases.get(key), set.bad_values.get(key)), *key, now)
                     };
+                    let (lease, bad) = (shown.0.cloned(), shown.1.cloned());
                     update_entry(v, *key, lease.as_ref(), bad.as_ref());
                 }
                 if v.bad_keys != set.bad_keys {
@@ -109,83 +86,75 @@ impl ValueGrace {
                 v.revision = set.revision;
                 view
             }
-            _ => {
-                let mut held_back = Vec::new();
-                self.walk(set, own, now, &mut held_back);
-                let mut view = LeaseSet { journal: Journal::begin(), ..set.clone() };
-                self.held.clear();
-                self.ends.clear();
-                for (key, lease, bad, end) in held_back {
-                    update_entry(&mut view, key, Some(&lease), bad.as_ref());
-                    self.hold(key, end);
-                }
-                Arc::new(view)
-            }
+            (_, last) => Arc::new(self.walk(set, own, seen_own, last.as_deref(), now)),
         };
         self.view = Some(view.clone());
         (view, self.ends.first().map(|(end, _)| *end))
     }
 
-    /// Takes in the set's value of a peer's `key`; returns what the view is to say of it.
-    fn visit(&mut self, set: &LeaseSet, key: SubnetKey, now: Instant) -> (Option<Lease>, Option<String>) {
-        if let Some(end) = self.held.remove(&key) {
-            self.ends.remove(&(end, key));
+    /// Takes in the set's value of a peer's `key` (`now_in_set`), against what the view says of it
+    /// (`programmed`); returns what the view is to say.
+    fn visit<'a>(&mut self, programmed: Entry<'a>, now_in_set: Entry<'a>, key: SubnetKey, now: Instant) -> Entry<'a> {
+        let pending = self.held.remove(&key);
+        if let Some(p) = &pending {
+            self.ends.remove(&(p.end(), key));
         }
-        let Some(lease) = set.leases.get(&key) else {
-            self.keys.remove(&key);
-            return (None, None);
+        let (Some(old), Some(lease)) = (programmed.0, now_in_set.0) else {
+            // A new lease and a deletion are not held back.
+            return now_in_set;
         };
-        let bad = set.bad_values.get(&key);
-        let Some(h) = self.keys.get_mut(&key) else {
-            self.keys.insert(key, Held::new(lease, bad));
-            return (Some(lease.clone()), bad.cloned());
-        };
-        match h.see(lease, bad, now) {
-            Some(end) => {
-                let shown = (Some(h.programmed.clone()), h.programmed_bad.clone());
-                self.hold(key, end);
-                shown
-            }
-            None => (Some(lease.clone()), bad.cloned()),
+        // Leases share their value with the set they came from: an unchanged value compares by pointer.
+        if old.attrs == lease.attrs && programmed.1 == now_in_set.1 {
+            return now_in_set;
         }
+        let since = match pending {
+            Some(p) if p.attrs == lease.attrs => p.since,
+            _ => now,
+        };
+        let pending = Pending { attrs: lease.attrs.clone(), since };
+        if now >= pending.end() {
+            return now_in_set;
+        }
+        self.ends.insert((pending.end(), key));
+        self.held.insert(key, pending);
+        programmed
     }
 
-    fn hold(&mut self, key: SubnetKey, end: Instant) {
-        self.held.insert(key, end);
-        self.ends.insert((end, key));
-    }
-
-    /// [`view`](Self::view)'s visit of every key.
-    fn walk(&mut self, set: &LeaseSet, own: &SubnetKey, now: Instant, held_back: &mut Vec<HeldBack>) {
-        let mut new: Vec<&Lease> = Vec::new();
-        let mut gone: Vec<SubnetKey> = Vec::new();
-        let mut leases = set.leases.iter().filter(|(key, _)| *key != own).peekable();
-        let mut held = self.keys.iter_mut().peekable();
-        loop {
-            let order = match (leases.peek(), held.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((key, _)), Some((held_key, _))) => key.cmp(held_key),
+    /// [`view`](Self::view) by a visit of every key: the view afresh, from `set` and the `last` view (made when
+    /// our own key was `last_own`).
+    fn walk(
+        &mut self,
+        set: &LeaseSet,
+        own: &SubnetKey,
+        last_own: Option<SubnetKey>,
+        last: Option<&LeaseSet>,
+        now: Instant,
+    ) -> LeaseSet {
+        let mut held_back: Vec<(SubnetKey, Option<Lease>, Option<String>)> = Vec::new();
+        let mut still_held = BTreeMap::new();
+        std::mem::swap(&mut still_held, &mut self.held);
+        self.ends.clear();
+        for (key, lease) in set.leases.iter().filter(|(key, _)| *key != own) {
+            // Our former own key was never held back: what the last view said of it was never programmed for a
+            // peer, so it is new.
+            let programmed = match last {
+                Some(last) if last_own != Some(*key) => (last.leases.get(key), last.bad_values.get(key)),
+                _ => (None, None),
             };
-            match order {
-                Ordering::Less => new.extend(leases.next().map(|(_, lease)| lease)),
-                Ordering::Greater => gone.extend(held.next().map(|(key, _)| *key)),
-                Ordering::Equal => {
-                    let (Some((key, lease)), Some((_, h))) = (leases.next(), held.next()) else { break };
-                    let bad = set.bad_values.get(key);
-                    if let Some(end) = h.see(lease, bad, now) {
-                        held_back.push((*key, h.programmed.clone(), h.programmed_bad.clone(), end));
-                    }
-                }
+            if let Some(pending) = still_held.remove(key) {
+                self.held.insert(*key, pending);
+            }
+            let now_in_set = (Some(lease), set.bad_values.get(key));
+            let shown = self.visit(programmed, now_in_set, *key, now);
+            if self.held.contains_key(key) {
+                held_back.push((*key, shown.0.cloned(), shown.1.cloned()));
             }
         }
-        for key in gone {
-            self.keys.remove(&key);
+        let mut view = LeaseSet { journal: Journal::begin(), ..set.clone() };
+        for (key, lease, bad) in held_back {
+            update_entry(&mut view, key, lease.as_ref(), bad.as_ref());
         }
-        for lease in new {
-            self.keys.insert(lease.key, Held::new(lease, set.bad_values.get(&lease.key)));
-        }
+        view
     }
 }
 

@@ -181,23 +181,29 @@ pub async fn reconcile<K: Kernel>(
 
 /// Applies `ops` (a diff's output, in its order), carrying on past failures.
 pub async fn apply_in_order<K: Kernel>(kernel: &mut K, ops: Vec<Op>) -> ApplyReport {
-    let mut report = ApplyReport::default();
     // A run of operations of one kind touches distinct keys, so its operations are independent and may overlap.
     // The runs themselves stay in the diff's order: links first, a route after its neighbour and FDB entry,
-    // every addition before any deletion.
-    let mut ops = ops.into_iter().peekable();
-    while let Some(first) = ops.next() {
+    // every addition before any deletion. The runs are applied from `ops` in place and the report takes `ops`
+    // itself: a cold start's 30,000 operations exist once, not once per stage.
+    let mut failures: Vec<(usize, KernelError)> = Vec::new();
+    let mut start = 0;
+    while let Some(first) = ops.get(start) {
         let kind = first.kind();
-        let mut phase = vec![first];
-        while let Some(op) = ops.next_if(|op| op.kind() == kind) {
-            phase.push(op);
-        }
-        let results = kernel.apply_all(&phase).await;
-        for (op, result) in phase.into_iter().zip(results) {
-            match result {
-                Ok(()) => report.applied.push(op),
-                Err(e) => report.failed.push((op, e)),
-            }
+        let end = start + ops[start..].iter().take_while(|op| op.kind() == kind).count();
+        let results = kernel.apply_all(&ops[start..end]).await;
+        failures.extend(results.into_iter().enumerate().filter_map(|(i, r)| r.err().map(|e| (start + i, e))));
+        start = end;
+    }
+    let mut report = ApplyReport::default();
+    if failures.is_empty() {
+        report.applied = ops;
+        return report;
+    }
+    let mut failures = failures.into_iter().peekable();
+    for (position, op) in ops.into_iter().enumerate() {
+        match failures.next_if(|(at, _)| *at == position) {
+            Some((_, e)) => report.failed.push((op, e)),
+            None => report.applied.push(op),
         }
     }
     report

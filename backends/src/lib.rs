@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod blackhole;
+pub mod dense;
 pub mod diff;
 pub mod direct;
 pub mod fake;

@@ -2,10 +2,14 @@
 //!
 //! [`DesiredIndex`] holds the union of the base ([`Backend::base`](crate::backend::Backend::base)) and every
 //! peer's part ([`Backend::peer`](crate::backend::Backend::peer)), which is exactly what
-//! [`Backend::desired`](crate::backend::Backend::desired) gives, and remembers which objects each part brought.
+//! [`Backend::desired`](crate::backend::Backend::desired) gives, and remembers what each part was derived from.
 //! Replacing or removing a part records the objects it touched in a [`Touched`]: their values before (what the
 //! kernel holds, when the last pass left it equal to the desired state) and their keys, so that
 //! [`Touched::ops`] diffs only those objects instead of the whole state.
+//!
+//! A part's objects are not stored: derivation is a pure function of the part's source (a peer's lease), so
+//! removing a part derives it again to learn what it brought. At 10,000 peers the stored keys cost more than the
+//! objects themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -13,6 +17,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::backend::{Desired, SkippedPeer};
+use crate::dense;
 use crate::diff::{diff, Op};
 use crate::forwarding::ForwardingTable;
 use crate::kernel::Drift;
@@ -65,17 +70,18 @@ pub enum PartError {
     NotPerPeer,
 }
 
-/// What one part brought: its objects' keys, what it skipped, and the store revision it was derived from.
+/// What one part was derived from (`source`, at a store revision), and what the backend skipped of it.
 #[derive(Debug, Clone)]
-struct Part {
+struct Part<S> {
     revision: i64,
-    objects: Vec<ObjectKey>,
+    source: S,
     skipped: Vec<SkippedPeer>,
 }
 
-/// The desired state, kept as the union of a base and per-peer parts (keyed by `K`, the peer's lease key).
+/// The desired state, kept as the union of a base and per-peer parts (keyed by `K`, the peer's lease key; `S`
+/// is what a part is derived from, which derives it again when it is removed).
 #[derive(Debug, Clone)]
-pub struct DesiredIndex<K> {
+pub struct DesiredIndex<K, S> {
     /// Every kernel object wanted: the base's and every part's.
     pub state: KernelState,
     /// The base's firewall tables (parts have none).
@@ -83,7 +89,7 @@ pub struct DesiredIndex<K> {
     /// The forwarding table, for a userspace data plane: the base's (empty) and every part's entries.
     pub forwarding: Option<ForwardingTable>,
     base_skipped: Vec<SkippedPeer>,
-    parts: BTreeMap<K, Part>,
+    parts: BTreeMap<K, Part<S>>,
     /// The keys of the parts that skipped something, so listing what was skipped costs what it is.
     skipping: BTreeSet<K>,
 }
@@ -112,7 +118,7 @@ impl Touched {
 
     /// The kernel operations that turn the touched objects from what they were into what `index` wants now:
     /// the full diff, restricted to these keys.
-    pub fn ops<K: Ord>(&self, index: &DesiredIndex<K>) -> Vec<Op> {
+    pub fn ops<K: Ord, S>(&self, index: &DesiredIndex<K, S>) -> Vec<Op> {
         let mut after = KernelState::default();
         for key in &self.keys {
             copy_object(&index.state, &mut after, key);
@@ -176,9 +182,9 @@ fn object_keys(part: &Desired) -> Vec<ObjectKey> {
     keys
 }
 
-impl<K: Ord + Clone> DesiredIndex<K> {
+impl<K: Ord + Clone, S> DesiredIndex<K, S> {
     /// An index holding only `base`.
-    pub fn new(base: Desired) -> DesiredIndex<K> {
+    pub fn new(base: Desired) -> DesiredIndex<K, S> {
         let Desired { state, rules, forwarding, skipped } = base;
         DesiredIndex {
             state,
@@ -212,11 +218,12 @@ impl<K: Ord + Clone> DesiredIndex<K> {
         base.chain(parts.flat_map(|(k, p)| p.skipped.iter().map(move |s| (Some(k), s))))
     }
 
-    /// Takes a part out: its objects leave the desired state and are recorded in `touched` as they were.
-    pub fn remove(&mut self, key: &K, touched: &mut Touched) {
+    /// Takes a part out: its objects, which `derive` gives again from the part's source (as the part was put
+    /// in), leave the desired state and are recorded in `touched` as they were.
+    pub fn remove(&mut self, key: &K, touched: &mut Touched, derive: impl FnOnce(&K, &S) -> Desired) {
         let Some(part) = self.parts.remove(key) else { return };
         self.skipping.remove(key);
-        for object in part.objects {
+        for object in object_keys(&derive(key, &part.source)) {
             match &object {
                 ObjectKey::Forward(subnet) => {
                     if let Some(table) = &mut self.forwarding {
@@ -233,10 +240,30 @@ impl<K: Ord + Clone> DesiredIndex<K> {
         }
     }
 
-    /// Puts a part in (after [`remove`](Self::remove) of the one it replaces). Refuses a part whose objects
+    /// Puts a part in (after [`remove`](Self::remove) of the one it replaces): `part` is what the backend
+    /// derived from `source`, and must be what it derives from it every time. Refuses a part whose objects
     /// another part or the base already holds, leaving the index in an unspecified state: the caller rebuilds
     /// it with a full pass.
-    pub fn insert(&mut self, key: K, revision: i64, part: Desired, touched: &mut Touched) -> Result<(), PartError> {
+    pub fn insert(
+        &mut self,
+        key: K,
+        revision: i64,
+        source: S,
+        part: Desired,
+        touched: &mut Touched,
+    ) -> Result<(), PartError> {
+        touched.keys.extend(self.put(key, revision, source, part)?);
+        Ok(())
+    }
+
+    /// [`insert`](Self::insert) while building the index afresh (a full pass), which diffs the whole state and
+    /// so records nothing.
+    pub fn build(&mut self, key: K, revision: i64, source: S, part: Desired) -> Result<(), PartError> {
+        self.put(key, revision, source, part).map(drop)
+    }
+
+    /// Puts a part in; returns the keys of its objects.
+    fn put(&mut self, key: K, revision: i64, source: S, part: Desired) -> Result<Vec<ObjectKey>, PartError> {
         if !part.rules.is_empty() || !part.state.links.is_empty() {
             return Err(PartError::NotPerPeer);
         }
@@ -263,12 +290,25 @@ impl<K: Ord + Clone> DesiredIndex<K> {
             table.entries.extend(part.entries);
             table.keys.extend(part.keys);
         }
-        touched.keys.extend(objects.iter().cloned());
         if !skipped.is_empty() {
             self.skipping.insert(key.clone());
         }
-        self.parts.insert(key, Part { revision, objects, skipped });
-        Ok(())
+        self.parts.insert(key, Part { revision, source, skipped });
+        Ok(objects)
+    }
+
+    /// Re-packs the index's maps after a build (see [`crate::dense`]): the index is kept between passes.
+    pub fn repack(&mut self) {
+        let state = &mut self.state;
+        dense::repack_set(&mut state.addresses);
+        dense::repack_map(&mut state.routes);
+        dense::repack_map(&mut state.neighbours);
+        dense::repack_map(&mut state.fdb);
+        if let Some(table) = &mut self.forwarding {
+            dense::repack_map(&mut table.entries);
+            dense::repack_map(&mut table.keys);
+        }
+        dense::repack_map(&mut self.parts);
     }
 
     /// The whole desired state, as [`Backend::desired`](crate::backend::Backend::desired) gives it.
@@ -307,19 +347,22 @@ mod tests {
     fn a_changed_part_diffs_only_its_own_objects() {
         let b = backend();
         let own = peer(1, "198.18.0.1");
-        let mut index: DesiredIndex<u8> = DesiredIndex::new(b.base(&own));
+        let mut index: DesiredIndex<u8, Peer> = DesiredIndex::new(b.base(&own));
         let mut touched = Touched::default();
         for n in 2..6 {
-            index.insert(n, 1, b.peer(&own, &peer(n, &format!("198.18.0.{n}"))), &mut touched).unwrap();
+            let p = peer(n, &format!("198.18.0.{n}"));
+            index.insert(n, 1, p.clone(), b.peer(&own, &p), &mut touched).unwrap();
         }
+        let derive = |_: &u8, p: &Peer| b.peer(&own, p);
         let peers: Vec<Peer> = (2..6).map(|n| peer(n, &format!("198.18.0.{n}"))).collect();
         assert_eq!(index.clone().into_desired(), b.desired(&own, &peers));
 
         // Peer 3 moves to another address, peer 4 goes: two objects touched, two operations.
         let mut touched = Touched::default();
-        index.remove(&3, &mut touched);
-        index.insert(3, 2, b.peer(&own, &peer(3, "198.18.0.33")), &mut touched).unwrap();
-        index.remove(&4, &mut touched);
+        index.remove(&3, &mut touched, derive);
+        let moved = peer(3, "198.18.0.33");
+        index.insert(3, 2, moved.clone(), b.peer(&own, &moved), &mut touched).unwrap();
+        index.remove(&4, &mut touched, derive);
         let ops: Vec<String> = touched.ops(&index).iter().map(ToString::to_string).collect();
         assert_eq!(
             ops,
@@ -337,7 +380,8 @@ mod tests {
         assert_eq!(ops, vec!["replace route 10.244.5.0/24 via 198.18.0.5 dev eth0 proto 87"]);
 
         // Two parts may not claim one object.
-        let err = index.insert(9, 1, b.peer(&own, &peer(5, "198.18.0.9")), &mut Touched::default()).unwrap_err();
+        let twin = peer(5, "198.18.0.9");
+        let err = index.build(9, 1, twin.clone(), b.peer(&own, &twin)).unwrap_err();
         assert_eq!(err.to_string(), "route 10.244.5.0/24 is wanted by two parts of the desired state");
     }
 }
