@@ -218,6 +218,11 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// One pass. Returns the report; errors observing the kernel are returned as is.
     pub async fn pass(&mut self, own: &Lease, set: &Arc<LeaseSet>, trigger: Trigger) -> Result<ApplyReport, PassError> {
+        debug!(
+            ?trigger,
+            incremental_possible = self.index.is_some(),
+            "full pass: judging every lease, observing the kernel"
+        );
         self.index = None;
         // The full pass is the safety net: it judges every lease afresh.
         self.screener = Screener::default();

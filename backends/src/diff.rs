@@ -64,7 +64,12 @@ impl Op {
 /// The operations that make `observed` equal to `desired`. Applying them to a kernel that holds `observed` and
 /// observing again yields `desired`, so a second diff is empty.
 pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
-    let mut observed = observed.clone();
+    diff_owned(desired, observed.clone())
+}
+
+/// [`diff`], consuming the observation (a full pass has no other use for it, and at 10,000 peers a copy is
+/// megabytes).
+pub fn diff_owned(desired: &KernelState, mut observed: KernelState) -> Vec<Op> {
     let mut ops = Vec::new();
 
     // Links first: a device that must be re-created takes everything on it along, so the rest of the diff

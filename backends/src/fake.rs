@@ -102,7 +102,7 @@ impl FakeKernel {
                 if let Some(device) = &r.device {
                     self.require_device(op, device)?;
                     // The kernel refuses a next hop on a device that is down.
-                    if self.state.links.get(device).is_some_and(|l| !l.up) {
+                    if self.state.links.get(device.as_str()).is_some_and(|l| !l.up) {
                         return Err(KernelError::apply(op, io::Error::from_raw_os_error(libc::ENETDOWN)));
                     }
                 }

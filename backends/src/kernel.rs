@@ -175,7 +175,7 @@ pub async fn reconcile<K: Kernel>(
     desired: &KernelState,
 ) -> Result<ApplyReport, KernelError> {
     let observed = kernel.observe(scope).await?;
-    let ops = crate::diff::diff(desired, &observed);
+    let ops = crate::diff::diff_owned(desired, observed);
     Ok(apply_in_order(kernel, ops).await)
 }
 

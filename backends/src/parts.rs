@@ -21,7 +21,7 @@ use crate::dense;
 use crate::diff::{diff, Op};
 use crate::forwarding::ForwardingTable;
 use crate::kernel::Drift;
-use crate::model::{Address, KernelState, MacAddr};
+use crate::model::{Address, DeviceName, KernelState, MacAddr};
 use crate::rules::RuleSet;
 
 /// The identity of one object of a part, as the diff keys it.
@@ -29,8 +29,8 @@ use crate::rules::RuleSet;
 pub enum ObjectKey {
     Address(Address),
     Route(IpNetwork),
-    Neighbour(String, IpAddr),
-    Fdb(String, MacAddr),
+    Neighbour(DeviceName, IpAddr),
+    Fdb(DeviceName, MacAddr),
     /// A forwarding-table entry (userspace data planes).
     Forward(IpNetwork),
 }
@@ -53,8 +53,8 @@ impl ObjectKey {
     pub fn of_drift(drift: &Drift) -> Option<ObjectKey> {
         match drift {
             Drift::RouteDeleted { dst, table: weft_netlink::route::MAIN_TABLE } => Some(ObjectKey::Route(*dst)),
-            Drift::NeighbourDeleted { device, ip } => Some(ObjectKey::Neighbour(device.clone(), *ip)),
-            Drift::FdbDeleted { device, mac } => Some(ObjectKey::Fdb(device.clone(), *mac)),
+            Drift::NeighbourDeleted { device, ip } => Some(ObjectKey::Neighbour(device.into(), *ip)),
+            Drift::FdbDeleted { device, mac } => Some(ObjectKey::Fdb(device.into(), *mac)),
             _ => None,
         }
     }

@@ -301,7 +301,7 @@ impl Backend for VxlanBackend {
             if let Some(own_subnet) = own.subnet(vtep.family) {
                 let base =
                     IpNetwork::new(own_subnet.network(), vtep.family.host_prefix()).expect("host prefix is valid");
-                state.add_address(Address { device: vtep.link.name.clone(), addr: base });
+                state.add_address(Address { device: vtep.link.name.as_str().into(), addr: base });
             }
         }
         Desired { state, ..Desired::default() }
@@ -335,8 +335,8 @@ impl Backend for VxlanBackend {
                 }
             };
             let gateway = subnet.network();
-            part.state.add_neighbour(Neighbour { device: device.clone(), ip: gateway, mac });
-            part.state.add_fdb(FdbEntry { device: device.clone(), mac, dst: public_ip });
+            part.state.add_neighbour(Neighbour { device: device.as_str().into(), ip: gateway, mac });
+            part.state.add_fdb(FdbEntry { device: device.as_str().into(), mac, dst: public_ip });
             part.state.add_route(Route::via(subnet, gateway, device, true, self.route_protocol));
         }
         part

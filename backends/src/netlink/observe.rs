@@ -101,7 +101,7 @@ fn address_from(a: &address::Address, owned: &Owned) -> Option<Address> {
         // The kernel adds an fe80:: address to every device by itself.
         return None;
     }
-    Some(Address { device: device.clone(), addr: a.addr })
+    Some(Address { device: device.as_str().into(), addr: a.addr })
 }
 
 /// A main-table unicast or blackhole route that weft owns ([`Scope::owns_route`]: it leaves through one of our
@@ -127,7 +127,7 @@ pub(super) fn route_from(
         return None;
     }
     let device = match r.device {
-        Some(index) => Some(names.get(&index)?.clone()),
+        Some(index) => Some(names.get(&index)?.as_str().into()),
         None => None,
     };
     Some(Route {
@@ -146,7 +146,7 @@ fn neighbour_from(n: &neighbour::Neighbour, owned: &Owned) -> Option<Neighbour> 
     if !n.permanent {
         return None;
     }
-    Some(Neighbour { device: device.clone(), ip: n.ip, mac: MacAddr(n.mac?) })
+    Some(Neighbour { device: device.as_str().into(), ip: n.ip, mac: MacAddr(n.mac?) })
 }
 
 /// A permanent FDB entry of the device itself (NTF_SELF); entries a bridge master keeps for the device as its
@@ -156,7 +156,7 @@ fn fdb_from(e: &fdb::FdbEntry, owned: &Owned) -> Option<FdbEntry> {
     if !e.permanent || !e.own {
         return None;
     }
-    Some(FdbEntry { device: device.clone(), mac: MacAddr(e.mac), dst: e.dst? })
+    Some(FdbEntry { device: device.as_str().into(), mac: MacAddr(e.mac), dst: e.dst? })
 }
 
 #[cfg(test)]
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(route_from(&on_device, &names, &owned, &scope), Some(flannel_route()));
 
         let direct = route("10.244.3.0/24", Some("198.18.0.3"), 2, 87);
-        assert_eq!(route_from(&direct, &names, &owned, &scope).map(|r| r.device), Some(Some("u0".to_string())));
+        assert_eq!(route_from(&direct, &names, &owned, &scope).map(|r| r.device), Some(Some("u0".into())));
 
         // Another weftd's direct route (its own network) is not ours once our networks are known.
         let narrowed = Scope { route_networks: vec!["10.244.0.0/16".parse().unwrap()], ..scope.clone() };

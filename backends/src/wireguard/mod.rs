@@ -370,7 +370,7 @@ impl Backend for WireguardBackend {
             });
             for family in &device.families {
                 if let Some(addr) = self.tun_address(own, *family) {
-                    state.add_address(Address { device: device.name.clone(), addr });
+                    state.add_address(Address { device: device.name.as_str().into(), addr });
                 }
             }
         }

@@ -341,10 +341,10 @@ impl ControlLab {
                 && (0..peers).all(|i| {
                     let mac = synthetic::mac(i, generation[i]);
                     let ip = std::net::IpAddr::V4(synthetic::subnet(i).ip());
-                    state.neighbours.get(&(DEVICE.to_string(), ip)).is_some_and(|n| n.mac == mac)
+                    state.neighbours.get(&(DEVICE.into(), ip)).is_some_and(|n| n.mac == mac)
                         && state
                             .fdb
-                            .get(&(DEVICE.to_string(), mac))
+                            .get(&(DEVICE.into(), mac))
                             .is_some_and(|e| e.dst == std::net::IpAddr::V4(synthetic::public_ip(i)))
                 });
             if exact || Instant::now() >= deadline {
