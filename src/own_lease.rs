@@ -17,7 +17,7 @@ use crate::config::NetworkConfig;
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::lease_holder::{self, overwrite, shares_public_ip, Overwrite};
-use crate::registry::LeaseSet;
+use crate::registry::{LeaseSet, Version};
 use crate::store::{LeaseStore, StoreError};
 
 /// How many times to re-plan after losing a creation race before backing off.
@@ -47,6 +47,42 @@ pub struct LeaseManager<S> {
     pub attrs: LeaseAttrs,
     pub ttl: Duration,
     pub metrics: Arc<Metrics>,
+}
+
+/// The live leases reported for carrying our public IP, and the version of the set (with our own key then)
+/// they were found in.
+#[derive(Default)]
+struct Impostors {
+    reported: BTreeSet<SubnetKey>,
+    seen: Option<(Version, SubnetKey)>,
+}
+
+impl Impostors {
+    /// Takes in `set` (`own` is our lease's key, `ours` our value); returns the leases that carry our public IP
+    /// now and did not before. Looks at the leases the set's journal says changed since the last look (a lease
+    /// event costs the change, not a walk of 10,000 leases), at every lease when the journal cannot tell or our
+    /// own key changed.
+    fn update(&mut self, own: &SubnetKey, ours: &LeaseAttrs, set: &LeaseSet) -> Vec<SubnetKey> {
+        let is_impostor = |l: &Lease| l.key != *own && shares_public_ip(l, ours);
+        let changed = self.seen.filter(|(_, key)| key == own).and_then(|(v, _)| set.changed_since(Some(v)));
+        self.seen = set.version().map(|v| (v, *own));
+        let now: BTreeSet<SubnetKey> = match changed {
+            Some(keys) => {
+                let mut now = self.reported.clone();
+                for key in keys {
+                    match set.leases.get(&key) {
+                        Some(lease) if is_impostor(lease) => now.insert(key),
+                        _ => now.remove(&key),
+                    };
+                }
+                now
+            }
+            None => set.leases.values().filter(|l| is_impostor(l)).map(|l| l.key).collect(),
+        };
+        let new = now.difference(&self.reported).copied().collect();
+        self.reported = now;
+        new
+    }
 }
 
 impl<S: LeaseStore> LeaseManager<S> {
@@ -135,7 +171,7 @@ impl<S: LeaseStore> LeaseManager<S> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let interval = keepalive_interval(self.ttl);
-        let mut impostors = BTreeSet::new();
+        let mut impostors = Impostors::default();
         let mut restore_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         // Whether someone else wrote our lease since the last keepalive: the restore backoff only starts afresh
         // after a quiet interval, so a write-back war with another host slows down to one write a minute. The first
@@ -292,15 +328,9 @@ impl<S: LeaseStore> LeaseManager<S> {
 
     /// Warns once per lease about every other live lease that carries our public IP: two hosts configured with
     /// the same address would send each other's traffic to one of them.
-    fn report_impostors(&self, own: &Lease, set: &LeaseSet, reported: &mut BTreeSet<SubnetKey>) {
-        let now: BTreeSet<SubnetKey> = set
-            .leases
-            .values()
-            .filter(|l| l.key != own.key && shares_public_ip(l, &self.attrs))
-            .map(|l| l.key)
-            .collect();
-        for key in now.difference(reported) {
-            if set.leases.get(key).is_some_and(Lease::is_reservation) {
+    fn report_impostors(&self, own: &Lease, set: &LeaseSet, impostors: &mut Impostors) {
+        for key in impostors.update(&own.key, &self.attrs, set) {
+            if set.leases.get(&key).is_some_and(Lease::is_reservation) {
                 // flannel's reservations: legitimate, but the host only moves at its next start; say so now.
                 warn!(
                     subnet = %key,
@@ -318,7 +348,6 @@ impl<S: LeaseStore> LeaseManager<S> {
                 );
             }
         }
-        *reported = now;
     }
 
     /// Sends one keepalive. Returns true when the lease's TTL ran out (so the key is gone too).
@@ -361,6 +390,41 @@ mod tests {
 
     const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
     const TTL: Duration = Duration::from_secs(6);
+
+    #[test]
+    fn impostors_found_from_the_journal_are_the_ones_a_walk_finds() {
+        use crate::store::Change;
+        let ours = LeaseAttrs { public_ip: Some("198.18.0.1".parse().unwrap()), ..Default::default() };
+        let lease = |n: u8, ip: &str, revision: i64| Lease {
+            key: format!("10.244.{n}.0-24").parse().unwrap(),
+            attrs: Arc::new(LeaseAttrs { public_ip: Some(ip.parse().unwrap()), ..Default::default() }),
+            etcd_lease: 7,
+            mod_revision: revision,
+        };
+        let own: SubnetKey = "10.244.1.0-24".parse().unwrap();
+        let mut set = LeaseSet::journaled(0);
+        let (mut followed, mut found) = (Impostors::default(), Vec::new());
+        // Peers take and drop our address, our own lease carries it (never an impostor), and a burst of
+        // unrelated changes passes.
+        let steps: Vec<Change> = vec![
+            Change::Put(lease(1, "198.18.0.1", 1)),
+            Change::Put(lease(2, "198.18.0.2", 2)),
+            Change::Put(lease(3, "198.18.0.1", 3)),
+            Change::Put(lease(2, "198.18.0.1", 4)),
+            Change::Put(lease(3, "198.18.0.3", 5)),
+            Change::Delete("10.244.2.0-24".parse().unwrap()),
+            Change::Put(lease(4, "198.18.0.4", 7)),
+            Change::Put(lease(3, "198.18.0.1", 8)),
+        ];
+        for (revision, change) in (1..).zip(steps) {
+            set.apply(&[change], revision);
+            found.extend(followed.update(&own, &ours, &set));
+            let walked = Impostors::default().update(&own, &ours, &set);
+            assert_eq!(followed.reported.iter().copied().collect::<Vec<_>>(), walked, "after revision {revision}");
+        }
+        let names: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["10.244.3.0-24", "10.244.2.0-24", "10.244.3.0-24"], "each new episode once");
+    }
 
     fn manager(store: &MemoryStore, public_ip: &str) -> Arc<LeaseManager<MemoryStore>> {
         manager_with_mac(store, public_ip, "0e:00:00:00:00:01")

@@ -122,6 +122,15 @@ impl DeviceName {
         }
     }
 
+    /// The name's bytes, without the UTF-8 check [`as_str`](Self::as_str) makes: comparisons in the model's maps
+    /// (50,000 names at 10,000 peers) use these. Bytes order as their text does.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            NameRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            NameRepr::Heap(name) => name.as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // Built from a &str cut at its length: always whole UTF-8.
@@ -152,7 +161,7 @@ impl std::borrow::Borrow<str> for DeviceName {
 
 impl PartialEq for DeviceName {
     fn eq(&self, other: &DeviceName) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -166,7 +175,7 @@ impl PartialOrd for DeviceName {
 
 impl Ord for DeviceName {
     fn cmp(&self, other: &DeviceName) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 

@@ -18,7 +18,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::error::{Action, Error, Operation};
 use crate::event::Event;
 use crate::netns;
-use crate::request::{Answer, Outcome, Request};
+use crate::request::{Answer, Decode, Outcome, Reply, Request};
+
+fn connection_gone(operation: Operation, e: impl std::fmt::Display) -> Error {
+    Error::Io { operation, source: io::Error::other(format!("the netlink connection is gone: {e}")) }
+}
 
 /// Raw notifications as the connection task hands them over.
 pub type Notifications = futures_channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
@@ -61,16 +65,33 @@ impl Connection {
         Ok((Connection { handle }, notifications))
     }
 
+    /// Sends a dump request and decodes each object of kind `T` (on `device`; every one for None) as its message
+    /// arrives, as [`decode_on`](crate::decode_on) does with a whole answer: a dump of 10,000 routes never holds
+    /// 10,000 raw messages beside the decoded values.
+    pub async fn dump<T: Decode>(&self, request: Request, device: Option<u32>) -> Result<Vec<T>, Error> {
+        let (message, operation) = request.into_netlink(0);
+        let mut replies =
+            self.handle.request(message, SocketAddr::new(0, 0)).map_err(|e| connection_gone(operation, e))?;
+        let mut objects = Vec::new();
+        while let Some(message) = replies.next().await {
+            match Reply::of(message.payload) {
+                Reply::Object(m) => objects.extend(T::decode(&m).filter(|o| device.is_none() || o.device() == device)),
+                Reply::Done => break,
+                Reply::Refused(errno) => return Err(Error::Kernel { operation, errno }),
+                Reply::Ignored => {}
+            }
+        }
+        Ok(objects)
+    }
+
     /// Sends one request and collects its answer, as a future that owns what it needs, so that many can be in
     /// flight at once.
     pub fn request(&self, request: Request) -> impl Future<Output = Outcome> + Send + 'static {
         let handle = self.handle.clone();
         async move {
             let (message, operation) = request.into_netlink(0);
-            let mut replies = handle.request(message, SocketAddr::new(0, 0)).map_err(|e| Error::Io {
-                operation,
-                source: io::Error::other(format!("the netlink connection is gone: {e}")),
-            })?;
+            let mut replies =
+                handle.request(message, SocketAddr::new(0, 0)).map_err(|e| connection_gone(operation, e))?;
             let mut answer = Answer::default();
             while let Some(message) = replies.next().await {
                 if answer.absorb(crate::request::Reply::of(message.payload)) {

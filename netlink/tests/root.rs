@@ -223,6 +223,15 @@ fn pipelined_requests_and_typed_events() {
         assert!(answers[..50].iter().all(Result::is_ok));
         assert!(answers[50].as_ref().unwrap_err().is_no_device(), "answers stay in request order");
 
+        // A dump decoded as it arrives gives what decoding the whole answer gives, the device filter included.
+        let filter = RouteFilter::main_table();
+        let whole = connection.request(route::dump(false, &filter)).await.unwrap();
+        let streamed: Vec<Route> = connection.dump(route::dump(false, &filter), Some(d0)).await.unwrap();
+        assert_eq!(streamed, decode_on::<Route>(&whole, Some(d0)));
+        assert_eq!(streamed.iter().filter(|r| r.protocol == PROTOCOL).count(), 50);
+        let lo: Vec<Route> = connection.dump(route::dump(false, &filter), Some(1)).await.unwrap();
+        assert!(lo.iter().all(|r| r.device == Some(1)) && !lo.iter().any(|r| r.protocol == PROTOCOL));
+
         let mut added = 0;
         while added < routes.len() {
             let next = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();

@@ -127,8 +127,20 @@ impl NetlinkKernel {
     /// codec filters again for kernels that ignore the filter.
     async fn dump_routes(&self, family: Family) -> Result<Vec<route::Route>, KernelError> {
         let filter = RouteFilter::main_table();
-        let answer = self.dump("routes", route::dump(family == Family::V6, &filter)).await?;
-        Ok(route::routes_in(&answer, &filter))
+        let mut routes: Vec<route::Route> =
+            self.dump_decoded("routes", route::dump(family == Family::V6, &filter), None).await?;
+        routes.retain(|r| filter.matches(r));
+        Ok(routes)
+    }
+
+    /// A dump decoded as it arrives (see [`Connection::dump`]).
+    async fn dump_decoded<T: weft_netlink::Decode>(
+        &self,
+        what: &'static str,
+        request: Request,
+        device: Option<u32>,
+    ) -> Result<Vec<T>, KernelError> {
+        self.connection.dump(request, device).await.map_err(|e| KernelError::Observe { what, source: e.into_io() })
     }
 
     /// The ifindex of `name`, or None when no such device exists.
