@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::model::{render_link, render_route, Address, FdbEntry, KernelState, Link, Neighbour, Route};
+use crate::model::{render_link, render_route, Address, FdbEntry, KernelState, Link, Neighbour, ObjectKind, Route};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -70,8 +70,36 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Op> {
 /// [`diff`], consuming the observation (a full pass has no other use for it, and at 10,000 peers a copy is
 /// megabytes).
 pub fn diff_owned(desired: &KernelState, mut observed: KernelState) -> Vec<Op> {
-    let mut ops = Vec::new();
+    let links = diff_links(desired, &observed.links);
+    for name in &links.emptied {
+        observed.remove_device(name);
+    }
+    let mut ops = links.first;
+    let mut deletions = Vec::new();
+    for kind in ObjectKind::ON_DEVICES {
+        let (additions, stale) = diff_kind(desired, &observed, kind);
+        ops.extend(additions);
+        deletions.push(stale);
+    }
+    ops.extend(deletions.into_iter().rev().flatten());
+    ops.extend(links.last);
+    ops
+}
 
+/// The devices' part of a diff.
+#[derive(Debug, Default)]
+pub struct LinkOps {
+    /// Updates, re-creations and creations: before anything on the devices.
+    pub first: Vec<Op>,
+    /// Deletions of devices no longer wanted: after everything else.
+    pub last: Vec<Op>,
+    /// The devices created or re-created: nothing observed on them before survives.
+    pub emptied: Vec<String>,
+}
+
+/// The devices' part of the diff of `desired` against the `observed` devices.
+pub fn diff_links(desired: &KernelState, observed: &std::collections::BTreeMap<String, Link>) -> LinkOps {
+    let mut out = LinkOps::default();
     // Links first: a device that must be re-created takes everything on it along, so the rest of the diff
     // works against the observation as it will be once the device is gone.
     for (name, want) in &desired.links {
@@ -79,66 +107,76 @@ pub fn diff_owned(desired: &KernelState, mut observed: KernelState) -> Vec<Op> {
             // A referenced device is someone else's: routes through it fail until it exists.
             continue;
         }
-        match observed.links.get(name) {
+        match observed.get(name) {
             Some(have) if have == want => {}
-            Some(have) if have.same_kind(want) => ops.push(Op::UpdateLink(want.clone())),
+            Some(have) if have.same_kind(want) => out.first.push(Op::UpdateLink(want.clone())),
             Some(_) => {
-                ops.push(Op::DeleteLink(name.clone()));
-                observed.remove_device(name);
-                ops.push(Op::CreateLink(want.clone()));
+                out.first.push(Op::DeleteLink(name.clone()));
+                out.emptied.push(name.clone());
+                out.first.push(Op::CreateLink(want.clone()));
             }
             None => {
-                observed.remove_device(name);
-                ops.push(Op::CreateLink(want.clone()));
+                out.emptied.push(name.clone());
+                out.first.push(Op::CreateLink(want.clone()));
             }
         }
     }
-
-    // Additions and in-place replacements, in dependency order.
-    for a in desired.addresses.difference(&observed.addresses) {
-        ops.push(Op::AddAddress(a.clone()));
-    }
-    for (key, n) in &desired.neighbours {
-        if observed.neighbours.get(key) != Some(n) {
-            ops.push(Op::ReplaceNeighbour(n.clone()));
-        }
-    }
-    for (key, e) in &desired.fdb {
-        if observed.fdb.get(key) != Some(e) {
-            ops.push(Op::ReplaceFdb(e.clone()));
-        }
-    }
-    for (dst, r) in &desired.routes {
-        if observed.routes.get(dst) != Some(r) {
-            ops.push(Op::ReplaceRoute(r.clone()));
-        }
-    }
-
-    // Deletions of what is no longer wanted, in reverse dependency order.
-    for (dst, r) in &observed.routes {
-        // A route at another metric than the desired one is another route to the kernel: the replacement went in
-        // beside it, so it goes (the delete names its metric, so only it goes).
-        if desired.routes.get(dst).is_none_or(|want| want.metric != r.metric) {
-            ops.push(Op::DeleteRoute(r.clone()));
-        }
-    }
-    for (key, e) in &observed.fdb {
-        if !desired.fdb.contains_key(key) {
-            ops.push(Op::DeleteFdb(e.clone()));
-        }
-    }
-    for (key, n) in &observed.neighbours {
-        if !desired.neighbours.contains_key(key) {
-            ops.push(Op::DeleteNeighbour(n.clone()));
-        }
-    }
-    for a in observed.addresses.difference(&desired.addresses) {
-        ops.push(Op::DeleteAddress(a.clone()));
-    }
-    for (name, have) in &observed.links {
+    for (name, have) in observed {
         if !desired.links.contains_key(name) && have.is_owned() {
-            ops.push(Op::DeleteLink(name.clone()));
+            out.last.push(Op::DeleteLink(name.clone()));
         }
     }
-    ops
+    out
+}
+
+/// One kind's part of the diff of `desired` against `observed` (only that kind of it is read): the additions
+/// and in-place replacements, and the deletions of what is no longer wanted.
+pub fn diff_kind(desired: &KernelState, observed: &KernelState, kind: ObjectKind) -> (Vec<Op>, Vec<Op>) {
+    let (mut additions, mut deletions) = (Vec::new(), Vec::new());
+    match kind {
+        ObjectKind::Links => {}
+        ObjectKind::Addresses => {
+            additions.extend(desired.addresses.difference(&observed.addresses).cloned().map(Op::AddAddress));
+            deletions.extend(observed.addresses.difference(&desired.addresses).cloned().map(Op::DeleteAddress));
+        }
+        ObjectKind::Neighbours => {
+            for (key, n) in &desired.neighbours {
+                if observed.neighbours.get(key) != Some(n) {
+                    additions.push(Op::ReplaceNeighbour(n.clone()));
+                }
+            }
+            for (key, n) in &observed.neighbours {
+                if !desired.neighbours.contains_key(key) {
+                    deletions.push(Op::DeleteNeighbour(n.clone()));
+                }
+            }
+        }
+        ObjectKind::Fdb => {
+            for (key, e) in &desired.fdb {
+                if observed.fdb.get(key) != Some(e) {
+                    additions.push(Op::ReplaceFdb(e.clone()));
+                }
+            }
+            for (key, e) in &observed.fdb {
+                if !desired.fdb.contains_key(key) {
+                    deletions.push(Op::DeleteFdb(e.clone()));
+                }
+            }
+        }
+        ObjectKind::Routes => {
+            for (dst, r) in &desired.routes {
+                if observed.routes.get(dst) != Some(r) {
+                    additions.push(Op::ReplaceRoute(r.clone()));
+                }
+            }
+            for (dst, r) in &observed.routes {
+                // A route at another metric than the desired one is another route to the kernel: the replacement
+                // went in beside it, so it goes (the delete names its metric, so only it goes).
+                if desired.routes.get(dst).is_none_or(|want| want.metric != r.metric) {
+                    deletions.push(Op::DeleteRoute(r.clone()));
+                }
+            }
+        }
+    }
+    (additions, deletions)
 }

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use weft_netlink::route::MAIN_TABLE;
 
-use crate::diff::Op;
-use crate::model::{KernelState, MacAddr, Scope};
+use crate::diff::{diff_kind, diff_links, Op};
+use crate::model::{KernelState, MacAddr, ObjectKind, Scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -128,6 +128,20 @@ pub trait Kernel: Send {
     /// Everything inside `scope` that exists now.
     fn observe(&mut self, scope: &Scope) -> impl Future<Output = Result<KernelState, KernelError>> + Send;
 
+    /// Only the objects of `kind` inside `scope`, the rest of the state left empty: a full pass holds one kind's
+    /// observation at a time. The default observes everything and keeps that kind.
+    fn observe_kind(
+        &mut self,
+        scope: &Scope,
+        kind: ObjectKind,
+    ) -> impl Future<Output = Result<KernelState, KernelError>> + Send {
+        async move {
+            let mut state = self.observe(scope).await?;
+            state.keep_only(kind);
+            Ok(state)
+        }
+    }
+
     /// Applies one operation. Replace and delete operations are idempotent: deleting what is already gone succeeds.
     fn apply(&mut self, op: &Op) -> impl Future<Output = Result<(), KernelError>> + Send;
 
@@ -165,6 +179,12 @@ impl ApplyReport {
     pub fn failed_count(&self) -> usize {
         self.failed.len() + self.rules.failed.len()
     }
+
+    /// Adds the kernel operations of a later stage of the same pass.
+    fn append(&mut self, later: ApplyReport) {
+        self.applied.extend(later.applied);
+        self.failed.extend(later.failed);
+    }
 }
 
 /// Observes, diffs against `desired` and applies every operation, carrying on past failures so one bad peer does
@@ -174,9 +194,27 @@ pub async fn reconcile<K: Kernel>(
     scope: &Scope,
     desired: &KernelState,
 ) -> Result<ApplyReport, KernelError> {
-    let observed = kernel.observe(scope).await?;
-    let ops = crate::diff::diff_owned(desired, observed);
-    Ok(apply_in_order(kernel, ops).await)
+    // One kind at a time: a kind's observation is diffed and dropped, and its additions applied, before the next
+    // kind is read, so a full pass never holds the whole kernel state beside the whole desired state (at 10,000
+    // peers each is megabytes). The order is the diff's: devices, additions kind by kind, deletions in reverse,
+    // stale devices last. Reading a kind after the devices changed sees a re-created device empty, as it is.
+    let links = diff_links(desired, &kernel.observe_kind(scope, ObjectKind::Links).await?.links);
+    let mut report = ApplyReport::default();
+    // Room for the most a pass can add (every desired object) at once: growing the list stage by stage would
+    // copy a cold start's 30,000 operations twice. Pages never written are never resident.
+    report.applied.reserve(desired.object_count());
+    report.append(apply_in_order(kernel, links.first).await);
+    let mut deletions = Vec::new();
+    for kind in ObjectKind::ON_DEVICES {
+        let (additions, stale) = diff_kind(desired, &kernel.observe_kind(scope, kind).await?, kind);
+        report.append(apply_in_order(kernel, additions).await);
+        deletions.push(stale);
+    }
+    for stale in deletions.into_iter().rev() {
+        report.append(apply_in_order(kernel, stale).await);
+    }
+    report.append(apply_in_order(kernel, links.last).await);
+    Ok(report)
 }
 
 /// Applies `ops` (a diff's output, in its order), carrying on past failures.

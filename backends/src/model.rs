@@ -455,6 +455,25 @@ pub struct FdbEntry {
     pub dst: IpAddr,
 }
 
+/// The kinds of objects weft owns: devices first, then what lives on them, in the order their additions go in
+/// (a route after the neighbour and FDB entry it resolves through). Their deletions go in the reverse order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Links,
+    Addresses,
+    Neighbours,
+    Fdb,
+    Routes,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 5] =
+        [ObjectKind::Links, ObjectKind::Addresses, ObjectKind::Neighbours, ObjectKind::Fdb, ObjectKind::Routes];
+    /// Every kind but the devices themselves, in order.
+    pub const ON_DEVICES: [ObjectKind; 4] =
+        [ObjectKind::Addresses, ObjectKind::Neighbours, ObjectKind::Fdb, ObjectKind::Routes];
+}
+
 /// Everything weft owns in one network namespace, or everything it wants to own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
@@ -489,6 +508,18 @@ impl KernelState {
         self.routes.retain(|_, r| !r.is_on(device));
         self.neighbours.retain(|_, n| n.device != device);
         self.fdb.retain(|_, e| e.device != device);
+    }
+
+    /// Keeps only the objects of `kind`.
+    pub fn keep_only(&mut self, kind: ObjectKind) {
+        let kept = std::mem::take(self);
+        match kind {
+            ObjectKind::Links => self.links = kept.links,
+            ObjectKind::Addresses => self.addresses = kept.addresses,
+            ObjectKind::Neighbours => self.neighbours = kept.neighbours,
+            ObjectKind::Fdb => self.fdb = kept.fdb,
+            ObjectKind::Routes => self.routes = kept.routes,
+        }
     }
 
     /// The number of objects, for logs and metrics.

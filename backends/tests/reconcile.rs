@@ -332,3 +332,39 @@ fn lease_data_is_flannels() {
     let data = b.lease_data(Family::V4).unwrap();
     assert_eq!(data.to_string(), format!("{{\"VNI\":1,\"VtepMAC\":\"{}\"}}", mac_of(&b)));
 }
+
+/// A full pass reads the kernel one kind at a time; what it does is still exactly what the diff of the whole
+/// observation says, in the same order: here a device to re-create, a stale device, stale objects of every kind
+/// and a changed peer, all at once.
+#[tokio::test]
+async fn a_pass_read_kind_by_kind_does_what_the_whole_diff_says() {
+    let mut kernel = FakeKernel::new();
+    let old = backend(VxlanConfig { port: 4789, ..Default::default() }, &kernel.state);
+    converge(&mut kernel, &old, &two_peers()).await;
+    let stale_device =
+        weft_backends::model::Link { name: "flannel.2".into(), ..old.vtep(Family::V4).unwrap().link.clone() };
+    kernel.state.add_link(stale_device);
+    kernel.state.add_address(weft_backends::model::Address {
+        device: "flannel.1".into(),
+        addr: "10.244.77.0/32".parse().unwrap(),
+    });
+    let stale_route =
+        Route::via("10.244.9.0/24".parse().unwrap(), "198.18.0.9".parse().unwrap(), "eth0", false, WEFT_ROUTE_PROTOCOL);
+    kernel.state.add_route(stale_route);
+
+    let b = backend(VxlanConfig::default(), &kernel.state);
+    let peers = vec![
+        peer("10.244.2.0/24", "198.18.0.22", "0e:00:00:00:00:22"),
+        peer("10.244.4.0/24", "198.18.0.4", "0e:00:00:00:00:04"),
+    ];
+    let desired = b.desired(&own(), &peers).state;
+    let scope = weft_backends::model::Scope { links: vec!["flannel.1".into(), "flannel.2".into()], ..b.scope() };
+    let whole = diff(&desired, &kernel.observe(&scope).await.unwrap());
+    let report = reconcile(&mut kernel, &scope, &desired).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.failed);
+    let text = |ops: &[Op]| ops.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(text(&report.applied), text(&whole));
+    assert!(matches!(&whole[..2], [Op::DeleteLink(n), Op::CreateLink(_)] if n == "flannel.1"), "{whole:?}");
+    assert!(matches!(whole.last(), Some(Op::DeleteLink(n)) if n == "flannel.2"), "{whole:?}");
+    assert_eq!(kernel.observe(&scope).await.unwrap().render(), desired.render());
+}

@@ -28,7 +28,7 @@ use weft_netlink::{address, decode_all, link, route, Message, Request};
 
 use crate::diff::Op;
 use crate::kernel::{Kernel, KernelError};
-use crate::model::{KernelState, MacAddr, Scope};
+use crate::model::{KernelState, MacAddr, ObjectKind, Scope};
 use crate::Family;
 
 pub use watch::{watch_deletions, watch_deletions_in_netns};
@@ -179,6 +179,10 @@ impl NetlinkKernel {
 impl Kernel for NetlinkKernel {
     async fn observe(&mut self, scope: &Scope) -> Result<KernelState, KernelError> {
         observe::observe(self, scope).await
+    }
+
+    async fn observe_kind(&mut self, scope: &Scope, kind: ObjectKind) -> Result<KernelState, KernelError> {
+        observe::observe_kinds(self, scope, &[kind]).await
     }
 
     async fn apply_all(&mut self, ops: &[Op]) -> Vec<Result<(), KernelError>> {

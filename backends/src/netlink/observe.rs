@@ -11,7 +11,7 @@ use super::NetlinkKernel;
 use crate::is_link_local;
 use crate::kernel::KernelError;
 use crate::model::{
-    Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, Route, RouteKind, Scope, VxlanAttrs,
+    Address, FdbEntry, KernelState, Link, LinkKind, MacAddr, Neighbour, ObjectKind, Route, RouteKind, Scope, VxlanAttrs,
 };
 use crate::Family;
 
@@ -19,44 +19,65 @@ use crate::Family;
 type Owned = HashMap<u32, String>;
 
 pub(super) async fn observe(kernel: &mut NetlinkKernel, scope: &Scope) -> Result<KernelState, KernelError> {
+    observe_kinds(kernel, scope, &ObjectKind::ALL).await
+}
+
+/// The objects of `kinds` inside `scope`; a dump of the devices is always taken (the other kinds name theirs by
+/// index), the other dumps only for the kinds asked for.
+pub(super) async fn observe_kinds(
+    kernel: &mut NetlinkKernel,
+    scope: &Scope,
+    kinds: &[ObjectKind],
+) -> Result<KernelState, KernelError> {
     let links = kernel.dump_links().await?;
     let names: HashMap<u32, String> = links.iter().map(|l| (l.index, l.name.clone())).collect();
     let owned: Owned =
         names.iter().filter(|(_, name)| scope.links.contains(name)).map(|(i, n)| (*i, n.clone())).collect();
 
     let mut state = KernelState::default();
-    for l in links.iter().filter(|l| owned.contains_key(&l.index)) {
-        state.add_link(link_from(l));
-    }
-    for name in names.values().filter(|name| scope.referenced.contains(name)) {
-        state.add_link(Link::unowned(name.clone()));
+    if kinds.contains(&ObjectKind::Links) {
+        for l in links.iter().filter(|l| owned.contains_key(&l.index)) {
+            state.add_link(link_from(l));
+        }
+        for name in names.values().filter(|name| scope.referenced.contains(name)) {
+            state.add_link(Link::unowned(name.clone()));
+        }
     }
     // Each kind is gathered first and made a map at once: a B-tree built in one go has full nodes, one filled an
     // insertion at a time (a dump comes nearly in key order) about half-empty ones, and at 10,000 peers the
     // observation is held beside the whole desired state. A dump's raw messages go as soon as they are read.
-    let mut routes = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        let dumped = kernel.dump_routes(family).await?;
-        routes.extend(dumped.iter().filter_map(|r| route_from(r, &names, &owned, scope)));
+    if kinds.contains(&ObjectKind::Routes) {
+        let mut routes = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let dumped = kernel.dump_routes(family).await?;
+            routes.extend(dumped.iter().filter_map(|r| route_from(r, &names, &owned, scope)));
+        }
+        state.routes = routes.into_iter().map(|r| (r.dst, r)).collect();
     }
-    state.routes = routes.into_iter().map(|r| (r.dst, r)).collect();
     if owned.is_empty() {
         // Addresses, neighbours and FDB entries only count on our devices.
         return Ok(state);
     }
     // With one device in scope (the usual case) the kernel sends only its objects.
     let only = (owned.len() == 1).then(|| owned.keys().next().copied()).flatten();
-    let addresses: Vec<address::Address> = kernel.dump_decoded("addresses", address::dump(only), only).await?;
-    state.addresses = addresses.iter().filter_map(|a| address_from(a, &owned)).collect();
-    let mut neighbours = Vec::new();
-    for ipv6 in [false, true] {
-        let dumped: Vec<neighbour::Neighbour> =
-            kernel.dump_decoded("neighbours", neighbour::dump(ipv6, only), only).await?;
-        neighbours.extend(dumped.iter().filter_map(|n| neighbour_from(n, &owned)));
+    if kinds.contains(&ObjectKind::Addresses) {
+        let addresses: Vec<address::Address> = kernel.dump_decoded("addresses", address::dump(only), only).await?;
+        state.addresses = addresses.iter().filter_map(|a| address_from(a, &owned)).collect();
     }
-    state.neighbours = neighbours.into_iter().map(|n| ((n.device.clone(), n.ip), n)).collect();
-    let entries: Vec<fdb::FdbEntry> = kernel.dump_decoded("fdb", fdb::dump(only), only).await?;
-    state.fdb = entries.iter().filter_map(|e| fdb_from(e, &owned)).map(|e| ((e.device.clone(), e.mac), e)).collect();
+    if kinds.contains(&ObjectKind::Neighbours) {
+        let mut neighbours = Vec::new();
+        for ipv6 in [false, true] {
+            let dumped: Vec<neighbour::Neighbour> =
+                kernel.dump_decoded("neighbours", neighbour::dump(ipv6, only), only).await?;
+            neighbours.extend(dumped.iter().filter_map(|n| neighbour_from(n, &owned)));
+        }
+        state.neighbours = neighbours.into_iter().map(|n| ((n.device.clone(), n.ip), n)).collect();
+    }
+    if kinds.contains(&ObjectKind::Fdb) {
+        let entries: Vec<fdb::FdbEntry> = kernel.dump_decoded("fdb", fdb::dump(only), only).await?;
+        let entries = entries.iter().filter_map(|e| fdb_from(e, &owned));
+        state.fdb = entries.map(|e| ((e.device.clone(), e.mac), e)).collect();
+    }
     Ok(state)
 }
 
