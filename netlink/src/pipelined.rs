@@ -69,13 +69,26 @@ impl Connection {
     /// arrives, as [`decode_on`](crate::decode_on) does with a whole answer: a dump of 10,000 routes never holds
     /// 10,000 raw messages beside the decoded values.
     pub async fn dump<T: Decode>(&self, request: Request, device: Option<u32>) -> Result<Vec<T>, Error> {
+        self.dump_into(request, device, Some).await
+    }
+
+    /// [`dump`](Self::dump), turning each decoded object into what the caller keeps (or nothing) as it arrives.
+    pub async fn dump_into<T: Decode, U>(
+        &self,
+        request: Request,
+        device: Option<u32>,
+        mut keep: impl FnMut(T) -> Option<U>,
+    ) -> Result<Vec<U>, Error> {
         let (message, operation) = request.into_netlink(0);
         let mut replies =
             self.handle.request(message, SocketAddr::new(0, 0)).map_err(|e| connection_gone(operation, e))?;
         let mut objects = Vec::new();
         while let Some(message) = replies.next().await {
             match Reply::of(message.payload) {
-                Reply::Object(m) => objects.extend(T::decode(&m).filter(|o| device.is_none() || o.device() == device)),
+                Reply::Object(m) => {
+                    let decoded = T::decode(&m).filter(|o| device.is_none() || o.device() == device);
+                    objects.extend(decoded.and_then(&mut keep));
+                }
                 Reply::Done => break,
                 Reply::Refused(errno) => return Err(Error::Kernel { operation, errno }),
                 Reply::Ignored => {}

@@ -140,7 +140,19 @@ impl NetlinkKernel {
         request: Request,
         device: Option<u32>,
     ) -> Result<Vec<T>, KernelError> {
-        self.connection.dump(request, device).await.map_err(|e| KernelError::Observe { what, source: e.into_io() })
+        self.dump_into(what, request, device, Some).await
+    }
+
+    /// A dump whose objects become what the caller keeps as they arrive (see [`Connection::dump_into`]).
+    async fn dump_into<T: weft_netlink::Decode, U>(
+        &self,
+        what: &'static str,
+        request: Request,
+        device: Option<u32>,
+        keep: impl FnMut(T) -> Option<U>,
+    ) -> Result<Vec<U>, KernelError> {
+        let dumped = self.connection.dump_into(request, device, keep).await;
+        dumped.map_err(|e| KernelError::Observe { what, source: e.into_io() })
     }
 
     /// The ifindex of `name`, or None when no such device exists.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use weft_netlink::route::MAIN_TABLE;
+use weft_netlink::route::{RouteFilter, MAIN_TABLE};
 use weft_netlink::{address, fdb, link, neighbour, route};
 
 use super::NetlinkKernel;
@@ -48,11 +48,15 @@ pub(super) async fn observe_kinds(
     // observation is held beside the whole desired state. A dump's raw messages go as soon as they are read.
     if kinds.contains(&ObjectKind::Routes) {
         let mut routes = Vec::new();
+        let filter = RouteFilter::main_table();
         for family in [Family::V4, Family::V6] {
-            let dumped = kernel.dump_routes(family).await?;
-            routes.extend(dumped.iter().filter_map(|r| route_from(r, &names, &owned, scope)));
+            let ours = |r: route::Route| {
+                let route = route_from(&r, &names, &owned, scope).filter(|_| filter.matches(&r))?;
+                Some((route.dst, route))
+            };
+            routes.extend(kernel.dump_into("routes", route::dump(family == Family::V6, &filter), None, ours).await?);
         }
-        state.routes = routes.into_iter().map(|r| (r.dst, r)).collect();
+        state.routes = routes.into_iter().collect();
     }
     if owned.is_empty() {
         // Addresses, neighbours and FDB entries only count on our devices.
@@ -67,16 +71,14 @@ pub(super) async fn observe_kinds(
     if kinds.contains(&ObjectKind::Neighbours) {
         let mut neighbours = Vec::new();
         for ipv6 in [false, true] {
-            let dumped: Vec<neighbour::Neighbour> =
-                kernel.dump_decoded("neighbours", neighbour::dump(ipv6, only), only).await?;
-            neighbours.extend(dumped.iter().filter_map(|n| neighbour_from(n, &owned)));
+            let ours = |n: neighbour::Neighbour| neighbour_from(&n, &owned).map(|n| ((n.device.clone(), n.ip), n));
+            neighbours.extend(kernel.dump_into("neighbours", neighbour::dump(ipv6, only), only, ours).await?);
         }
-        state.neighbours = neighbours.into_iter().map(|n| ((n.device.clone(), n.ip), n)).collect();
+        state.neighbours = neighbours.into_iter().collect();
     }
     if kinds.contains(&ObjectKind::Fdb) {
-        let entries: Vec<fdb::FdbEntry> = kernel.dump_decoded("fdb", fdb::dump(only), only).await?;
-        let entries = entries.iter().filter_map(|e| fdb_from(e, &owned));
-        state.fdb = entries.map(|e| ((e.device.clone(), e.mac), e)).collect();
+        let ours = |e: fdb::FdbEntry| fdb_from(&e, &owned).map(|e| ((e.device.clone(), e.mac), e));
+        state.fdb = kernel.dump_into("fdb", fdb::dump(only), only, ours).await?.into_iter().collect();
     }
     Ok(state)
 }
