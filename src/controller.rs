@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use weft_backends::backend::{AnyBackend, Backend};
+use weft_backends::diff::Op;
 use weft_backends::forwarding::ForwardingTable;
 use weft_backends::forwarding::{ForwardingPublisher, ForwardingReceiver};
 use weft_backends::kernel::{apply_in_order, reconcile, ApplyReport, Drift, Kernel, KernelError};
@@ -263,7 +264,8 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
-        self.log_report(&report, trigger);
+        let for_drift = matches!(trigger, Trigger::KernelEvent | Trigger::Resync);
+        self.log_report(&report, trigger, |_| for_drift);
         if report.is_clean() {
             // The kernel now holds exactly the desired state: later changes can be applied against it.
             self.index = Some(Indexed { own: own.clone(), index: desired });
@@ -300,24 +302,26 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         }
     }
 
-    /// Logs what a pass did: drift repairs at info, other changes at debug, every failure as a warning.
-    fn log_report(&self, report: &ApplyReport, trigger: Trigger) {
-        if report.applied_count() > 0 {
-            // Rendering every op costs as much as applying it at 30,000 ops: only when the line is written.
-            let ops = || {
-                let kernel = report.applied.iter().map(ToString::to_string);
-                kernel.chain(report.rules.applied.iter().map(ToString::to_string)).collect::<Vec<String>>()
-            };
-            match trigger {
-                Trigger::KernelEvent | Trigger::Resync => {
-                    self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
-                    info!(count = report.applied_count(), ops = ?ops(), "repaired drift in the kernel state")
-                }
-                _ if tracing::enabled!(tracing::Level::DEBUG) => {
-                    debug!(count = report.applied_count(), ops = ?ops(), ?trigger, "applied kernel changes")
-                }
-                _ => {}
-            }
+    /// Logs what a pass did: drift repairs at info, other changes at debug, every failure as a warning. A full
+    /// pass run for drift (a resync, a kernel event) repairs whatever it changes; an incremental pass repairs the
+    /// objects `is_repair` names (those a notification said were deleted) and applies lease changes besides.
+    fn log_report(&self, report: &ApplyReport, trigger: Trigger, is_repair: impl Fn(&Op) -> bool) {
+        let for_drift = matches!(trigger, Trigger::KernelEvent | Trigger::Resync);
+        // Rendering every op costs as much as applying it at 30,000 ops: only when the line is written.
+        let render = |repairs: bool| {
+            let kernel = report.applied.iter().filter(|op| is_repair(op) == repairs).map(ToString::to_string);
+            let rules = report.rules.applied.iter().filter(|_| for_drift == repairs).map(ToString::to_string);
+            kernel.chain(rules).collect::<Vec<String>>()
+        };
+        let rules = report.rules.applied.len();
+        let repaired = report.applied.iter().filter(|op| is_repair(op)).count() + if for_drift { rules } else { 0 };
+        if repaired > 0 {
+            self.metrics.drift_repairs.fetch_add(1, Ordering::Relaxed);
+            info!(count = repaired, ops = ?render(true), "repaired drift in the kernel state");
+        }
+        let changed = report.applied_count() - repaired;
+        if changed > 0 && tracing::enabled!(tracing::Level::DEBUG) {
+            debug!(count = changed, ops = ?render(false), ?trigger, "applied kernel changes");
         }
 
         for (op, err) in &report.failed {
@@ -477,7 +481,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
         m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
         m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
-        self.log_report(&report, trigger);
+        self.log_report(&report, trigger, |op| touched.repairs(op));
         if !report.is_clean() {
             // The kernel may now differ from the index anywhere the failed ops touched: the retry is a full pass.
             self.index = None;
@@ -774,6 +778,28 @@ mod tests {
         assert!(report.applied.is_empty());
         assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1);
         assert_eq!(c.metrics.reconcile_passes.load(Ordering::Relaxed), 3);
+
+        // A notification of a change we made ourselves (a stale FDB entry going) arrives with a lease change: the
+        // lease change is applied, and nothing counts as a repair, for nothing was put back.
+        let mut journaled = LeaseSet::journaled(1);
+        journaled.apply(&set.leases.values().cloned().map(crate::store::Change::Put).collect::<Vec<_>>(), 1);
+        let journaled = Arc::new(journaled);
+        c.pass(&own, &journaled, Trigger::Resync).await.unwrap();
+        let mut next = (*journaled).clone();
+        next.apply(&[crate::store::Change::Put(lease("10.244.3.0-24", "198.18.0.3", "0e:00:00:00:00:03"))], 2);
+        let next = Arc::new(next);
+        let echo = ObjectKey::Fdb("flannel.1".into(), "0e:00:00:00:00:09".parse().unwrap());
+        let report = c.step(&own, &next, Trigger::KernelEvent, Some(vec![echo])).await.unwrap();
+        assert_eq!(report.applied.len(), 3, "the new peer's neighbour, FDB entry and route");
+        assert_eq!(c.metrics.incremental_passes.load(Ordering::Relaxed), 1);
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 1, "a lease change is no repair");
+
+        // A real deletion behind our back, notified: put back, and counted.
+        let route = ObjectKey::Route("10.244.3.0/24".parse().unwrap());
+        c.kernel().state.routes.remove(&"10.244.3.0/24".parse().unwrap());
+        let report = c.step(&own, &next, Trigger::KernelEvent, Some(vec![route])).await.unwrap();
+        assert_eq!(report.applied.len(), 1);
+        assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

@@ -48,6 +48,17 @@ impl std::fmt::Display for ObjectKey {
 }
 
 impl ObjectKey {
+    /// The object `op` changes; None for a device's operations (no part holds a device).
+    pub fn of_op(op: &Op) -> Option<ObjectKey> {
+        match op {
+            Op::AddAddress(a) | Op::DeleteAddress(a) => Some(ObjectKey::Address(a.clone())),
+            Op::ReplaceNeighbour(n) | Op::DeleteNeighbour(n) => Some(ObjectKey::Neighbour(n.device.clone(), n.ip)),
+            Op::ReplaceFdb(e) | Op::DeleteFdb(e) => Some(ObjectKey::Fdb(e.device.clone(), e.mac)),
+            Op::ReplaceRoute(r) | Op::DeleteRoute(r) => Some(ObjectKey::Route(r.dst)),
+            Op::CreateLink(_) | Op::UpdateLink(_) | Op::DeleteLink(_) => None,
+        }
+    }
+
     /// The object a deletion notification names, when it names one a part can hold (a device's deletion takes
     /// everything on it along, so it names no single object).
     pub fn of_drift(drift: &Drift) -> Option<ObjectKey> {
@@ -101,6 +112,8 @@ pub struct Touched {
     /// the kernel holds them).
     pub before: KernelState,
     pub keys: BTreeSet<ObjectKey>,
+    /// The keys a notification said were deleted.
+    gone: BTreeSet<ObjectKey>,
 }
 
 impl Touched {
@@ -108,7 +121,14 @@ impl Touched {
     /// deleted), so the diff puts it back if it is wanted.
     pub fn gone(&mut self, key: ObjectKey) {
         remove_object(&mut self.before, &key);
-        self.keys.insert(key);
+        self.keys.insert(key.clone());
+        self.gone.insert(key);
+    }
+
+    /// Whether `op` touches one of the objects a notification said were deleted (see [`gone`](Self::gone)): a
+    /// repair of drift, not a change of the leases.
+    pub fn repairs(&self, op: &Op) -> bool {
+        ObjectKey::of_op(op).is_some_and(|key| self.gone.contains(&key))
     }
 
     /// Whether a forwarding entry changed (the data plane needs the new table).
