@@ -174,13 +174,13 @@ async fn run(config: &str, backend_type: &str, steps: &[Step]) -> Result<(), Str
                         Step::DeleteNeighbour(i) => {
                             if let Some(k) = pick(state.neighbours.keys().cloned(), *i) {
                                 state.neighbours.remove(&k);
-                                gone = vec![Drift::NeighbourDeleted { device: k.0.into(), ip: k.1 }];
+                                gone = vec![Drift::NeighbourDeleted { device: k.0.to_string(), ip: k.1 }];
                             }
                         }
                         Step::DeleteFdb(i) => {
                             if let Some(k) = pick(state.fdb.keys().cloned(), *i) {
                                 state.fdb.remove(&k);
-                                gone = vec![Drift::FdbDeleted { device: k.0.into(), mac: k.1 }];
+                                gone = vec![Drift::FdbDeleted { device: k.0.to_string(), mac: k.1 }];
                             }
                         }
                         Step::DeleteDevice => {

@@ -4,6 +4,7 @@
 //! a route is only added after the neighbour and FDB entry it resolves through. Both inputs must cover the same
 //! [`Scope`](crate::model::Scope); objects outside it are never touched because they are never observed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{render_link, render_route, Address, FdbEntry, KernelState, Link, Neighbour, ObjectKind, Route};
@@ -98,7 +99,7 @@ pub struct LinkOps {
 }
 
 /// The devices' part of the diff of `desired` against the `observed` devices.
-pub fn diff_links(desired: &KernelState, observed: &std::collections::BTreeMap<String, Link>) -> LinkOps {
+pub fn diff_links(desired: &KernelState, observed: &BTreeMap<String, Link>) -> LinkOps {
     let mut out = LinkOps::default();
     // Links first: a device that must be re-created takes everything on it along, so the rest of the diff
     // works against the observation as it will be once the device is gone.
@@ -132,51 +133,39 @@ pub fn diff_links(desired: &KernelState, observed: &std::collections::BTreeMap<S
 /// One kind's part of the diff of `desired` against `observed` (only that kind of it is read): the additions
 /// and in-place replacements, and the deletions of what is no longer wanted.
 pub fn diff_kind(desired: &KernelState, observed: &KernelState, kind: ObjectKind) -> (Vec<Op>, Vec<Op>) {
-    let (mut additions, mut deletions) = (Vec::new(), Vec::new());
-    match kind {
-        ObjectKind::Links => {}
-        ObjectKind::Addresses => {
-            additions.extend(desired.addresses.difference(&observed.addresses).cloned().map(Op::AddAddress));
-            deletions.extend(observed.addresses.difference(&desired.addresses).cloned().map(Op::DeleteAddress));
-        }
-        ObjectKind::Neighbours => {
-            for (key, n) in &desired.neighbours {
-                if observed.neighbours.get(key) != Some(n) {
-                    additions.push(Op::ReplaceNeighbour(n.clone()));
-                }
-            }
-            for (key, n) in &observed.neighbours {
-                if !desired.neighbours.contains_key(key) {
-                    deletions.push(Op::DeleteNeighbour(n.clone()));
-                }
-            }
-        }
-        ObjectKind::Fdb => {
-            for (key, e) in &desired.fdb {
-                if observed.fdb.get(key) != Some(e) {
-                    additions.push(Op::ReplaceFdb(e.clone()));
-                }
-            }
-            for (key, e) in &observed.fdb {
-                if !desired.fdb.contains_key(key) {
-                    deletions.push(Op::DeleteFdb(e.clone()));
-                }
-            }
-        }
-        ObjectKind::Routes => {
-            for (dst, r) in &desired.routes {
-                if observed.routes.get(dst) != Some(r) {
-                    additions.push(Op::ReplaceRoute(r.clone()));
-                }
-            }
-            for (dst, r) in &observed.routes {
-                // A route at another metric than the desired one is another route to the kernel: the replacement
-                // went in beside it, so it goes (the delete names its metric, so only it goes).
-                if desired.routes.get(dst).is_none_or(|want| want.metric != r.metric) {
-                    deletions.push(Op::DeleteRoute(r.clone()));
-                }
-            }
-        }
+    fn unwanted<V>(want: Option<&V>, _: &V) -> bool {
+        want.is_none()
     }
-    (additions, deletions)
+    match kind {
+        ObjectKind::Links => (Vec::new(), Vec::new()),
+        ObjectKind::Addresses => (
+            desired.addresses.difference(&observed.addresses).cloned().map(Op::AddAddress).collect(),
+            observed.addresses.difference(&desired.addresses).cloned().map(Op::DeleteAddress).collect(),
+        ),
+        ObjectKind::Neighbours => {
+            keyed(&desired.neighbours, &observed.neighbours, (Op::ReplaceNeighbour, Op::DeleteNeighbour), unwanted)
+        }
+        ObjectKind::Fdb => keyed(&desired.fdb, &observed.fdb, (Op::ReplaceFdb, Op::DeleteFdb), unwanted),
+        // A route at another metric than the desired one is another route to the kernel: the replacement went in
+        // beside it, so it goes (the delete names its metric, so only it goes).
+        ObjectKind::Routes => keyed(
+            &desired.routes,
+            &observed.routes,
+            (Op::ReplaceRoute, Op::DeleteRoute),
+            |want: Option<&Route>, have: &Route| want.is_none_or(|want| want.metric != have.metric),
+        ),
+    }
+}
+
+/// One keyed kind's operations: replace every desired value the observation lacks or holds otherwise, delete
+/// every observed value `stale` says must go (given the desired value under its key, if any).
+fn keyed<K: Ord, V: PartialEq + Clone>(
+    desired: &BTreeMap<K, V>,
+    observed: &BTreeMap<K, V>,
+    (replace, delete): (fn(V) -> Op, fn(V) -> Op),
+    stale: impl Fn(Option<&V>, &V) -> bool,
+) -> (Vec<Op>, Vec<Op>) {
+    let additions = desired.iter().filter(|(key, want)| observed.get(key) != Some(want));
+    let deletions = observed.iter().filter(|(key, have)| stale(desired.get(key), have));
+    (additions.map(|(_, v)| replace(v.clone())).collect(), deletions.map(|(_, v)| delete(v.clone())).collect())
 }

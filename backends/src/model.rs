@@ -147,18 +147,6 @@ impl std::ops::Deref for DeviceName {
     }
 }
 
-impl AsRef<str> for DeviceName {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::borrow::Borrow<str> for DeviceName {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl PartialEq for DeviceName {
     fn eq(&self, other: &DeviceName) -> bool {
         self.as_bytes() == other.as_bytes()
@@ -197,30 +185,6 @@ impl PartialEq<&str> for DeviceName {
     }
 }
 
-impl PartialEq<String> for DeviceName {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<DeviceName> for str {
-    fn eq(&self, other: &DeviceName) -> bool {
-        self == other.as_str()
-    }
-}
-
-impl PartialEq<DeviceName> for &str {
-    fn eq(&self, other: &DeviceName) -> bool {
-        *self == other.as_str()
-    }
-}
-
-impl PartialEq<DeviceName> for String {
-    fn eq(&self, other: &DeviceName) -> bool {
-        self == other.as_str()
-    }
-}
-
 impl From<&str> for DeviceName {
     fn from(name: &str) -> DeviceName {
         DeviceName::new(name)
@@ -236,18 +200,6 @@ impl From<&String> for DeviceName {
 impl From<String> for DeviceName {
     fn from(name: String) -> DeviceName {
         DeviceName::new(&name)
-    }
-}
-
-impl From<&DeviceName> for DeviceName {
-    fn from(name: &DeviceName) -> DeviceName {
-        name.clone()
-    }
-}
-
-impl From<DeviceName> for String {
-    fn from(name: DeviceName) -> String {
-        name.as_str().to_string()
     }
 }
 
