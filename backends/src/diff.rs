@@ -143,15 +143,16 @@ pub fn diff_kind(desired: &KernelState, observed: &KernelState, kind: ObjectKind
             observed.addresses.difference(&desired.addresses).cloned().map(Op::DeleteAddress).collect(),
         ),
         ObjectKind::Neighbours => {
-            keyed(&desired.neighbours, &observed.neighbours, (Op::ReplaceNeighbour, Op::DeleteNeighbour), unwanted)
+            keyed(&desired.neighbours, &observed.neighbours, Op::ReplaceNeighbour, Op::DeleteNeighbour, unwanted)
         }
-        ObjectKind::Fdb => keyed(&desired.fdb, &observed.fdb, (Op::ReplaceFdb, Op::DeleteFdb), unwanted),
+        ObjectKind::Fdb => keyed(&desired.fdb, &observed.fdb, Op::ReplaceFdb, Op::DeleteFdb, unwanted),
         // A route at another metric than the desired one is another route to the kernel: the replacement went in
         // beside it, so it goes (the delete names its metric, so only it goes).
         ObjectKind::Routes => keyed(
             &desired.routes,
             &observed.routes,
-            (Op::ReplaceRoute, Op::DeleteRoute),
+            Op::ReplaceRoute,
+            Op::DeleteRoute,
             |want: Option<&Route>, have: &Route| want.is_none_or(|want| want.metric != have.metric),
         ),
     }
@@ -162,7 +163,8 @@ pub fn diff_kind(desired: &KernelState, observed: &KernelState, kind: ObjectKind
 fn keyed<K: Ord, V: PartialEq + Clone>(
     desired: &BTreeMap<K, V>,
     observed: &BTreeMap<K, V>,
-    (replace, delete): (fn(V) -> Op, fn(V) -> Op),
+    replace: fn(V) -> Op,
+    delete: fn(V) -> Op,
     stale: impl Fn(Option<&V>, &V) -> bool,
 ) -> (Vec<Op>, Vec<Op>) {
     let additions = desired.iter().filter(|(key, want)| observed.get(key) != Some(want));
