@@ -29,6 +29,7 @@ use weft_backends::rules::{reconcile_rules, Rules, RulesError};
 use crate::backoff::Backoff;
 use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::pass_failures::PassFailures;
 use crate::registry::{LeaseSet, Version};
 use crate::status::PeerChanges;
 use crate::trust::{self, IndexedJudgement, PeerIndex, Rejected, Screener, Screening, TrustPolicy};
@@ -54,6 +55,21 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// A pass that adds, changes or removes more peers than this logs one line for all of them at info, and each at
+/// debug.
+const PEERS_LOGGED_ONE_BY_ONE: usize = 20;
+
+/// Warns of a pass's failed `what` (kernel or firewall) operations: the first few one by one, the rest in one
+/// line by cause.
+fn log_failures(failures: &PassFailures, what: &str) {
+    for failure in &failures.shown {
+        warn!(%failure, "{what} operation failed; will retry");
+    }
+    if let Some(more) = failures.more_line() {
+        warn!(count = failures.total - failures.shown.len(), "{more}; will retry");
     }
 }
 
@@ -244,7 +260,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Ok(report) => report,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
-                m.status.record_pass(trigger.name(), started.elapsed(), 0, vec![e.to_string()]);
+                m.status.record_pass(trigger.name(), started.elapsed(), 0, 0, vec![e.to_string()]);
                 return Err(e.into());
             }
         };
@@ -253,19 +269,14 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
             Ok(rules) => rules,
             Err(e) => {
                 m.reconcile_failures.fetch_add(1, Ordering::Relaxed);
-                let failures = vec![e.to_string()];
-                m.status.record_pass(trigger.name(), started.elapsed(), report.applied.len(), failures);
+                let failures = PassFailures::of(report.failed.iter().map(|(op, e)| (op, e.cause())));
+                let lines = failures.lines().chain([e.to_string()]).collect();
+                m.status.record_pass(trigger.name(), started.elapsed(), report.applied.len(), failures.total, lines);
                 return Err(e.into());
             }
         };
-        let failures = report.failed.iter().map(|(op, e)| format!("{op}: {e}"));
-        let failures = failures.chain(report.rules.failed.iter().map(|(op, e)| format!("{op}: {e}"))).collect();
-        m.status.record_pass(trigger.name(), started.elapsed(), report.applied_count(), failures);
-        *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
-        m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
-        m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
         let for_drift = matches!(trigger, Trigger::KernelEvent | Trigger::Resync);
-        self.log_report(&report, trigger, |_| for_drift);
+        self.record_report(&report, trigger, started, |_| for_drift);
         if report.is_clean() {
             // The kernel now holds exactly the desired state: later changes can be applied against it.
             self.index = Some(Indexed { own: own.clone(), index: desired });
@@ -302,7 +313,34 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         }
     }
 
-    /// Logs what a pass did: drift repairs at info, other changes at debug, every failure as a warning. A full
+    /// Records what a pass did in the metrics and the status, and logs it.
+    fn record_report(
+        &self,
+        report: &ApplyReport,
+        trigger: Trigger,
+        started: std::time::Instant,
+        is_repair: impl Fn(&Op) -> bool,
+    ) {
+        let kernel = PassFailures::of(report.failed.iter().map(|(op, e)| (op, e.cause())));
+        let rules = PassFailures::of(report.rules.failed.iter().map(|(op, e)| (op, e.cause())));
+        let m = &self.metrics;
+        let lines = kernel.lines().chain(rules.lines()).collect();
+        m.status.record_pass(
+            trigger.name(),
+            started.elapsed(),
+            report.applied_count(),
+            kernel.total + rules.total,
+            lines,
+        );
+        *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
+        m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
+        m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
+        self.log_report(report, trigger, is_repair);
+        log_failures(&kernel, "kernel");
+        log_failures(&rules, "firewall");
+    }
+
+    /// Logs what a pass did: drift repairs at info, other changes at debug. A full
     /// pass run for drift (a resync, a kernel event) repairs whatever it changes; an incremental pass repairs the
     /// objects `is_repair` names (those a notification said were deleted) and applies lease changes besides.
     fn log_report(&self, report: &ApplyReport, trigger: Trigger, is_repair: impl Fn(&Op) -> bool) {
@@ -322,13 +360,6 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         let changed = report.applied_count() - repaired;
         if changed > 0 && tracing::enabled!(tracing::Level::DEBUG) {
             debug!(count = changed, ops = ?render(false), ?trigger, "applied kernel changes");
-        }
-
-        for (op, err) in &report.failed {
-            warn!(%op, error = %err, "kernel operation failed; will retry");
-        }
-        for (op, err) in &report.rules.failed {
-            warn!(%op, error = %err, "firewall operation failed; will retry");
         }
     }
 
@@ -476,12 +507,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         m.reconcile_passes.fetch_add(1, Ordering::Relaxed);
         m.incremental_passes.fetch_add(1, Ordering::Relaxed);
         let report = apply_in_order(&mut self.kernel, ops).await;
-        let failures: Vec<String> = report.failed.iter().map(|(op, e)| format!("{op}: {e}")).collect();
-        m.status.record_pass(trigger.name(), started.elapsed(), report.applied_count(), failures);
-        *m.last_reconcile_seconds.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
-        m.kernel_ops.fetch_add(report.applied.len() as u64, Ordering::Relaxed);
-        m.kernel_op_failures.fetch_add(report.failed.len() as u64, Ordering::Relaxed);
-        self.log_report(&report, trigger, |op| touched.repairs(op));
+        self.record_report(&report, trigger, started, |op| touched.repairs(op));
         if !report.is_clean() {
             // The kernel may now differ from the index anywhere the failed ops touched: the retry is a full pass.
             self.index = None;
@@ -511,16 +537,37 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
 
     /// Logs peer changes and takes them into the known peers.
     fn note_peer_changes(&mut self, changes: &PeerChanges) {
+        // A node joining or leaving is worth a line at info; a startup or a burst over thousands of peers is
+        // worth one line for all, the peers themselves at debug.
+        let one_by_one = changes.put.len() + changes.removed.len() <= PEERS_LOGGED_ONE_BY_ONE;
+        let (mut added, mut changed) = (0, 0);
         for lease in &changes.put {
+            let (subnet, public_ip) = (lease.key, public_ip(lease));
             if self.known.insert(lease.key, lease.mod_revision).is_none() {
-                info!(subnet = %lease.key, public_ip = %public_ip(lease), backend = %lease.attrs.backend_type, "peer added");
+                added += 1;
+                let backend = &lease.attrs.backend_type;
+                match one_by_one {
+                    true => info!(%subnet, %public_ip, %backend, "peer added"),
+                    false => debug!(%subnet, %public_ip, %backend, "peer added"),
+                }
             } else {
-                info!(subnet = %lease.key, public_ip = %public_ip(lease), "peer changed");
+                changed += 1;
+                match one_by_one {
+                    true => info!(%subnet, %public_ip, "peer changed"),
+                    false => debug!(%subnet, %public_ip, "peer changed"),
+                }
             }
         }
-        for key in &changes.removed {
-            info!(subnet = %key, "peer removed");
-            self.known.remove(key);
+        for subnet in &changes.removed {
+            match one_by_one {
+                true => info!(%subnet, "peer removed"),
+                false => debug!(%subnet, "peer removed"),
+            }
+            self.known.remove(subnet);
+        }
+        if !one_by_one {
+            let (removed, peers) = (changes.removed.len(), self.known.len());
+            info!(added, changed, removed, peers, "peers changed (each one at debug level)");
         }
         if changes.is_large(self.known.len()) {
             weft_backends::dense::repack_map(&mut self.known);
@@ -800,6 +847,27 @@ mod tests {
         let report = c.step(&own, &next, Trigger::KernelEvent, Some(vec![route])).await.unwrap();
         assert_eq!(report.applied.len(), 1);
         assert_eq!(c.metrics.drift_repairs.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_device_is_told_in_a_few_lines_however_many_ops_fail() {
+        let metrics = Arc::new(Metrics::default());
+        let mut c = Controller::new(FakeKernel::new(), FakeRules::default(), TunLike, policy(), metrics);
+        let own = lease("10.244.1.0-24", "198.18.0.1", "0e:00:00:00:00:01");
+        let mut set = LeaseSet::default();
+        set.leases.insert(own.key, own.clone());
+        for n in 2..=200 {
+            let l = lease(&format!("10.244.{n}.0-24"), &format!("198.18.0.{n}"), &format!("0e:00:00:00:00:{n:02x}"));
+            set.leases.insert(l.key, l);
+        }
+        // The TUN device is not open: its update and the route to every peer through it fail.
+        let report = c.pass(&own, &Arc::new(set), Trigger::Startup).await.unwrap();
+        assert_eq!(report.failed.len(), 200);
+        let status = c.metrics.status.snapshot(true, true);
+        let pass = status.last_reconcile.unwrap();
+        assert_eq!(pass.ops_failed, 200);
+        assert_eq!(pass.failures.len(), crate::pass_failures::SHOWN + 1, "{:#?}", pass.failures);
+        assert_eq!(pass.failures[crate::pass_failures::SHOWN], "195 more failed: device weft0 does not exist (195)");
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ pub mod lease;
 pub mod lease_holder;
 pub mod logging;
 pub mod own_lease;
+pub mod pass_failures;
 pub mod registry;
 pub mod sd_notify;
 pub mod status;

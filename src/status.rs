@@ -188,7 +188,8 @@ pub struct ReconcileStatus {
     pub duration_micros: u64,
     pub ops_applied: usize,
     pub ops_failed: usize,
-    /// The failed operations with their errors, and the error when the state could not be observed at all.
+    /// The first few failed operations with their causes and one line counting the rest by cause, and the error
+    /// when the state could not be observed at all.
     pub failures: Vec<String>,
     /// Passes run since weftd started.
     pub passes: u64,
@@ -267,8 +268,16 @@ impl StatusBoard {
         });
     }
 
-    /// Records how a pass ended: the operations it applied and the failures, or why it could not run.
-    pub fn record_pass(&self, trigger: &str, duration: Duration, ops_applied: usize, failures: Vec<String>) {
+    /// Records how a pass ended: the operations it applied, how many failed and what they say (a few lines however
+    /// many failed, see [`crate::pass_failures`]), or why it could not run.
+    pub fn record_pass(
+        &self,
+        trigger: &str,
+        duration: Duration,
+        ops_applied: usize,
+        ops_failed: usize,
+        failures: Vec<String>,
+    ) {
         let finished = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.update(|s| {
             let passes = s.last_reconcile.as_ref().map_or(0, |r| r.passes) + 1;
@@ -277,7 +286,7 @@ impl StatusBoard {
                 trigger: trigger.to_string(),
                 duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
                 ops_applied,
-                ops_failed: failures.len(),
+                ops_failed,
                 failures,
                 passes,
             });
@@ -315,8 +324,8 @@ mod tests {
         };
         let changes = PeerChanges { put: vec![&peer], removed: Vec::new() };
         board.record_peers(&own, 2, &changes, Some(&[rejected]));
-        board.record_pass("resync", Duration::from_millis(250), 3, vec!["replace route: boom".into()]);
-        board.record_pass("retry", Duration::from_millis(500), 0, Vec::new());
+        board.record_pass("resync", Duration::from_millis(250), 3, 1, vec!["replace route: boom".into()]);
+        board.record_pass("retry", Duration::from_millis(500), 0, 0, Vec::new());
         let status = board.snapshot(true, false);
         assert!(status.ready && !status.store.connected);
         assert_eq!(status.lease.as_ref().unwrap().subnets, ["10.244.1.0/24"]);

@@ -195,7 +195,7 @@ pub fn render(status: &HostStatus, style: &Style, now_ms: u64) -> String {
             let failed = if r.ops_failed == 0 && r.failures.is_empty() {
                 "0 failed".to_string()
             } else {
-                style.bad(&format!("{} failed", r.failures.len()))
+                style.bad(&format!("{} failed", r.ops_failed.max(r.failures.len())))
             };
             line(
                 "reconcile",

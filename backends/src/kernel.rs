@@ -52,6 +52,19 @@ impl KernelError {
         KernelError::NoSuchDevice { op: op.to_string(), device: device.to_string() }
     }
 
+    /// What went wrong, without the operation: the same for every route through a device that is missing, so
+    /// that many failures can be told as one.
+    pub fn cause(&self) -> String {
+        match self {
+            KernelError::Apply { source, .. } => source.to_string(),
+            KernelError::NoSuchDevice { device, .. } => format!("device {device} does not exist"),
+            KernelError::TunNotOpened { device, .. } => format!("TUN device {device} is not open"),
+            KernelError::NotOurs { device, .. } => format!("device {device} is not weft's to change"),
+            KernelError::InvalidRoute { source, .. } => source.to_string(),
+            KernelError::Observe { .. } | KernelError::Netlink(_) => self.to_string(),
+        }
+    }
+
     /// The errno this error stands for, when it stands for one (ENODEV for a missing device of either kind).
     pub fn errno(&self) -> Option<i32> {
         match self {

@@ -428,6 +428,17 @@ pub enum RulesError {
     Parse { table: TableId, why: String },
 }
 
+impl RulesError {
+    /// What went wrong, without the operation (see [`crate::kernel::KernelError::cause`]).
+    pub fn cause(&self) -> String {
+        match self {
+            RulesError::Spawn { program, source, .. } => format!("running {program}: {source}"),
+            RulesError::Failed { program, status, stderr, .. } => format!("{program} failed ({status}): {stderr}"),
+            RulesError::Invalid { .. } | RulesError::Parse { .. } => self.to_string(),
+        }
+    }
+}
+
 /// The host's firewall, as far as weft is concerned: the seam between the reconcile loop and nft (or a fake).
 pub trait Rules: Send {
     /// The tables among `tables` that exist now, with their chains and rules. Tables not in the list are never
