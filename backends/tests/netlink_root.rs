@@ -270,6 +270,34 @@ async fn removes_departed_peers_and_stale_routes_but_never_foreign_ones() {
 }
 
 #[tokio::test]
+async fn a_missing_device_fails_every_op_through_it_until_someone_creates_it() {
+    let mut node = Node::new("absent").await;
+    let desired = node.desired(&(2..=101).collect::<Vec<u8>>());
+    let vtep = desired.links["flannel.1"].clone();
+    let neighbours: Vec<Op> = desired.neighbours.values().cloned().map(Op::ReplaceNeighbour).collect();
+
+    // One lookup says the device is missing; every op through it fails naming it.
+    let results = node.kernel.apply_all(&neighbours).await;
+    assert_eq!(results.len(), 100);
+    for result in &results {
+        match result {
+            Err(e @ KernelError::NoSuchDevice { device, .. }) => {
+                assert_eq!(device, "flannel.1");
+                assert_eq!(e.cause(), "device flannel.1 does not exist");
+            }
+            other => panic!("expected NoSuchDevice, got {other:?}"),
+        }
+    }
+
+    // Created behind this handle's back (as an operator or another weftd would): the next call finds it, the
+    // missing device is not remembered past the call that found it missing.
+    node.ns.ip(&format!("link add flannel.1 address {} type vxlan id 1 dstport 8472 dev u0 nolearning", vtep.mac));
+    let results = node.kernel.apply_all(&neighbours).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(node.ns.ip("neigh show dev flannel.1").lines().count(), 100);
+}
+
+#[tokio::test]
 async fn apply_is_idempotent_and_names_the_op_in_errors() {
     let mut node = Node::new("apply").await;
     let desired = node.desired(&[2]);

@@ -103,6 +103,7 @@ async fn apply_op(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError
             let request = create_link(link)
                 .ok_or_else(|| KernelError::NotOurs { op: op.to_string(), device: link.name.clone() })?;
             kernel.indexes.remove(&link.name);
+            kernel.absent.remove(&link.name);
             let answer = kernel.connection.request(request).await;
             settle(op, answer)
         }
