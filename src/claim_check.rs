@@ -12,7 +12,7 @@ use tracing::warn;
 
 use crate::ipmath;
 use crate::lease::Lease;
-use crate::store::{LeaseStore, StoreError};
+use crate::store::{LeaseStore, Listing, StoreError};
 
 /// A lease that overlaps `own` and comes first, with one subnet of each that overlap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,11 +51,18 @@ pub enum Settled {
 /// Lists after `own` was written and yields it to an older overlapping lease. A reservation is the operator's and
 /// is never deleted here (the trust boundary reports its overlap to them).
 pub async fn settle<S: LeaseStore>(store: &S, own: Lease) -> Result<Settled, StoreError> {
+    settle_listed(store, own).await.map(|(settled, _)| settled)
+}
+
+/// [`settle`], also handing back the listing a kept lease was checked against: taken after our write, it serves
+/// the startup as its list of peers (one listing of thousands of leases less). None for a reservation, which is
+/// not checked, and for a lease yielded.
+pub async fn settle_listed<S: LeaseStore>(store: &S, own: Lease) -> Result<(Settled, Option<Listing>), StoreError> {
     if own.is_reservation() {
-        return Ok(Settled::Kept(own));
+        return Ok((Settled::Kept(own), None));
     }
     let listing = store.list_leases().await?;
-    let Some(overlap) = older_overlap(&own, &listing.leases) else { return Ok(Settled::Kept(own)) };
+    let Some(overlap) = older_overlap(&own, &listing.leases) else { return Ok((Settled::Kept(own), Some(listing))) };
     warn!(
         subnet = %own.key,
         older = %overlap.winner.key,
@@ -66,7 +73,7 @@ pub async fn settle<S: LeaseStore>(store: &S, own: Lease) -> Result<Settled, Sto
         overlap.winner.key
     );
     match store.delete_lease(&own.key).await {
-        Ok(()) | Err(StoreError::NotFound { .. }) => Ok(Settled::Yielded),
+        Ok(()) | Err(StoreError::NotFound { .. }) => Ok((Settled::Yielded, None)),
         Err(e) => Err(e),
     }
 }
@@ -131,6 +138,30 @@ mod tests {
         assert_eq!(settle(&store, older.clone()).await.unwrap(), Settled::Kept(older.clone()));
         assert_eq!(settle(&store, newer).await.unwrap(), Settled::Yielded);
         assert_eq!(store.leases(), vec![older]);
+    }
+
+    #[tokio::test]
+    async fn a_kept_lease_comes_with_the_listing_it_was_checked_against() {
+        let store = MemoryStore::new();
+        store.put_with_ttl("10.244.1.0-24&fd00:0:0:5::-64", VALUE, Duration::from_secs(60));
+        store.put_with_ttl("10.244.3.0-24&fd00:0:0:7::-64", VALUE, Duration::from_secs(60));
+        let find = |k: &str| store.leases().into_iter().find(|l| l.key.to_string() == k).unwrap();
+        let own = find("10.244.3.0-24&fd00:0:0:7::-64");
+        let (settled, listing) = settle_listed(&store, own.clone()).await.unwrap();
+        assert_eq!(settled, Settled::Kept(own.clone()));
+        let listing = listing.expect("a checked lease comes with its listing");
+        assert_eq!(listing.leases, store.leases(), "every lease, ours included");
+        assert!(listing.revision >= own.mod_revision, "taken after our write");
+
+        // Neither a yielded lease nor an unchecked reservation has one to give.
+        store.put_with_ttl("10.244.4.0-24&fd00:0:0:5::-64", VALUE, Duration::from_secs(60));
+        let newer = find("10.244.4.0-24&fd00:0:0:5::-64");
+        let (settled, listing) = settle_listed(&store, newer).await.unwrap();
+        assert!(settled == Settled::Yielded && listing.is_none());
+        store.put("10.244.9.0-24&fd00:0:0:9::-64", VALUE);
+        let reservation = store.leases().into_iter().find(|l| l.is_reservation()).unwrap();
+        let (settled, listing) = settle_listed(&store, reservation.clone()).await.unwrap();
+        assert!(settled == Settled::Kept(reservation) && listing.is_none());
     }
 
     #[tokio::test]

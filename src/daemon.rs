@@ -58,6 +58,8 @@ pub enum StartupError {
     },
     #[error("netlink socket: {0}")]
     Netlink(std::io::Error),
+    #[error("weftd stops: one of its tasks panicked ({0}); the kernel state and the lease stay for the next start")]
+    TaskPanicked(String),
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
@@ -163,10 +165,15 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
         ttl: args.subnet_lease_ttl,
         metrics: metrics.clone(),
     });
-    let Some(own) = manager.acquire(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
+    let Some((own, listed)) = manager.acquire_listed(previous.as_slice(), &mut shutdown).await else { return Ok(()) };
 
-    // Program the current peers before announcing readiness, so the first container has a working network.
-    let listing = list_with_retry(&store, &mut shutdown).await;
+    // Program the current peers before announcing readiness, so the first container has a working network. The
+    // claim's check listed every lease after our write: that listing is as good as a new one (the watch starts
+    // after its revision), and at 10,000 peers a listing is tens of milliseconds of the cold start.
+    let listing = match listed {
+        Some(listing) => Some(listing),
+        None => list_with_retry(&store, &mut shutdown).await,
+    };
     let Some(mut listing) = listing else { return Ok(()) };
     let mtu = backend.mtu();
     let udp_plane = crate::udp_plane::plane_config(&backend, &own, &args);
@@ -249,9 +256,21 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     if let Some(keeper) = crate::cni_masq_keeper::for_this_netns(metrics.cni_masq_bad_records.clone()) {
         tasks.spawn(crate::cni_masq_keeper::run(keeper, every, shutdown.clone()));
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(ended) = tasks.join_next().await {
+        // One task gone by a panic would leave the others running a host that no longer does its job (a lease
+        // kept alive that nobody programs routes for): stop, and let the service manager start weftd again, which
+        // changes nothing in the data plane. Release builds abort on a panic (Cargo.toml); this covers the others.
+        if let Some(panic) = ended.err().and_then(|e| e.try_into_panic().ok()) {
+            return Err(StartupError::TaskPanicked(panic_message(panic.as_ref())));
+        }
+    }
     info!("weftd stopped; kernel state and lease left in place for the next start");
     Ok(())
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    text.unwrap_or("(no message)").to_string()
 }
 
 fn v4(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
@@ -401,5 +420,24 @@ async fn rewrite_subnet_file_on_change(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_panic_is_told_with_its_message() {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async { panic!("lease {} is gone", "10.244.1.0-24") });
+        tasks.spawn(async { panic!("plain") });
+        let mut messages = Vec::new();
+        while let Some(ended) = tasks.join_next().await {
+            let panic = ended.unwrap_err().try_into_panic().unwrap();
+            messages.push(panic_message(panic.as_ref()));
+        }
+        messages.sort();
+        assert_eq!(messages, ["lease 10.244.1.0-24 is gone", "plain"]);
     }
 }

@@ -18,7 +18,7 @@ use crate::http::Metrics;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::lease_holder::{self, overwrite, shares_public_ip, Overwrite};
 use crate::registry::{LeaseSet, Version};
-use crate::store::{LeaseStore, StoreError};
+use crate::store::{LeaseStore, Listing, StoreError};
 
 /// How many times to re-plan after losing a creation race before backing off.
 const RACE_RETRIES: usize = 10;
@@ -97,9 +97,15 @@ impl<S: LeaseStore> LeaseManager<S> {
     /// One acquisition attempt: list, plan, then claim with create-if-absent, and yield the claim if an older lease
     /// overlaps it after all (retrying lost races either way).
     pub async fn acquire_once(&self, preferred: &[SubnetKey]) -> Result<Lease, AcquireError> {
+        self.acquire_once_listed(preferred).await.map(|(lease, _)| lease)
+    }
+
+    /// [`acquire_once`](Self::acquire_once), with the listing the claim was last checked against, when there is
+    /// one (see [`claim_check::settle_listed`]).
+    async fn acquire_once_listed(&self, preferred: &[SubnetKey]) -> Result<(Lease, Option<Listing>), AcquireError> {
         if let Some(key) = self.store.assigned_subnet().await? {
             // The store assigned our subnet (a Kubernetes Node's pod CIDR): nothing to plan, nobody to race.
-            return Ok(self.store.create_lease(&key, &self.attrs, self.ttl).await?);
+            return Ok((self.store.create_lease(&key, &self.attrs, self.ttl).await?, None));
         }
         for _ in 0..RACE_RETRIES {
             let listing = self.store.list_leases().await?;
@@ -126,9 +132,9 @@ impl<S: LeaseStore> LeaseManager<S> {
                 Choice::Claim(key) => self.store.create_lease(key, &self.attrs, self.ttl).await,
             };
             match outcome {
-                Ok(lease) => match claim_check::settle(&self.store, lease).await? {
-                    Settled::Kept(lease) => return Ok(lease),
-                    Settled::Yielded => {}
+                Ok(lease) => match claim_check::settle_listed(&self.store, lease).await? {
+                    (Settled::Kept(lease), listing) => return Ok((lease, listing)),
+                    (Settled::Yielded, _) => {}
                 },
                 Err(StoreError::Conflict { key }) => {
                     debug!(subnet = %key, "lease changed under us while claiming it; planning again")
@@ -141,15 +147,25 @@ impl<S: LeaseStore> LeaseManager<S> {
 
     /// Acquires, retrying until it works or shutdown: etcd may be down, the pool may be full for now.
     pub async fn acquire(&self, preferred: &[SubnetKey], shutdown: &mut watch::Receiver<bool>) -> Option<Lease> {
+        self.acquire_listed(preferred, shutdown).await.map(|(lease, _)| lease)
+    }
+
+    /// [`acquire`](Self::acquire), with the listing taken after the claim when there is one: the startup's list
+    /// of peers.
+    pub async fn acquire_listed(
+        &self,
+        preferred: &[SubnetKey],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<(Lease, Option<Listing>)> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            match self.acquire_once(preferred).await {
-                Ok(lease) => {
+            match self.acquire_once_listed(preferred).await {
+                Ok((lease, listing)) => {
                     let kind = if lease.is_reservation() { "reservation" } else { "lease" };
                     self.metrics.lease_acquisitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     *self.metrics.subnet.lock().unwrap_or_else(|e| e.into_inner()) = lease.key.to_string();
                     info!(subnet = %lease.key, etcd_lease = format_args!("{:x}", lease.etcd_lease), "acquired subnet {kind}");
-                    return Some(lease);
+                    return Some((lease, listing));
                 }
                 Err(AcquireError::Alloc(e)) => error!("{e}"),
                 Err(e @ AcquireError::HeldElsewhere { .. }) => error!("{e}"),
