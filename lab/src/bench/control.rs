@@ -22,6 +22,9 @@ use crate::lab::{Lab, LabSpec};
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one incremental lease may take to show up as a route.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After weftd's "ready": its tasks start, and the first pass of the loop (a lease event that changes nothing)
+/// runs.
+const SETTLE_AFTER_READY: Duration = Duration::from_millis(300);
 
 /// JSON has no NaN: serde_json writes it as null, and this reads null back as NaN.
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -81,6 +84,11 @@ pub struct IncrementalResult {
     /// The kernel's own time to add one more peer route at this size (`ip -batch` in a scratch namespace, measured
     /// right after the run): a floor no daemon gets under.
     pub kernel_route_insert_ms: f64,
+    /// etcd's own part at this size: the put's round trip (p50, p99), before which no watcher can hear of it.
+    pub etcd_ack_p50_ms: f64,
+    pub etcd_ack_p99_ms: f64,
+    /// From etcd's acknowledgement to the route (p99): the watch's delivery, weftd and the kernel.
+    pub after_ack_p99_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,25 +279,50 @@ impl ControlLab {
         })
     }
 
-    /// Makes sure weftd runs with exactly `n` peers programmed.
+    /// Makes sure weftd runs with exactly `n` peers programmed, past its startup: the incremental and churn runs
+    /// measure lease events in steady state.
     async fn ensure(&mut self, n: usize) -> Result<()> {
         if self.peers < n || !self.lab.weftd_running(1) || self.watch.is_none() {
             self.grow_to(n).await?;
             self.cold_start().await?;
+            self.settle_after_startup().await?;
         }
+        Ok(())
+    }
+
+    /// Waits until weftd says it is ready, and then a little: the kernel holds every route a moment before weftd
+    /// has written its subnet file, handed freed memory back and started watching, and a lease put in that moment
+    /// would time the end of the cold start (tens of milliseconds at 10,000 peers) as if it were a lease event.
+    async fn settle_after_startup(&self) -> Result<()> {
+        let log = self.lab.weftd_log(1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // Only the last start's lines count: each start of weftd is announced in the log.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let last_start = text.rfind("starting weftd").unwrap_or(0);
+            if text[last_start..].contains("weftd ready") {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return fail(format!("weftd did not say it was ready within 30 s; see {}", log.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(SETTLE_AFTER_READY).await;
         Ok(())
     }
 
     async fn incremental(&mut self, count: usize, progress: &mut Progress) -> Result<IncrementalResult> {
         let peers_before = self.peers;
         let mut samples = Vec::with_capacity(count);
+        let (mut acks, mut after_ack) = (Vec::with_capacity(count), Vec::with_capacity(count));
         for k in 1..=count {
             if k % 20 == 1 {
                 progress.step(&format!("incremental at {peers_before} peers: lease {k}/{count}"));
             }
             let i = self.peers;
             let (key, value) = synthetic::lease(&self.prefix, i, 1);
-            let sent = self.loader.put_one(key, value).await?;
+            let (sent, acked) = self.loader.put_one(key, value).await?;
             self.peers += 1;
             let watch = self.watch.as_mut().expect("ensure() started the watch");
             let Some(seen) = watch.wait_for_route(synthetic::route_dst(i), ROUTE_TIMEOUT).await? else {
@@ -299,6 +332,8 @@ impl ControlLab {
                 ));
             };
             samples.push(ms(seen.saturating_duration_since(sent)));
+            acks.push(ms(acked.saturating_duration_since(sent)));
+            after_ack.push(ms(seen.saturating_duration_since(acked)));
             // One lease at a time: the next put waits until this one is settled.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -312,6 +347,9 @@ impl ControlLab {
             weftd_rss_mib: procfs::rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
             weftd_peak_rss_mib: procfs::peak_rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
             kernel_route_insert_ms: ms(kernel_limit::route_insert(peers_before)?),
+            etcd_ack_p50_ms: percentile(&acks, 50.0).unwrap_or(f64::NAN),
+            etcd_ack_p99_ms: percentile(&acks, 99.0).unwrap_or(f64::NAN),
+            after_ack_p99_ms: percentile(&after_ack, 99.0).unwrap_or(f64::NAN),
         };
         progress.note(&format!(
             "  incremental at {peers_before} peers: p50 {:.2} ms, p99 {:.2} ms (the kernel's own route insert {:.2} ms)",
@@ -488,6 +526,9 @@ mod tests {
             weftd_rss_mib: 1.0,
             weftd_peak_rss_mib: 1.0,
             kernel_route_insert_ms: 0.1,
+            etcd_ack_p50_ms: 0.5,
+            etcd_ack_p99_ms: 0.6,
+            after_ack_p99_ms: 0.5,
         };
         let results = ControlResults { incremental: vec![run(1000), run(10_200)], ..ControlResults::default() };
         assert_eq!(results.incremental_at(1000).map(|i| i.peers_before), Some(1000));

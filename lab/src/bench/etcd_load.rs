@@ -54,14 +54,14 @@ impl LeaseLoader {
             .await?
     }
 
-    /// Puts one lease; returns the instant just before the request left.
-    pub async fn put_one(&self, key: String, value: String) -> Result<Instant> {
+    /// Puts one lease; returns the instants just before the request left and when etcd acknowledged it.
+    pub async fn put_one(&self, key: String, value: String) -> Result<(Instant, Instant)> {
         let mut client = self.client.clone();
         self.runtime
             .run(async move {
                 let sent = Instant::now();
                 client.put(key, value, None).await.context("putting a lease")?;
-                Ok(sent)
+                Ok((sent, Instant::now()))
             })
             .await?
     }

@@ -399,6 +399,16 @@ fn control_targets(control: &control::ControlResults, out: &mut Vec<Target>) {
             measured: format!("{ratio:.2}x ({net_b:.2} ms / {net_a:.2} ms)"),
             met: ratio <= FLAT_RATIO,
         });
+        // What weftd adds: from etcd's acknowledgement of the put (etcd's commit grows with its database) to the
+        // route, less the kernel's route add; the watch's delivery is still in it.
+        let (own_a, own_b) =
+            (a.after_ack_p99_ms - a.kernel_route_insert_ms, b.after_ack_p99_ms - b.kernel_route_insert_ms);
+        let ratio = own_b / own_a;
+        out.push(Target {
+            name: format!("flat after etcd's ack, less route add: {last}/{first} <= {FLAT_RATIO}x"),
+            measured: format!("{ratio:.2}x ({own_b:.2} ms / {own_a:.2} ms)"),
+            met: ratio <= FLAT_RATIO,
+        });
     }
     if let Some(c) = &control.churn {
         out.push(Target {

@@ -36,7 +36,7 @@ pub fn table(report: &Report) -> String {
         if !control.incremental.is_empty() {
             let leases = control.incremental.iter().map(|i| i.leases).max().unwrap_or(0);
             group(&mut rows, &format!("incremental: etcd put -> route, {leases} new leases one at a time"));
-            let header = "max ms / kernel route add ms / weftd RSS";
+            let header = "max / etcd ack p50 / kernel route add (ms) / weftd RSS";
             row(&mut rows, "peers before".into(), "p50 ms".into(), "p99 ms".into(), header.into());
             for i in &control.incremental {
                 row(
@@ -45,8 +45,8 @@ pub fn table(report: &Report) -> String {
                     format!("{:.2}", i.p50_ms),
                     format!("{:.2}", i.p99_ms),
                     format!(
-                        "{:.2} / {:.2} / {:.1} MiB (peak {:.1})",
-                        i.max_ms, i.kernel_route_insert_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib
+                        "{:.2} / {:.2} / {:.2} / {:.1} MiB (peak {:.1})",
+                        i.max_ms, i.etcd_ack_p50_ms, i.kernel_route_insert_ms, i.weftd_rss_mib, i.weftd_peak_rss_mib
                     ),
                 );
             }
