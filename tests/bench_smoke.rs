@@ -40,6 +40,9 @@ fn quick_benchmark_produces_complete_results() {
     assert_eq!(incremental.samples_ms.len(), incremental.leases);
     assert!(incremental.samples_ms.iter().all(|v| v.is_finite() && *v >= 0.0));
     positive("incremental p99", incremental.p99_ms);
+    positive("etcd's acknowledgement of a put", incremental.etcd_ack_p50_ms);
+    assert!(incremental.etcd_ack_p99_ms >= incremental.etcd_ack_p50_ms);
+    assert!(incremental.after_ack_p99_ms.is_finite() && incremental.after_ack_p99_ms <= incremental.max_ms);
     positive("weftd peak RSS after the incremental run", incremental.weftd_peak_rss_mib);
 
     let churn = control.churn.as_ref().expect("churn results");
