@@ -153,7 +153,7 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     let attrs = LeaseAttrs {
         public_ip: underlay.public_ip(Family::V4).filter(|_| config.networks.v4.is_some()).and_then(v4),
         public_ipv6: underlay.public_ip(Family::V6).filter(|_| config.networks.v6.is_some()).and_then(v6),
-        backend_type: backend.backend_type().to_string(),
+        backend_type: backend.backend_type().into(),
         backend_data: backend.lease_data(Family::V4).map(BackendData::from),
         backend_v6_data: backend.lease_data(Family::V6).map(BackendData::from),
     };

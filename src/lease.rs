@@ -117,9 +117,74 @@ impl FromStr for SubnetKey {
 pub struct LeaseAttrs {
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
-    pub backend_type: String,
+    pub backend_type: BackendType,
     pub backend_data: Option<BackendData>,
     pub backend_v6_data: Option<BackendData>,
+}
+
+/// A lease's BackendType. Nearly every lease names one of flannel's backends: those names are kept as static
+/// text, so that 10,000 leases do not carry 10,000 copies of "vxlan" (32 heap bytes each); any other name is kept
+/// whole, as written.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct BackendType(std::borrow::Cow<'static, str>);
+
+impl BackendType {
+    const KNOWN: [&'static str; 9] =
+        ["vxlan", "host-gw", "udp", "wireguard", "ipip", "extension", "alloc", "ipsec", "tencent-vpc"];
+
+    pub fn new(name: &str) -> BackendType {
+        match Self::KNOWN.iter().find(|known| **known == name) {
+            Some(known) => BackendType(std::borrow::Cow::Borrowed(known)),
+            None => BackendType(std::borrow::Cow::Owned(name.to_string())),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for BackendType {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<&str> for BackendType {
+    fn from(name: &str) -> BackendType {
+        BackendType::new(name)
+    }
+}
+
+impl From<String> for BackendType {
+    fn from(name: String) -> BackendType {
+        BackendType::new(&name)
+    }
+}
+
+impl PartialEq<str> for BackendType {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for BackendType {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
 }
 
 /// One family's BackendData, held as its canonical compact JSON text: the parsed value written back by serde_json
@@ -273,7 +338,7 @@ impl LeaseAttrs {
         Ok(LeaseAttrs {
             public_ip,
             public_ipv6,
-            backend_type: text_field("BackendType")?.unwrap_or_default().to_string(),
+            backend_type: BackendType::new(text_field("BackendType")?.unwrap_or_default()),
             backend_data: get("BackendData").map(BackendData::new),
             backend_v6_data: get("BackendV6Data").map(BackendData::new),
         })
@@ -313,7 +378,7 @@ impl Lease {
         Peer {
             subnets: PerFamily::from_fn(|family| self.key.subnet(family)),
             public_ips: PerFamily::new(self.attrs.public_ip.map(IpAddr::V4), self.attrs.public_ipv6.map(IpAddr::V6)),
-            backend_type: self.attrs.backend_type.clone(),
+            backend_type: self.attrs.backend_type.to_string(),
             backend_data: PerFamily::from_fn(|family| self.attrs.backend_data(family)),
         }
     }
@@ -448,6 +513,18 @@ mod tests {
         // A different value is a different lease.
         let other_vni = FLANNEL_VXLAN.replace(r#""VNI":1"#, r#""VNI":2"#);
         assert_ne!(LeaseAttrs::from_json(&other_vni).unwrap(), compact);
+    }
+
+    #[test]
+    fn backend_types_are_kept_whole_and_flannels_without_a_copy_each() {
+        let vxlan = LeaseAttrs::from_json(r#"{"PublicIP":"198.18.0.2","BackendType":"vxlan"}"#).unwrap();
+        assert!(matches!(vxlan.backend_type.0, std::borrow::Cow::Borrowed("vxlan")));
+        let odd = LeaseAttrs::from_json(r#"{"PublicIP":"198.18.0.2","BackendType":"vxlan2 ü"}"#).unwrap();
+        assert!(matches!(&odd.backend_type.0, std::borrow::Cow::Owned(t) if t == "vxlan2 ü"));
+        assert_eq!(odd.to_json(), r#"{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan2 ü"}"#);
+        assert_eq!(format!("{:?} {}", vxlan.backend_type, vxlan.backend_type), r#""vxlan" vxlan"#);
+        let (udp, udp_owned) = (BackendType::from("udp"), BackendType::from("udp".to_string()));
+        assert!(vxlan.backend_type == "vxlan" && udp == udp_owned);
     }
 
     #[test]

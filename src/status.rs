@@ -72,7 +72,7 @@ impl LeaseStatus {
             subnets: lease.key.subnets().map(|s| s.to_string()).collect(),
             public_ip: lease.attrs.public_ip.map(|ip| ip.to_string()),
             public_ipv6: lease.attrs.public_ipv6.map(|ip| ip.to_string()),
-            backend_type: lease.attrs.backend_type.clone(),
+            backend_type: lease.attrs.backend_type.to_string(),
             backend_data: lease.attrs.backend_data(Family::V4),
             backend_v6_data: lease.attrs.backend_data(Family::V6),
             etcd_lease: lease.etcd_lease,

@@ -375,7 +375,7 @@ fn judge_alone(
     }
     let ours = policy.backend.backend_type();
     if !policy.backend.accepts_backend_type(&lease.attrs.backend_type) {
-        return Err(RejectReason::WrongBackendType { theirs: lease.attrs.backend_type.clone(), ours: ours.into() });
+        return Err(RejectReason::WrongBackendType { theirs: lease.attrs.backend_type.to_string(), ours: ours.into() });
     }
     let mut lease_macs = Vec::new();
     for subnet in key.subnets() {

@@ -205,7 +205,7 @@ pub fn node_attrs(
     annotations: &BTreeMap<String, String>,
 ) -> Result<LeaseAttrs, NodeDefect> {
     let mut attrs = LeaseAttrs {
-        backend_type: annotations.get(&names.backend_type).cloned().unwrap_or_default(),
+        backend_type: annotations.get(&names.backend_type).map_or_else(Default::default, |t| t.as_str().into()),
         ..LeaseAttrs::default()
     };
     for &family in families {
@@ -245,7 +245,7 @@ pub fn annotations_to_publish(
     current: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut want = BTreeMap::new();
-    want.insert(names.backend_type.clone(), attrs.backend_type.clone());
+    want.insert(names.backend_type.clone(), attrs.backend_type.to_string());
     let kind = attrs.backend_type.as_str();
     for family in [Family::V4, Family::V6] {
         let (data, ip) = match family {

@@ -49,7 +49,7 @@ pub fn lease(prefix: &str, i: usize, generation: u8) -> (String, String) {
     let key = SubnetKey::new(Some(IpNetwork::V4(subnet(i))), None);
     let attrs = LeaseAttrs {
         public_ip: Some(public_ip(i)),
-        backend_type: weft_backends::vxlan::BACKEND_TYPE.to_string(),
+        backend_type: weft_backends::vxlan::BACKEND_TYPE.into(),
         backend_data: Some(weft_backends::vxlan::lease_data(1, mac(i, generation)).into()),
         ..LeaseAttrs::default()
     };
