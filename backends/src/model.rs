@@ -183,9 +183,24 @@ impl std::ops::Deref for DeviceName {
     }
 }
 
+impl DeviceName {
+    /// Whether both names are inline and the same, told by one fixed-size comparison: nearly every comparison in
+    /// the model's maps (keys of neighbours and FDB entries) is between two names of the same device, and a
+    /// variable-length `memcmp` call for each was a tenth of a full pass at 20,000 peers. Bytes past an inline
+    /// name's length are always zero.
+    fn same_inline(&self, other: &DeviceName) -> bool {
+        match (&self.0, &other.0) {
+            (NameRepr::Inline { len: a, bytes: x }, NameRepr::Inline { len: b, bytes: y }) => {
+                a.get() == b.get() && x == y
+            }
+            _ => false,
+        }
+    }
+}
+
 impl PartialEq for DeviceName {
     fn eq(&self, other: &DeviceName) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.same_inline(other) || self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -199,6 +214,9 @@ impl PartialOrd for DeviceName {
 
 impl Ord for DeviceName {
     fn cmp(&self, other: &DeviceName) -> std::cmp::Ordering {
+        if self.same_inline(other) {
+            return std::cmp::Ordering::Equal;
+        }
         self.as_bytes().cmp(other.as_bytes())
     }
 }
