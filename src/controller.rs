@@ -272,6 +272,7 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
                 let failures = PassFailures::of(report.failed.iter().map(|(op, e)| (op, e.cause())));
                 let lines = failures.lines().chain([e.to_string()]).collect();
                 m.status.record_pass(trigger.name(), started.elapsed(), report.applied.len(), failures.total, lines);
+                log_failures(&failures, "kernel");
                 return Err(e.into());
             }
         };
@@ -541,20 +542,21 @@ impl<K: Kernel, R: Rules, B: Backend> Controller<K, R, B> {
         // worth one line for all, the peers themselves at debug.
         let one_by_one = changes.put.len() + changes.removed.len() <= PEERS_LOGGED_ONE_BY_ONE;
         let (mut added, mut changed) = (0, 0);
+        // The fields are written inside the macros: tracing renders them only for a line it writes, and a startup
+        // over 10,000 peers writes none of these at info.
         for lease in &changes.put {
-            let (subnet, public_ip) = (lease.key, public_ip(lease));
+            let (subnet, backend) = (lease.key, &lease.attrs.backend_type);
             if self.known.insert(lease.key, lease.mod_revision).is_none() {
                 added += 1;
-                let backend = &lease.attrs.backend_type;
                 match one_by_one {
-                    true => info!(%subnet, %public_ip, %backend, "peer added"),
-                    false => debug!(%subnet, %public_ip, %backend, "peer added"),
+                    true => info!(%subnet, public_ip = %public_ip(lease), %backend, "peer added"),
+                    false => debug!(%subnet, public_ip = %public_ip(lease), %backend, "peer added"),
                 }
             } else {
                 changed += 1;
                 match one_by_one {
-                    true => info!(%subnet, %public_ip, "peer changed"),
-                    false => debug!(%subnet, %public_ip, "peer changed"),
+                    true => info!(%subnet, public_ip = %public_ip(lease), "peer changed"),
+                    false => debug!(%subnet, public_ip = %public_ip(lease), "peer changed"),
                 }
             }
         }
