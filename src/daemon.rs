@@ -104,6 +104,9 @@ pub async fn run(args: DaemonArgs) -> Result<(), StartupError> {
     subnet_file::check_writable(&args.subnet_file)
         .map_err(|source| StartupError::SubnetFileNotWritable { path: args.subnet_file.clone(), source })?;
     let mut kernel = NetlinkKernel::connect().map_err(StartupError::Netlink)?;
+    if !args.route_nexthops {
+        kernel.use_plain_routes();
+    }
     iface::check_present(&args.iface, &kernel.interfaces().await?)?;
 
     let store = if let Some(store) = kube {

@@ -114,6 +114,14 @@ pub struct DaemonArgs {
     #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE", default_value = "false", action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_blackhole_route: bool,
+
+    /// IPv4 gateway routes (VXLAN, host-gw) through nexthop objects (`ip nexthop`), so that adding one costs the
+    /// same at 20,000 peers as at 100; false: plain routes, each with its own gateway, as flanneld programs them.
+    /// Kernels without nexthop objects (before 5.3) get plain routes either way.
+    #[arg(long, env = "WEFTD_ROUTE_NEXTHOPS", default_value = "true", action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub route_nexthops: bool,
+
     /// udp backend: TUN offloads and UDP GSO/GRO, each unless its own switch says otherwise (false: one packet per
     /// system call, as flanneld)
     #[arg(long, env = "WEFTD_UDP_OFFLOADS", default_value = "true", action = clap::ArgAction::Set,
@@ -393,6 +401,8 @@ mod tests {
         let off = DaemonArgs::try_parse_from(["weftd", "--iptables-forward-rules=false", "--ip-masq"]).unwrap();
         assert!(!off.iptables_forward_rules && off.ip_masq);
         assert!(DaemonArgs::try_parse_from(["weftd", "--ip-blackhole-route"]).unwrap().ip_blackhole_route);
+        assert!(args.route_nexthops, "nexthop objects by default");
+        assert!(!DaemonArgs::try_parse_from(["weftd", "--route-nexthops=false"]).unwrap().route_nexthops);
     }
 
     #[test]

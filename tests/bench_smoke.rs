@@ -31,6 +31,8 @@ fn quick_benchmark_produces_complete_results() {
     assert!(cold.verified, "a final dump must find exactly 100 routes, neighbours and FDB entries");
     positive("cold-start time", cold.weftd_median_ms);
     positive("kernel-limit time", cold.kernel_limit_median_ms);
+    positive("kernel-limit time, routes through nexthop objects", cold.nexthop_limit_median_ms);
+    positive("cold-start ratio to the same objects", cold.nexthop_ratio);
     positive("weftd RSS", cold.footprint.rss_mib);
     assert!(cold.footprint.idle_cpu_percent.is_finite());
 

@@ -16,6 +16,7 @@ fn weft_objects(lab: &TestLab, h: usize) -> String {
     found += &links.lines().filter(|l| l.contains("flannel")).collect::<Vec<_>>().join("\n");
     found += &lab.host_sh(h, &["ip", "route", "show", "proto", "87"]);
     found += &lab.host_sh(h, &["ip", "-6", "route", "show", "proto", "87"]);
+    found += &lab.host_sh(h, &["ip", "nexthop", "show", "protocol", "87"]);
     for save in ["iptables-nft-save", "iptables-legacy-save"] {
         found += &lab.host_sh(h, &[save]).lines().filter(|l| l.contains("FLANNEL")).collect::<Vec<_>>().join("\n");
     }

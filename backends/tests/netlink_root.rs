@@ -70,8 +70,19 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 /// Trimmed, non-empty lines, sorted, for comparing command output.
+/// The lines of `text`, sorted, with the id of a nexthop object of weft's (numbered from 0xF000_0000) read as
+/// `nhid N`.
 fn lines(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let ours = |w: &str| w.parse::<u32>().is_ok_and(|id| id >= 0xF000_0000);
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let named = |i: usize| i > 0 && matches!((i, words[i - 1]), (_, "nhid") | (1, "id")) && ours(words[i]);
+            words.iter().enumerate().map(|(i, w)| if named(i) { "N" } else { w }).collect::<Vec<_>>().join(" ")
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
     out.sort();
     out
 }
@@ -160,8 +171,8 @@ async fn converges_to_exactly_what_flannel_configures() {
     assert_eq!(
         lines(&ns.ip("route")),
         lines(
-            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink\n\
-             10.244.3.0/24 via 10.244.3.0 dev flannel.1 proto 87 onlink\n\
+            "10.244.2.0/24 nhid N via 10.244.2.0 dev flannel.1 proto 87 onlink\n\
+             10.244.3.0/24 nhid N via 10.244.3.0 dev flannel.1 proto 87 onlink\n\
              198.18.0.0/24 dev u0 proto kernel scope link src 198.18.0.1"
         )
     );
@@ -186,6 +197,69 @@ async fn converges_to_exactly_what_flannel_configures() {
     }
     assert!(!link.contains("gbp"), "{link}");
     assert!(ns.ip("-4 addr show dev flannel.1").contains("inet 10.244.1.0/32 "));
+}
+
+/// The ids of the nexthop objects in `ns`, by gateway.
+fn nexthop_ids(ns: &Netns) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = ns
+        .ip("nexthop show")
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            Some((words.get(3)?.to_string(), words.get(1)?.parse().ok()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn ipv4_gateway_routes_go_through_nexthop_objects_of_their_own() {
+    let mut node = Node::new("nexthop").await;
+    // Someone else's object holds the first id of weft's range: weft takes the next, and leaves it alone.
+    node.ns.ip("nexthop add id 4026531840 via 198.18.0.99 dev u0");
+    node.converge(&node.desired(&[2, 3])).await;
+    let ids = nexthop_ids(&node.ns);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let (first, second) = (ids[0].1, ids[1].1);
+    assert_eq!((ids[0].0.as_str(), ids[1].0.as_str()), ("10.244.2.0", "10.244.3.0"));
+    assert!(first > 4026531840 && second > 4026531840 && first != second, "{ids:?}");
+    assert_eq!(ids[2], ("198.18.0.99".to_string(), 4026531840), "the foreign object is untouched");
+    assert!(node.ns.ip("route show 10.244.2.0/24").contains(&format!("nhid {first} ")));
+
+    // A nexthop object deleted by hand takes its route along: observing sees the route missing, a pass puts both
+    // back (the full pass numbers a fresh object).
+    node.ns.ip(&format!("nexthop del id {first}"));
+    assert!(node.ns.ip("route show 10.244.2.0/24").is_empty());
+    node.converge(&node.desired(&[2, 3])).await;
+    assert!(node.ns.ip("route show 10.244.2.0/24").contains("via 10.244.2.0 dev flannel.1"));
+    // A route deleted by hand, put back by a full pass through a fresh object: the old object, left without its
+    // route, goes in the same pass.
+    node.ns.ip("route del 10.244.3.0/24");
+    node.converge(&node.desired(&[2, 3])).await;
+    let ids = nexthop_ids(&node.ns);
+    assert_eq!(ids.len(), 3, "one object per route, and the foreign one: {ids:?}");
+    assert!(!ids.iter().any(|(_, id)| *id == second), "{ids:?}");
+
+    // flannel's plain route to a peer (a host switched from flanneld) equals the desired route: left as it is.
+    node.ns.ip("route replace 10.244.4.0/24 via 10.244.4.0 dev flannel.1 onlink proto 87");
+    let ops = node.converge(&node.desired(&[2, 3, 4])).await;
+    assert_eq!(ops.len(), 2, "a neighbour and an FDB entry, the route is there: {ops:#?}");
+    assert_eq!(
+        lines(&node.ns.ip("route show 10.244.4.0/24")),
+        lines("10.244.4.0/24 via 10.244.4.0 dev flannel.1 proto 87 onlink")
+    );
+    // ... and deleted plainly when the peer goes; the others' objects go with their routes.
+    node.converge(&node.desired(&[])).await;
+    assert!(node.ns.ip("route show proto 87").is_empty());
+    assert_eq!(nexthop_ids(&node.ns), vec![("198.18.0.99".to_string(), 4026531840)]);
+
+    // Plain routes on request, as flannel programs them.
+    let mut plain = Node::new("plain").await;
+    plain.kernel.use_plain_routes();
+    plain.converge(&plain.desired(&[2])).await;
+    assert_eq!(lines(&plain.ns.ip("route show proto 87")), lines("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
+    assert!(plain.ns.ip("nexthop show").is_empty());
 }
 
 #[tokio::test]
@@ -253,12 +327,17 @@ async fn removes_departed_peers_and_stale_routes_but_never_foreign_ones() {
     assert_eq!(
         routes,
         lines(&format!(
-            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink\n\
+            "10.244.2.0/24 nhid N via 10.244.2.0 dev flannel.1 proto 87 onlink\n\
              198.18.0.0/24 dev u0 proto kernel scope link src 198.18.0.1\n{foreign}"
         ))
     );
     assert!(!node.ns.ip("neigh show dev flannel.1").contains("10.244.3.0"));
     assert!(!node.ns.bridge("fdb show dev flannel.1").contains(&vtep_mac(3)));
+    // The departed peer's nexthop object went with its route.
+    assert_eq!(
+        lines(&node.ns.ip("nexthop show")),
+        lines("id N via 10.244.2.0 dev flannel.1 scope link proto 87 onlink")
+    );
 
     // Nothing left to do: the foreign route stays as it is.
     node.converge(&KernelState::default()).await;
@@ -546,7 +625,7 @@ async fn blackhole_and_device_routes_and_a_tun_device_converge_and_are_cleaned_u
     assert_eq!(
         lines(&node.ns.ip("route show proto 87")),
         lines(
-            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink\n\
+            "10.244.2.0/24 nhid N via 10.244.2.0 dev flannel.1 onlink\n\
              10.244.5.0/24 dev weft0 scope link linkdown\n\
              blackhole 10.244.1.0/24"
         )
@@ -559,7 +638,10 @@ async fn blackhole_and_device_routes_and_a_tun_device_converge_and_are_cleaned_u
     // Nothing of this wanted any more: the routes and the blackholes go, and so does the device.
     let remaining = node.desired(&[2]);
     node.converge(&remaining).await;
-    assert_eq!(lines(&node.ns.ip("route show proto 87")), lines("10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"));
+    assert_eq!(
+        lines(&node.ns.ip("route show proto 87")),
+        lines("10.244.2.0/24 nhid N via 10.244.2.0 dev flannel.1 onlink")
+    );
     assert!(node.ns.ip("-6 route show proto 87").trim().is_empty());
     assert!(!node.ns.ip("link show").contains("weft0"));
 }

@@ -123,10 +123,10 @@ mod tests {
     #[test]
     fn ipv6_may_skip_dad() {
         let skip = add(2, "fd00::1/64".parse().unwrap(), Dad::Skip);
-        let RouteNetlinkMessage::NewAddress(msg) = skip.message() else { panic!() };
+        let RouteNetlinkMessage::NewAddress(msg) = skip.message().unwrap() else { panic!() };
         assert!(msg.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
         let run = add(2, "fd00::1/64".parse().unwrap(), Dad::Run);
-        let RouteNetlinkMessage::NewAddress(msg) = run.message() else { panic!() };
+        let RouteNetlinkMessage::NewAddress(msg) = run.message().unwrap() else { panic!() };
         assert!(!msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(_))));
     }
 

@@ -330,7 +330,8 @@ mod tests {
     fn splits_a_datagram_of_answers() {
         let mut refusal = ErrorMessage::default();
         refusal.code = std::num::NonZeroI32::new(-libc::EEXIST);
-        let RouteNetlinkMessage::NewLink(link) = link::create_bridge("cni0", 1500, [2; 6]).message().clone() else {
+        let RouteNetlinkMessage::NewLink(link) = link::create_bridge("cni0", 1500, [2; 6]).message().unwrap().clone()
+        else {
             panic!()
         };
         let mut datagram = serialized(3, NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)));

@@ -27,6 +27,7 @@ pub enum Object {
     Route,
     Neighbour,
     Fdb,
+    Nexthop,
     Socket,
 }
 
@@ -66,11 +67,13 @@ impl fmt::Display for Operation {
             (Object::Route, Action::Dump) => "routes",
             (Object::Neighbour, Action::Dump) => "neighbours",
             (Object::Fdb, Action::Dump) => "fdb entries",
+            (Object::Nexthop, Action::Dump) => "nexthops",
             (Object::Link, _) => "link",
             (Object::Address, _) => "address",
             (Object::Route, _) => "route",
             (Object::Neighbour, _) => "neighbour",
             (Object::Fdb, _) => "fdb entry",
+            (Object::Nexthop, _) => "nexthop",
             (Object::Socket, _) => "netlink socket",
         };
         write!(f, "{action} {object}")

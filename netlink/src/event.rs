@@ -122,12 +122,12 @@ mod tests {
     #[test]
     fn decodes_notifications() {
         let route = route::Route { device: Some(2), ..route::Route::unicast("10.244.2.0/24".parse().unwrap(), 87) };
-        let RouteNetlinkMessage::NewRoute(msg) = route::replace(&route).message().clone() else { panic!() };
+        let RouteNetlinkMessage::NewRoute(msg) = route::replace(&route).message().unwrap().clone() else { panic!() };
         assert_eq!(Event::from_message(&RouteNetlinkMessage::DelRoute(msg)), Some(Event::RouteDeleted(route)));
 
         let mac = [2, 0, 0, 0, 0, 1];
         let RouteNetlinkMessage::NewNeighbour(fdb) =
-            crate::fdb::replace(7, mac, "198.18.0.2".parse().unwrap()).message().clone()
+            crate::fdb::replace(7, mac, "198.18.0.2".parse().unwrap()).message().unwrap().clone()
         else {
             panic!()
         };
@@ -135,7 +135,7 @@ mod tests {
             matches!(Event::from_message(&RouteNetlinkMessage::NewNeighbour(fdb)), Some(Event::FdbAdded(e)) if e.index == 7)
         );
         let RouteNetlinkMessage::NewNeighbour(arp) =
-            crate::neighbour::replace(7, "10.244.2.0".parse().unwrap(), mac).message().clone()
+            crate::neighbour::replace(7, "10.244.2.0".parse().unwrap(), mac).message().unwrap().clone()
         else {
             panic!()
         };

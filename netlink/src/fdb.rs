@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn tells_own_entries_from_a_masters() {
         let RouteNetlinkMessage::NewNeighbour(mut msg) =
-            replace(7, MAC, "198.18.0.2".parse().unwrap()).message().clone()
+            replace(7, MAC, "198.18.0.2".parse().unwrap()).message().unwrap().clone()
         else {
             panic!()
         };

@@ -1,7 +1,7 @@
 //! weft's one netlink layer, shared by the daemon, the CNI plugin and the lab.
 //!
-//! - One codec per object kind ([`link`], [`address`], [`route`], [`neighbour`], [`fdb`]): plain values read
-//!   from messages and [`Request`]s built from values, pure and unit-tested.
+//! - One codec per object kind ([`link`], [`address`], [`route`], [`neighbour`], [`fdb`], [`nexthop`]): plain
+//!   values read from messages and [`Request`]s built from values, pure and unit-tested.
 //! - One errno mapping ([`Error`]): the operation plus the kernel's errno, with `is_exists`/`is_not_found`/
 //!   `is_no_device`.
 //! - One way into a network namespace ([`netns`]): a short-lived thread enters it and opens the socket there.
@@ -20,6 +20,7 @@ pub mod fdb;
 pub mod link;
 pub mod neighbour;
 pub mod netns;
+pub mod nexthop;
 #[cfg(feature = "tokio")]
 pub mod pipelined;
 pub mod request;

@@ -415,12 +415,12 @@ mod tests {
     #[test]
     fn changes_only_what_is_asked() {
         let request = change(LinkRef::Index(7), &LinkChange { mtu: Some(1400), up: Some(false), ..Default::default() });
-        let RouteNetlinkMessage::NewLink(msg) = request.message() else { panic!() };
+        let RouteNetlinkMessage::NewLink(msg) = request.message().unwrap() else { panic!() };
         assert_eq!(msg.header.index, 7);
         assert_eq!(msg.attributes, vec![LinkAttribute::Mtu(1400)]);
         assert!(msg.header.change_mask.contains(LinkFlags::Up) && !msg.header.flags.contains(LinkFlags::Up));
         let by_name = delete(LinkRef::Name("flannel.1"));
-        let RouteNetlinkMessage::DelLink(msg) = by_name.message() else { panic!() };
+        let RouteNetlinkMessage::DelLink(msg) = by_name.message().unwrap() else { panic!() };
         assert_eq!(msg.attributes, vec![LinkAttribute::IfName("flannel.1".into())]);
         let wg = round_trip(&create_wireguard("wg0", Some(1420), true));
         let RouteNetlinkMessage::NewLink(msg) = wg else { panic!() };

@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn reads_entries_and_their_state() {
-        let RouteNetlinkMessage::NewNeighbour(mut msg) = replace(7, "fd00::2".parse().unwrap(), MAC).message().clone()
+        let RouteNetlinkMessage::NewNeighbour(mut msg) =
+            replace(7, "fd00::2".parse().unwrap(), MAC).message().unwrap().clone()
         else {
             panic!()
         };
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn dump_filters_by_device_in_an_attribute() {
-        let RouteNetlinkMessage::GetNeighbour(msg) = dump(true, Some(7)).message().clone() else { panic!() };
+        let RouteNetlinkMessage::GetNeighbour(msg) = dump(true, Some(7)).message().unwrap().clone() else { panic!() };
         assert_eq!((msg.header.family, msg.header.ifindex), (AddressFamily::Inet6, 0));
         assert_eq!(msg.attributes, vec![NeighbourAttribute::IfIndex(7)]);
     }

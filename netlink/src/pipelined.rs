@@ -79,7 +79,7 @@ impl Connection {
         device: Option<u32>,
         mut keep: impl FnMut(T) -> Option<U>,
     ) -> Result<Vec<U>, Error> {
-        let (message, operation) = request.into_netlink(0);
+        let (message, operation) = request.into_netlink(0)?;
         let mut replies =
             self.handle.request(message, SocketAddr::new(0, 0)).map_err(|e| connection_gone(operation, e))?;
         let mut objects = Vec::new();
@@ -102,7 +102,7 @@ impl Connection {
     pub fn request(&self, request: Request) -> impl Future<Output = Outcome> + Send + 'static {
         let handle = self.handle.clone();
         async move {
-            let (message, operation) = request.into_netlink(0);
+            let (message, operation) = request.into_netlink(0)?;
             let mut replies =
                 handle.request(message, SocketAddr::new(0, 0)).map_err(|e| connection_gone(operation, e))?;
             let mut answer = Answer::default();

@@ -15,34 +15,60 @@ const NETLINK_HEADER_LEN: usize = 16;
 /// One rtnetlink request: the message, its NLM_F_* flags and what it does (for errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    message: RouteNetlinkMessage,
+    body: Body,
     flags: u16,
     operation: Operation,
+}
+
+/// What a request carries: a message netlink-packet-route knows, or one it has no type for (nexthop objects),
+/// as the kernel reads it after the netlink header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Body {
+    Route(RouteNetlinkMessage),
+    Raw { message_type: u16, payload: Vec<u8> },
 }
 
 impl Request {
     /// Creates an object that must not exist yet (EEXIST otherwise).
     pub(crate) fn create(object: Object, message: RouteNetlinkMessage) -> Request {
-        Request { message, flags: NLM_F_CREATE | NLM_F_EXCL, operation: Operation::new(Action::Create, object) }
+        Request {
+            body: Body::Route(message),
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+            operation: Operation::new(Action::Create, object),
+        }
     }
 
     /// Creates the object or replaces the one with the same key.
     pub(crate) fn replace(object: Object, message: RouteNetlinkMessage) -> Request {
-        Request { message, flags: NLM_F_CREATE | NLM_F_REPLACE, operation: Operation::new(Action::Replace, object) }
+        Request {
+            body: Body::Route(message),
+            flags: NLM_F_CREATE | NLM_F_REPLACE,
+            operation: Operation::new(Action::Replace, object),
+        }
     }
 
     /// Changes, deletes or reads one existing object.
     pub(crate) fn plain(action: Action, object: Object, message: RouteNetlinkMessage) -> Request {
-        Request { message, flags: 0, operation: Operation::new(action, object) }
+        Request { body: Body::Route(message), flags: 0, operation: Operation::new(action, object) }
     }
 
     /// Reads every object of a kind (a multi-part answer ending with NLMSG_DONE).
     pub(crate) fn dump(object: Object, message: RouteNetlinkMessage) -> Request {
-        Request { message, flags: NLM_F_DUMP, operation: Operation::new(Action::Dump, object) }
+        Request { body: Body::Route(message), flags: NLM_F_DUMP, operation: Operation::new(Action::Dump, object) }
     }
 
-    pub fn message(&self) -> &RouteNetlinkMessage {
-        &self.message
+    /// A change netlink-packet-route has no message type for: `payload` is what follows the netlink header.
+    /// Only the blocking transport (and so the bulk socket) sends these.
+    pub(crate) fn raw(action: Action, object: Object, flags: u16, message_type: u16, payload: Vec<u8>) -> Request {
+        Request { body: Body::Raw { message_type, payload }, flags, operation: Operation::new(action, object) }
+    }
+
+    /// The message, for requests netlink-packet-route has a type for (every one but the raw ones).
+    pub fn message(&self) -> Option<&RouteNetlinkMessage> {
+        match &self.body {
+            Body::Route(message) => Some(message),
+            Body::Raw { .. } => None,
+        }
     }
 
     pub fn operation(&self) -> Operation {
@@ -54,13 +80,24 @@ impl Request {
     }
 
     /// The netlink message with its header flags. Every request but a dump asks for an acknowledgement, so that
-    /// each one ends with exactly one answer: an acknowledgement or an errno.
-    pub fn into_netlink(self, sequence: u32) -> (NetlinkMessage<RouteNetlinkMessage>, Operation) {
+    /// each one ends with exactly one answer: an acknowledgement or an errno. A raw request has no such message:
+    /// the error says so (the async connection cannot send it; the bulk socket can).
+    pub fn into_netlink(self, sequence: u32) -> Result<(NetlinkMessage<RouteNetlinkMessage>, Operation), Error> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | self.flags | if self.is_dump() { 0 } else { NLM_F_ACK };
         header.sequence_number = sequence;
-        // Not finalized: the async connection does that when it sends, to_bytes does it for the blocking socket.
-        (NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message)), self.operation)
+        match self.body {
+            // Not finalized: the async connection does that when it sends, to_bytes does it for the blocking socket.
+            Body::Route(message) => {
+                Ok((NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message)), self.operation))
+            }
+            Body::Raw { message_type, .. } => Err(Error::Invalid {
+                operation: self.operation,
+                detail: format!(
+                    "message type {message_type} has no typed form: send it on the blocking or bulk socket"
+                ),
+            }),
+        }
     }
 
     /// The request's bytes as they go on the wire (aligned to 4 bytes, so requests can be concatenated).
@@ -75,15 +112,23 @@ impl Request {
     /// NLM_F_ACK or an error); a dump or a get is answered either way.
     pub(crate) fn append_to(&self, sequence: u32, acknowledge: bool, out: &mut Vec<u8>) {
         let start = out.len();
-        let length = NETLINK_HEADER_LEN + NetlinkSerializable::buffer_len(&self.message);
+        let (payload_len, message_type) = match &self.body {
+            Body::Route(message) => (NetlinkSerializable::buffer_len(message), message.message_type()),
+            Body::Raw { message_type, payload } => (payload.len(), *message_type),
+        };
+        let length = NETLINK_HEADER_LEN + payload_len;
         out.resize(start + ((length + 3) & !3), 0);
         let mut header = NetlinkHeader::default();
         header.length = length as u32;
-        header.message_type = self.message.message_type();
+        header.message_type = message_type;
         header.flags = NLM_F_REQUEST | self.flags | if acknowledge { NLM_F_ACK } else { 0 };
         header.sequence_number = sequence;
         header.emit(&mut out[start..start + NETLINK_HEADER_LEN]);
-        self.message.serialize(&mut out[start + NETLINK_HEADER_LEN..start + length]);
+        let body = &mut out[start + NETLINK_HEADER_LEN..start + length];
+        match &self.body {
+            Body::Route(message) => message.serialize(body),
+            Body::Raw { payload, .. } => body.copy_from_slice(payload),
+        }
     }
 }
 
@@ -215,11 +260,11 @@ mod tests {
     #[test]
     fn dumps_ask_for_no_acknowledgement() {
         let dump = Request::dump(Object::Link, RouteNetlinkMessage::GetLink(Default::default()));
-        let (message, _) = dump.into_netlink(7);
+        let (message, _) = dump.into_netlink(7).unwrap();
         assert_eq!(message.header.flags, NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(message.header.sequence_number, 7);
         let create = Request::create(Object::Link, RouteNetlinkMessage::NewLink(Default::default()));
-        let (message, _) = create.into_netlink(8);
+        let (message, _) = create.into_netlink(8).unwrap();
         assert_eq!(message.header.flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
     }
 }

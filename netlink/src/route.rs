@@ -1,5 +1,5 @@
 //! Routes: what a route message says (destination, kind, gateway, output device, onlink, protocol, table,
-//! metric), and replace/create/delete/dump requests. Gateway-less device routes, blackhole routes and gateway
+//! metric, nexthop object), and replace/create/delete/dump requests. Gateway-less device routes, blackhole routes and gateway
 //! routes (`10.244.2.0/24 via 198.18.0.3 dev eth0`) all go through the same code, for both families.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -41,6 +41,10 @@ pub struct Route {
     pub table: u32,
     /// RTA_PRIORITY; None when the kernel sent none (metric 0).
     pub metric: Option<u32>,
+    /// RTA_NH_ID: the route goes through this nexthop object (see [`crate::nexthop`]). A request naming one sends
+    /// no gateway, device or onlink flag (the nexthop carries them); a dump sends both while the kernel's
+    /// `nexthop_compat_mode` is on (its default).
+    pub nexthop: Option<u32>,
 }
 
 impl Route {
@@ -55,6 +59,7 @@ impl Route {
             protocol,
             table: MAIN_TABLE,
             metric: None,
+            nexthop: None,
         }
     }
 
@@ -71,6 +76,7 @@ impl Route {
             protocol: u8::from(header.protocol),
             table: u32::from(header.table),
             metric: None,
+            nexthop: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -83,6 +89,7 @@ impl Route {
                 // Tables above 255 only fit in RTA_TABLE.
                 RouteAttribute::Table(table) => route.table = *table,
                 RouteAttribute::Priority(metric) => route.metric = Some(*metric),
+                RouteAttribute::NhId(id) => route.nexthop = Some(*id),
                 _ => {}
             }
         }
@@ -119,8 +126,8 @@ impl Route {
         msg
     }
 
-    /// Everything that selects this very route: destination, table, kind, gateway, device, onlink, and the
-    /// metric when set (two routes to one prefix at different metrics are two routes: a delete naming the metric
+    /// Everything that selects this very route: destination, table, kind, gateway, device, onlink (or instead of
+    /// these three its nexthop object), and the metric when set (two routes to one prefix at different metrics are two routes: a delete naming the metric
     /// removes only its own, a replace naming it leaves the other alone).
     fn key(&self) -> RouteMessage {
         let mut msg = RouteMessage::default();
@@ -132,7 +139,7 @@ impl Route {
             RouteKind::Blackhole => RouteType::BlackHole,
             RouteKind::Other(kind) => RouteType::from(kind),
         };
-        if self.onlink {
+        if self.onlink && self.nexthop.is_none() {
             header.flags.insert(RouteFlags::Onlink);
         }
         match u8::try_from(self.table) {
@@ -143,11 +150,17 @@ impl Route {
             }
         }
         msg.attributes.push(RouteAttribute::Destination(address_of(self.dst.network())));
-        if let Some(gateway) = self.gateway {
-            msg.attributes.push(RouteAttribute::Gateway(address_of(gateway)));
-        }
-        if let Some(device) = self.device {
-            msg.attributes.push(RouteAttribute::Oif(device));
+        if let Some(id) = self.nexthop {
+            // The kernel refuses a gateway or device beside a nexthop id, and a delete naming them matches no
+            // route that goes through a nexthop object.
+            msg.attributes.push(RouteAttribute::NhId(id));
+        } else {
+            if let Some(gateway) = self.gateway {
+                msg.attributes.push(RouteAttribute::Gateway(address_of(gateway)));
+            }
+            if let Some(device) = self.device {
+                msg.attributes.push(RouteAttribute::Oif(device));
+            }
         }
         if let Some(metric) = self.metric {
             msg.attributes.push(RouteAttribute::Priority(metric));
@@ -311,6 +324,23 @@ mod tests {
     }
 
     #[test]
+    fn a_route_through_a_nexthop_object_names_only_its_id() {
+        let through = Route { nexthop: Some(0xf000_0001), onlink: true, ..host_gw() };
+        let sent = round_trip(&replace(&through));
+        assert!(sent.attributes.contains(&RouteAttribute::NhId(0xf000_0001)), "{sent:?}");
+        assert!(!sent.header.flags.contains(RouteFlags::Onlink));
+        let read = Route::from_message(&sent).unwrap();
+        assert_eq!((read.nexthop, read.gateway, read.device), (Some(0xf000_0001), None, None));
+        let deletion = round_trip(&delete(&through));
+        assert_eq!(Route::from_message(&deletion).map(|r| (r.nexthop, r.gateway)), Some((Some(0xf000_0001), None)));
+
+        // What a dump says in the kernel's compatibility mode: the id and the nexthop's gateway and device.
+        let mut dumped = round_trip(&replace(&host_gw()));
+        dumped.attributes.push(RouteAttribute::NhId(9));
+        assert_eq!(Route::from_message(&dumped), Some(Route { nexthop: Some(9), ..host_gw() }));
+    }
+
+    #[test]
     fn scope_follows_the_gateway() {
         let device_only = Route { device: Some(7), ..Route::unicast("10.244.1.0/24".parse().unwrap(), 4) };
         assert_eq!(round_trip(&create(&device_only)).header.scope, RouteScope::Link);
@@ -353,7 +383,7 @@ mod tests {
     #[test]
     fn dump_filters_by_table_protocol_and_device() {
         let filter = RouteFilter { table: Some(MAIN_TABLE), protocol: Some(87), device: Some(2) };
-        let RouteNetlinkMessage::GetRoute(msg) = dump(false, &filter).message().clone() else { panic!() };
+        let RouteNetlinkMessage::GetRoute(msg) = dump(false, &filter).message().unwrap().clone() else { panic!() };
         assert_eq!((msg.header.table, u8::from(msg.header.protocol)), (254, 87));
         assert_eq!(msg.attributes, vec![RouteAttribute::Oif(2)]);
         assert!(filter.matches(&host_gw()));

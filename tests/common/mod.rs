@@ -219,3 +219,17 @@ pub fn eventually(timeout: Duration, interval: Duration, mut check: impl FnMut()
         std::thread::sleep(interval);
     }
 }
+
+/// An `ip route` line with the nexthop object's id taken out (`nhid 4026531840 via ...` reads `via ...`), and
+/// whether it named one: weft's IPv4 gateway routes go through nexthop objects numbered from 0xF000_0000.
+#[allow(dead_code)]
+pub fn through_nexthop(route: &str) -> (String, bool) {
+    let words: Vec<&str> = route.split_whitespace().collect();
+    match words.iter().position(|w| *w == "nhid") {
+        Some(at) if words.get(at + 1).and_then(|id| id.parse::<u32>().ok()).is_some_and(|id| id >= 0xF000_0000) => {
+            let rest: Vec<&str> = words[..at].iter().chain(&words[at + 2..]).copied().collect();
+            (rest.join(" "), true)
+        }
+        _ => (words.join(" "), false),
+    }
+}

@@ -2,8 +2,9 @@
 //! answers count as done, and the batched `apply_all`.
 
 use weft_netlink::link::{LinkChange, LinkRef, NewVxlan};
-use weft_netlink::{address, fdb, link, neighbour, route, Error, Outcome, Request};
+use weft_netlink::{address, fdb, link, neighbour, nexthop, route, Error, Outcome, Request};
 
+use super::nexthops::Plan;
 use super::NetlinkKernel;
 use crate::diff::Op;
 use crate::kernel::{precheck, KernelError};
@@ -50,6 +51,7 @@ async fn apply_chunk(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), K
     let mut results: Vec<Option<Result<(), KernelError>>> = Vec::with_capacity(ops.len());
     let mut positions = Vec::new();
     let mut requests = Vec::new();
+    let mut planned = Vec::new();
     for (position, op) in ops.iter().enumerate() {
         if let Err(e) = precheck(op) {
             results.push(Some(Err(e)));
@@ -60,6 +62,10 @@ async fn apply_chunk(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), K
             continue;
         }
         match resolve(kernel, op).await {
+            Ok(Some(index)) if let Some(plan) = plan_for(kernel, op, index) => {
+                results.push(None);
+                planned.push((position, plan));
+            }
             Ok(Some(index)) => match request_for(op, index) {
                 Ok(request) => {
                     results.push(None);
@@ -72,10 +78,14 @@ async fn apply_chunk(kernel: &mut NetlinkKernel, ops: &[Op]) -> Vec<Result<(), K
             Err(e) => results.push(Some(Err(e))),
         }
     }
-    if !requests.is_empty() {
-        for (position, answer) in positions.into_iter().zip(kernel.bulk.apply(requests).await) {
-            results[position] = Some(settle(&ops[position], answer));
-        }
+    let (positions_planned, plans): (Vec<usize>, Vec<Plan>) = planned.into_iter().unzip();
+    let planned_ops: Vec<&Op> = positions_planned.iter().map(|p| &ops[*p]).collect();
+    let (answers, verdicts) = apply_planned(kernel, &planned_ops, plans, requests).await;
+    for (position, answer) in positions.into_iter().zip(answers) {
+        results[position] = Some(settle(&ops[position], answer));
+    }
+    for (position, verdict) in positions_planned.into_iter().zip(verdicts) {
+        results[position] = Some(verdict);
     }
     ops.iter()
         .zip(results)
@@ -117,13 +127,132 @@ async fn apply_op(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError
             settle(op, answer)
         }
         _ => match resolve(kernel, op).await? {
-            Some(index) => {
-                let answer = kernel.connection.request(request_for(op, index)?).await;
-                settle(op, answer)
-            }
+            Some(index) => match plan_for(kernel, op, index) {
+                Some(plan) => apply_planned(kernel, &[op], vec![plan], Vec::new()).await.1.remove(0),
+                None => {
+                    let answer = kernel.connection.request(request_for(op, index)?).await;
+                    settle(op, answer)
+                }
+            },
             None => Ok(()),
         },
     }
+}
+
+/// How a route op goes through a nexthop object (see [`super::nexthops`]); None for every other op, and for
+/// routes that stay plain.
+fn plan_for(kernel: &mut NetlinkKernel, op: &Op, index: u32) -> Option<Plan> {
+    match op {
+        Op::ReplaceRoute(r) => kernel.nexthops.plan(true, r, &route_to_netlink(r, index), index),
+        Op::DeleteRoute(r) => kernel.nexthops.plan(false, r, &route_to_netlink(r, index), index),
+        _ => None,
+    }
+}
+
+/// Times a fresh nexthop id is tried again when someone else holds it.
+const FRESH_ID_TRIES: usize = 4;
+
+/// Sends `others` (requests of ops that need no nexthop object) and applies route ops through nexthop objects, in
+/// two rounds of bulk requests: `others` and the objects first (fresh ones created with NLM_F_EXCL, another id
+/// tried while the id is taken; after `others`, since an object on a device needs the device's address, perhaps
+/// added by one of them), then the routes, each naming its object only once the object is known to be ours. A
+/// route whose object the kernel refuses is programmed plainly instead (a kernel without nexthop objects turns
+/// them off for good). Objects a route dump found without their routes are deleted in the first round too.
+/// Returns the answers to `others` and one verdict per planned op, each in order.
+async fn apply_planned(
+    kernel: &mut NetlinkKernel,
+    ops: &[&Op],
+    mut plans: Vec<Plan>,
+    others: Vec<Request>,
+) -> (Vec<Outcome>, Vec<Result<(), KernelError>>) {
+    let mut other_answers = Vec::new();
+    let mut first_round = Some(others);
+    // `ready[i]` says whether op i's route may name its object.
+    let mut ready: Vec<bool> = plans.iter().map(|p| matches!(p, Plan::Delete { .. })).collect();
+    let mut pending: Vec<usize> = (0..plans.len()).filter(|i| !ready[*i]).collect();
+    for attempt in 0..FRESH_ID_TRIES {
+        let mut requests = first_round.take().unwrap_or_default();
+        let leading = requests.len();
+        let orphans = if attempt == 0 { kernel.nexthops.take_orphans() } else { Vec::new() };
+        if pending.is_empty() && leading == 0 && orphans.is_empty() {
+            break;
+        }
+        requests.extend(pending.iter().map(|i| match &plans[*i] {
+            Plan::Replace { nexthop, fresh: true, .. } => nexthop::create(nexthop),
+            Plan::Replace { nexthop, .. } => nexthop::replace(nexthop),
+            Plan::Delete { .. } => unreachable!("deletions need no object first"),
+        }));
+        requests.extend(orphans.iter().map(|id| nexthop::delete(*id)));
+        let mut answers = kernel.bulk.apply(requests).await.into_iter();
+        other_answers.extend(answers.by_ref().take(leading));
+        let mut taken = Vec::new();
+        for (i, answer) in pending.iter().copied().zip(answers.by_ref()) {
+            match answer {
+                Ok(_) => ready[i] = true,
+                Err(e) if e.is_exists() && attempt + 1 < FRESH_ID_TRIES => {
+                    kernel.nexthops.retry(&mut plans[i]);
+                    taken.push(i);
+                }
+                Err(e) => {
+                    if matches!(e.errno(), Some(libc::EOPNOTSUPP) | Some(libc::EAFNOSUPPORT)) {
+                        kernel.nexthops.disable("the kernel has no nexthop objects");
+                    }
+                    tracing::debug!(op = %ops[i], error = %e, "nexthop object refused; programming the route plainly");
+                }
+            }
+        }
+        for (id, answer) in orphans.iter().zip(answers) {
+            match answer {
+                Err(e) if !e.is_not_found() => {
+                    tracing::debug!(id, error = %e, "could not delete a nexthop object left without its route")
+                }
+                _ => {}
+            }
+        }
+        pending = taken;
+    }
+    if plans.is_empty() {
+        return (other_answers, Vec::new());
+    }
+    // Round two: the routes, and the objects of deleted routes after them.
+    let mut requests = Vec::new();
+    let mut shares = Vec::with_capacity(plans.len());
+    for (plan, ready) in plans.iter().zip(&ready) {
+        let before = requests.len();
+        match (plan, ready) {
+            (Plan::Replace { route, .. }, true) => requests.push(route::replace(route)),
+            (Plan::Replace { route, .. }, false) => {
+                requests.push(route::replace(&route::Route { nexthop: None, ..route.clone() }))
+            }
+            (Plan::Delete { route, own }, _) => {
+                requests.push(route::delete(route));
+                if let (true, Some(id)) = (own, route.nexthop) {
+                    requests.push(nexthop::delete(id));
+                }
+            }
+        }
+        shares.push(requests.len() - before);
+    }
+    let mut answers = kernel.bulk.apply(requests).await.into_iter();
+    let mut out = Vec::with_capacity(plans.len());
+    for ((op, plan), (share, ready)) in ops.iter().zip(&plans).zip(shares.into_iter().zip(ready)) {
+        let mut verdict = Ok(());
+        for answer in answers.by_ref().take(share) {
+            // For a deletion, a route or object gone already counts as done, as for plain routes.
+            verdict = verdict.and(settle(op, answer));
+        }
+        match plan {
+            Plan::Replace { route, .. } if verdict.is_ok() => {
+                kernel.nexthops.settled(route.dst, if ready { route.nexthop } else { None })
+            }
+            Plan::Delete { route, .. } => kernel.nexthops.settled(route.dst, None),
+            // A fresh object no route names: deleted with the next changes.
+            Plan::Replace { nexthop, fresh: true, .. } if ready => kernel.nexthops.orphan(nexthop.id),
+            Plan::Replace { .. } => {}
+        }
+        out.push(verdict);
+    }
+    (other_answers, out)
 }
 
 /// The ifindex an address, neighbour, FDB or route op acts on. None means the op deletes something from a device

@@ -13,6 +13,7 @@
 //! the namespace it was created in. No tokio worker ever calls `setns`.
 
 mod apply;
+mod nexthops;
 mod observe;
 mod watch;
 
@@ -61,6 +62,8 @@ pub struct NetlinkKernel {
     /// underlay went away) fails every route, neighbour and FDB entry through it, and each would otherwise cost a
     /// lookup of its own, 30,000 round trips a pass at 10,000 peers.
     absent: HashSet<String>,
+    /// The nexthop objects our IPv4 gateway routes go through.
+    nexthops: nexthops::Nexthops,
 }
 
 impl NetlinkKernel {
@@ -79,7 +82,25 @@ impl NetlinkKernel {
     }
 
     fn new(connection: Connection, bulk: BulkSocket) -> NetlinkKernel {
-        NetlinkKernel { connection, bulk, indexes: HashMap::new(), absent: HashSet::new() }
+        NetlinkKernel {
+            connection,
+            bulk,
+            indexes: HashMap::new(),
+            absent: HashSet::new(),
+            nexthops: nexthops::Nexthops::default(),
+        }
+    }
+
+    /// Programs routes as flannel does, each with its own gateway and device, instead of through nexthop
+    /// objects (see [`weft_netlink::nexthop`]). Routes already through objects are replaced by the next pass
+    /// that changes them; a full pass leaves equal ones as they are.
+    pub fn use_plain_routes(&mut self) {
+        self.nexthops.disable("asked for plain routes");
+    }
+
+    /// Whether new IPv4 gateway routes go through nexthop objects.
+    pub fn uses_nexthop_objects(&self) -> bool {
+        self.nexthops.enabled()
     }
 
     /// Every interface with its addresses, ordered by ifindex.

@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnetwork::IpNetwork;
+
 use weft_netlink::route::{RouteFilter, MAIN_TABLE};
 use weft_netlink::{address, fdb, link, neighbour, route};
 
-use super::NetlinkKernel;
+use super::{nexthops, NetlinkKernel};
 use crate::is_link_local;
 use crate::kernel::KernelError;
 use crate::model::{
@@ -50,11 +52,22 @@ pub(super) async fn observe_kinds(
         let mut routes = Vec::new();
         let filter = RouteFilter::main_table();
         for family in [Family::V4, Family::V6] {
+            // Which nexthop object each of our routes goes through, and which of weft's ids any route names.
+            let (mut through, mut by_id_alone, mut named) = (Vec::new(), false, Vec::new());
             let ours = |r: route::Route| {
+                named.extend(r.nexthop.filter(|id| nexthops::is_own(*id)));
                 let route = route_from(&r, &names, &owned, scope).filter(|_| filter.matches(&r))?;
+                if let (Some(id), IpNetwork::V4(dst)) = (r.nexthop, route.dst) {
+                    through.push((dst, id));
+                    by_id_alone |= r.gateway.is_none() && r.kind == route::RouteKind::Unicast;
+                }
                 Some((route.dst, route))
             };
-            routes.extend(kernel.dump_into("routes", route::dump(family == Family::V6, &filter), None, ours).await?);
+            let ipv6 = family == Family::V6;
+            routes.extend(kernel.dump_into("routes", route::dump(ipv6, &filter), None, ours).await?);
+            if !ipv6 {
+                kernel.nexthops.learn_dump(&through, by_id_alone, named);
+            }
         }
         state.routes = routes.into_iter().collect();
     }
@@ -278,7 +291,7 @@ mod tests {
             gbp: true,
         };
         let want = Link { name: "flannel.1".into(), kind: LinkKind::Vxlan(vxlan), mac: mac(), mtu: 1450, up: true };
-        let Message::NewLink(msg) = super::super::apply::create_link(&want).unwrap().message().clone() else {
+        let Message::NewLink(msg) = super::super::apply::create_link(&want).unwrap().message().unwrap().clone() else {
             panic!()
         };
         assert_eq!(link::Link::from_message(&msg).map(|l| link_from(&l)), Some(want));
@@ -292,7 +305,7 @@ mod tests {
         for (route, index) in routes {
             let op = crate::diff::Op::ReplaceRoute(route.clone());
             let request = super::super::apply::request_for(&op, index).unwrap();
-            let Message::NewRoute(msg) = request.message().clone() else { panic!() };
+            let Message::NewRoute(msg) = request.message().unwrap().clone() else { panic!() };
             let read = route::Route::from_message(&msg).unwrap();
             assert_eq!(
                 route_from(&read, &names, &owned(7, "flannel.1"), &Scope::links(vec!["flannel.1".into()], 87)),
@@ -302,7 +315,7 @@ mod tests {
         let wireguard =
             Link { name: "wg0".into(), kind: LinkKind::Wireguard, mac: MacAddr::default(), mtu: 1420, up: true };
         let request = super::super::apply::create_link(&wireguard).unwrap();
-        let Message::NewLink(msg) = request.message().clone() else { panic!() };
+        let Message::NewLink(msg) = request.message().unwrap().clone() else { panic!() };
         assert_eq!(link::Link::from_message(&msg).map(|l| link_from(&l)), Some(wireguard));
         let tun = Link { name: "tun0".into(), kind: LinkKind::Tun, mac: MacAddr::default(), mtu: 1420, up: true };
         assert!(super::super::apply::create_link(&tun).is_none(), "the data plane creates TUN devices");

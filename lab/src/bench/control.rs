@@ -12,6 +12,7 @@ use weft::term::Progress;
 
 use super::error::{fail, Context, Result};
 use super::etcd_load::LeaseLoader;
+use super::kernel_limit::RouteForm;
 use super::kernel_watch::{counts_of, observe, KernelWatch, DEVICE};
 use super::netns::run_ip;
 use super::stats::{median, ms, percentile};
@@ -27,6 +28,10 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(10);
 const SETTLE_AFTER_READY: Duration = Duration::from_millis(300);
 
 /// JSON has no NaN: serde_json writes it as null, and this reads null back as NaN.
+fn nan() -> f64 {
+    f64::NAN
+}
+
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Option::<f64>::deserialize(d).map(|v| v.unwrap_or(f64::NAN))
 }
@@ -38,13 +43,22 @@ pub struct ColdResult {
     pub weftd_ms: Vec<f64>,
     #[serde(deserialize_with = "nan_if_null")]
     pub weftd_median_ms: f64,
-    /// ip/bridge -batch for the same 3N objects, each repetition.
+    /// ip/bridge -batch for the 3N objects as flannel programs them (plain routes), each repetition.
     pub kernel_limit_ms: Vec<f64>,
     #[serde(deserialize_with = "nan_if_null")]
     pub kernel_limit_median_ms: f64,
-    /// weftd median / kernel-limit median.
+    /// weftd median / kernel-limit median (flannel's plain routes).
     #[serde(deserialize_with = "nan_if_null")]
     pub ratio: f64,
+    /// ip/bridge -batch for the objects weftd programs (routes through nexthop objects), each repetition; empty
+    /// in results from before weftd used nexthop objects.
+    #[serde(default)]
+    pub nexthop_limit_ms: Vec<f64>,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub nexthop_limit_median_ms: f64,
+    /// weftd median / the same objects' kernel limit.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub nexthop_ratio: f64,
     /// Writing the new leases into etcd (txn batches).
     #[serde(deserialize_with = "nan_if_null")]
     pub lease_write_ms: f64,
@@ -81,8 +95,8 @@ pub struct IncrementalResult {
     /// weftd's memory after the run, and the most it ever held (VmHWM: the cold start at this size included).
     pub weftd_rss_mib: f64,
     pub weftd_peak_rss_mib: f64,
-    /// The kernel's own time to add one more peer route at this size (`ip -batch` in a scratch namespace, measured
-    /// right after the run): a floor no daemon gets under.
+    /// The kernel's own time to add one more peer route at this size, with its nexthop object as weftd adds it
+    /// (`ip -batch` in a scratch namespace, measured right after the run): a floor no daemon gets under.
     pub kernel_route_insert_ms: f64,
     /// etcd's own part at this size: the put's round trip (p50, p99), before which no watcher can hear of it.
     pub etcd_ack_p50_ms: f64,
@@ -251,12 +265,13 @@ impl ControlLab {
 
     async fn cold(&mut self, n: usize, reps: usize, window: Duration, progress: &mut Progress) -> Result<ColdResult> {
         let lease_write = self.grow_to(n).await?;
-        let (mut weftd_ms, mut limit_ms, mut polled) = (Vec::new(), Vec::new(), false);
+        let (mut weftd_ms, mut limit_ms, mut nexthop_ms, mut polled) = (Vec::new(), Vec::new(), Vec::new(), false);
         let reps = reps.max(1);
         for rep in 1..=reps {
             progress.step(&format!("cold {n} peers: run {rep}/{reps}"));
-            // Interleaved, so that a burst of load elsewhere hits both about equally.
-            limit_ms.push(ms(kernel_limit::ip_batch(n)?));
+            // Interleaved, so that a burst of load elsewhere hits all three about equally.
+            limit_ms.push(ms(kernel_limit::ip_batch(n, RouteForm::Plain)?));
+            nexthop_ms.push(ms(kernel_limit::ip_batch(n, RouteForm::Nexthop)?));
             let (took, was_polled) = self.cold_start().await?;
             weftd_ms.push(ms(took));
             polled |= was_polled;
@@ -264,12 +279,20 @@ impl ControlLab {
         let verified = self.exact_counts().await?;
         let footprint = self.footprint(window)?;
         let (w, k) = (median(&weftd_ms).unwrap_or(f64::NAN), median(&limit_ms).unwrap_or(f64::NAN));
-        progress.note(&format!("  cold start, {n} peers: weftd {w:.0} ms, kernel limit {k:.0} ms ({:.2}x)", w / k));
+        let same = median(&nexthop_ms).unwrap_or(f64::NAN);
+        progress.note(&format!(
+            "  cold start, {n} peers: weftd {w:.0} ms, kernel limit {same:.0} ms ({:.2}x; flannel's routes {k:.0} ms, {:.2}x)",
+            w / same,
+            w / k
+        ));
         Ok(ColdResult {
             peers: n,
             weftd_median_ms: w,
             kernel_limit_median_ms: k,
             ratio: w / k,
+            nexthop_limit_median_ms: same,
+            nexthop_ratio: w / same,
+            nexthop_limit_ms: nexthop_ms,
             weftd_ms,
             kernel_limit_ms: limit_ms,
             lease_write_ms: ms(lease_write),
@@ -346,7 +369,7 @@ impl ControlLab {
             samples_ms: samples,
             weftd_rss_mib: procfs::rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
             weftd_peak_rss_mib: procfs::peak_rss_mib(self.weftd_pid()?).unwrap_or(f64::NAN),
-            kernel_route_insert_ms: ms(kernel_limit::route_insert(peers_before)?),
+            kernel_route_insert_ms: ms(kernel_limit::route_insert(peers_before, RouteForm::Nexthop)?),
             etcd_ack_p50_ms: percentile(&acks, 50.0).unwrap_or(f64::NAN),
             etcd_ack_p99_ms: percentile(&acks, 99.0).unwrap_or(f64::NAN),
             after_ack_p99_ms: percentile(&after_ack, 99.0).unwrap_or(f64::NAN),

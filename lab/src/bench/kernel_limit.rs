@@ -1,6 +1,7 @@
-//! The kernel's own limit for programming N peers: the same 3N objects weftd creates (a permanent neighbour, an
-//! FDB entry and an onlink route per peer) written by `ip -batch` / `bridge -batch` to a fresh VXLAN device in a
-//! scratch namespace. Those tools send one request and wait for its acknowledgement, with no daemon around them.
+//! The kernel's own limit for programming N peers: the objects weftd creates (a permanent neighbour, an FDB entry
+//! and an onlink route per peer, the route through a nexthop object of its own) written by `ip -batch` /
+//! `bridge -batch` to a fresh VXLAN device in a scratch namespace, and the same with flannel's plain routes. Those
+//! tools send one request and wait for its acknowledgement, with no daemon around them.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -12,21 +13,41 @@ use super::synthetic;
 /// Routes added one at a time on top of `existing` ones, to time the kernel's own cost of one route there.
 const PROBE_ROUTES: usize = 200;
 
+/// How a peer's route is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteForm {
+    /// flannel's: `route replace <subnet> via <base> dev flannel.1 onlink`. Linux finds a route's shared next-hop
+    /// info in a hash keyed by the device, not the gateway, so every such route lands in one chain, and adding a
+    /// route walks it: the cost of one grows with the number of peers.
+    Plain,
+    /// weftd's: a nexthop object per peer, and the route naming it (hashed by the object's id).
+    Nexthop,
+}
+
+/// The `ip -batch` lines for peer `i`'s route.
+fn route_lines(i: usize, form: RouteForm) -> String {
+    let net = synthetic::subnet(i);
+    match form {
+        RouteForm::Plain => format!("route replace {net} via {} dev flannel.1 onlink proto 87\n", net.ip()),
+        RouteForm::Nexthop => {
+            let id = 0xF000_0000 + i as u32;
+            format!(
+                "nexthop replace id {id} via {} dev flannel.1 onlink proto 87\nroute replace {net} nhid {id} proto 87\n",
+                net.ip()
+            )
+        }
+    }
+}
+
 /// The kernel's own time to add one peer route when `existing` peers' routes are already on the VXLAN device:
-/// [`PROBE_ROUTES`] more routes written by one `ip -batch` (one request and acknowledgement each), divided by their
-/// number. Linux finds a route's shared next-hop info in a hash keyed by the device, not the gateway, so every
-/// onlink route via its own gateway on one device lands in one chain, and adding a route walks it: this grows with
-/// the number of peers whatever programs the routes (flannel's routes have the same form).
-pub fn route_insert(existing: usize) -> Result<Duration> {
+/// [`PROBE_ROUTES`] more routes (with their nexthop objects, in that form) written by one `ip -batch` (one request
+/// and acknowledgement each), divided by their number.
+pub fn route_insert(existing: usize, form: RouteForm) -> Result<Duration> {
     let mut scratch = ScratchNamespaces::new();
     let ns = scratch.create("insert")?;
     batch("ip", &ns, SETUP)?;
-    let route = |i: usize| {
-        let net = synthetic::subnet(i);
-        format!("route replace {net} via {} dev flannel.1 onlink proto 87\n", net.ip())
-    };
-    batch("ip", &ns, &(0..existing).map(route).collect::<String>())?;
-    let probe: String = (existing..existing + PROBE_ROUTES).map(route).collect();
+    batch("ip", &ns, &(0..existing).map(|i| route_lines(i, form)).collect::<String>())?;
+    let probe: String = (existing..existing + PROBE_ROUTES).map(|i| route_lines(i, form)).collect();
     Ok(batch("ip", &ns, &probe)? / PROBE_ROUTES as u32)
 }
 
@@ -40,7 +61,7 @@ const SETUP: &str = "link add ul0 type bridge\n\
                      link set flannel.1 up\n";
 
 /// Programs `n` synthetic peers once and returns the wall time of the three batch runs (process start included).
-pub fn ip_batch(n: usize) -> Result<Duration> {
+pub fn ip_batch(n: usize, form: RouteForm) -> Result<Duration> {
     let mut scratch = ScratchNamespaces::new();
     let ns = scratch.create("limit")?;
     batch("ip", &ns, SETUP)?;
@@ -49,7 +70,7 @@ pub fn ip_batch(n: usize) -> Result<Duration> {
         let (net, mac, vtep) = (synthetic::subnet(i), synthetic::mac(i, 1), synthetic::public_ip(i));
         let _ = writeln!(neighbours, "neigh replace {} lladdr {mac} dev flannel.1 nud permanent", net.ip());
         let _ = writeln!(fdb, "fdb replace {mac} dev flannel.1 dst {vtep} self permanent");
-        let _ = writeln!(routes, "route replace {net} via {} dev flannel.1 onlink proto 87", net.ip());
+        routes.push_str(&route_lines(i, form));
     }
     // Dependency order, as weftd applies them: neighbours and FDB entries before the routes that use them.
     let total = batch("ip", &ns, &neighbours)? + batch("bridge", &ns, &fdb)? + batch("ip", &ns, &routes)?;

@@ -452,12 +452,17 @@ fn control_targets(control: &control::ControlResults, out: &mut Vec<Target>) {
     for peers in [5000, TARGET_PEERS] {
         if let Some(c) = cold_at(peers) {
             out.push(Target {
-                name: format!("cold start at {peers} peers <= {COLD_RATIO}x ip -batch"),
+                name: format!("cold start at {peers} peers <= {COLD_RATIO}x ip -batch, same objects"),
                 measured: format!(
-                    "{:.2}x ({:.0} ms vs {:.0} ms), verified {}",
-                    c.ratio, c.weftd_median_ms, c.kernel_limit_median_ms, c.verified
+                    "{:.2}x ({:.0} ms vs {:.0} ms; flannel's plain routes {:.0} ms, {:.2}x), verified {}",
+                    c.nexthop_ratio,
+                    c.weftd_median_ms,
+                    c.nexthop_limit_median_ms,
+                    c.kernel_limit_median_ms,
+                    c.ratio,
+                    c.verified
                 ),
-                met: c.ratio <= COLD_RATIO && c.verified,
+                met: c.nexthop_ratio <= COLD_RATIO && c.verified,
             });
         }
     }
