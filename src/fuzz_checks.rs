@@ -28,9 +28,15 @@ pub fn lease_key(data: &[u8]) {
     }
 }
 
-/// A lease value parses or not; one that parses is written as flannel would and reads back the same.
+/// A lease value parses or not; one that parses is written as flannel would and reads back the same. The fast
+/// path for flanneld's shape and the general path agree on every input.
 pub fn lease_value(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    match (LeaseAttrs::from_json(text), LeaseAttrs::from_json_general(text)) {
+        (Ok(fast), Ok(general)) => assert_eq!(fast, general, "the two paths read {text:?} differently"),
+        (Err(fast), Err(general)) => assert_eq!(fast.to_string(), general.to_string()),
+        (fast, general) => panic!("the two paths disagree on {text:?}: {fast:?} against {general:?}"),
+    }
     if let Ok(attrs) = LeaseAttrs::from_json(text) {
         let again = LeaseAttrs::from_json(&attrs.to_json()).expect("our own encoding parses");
         assert_eq!(again.public_ip, attrs.public_ip);
