@@ -108,3 +108,64 @@ fn quick_benchmark_produces_complete_results() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Ctrl-C in the middle of a run: `weftctl bench` takes its lab down (etcd, weftd, namespaces) before it exits.
+#[test]
+fn an_interrupted_run_leaves_nothing_behind() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    common::require_root();
+    let out = std::env::temp_dir().join(format!("weft-bench-interrupted-{}", std::process::id()));
+    let mut bench = Command::new(common::weftctl())
+        .args(["bench", "--quick", "--only", "cold,incremental,churn", "--weftd", common::WEFTD, "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weftctl bench");
+    let pid = bench.id();
+    // Its processes name the lab's state directory, /tmp/weft-bench/b<pid>/ (etcd's data, weftd's subnet file).
+    let marker = format!("/weft-bench/b{pid}/");
+    let running = || -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&marker))
+            .collect()
+    };
+    let namespaces = || -> Vec<String> {
+        let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        let mine = [format!("wl-b{pid}-"), format!("wbn{pid}-")];
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|l| mine.iter().any(|m| l.starts_with(m.as_str())))
+            .map(str::to_string)
+            .collect()
+    };
+    common::eventually(Duration::from_secs(60), Duration::from_millis(100), || {
+        let weftd = running().iter().any(|c| c.contains("weftd"));
+        weftd.then_some(()).ok_or_else(|| format!("no weftd of the bench's lab yet (namespaces {:?})", namespaces()))
+    });
+    // SAFETY: kill has no memory preconditions; the pid is our own child's, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("waiting for weftctl bench") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = bench.kill();
+            panic!("weftctl bench still runs 60 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted; removing 1 lab(s)"), "{stderr}");
+    assert_eq!(running(), Vec::<String>::new(), "processes of the interrupted bench are left");
+    assert_eq!(namespaces(), Vec::<String>::new(), "namespaces of the interrupted bench are left");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -210,7 +210,7 @@ impl ControlLab {
             state_root,
             ..LabSpec::new(name, 1, weftd)
         };
-        let lab = LabGuard(Lab::up(spec).context("building the control-plane lab")?);
+        let lab = LabGuard::up(spec).context("building the control-plane lab")?;
         let prefix = weft::store::etcd::DEFAULT_PREFIX.to_string();
         let loader = LeaseLoader::connect(&lab.underlay_ns(), &prefix).await?;
         Ok(ControlLab { lab, loader, watch: None, peers: 0, prefix })

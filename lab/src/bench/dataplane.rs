@@ -264,7 +264,7 @@ fn weft_lab(
         extra_weftd_args: args.iter().map(|a| a.to_string()).collect(),
         ..LabSpec::new(format!("{prefix}{}", std::process::id()), 2, weftd)
     };
-    let lab = LabGuard(Lab::up(spec).context(format!("building the {backend} {args:?} data-plane lab"))?);
+    let lab = LabGuard::up(spec).context(format!("building the {backend} {args:?} data-plane lab"))?;
     let c2 =
         lab.container_ip(2).ok_or_else(|| super::error::BenchError(format!("{backend} container 2 has no address")))?;
     crate::lab::wait_for(|| lab.ping(1, c2), Duration::from_secs(10)).then_some(()).ok_or_else(|| {

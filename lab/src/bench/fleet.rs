@@ -94,7 +94,7 @@ async fn run_one(weftd: PathBuf, state_root: PathBuf, hosts: usize, steady_windo
         state_root,
         ..LabSpec::new(format!("f{}-{hosts}", std::process::id()), hosts, weftd)
     };
-    let lab = LabGuard(Lab::up(spec).context(format!("building a lab of {hosts} hosts"))?);
+    let lab = LabGuard::up(spec).context(format!("building a lab of {hosts} hosts"))?;
     let etcd_pid = lab.etcd_pid().ok_or_else(|| super::BenchError("the lab's etcd is not running".into()))?;
     let metrics = EtcdMetrics::in_namespace(&lab.underlay_ns(), ETCD_LOOPBACK)?;
     let mut watches = (1..=hosts).map(|h| KernelWatch::start(&lab.host_ns(h))).collect::<Result<Vec<_>>>()?;

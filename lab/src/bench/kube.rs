@@ -19,7 +19,7 @@ use super::error::{fail, Context, Result};
 use super::kernel_watch::{counts_of, observe};
 use super::stats::{median, ms};
 use super::{procfs, synthetic, LabGuard};
-use crate::lab::{Lab, LabSpec};
+use crate::lab::LabSpec;
 
 /// Nodes (and leases) by default, and with `--quick`.
 pub const DEFAULT_NODES: usize = 5000;
@@ -103,8 +103,8 @@ impl KubeLab {
             kube_objects: vec![nodes_file.clone()],
             ..LabSpec::new(name, 1, weftd)
         };
-        let lab = match Lab::up(spec) {
-            Ok(lab) => KubeLab { lab: LabGuard(lab), nodes_file },
+        let lab = match LabGuard::up(spec) {
+            Ok(lab) => KubeLab { lab, nodes_file },
             Err(e) => {
                 let _ = std::fs::remove_file(&nodes_file);
                 return Err(e).context("building the Kubernetes-mode lab");

@@ -22,6 +22,7 @@ mod error;
 mod etcd_load;
 mod etcd_metrics;
 pub mod fleet;
+mod interrupt;
 mod kernel_limit;
 mod kernel_watch;
 pub mod kube;
@@ -149,21 +150,42 @@ pub struct Written {
     pub svg: Option<PathBuf>,
 }
 
-/// A lab that is always removed, even when a benchmark fails or panics.
-pub(crate) struct LabGuard(pub Lab);
+/// A lab that is always removed, even when a benchmark fails or panics, or the run is interrupted (see
+/// [`interrupt`]).
+pub(crate) struct LabGuard {
+    lab: Lab,
+    /// The state directory as registered with [`interrupt`], from before the lab was built.
+    held: PathBuf,
+}
+
+impl LabGuard {
+    /// Builds the lab; an interrupt while it builds takes down what was built so far.
+    pub(crate) fn up(spec: crate::lab::LabSpec) -> Result<LabGuard, crate::lab::LabError> {
+        let held = spec.state_root.join(&spec.name);
+        interrupt::hold_lab(&held);
+        match Lab::up(spec) {
+            Ok(lab) => Ok(LabGuard { lab, held }),
+            Err(e) => {
+                interrupt::release_lab(&held);
+                Err(e)
+            }
+        }
+    }
+}
 
 impl Deref for LabGuard {
     type Target = Lab;
     fn deref(&self) -> &Lab {
-        &self.0
+        &self.lab
     }
 }
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.0.down() {
-            eprintln!("weftctl bench: removing lab {}: {e}", self.0.name());
+        if let Err(e) = self.lab.down() {
+            eprintln!("weftctl bench: removing lab {}: {e}", self.lab.name());
         }
+        interrupt::release_lab(&self.held);
     }
 }
 
@@ -182,6 +204,7 @@ pub fn run(options: &BenchOptions) -> Result<(Report, Written)> {
     if !options.weftd.is_file() {
         return fail(format!("weftd binary {} does not exist (build it first)", options.weftd.display()));
     }
+    interrupt::install();
     let (date, stamp) = procfs::utc_now();
     let idle_at_start_percent = procfs::idle_percent(Duration::from_secs(1)).unwrap_or(f64::NAN);
     eprintln!("weftctl bench: machine idle {idle_at_start_percent:.0}% before starting");

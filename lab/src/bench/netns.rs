@@ -99,6 +99,7 @@ impl ScratchNamespaces {
             return fail(format!("namespace {name} already exists; refusing to reuse it"));
         }
         run_ip(&["netns", "add", &name])?;
+        super::interrupt::hold_namespace(&name);
         self.names.push(name.clone());
         run_ip(&["-n", &name, "link", "set", "lo", "up"])?;
         Ok(name)
@@ -111,6 +112,7 @@ impl Drop for ScratchNamespaces {
             if let Err(e) = run_ip(&["netns", "del", &name]) {
                 eprintln!("weftctl bench: removing namespace {name}: {e}");
             }
+            super::interrupt::release_namespace(&name);
         }
     }
 }

@@ -13,7 +13,7 @@ use super::error::{fail, Context, Result};
 use super::netns::{run_ip, ScratchNamespaces};
 use super::stats::median;
 use super::{ExtraRows, LabGuard};
-use crate::lab::{Lab, LabSpec};
+use crate::lab::LabSpec;
 use weft_backends::wireguard::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,7 +134,7 @@ pub fn run(weftd: std::path::PathBuf, state_root: std::path::PathBuf, reps: usiz
         state_root,
         ..LabSpec::new(format!("w{}", std::process::id()), 2, weftd)
     };
-    let lab = LabGuard(Lab::up(spec).context("building the wireguard lab")?);
+    let lab = LabGuard::up(spec).context("building the wireguard lab")?;
     let c2 = lab.container_ip(2).ok_or_else(|| super::error::BenchError("container 2 has no address".into()))?;
     if !crate::lab::wait_for(|| lab.ping(1, c2), Duration::from_secs(20)) {
         return fail("wireguard lab containers cannot reach each other");
