@@ -143,8 +143,8 @@ async fn apply_op(kernel: &mut NetlinkKernel, op: &Op) -> Result<(), KernelError
 /// routes that stay plain.
 fn plan_for(kernel: &mut NetlinkKernel, op: &Op, index: u32) -> Option<Plan> {
     match op {
-        Op::ReplaceRoute(r) => kernel.nexthops.plan(true, r, &route_to_netlink(r, index), index),
-        Op::DeleteRoute(r) => kernel.nexthops.plan(false, r, &route_to_netlink(r, index), index),
+        Op::ReplaceRoute(r) => kernel.nexthops.plan_replace(&route_to_netlink(r, index)),
+        Op::DeleteRoute(r) => kernel.nexthops.plan_delete(&route_to_netlink(r, index)),
         _ => None,
     }
 }

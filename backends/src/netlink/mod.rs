@@ -98,11 +98,6 @@ impl NetlinkKernel {
         self.nexthops.disable("asked for plain routes");
     }
 
-    /// Whether new IPv4 gateway routes go through nexthop objects.
-    pub fn uses_nexthop_objects(&self) -> bool {
-        self.nexthops.enabled()
-    }
-
     /// Every interface with its addresses, ordered by ifindex.
     pub async fn interfaces(&mut self) -> Result<Vec<Interface>, KernelError> {
         let links = self.dump_links().await?;

@@ -25,10 +25,8 @@ use tracing::{info, warn};
 use weft_netlink::nexthop::Nexthop;
 use weft_netlink::route;
 
-use crate::model::{Route, RouteKind};
-
-/// The first id of weft's range. Routing daemons that keep nexthop objects (FRR's zebra) number theirs below
-/// 2^28; the range above 0xF000_0000 leaves them alone.
+/// The first id of weft's range, all four top bits set. FRR's zebra numbers its routes' objects below 250,000,000
+/// and its EVPN ones with a small type in bits 28 and up: the ranges do not meet.
 pub const FIRST_ID: u32 = 0xF000_0000;
 
 /// Whether weft numbered this object (and so may replace or delete it).
@@ -72,10 +70,6 @@ pub(super) enum Plan {
 }
 
 impl Nexthops {
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Plain routes from now on (the operator's choice, or a kernel without nexthop objects).
     pub fn disable(&mut self, why: &str) {
         if self.enabled {
@@ -136,23 +130,25 @@ impl Nexthops {
         }
     }
 
-    /// The plan for a route op on device `index` (`route` is the op's route as the codec sends it plainly), or
-    /// None when the route stays plain.
-    pub fn plan(&mut self, replace: bool, model: &Route, route: &route::Route, index: u32) -> Option<Plan> {
-        if !replace {
-            let id = self.id_of(&model.dst)?;
-            return Some(Plan::Delete { route: route::Route { nexthop: Some(id), ..route.clone() }, own: is_own(id) });
-        }
-        let gateway @ IpAddr::V4(_) = model.gateway? else { return None };
-        if !self.enabled || model.kind != RouteKind::Unicast || model.device.is_none() {
+    /// The plan for replacing `route` (as the codec sends it plainly), or None when it stays plain.
+    pub fn plan_replace(&mut self, route: &route::Route) -> Option<Plan> {
+        let gateway @ IpAddr::V4(_) = route.gateway? else { return None };
+        let device = route.device?;
+        if !self.enabled || route.kind != route::RouteKind::Unicast {
             return None;
         }
-        let (id, fresh) = match self.id_of(&model.dst) {
+        let (id, fresh) = match self.id_of(&route.dst) {
             Some(id) if is_own(id) => (id, false),
             _ => (self.allocate(), true),
         };
-        let nexthop = Nexthop { id, gateway, device: index, onlink: model.onlink, protocol: model.protocol };
+        let nexthop = Nexthop { id, gateway, device, onlink: route.onlink, protocol: route.protocol };
         Some(Plan::Replace { nexthop, fresh, route: route::Route { nexthop: Some(id), ..route.clone() } })
+    }
+
+    /// The plan for deleting `route`, or None when it goes through no object (it is deleted plainly).
+    pub fn plan_delete(&self, route: &route::Route) -> Option<Plan> {
+        let id = self.id_of(&route.dst)?;
+        Some(Plan::Delete { route: route::Route { nexthop: Some(id), ..route.clone() }, own: is_own(id) })
     }
 
     /// Records how a planned op ended: the route at `dst` now goes through `id` (None: it is plain, or gone).
@@ -168,6 +164,7 @@ impl Nexthops {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Route;
 
     fn vxlan_route(n: u8) -> Route {
         let dst = format!("10.244.{n}.0/24").parse().unwrap();
@@ -187,29 +184,27 @@ mod tests {
     fn new_routes_get_fresh_ids_changed_ones_keep_theirs() {
         let mut nexthops = Nexthops::default();
         let r = vxlan_route(2);
-        let Some(Plan::Replace { nexthop, fresh: true, route }) = nexthops.plan(true, &r, &sent(&r), 7) else {
-            panic!()
-        };
+        let Some(Plan::Replace { nexthop, fresh: true, route }) = nexthops.plan_replace(&sent(&r)) else { panic!() };
         assert_eq!((nexthop.id, nexthop.device, nexthop.onlink, route.nexthop), (FIRST_ID, 7, true, Some(FIRST_ID)));
         nexthops.settled(r.dst, Some(nexthop.id));
-        let Some(Plan::Replace { nexthop, fresh: false, .. }) = nexthops.plan(true, &r, &sent(&r), 7) else { panic!() };
+        let Some(Plan::Replace { nexthop, fresh: false, .. }) = nexthops.plan_replace(&sent(&r)) else { panic!() };
         assert_eq!(nexthop.id, FIRST_ID);
-        let Some(Plan::Delete { route, own: true }) = nexthops.plan(false, &r, &sent(&r), 7) else { panic!() };
+        let Some(Plan::Delete { route, own: true }) = nexthops.plan_delete(&sent(&r)) else { panic!() };
         assert_eq!(route.nexthop, Some(FIRST_ID));
         nexthops.settled(r.dst, None);
-        assert!(nexthops.plan(false, &r, &sent(&r), 7).is_none(), "a plain route is deleted plainly");
+        assert!(nexthops.plan_delete(&sent(&r)).is_none(), "a plain route is deleted plainly");
     }
 
     #[test]
     fn only_ipv4_gateway_routes_go_through_objects() {
         let mut nexthops = Nexthops::default();
         let v6 = Route::via("fd00:2::/64".parse().unwrap(), "fd00:2::".parse().unwrap(), "flannel-v6.1", true, 87);
-        assert!(nexthops.plan(true, &v6, &sent(&v6), 7).is_none());
+        assert!(nexthops.plan_replace(&sent(&v6)).is_none());
         let device_only = Route::dev("10.244.0.0/16".parse().unwrap(), "flannel0", 87);
-        assert!(nexthops.plan(true, &device_only, &sent(&device_only), 7).is_none());
+        assert!(nexthops.plan_replace(&sent(&device_only)).is_none());
         nexthops.disable("test");
         let r = vxlan_route(2);
-        assert!(nexthops.plan(true, &r, &sent(&r), 7).is_none());
+        assert!(nexthops.plan_replace(&sent(&r)).is_none());
     }
 
     #[test]
@@ -219,29 +214,27 @@ mod tests {
         // Route a goes through our object 0xf000_0010, route b through someone's object 12.
         let (a4, b4) = (v4(&a.dst).unwrap(), v4(&b.dst).unwrap());
         nexthops.learn_dump(&[(a4, 0xf000_0010), (b4, 12)], false, vec![0xf000_0010, 0xf000_0020]);
-        let Some(Plan::Replace { nexthop, fresh: false, .. }) = nexthops.plan(true, &a, &sent(&a), 7) else { panic!() };
+        let Some(Plan::Replace { nexthop, fresh: false, .. }) = nexthops.plan_replace(&sent(&a)) else { panic!() };
         assert_eq!(nexthop.id, 0xf000_0010);
         // b is moved to a fresh object of ours, numbered past every id in use.
-        let Some(mut plan @ Plan::Replace { fresh: true, .. }) = nexthops.plan(true, &b, &sent(&b), 7) else {
-            panic!()
-        };
+        let Some(mut plan @ Plan::Replace { fresh: true, .. }) = nexthops.plan_replace(&sent(&b)) else { panic!() };
         let Plan::Replace { nexthop, .. } = &plan else { unreachable!() };
         assert_eq!(nexthop.id, 0xf000_0021);
         nexthops.retry(&mut plan);
         let Plan::Replace { nexthop, route, .. } = &plan else { unreachable!() };
         assert_eq!((nexthop.id, route.nexthop), (0xf000_0022, Some(0xf000_0022)));
-        let Some(Plan::Delete { own: false, .. }) = nexthops.plan(false, &b, &sent(&b), 7) else { panic!() };
+        let Some(Plan::Delete { own: false, .. }) = nexthops.plan_delete(&sent(&b)) else { panic!() };
 
         // Route a went (someone deleted it): its object is an orphan, deleted with the next changes, once.
         nexthops.learn_dump(&[(b4, 12)], false, vec![]);
         assert_eq!(nexthops.take_orphans(), vec![0xf000_0010]);
         assert!(nexthops.take_orphans().is_empty());
         nexthops.learn_dump(&[(a4, 0xf000_0010)], false, vec![0xf000_0010]);
-        assert!(nexthops.enabled());
+        assert!(nexthops.enabled);
 
         // Compat mode off: routes come by id alone, and weft goes back to plain routes.
         nexthops.learn_dump(&[(a4, 0xf000_0010)], true, vec![0xf000_0010]);
-        assert!(!nexthops.enabled());
-        assert!(nexthops.plan(true, &b, &sent(&b), 7).is_none());
+        assert!(!nexthops.enabled);
+        assert!(nexthops.plan_replace(&sent(&b)).is_none());
     }
 }
