@@ -4,9 +4,10 @@
 //! The kernel maps a binary's code into a process 64 KiB at a time (fault-around), so one called function maps
 //! the 15 pages beside it as well: with the functions weftd runs spread over 9 MiB of code, 6 MiB of it stayed
 //! resident. `src/bin/weftd.order` names those functions (written by `scripts/weftd-order`, which records what a
-//! cold start, put -> route, churn and idle run under callgrind); lld places them first, in that order. Names
-//! missing from this build (the file is older than the code, or another toolchain mangled them differently) are
-//! skipped by the linker; `scripts/weftd-order check` says when too many are, and CI runs it.
+//! cold start, put -> route, churn and idle run under callgrind and perf); a linker script made from it gathers
+//! them, in that order, into one block placed before the rest of `.text`. Names missing from this build (the file
+//! is older than the code, or another toolchain mangled them differently) match nothing; `scripts/weftd-order
+//! check` says when too many do, and CI runs it.
 //!
 //! Relative relocations are packed (`-z pack-relative-relocs`, DT_RELR): weftd is position-independent, and its
 //! 34,000 pointers in read-only data each had a 24-byte relocation entry that the dynamic loader reads at every
@@ -16,6 +17,8 @@
 //! `-fuse-ld=`, a configured linker) get nothing and link the usual order.
 
 use std::env;
+use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
 
 const ORDER_FILE: &str = "src/bin/weftd.order";
@@ -29,9 +32,10 @@ fn main() {
     if !links_with_rust_lld() {
         return;
     }
-    let dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-link-arg-bin=weftd=-Wl,--symbol-ordering-file={dir}/{ORDER_FILE}");
-    println!("cargo:rustc-link-arg-bin=weftd=-Wl,--no-warn-symbol-ordering");
+    let order = fs::read_to_string(ORDER_FILE).unwrap_or_else(|e| panic!("{ORDER_FILE}: {e}"));
+    let script = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("weftd-order.ld");
+    fs::write(&script, linker_script(&order)).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    println!("cargo:rustc-link-arg-bin=weftd=-Wl,-T,{}", script.display());
     println!("cargo:rustc-link-arg-bin=weftd=-Wl,-z,pack-relative-relocs");
 }
 
@@ -61,4 +65,23 @@ fn rustc_minor() -> Option<u32> {
     let mut parts = release.split('.');
     (parts.next()? == "1").then_some(())?;
     parts.next()?.parse().ok()
+}
+
+/// A linker script that gathers the listed functions' sections (`-ffunction-sections`: `.text.<symbol>`), in the
+/// file's order, into an output section placed before `.text`. A section pattern rather than lld's
+/// `--symbol-ordering-file`: a function that ThinLTO promoted from local carries a `.llvm.<module hash>` suffix, and
+/// that hash covers the module's file paths (the checkout's, cargo's registry), so it differs from one checkout
+/// to the next; the pattern matches whatever follows `.llvm.`.
+fn linker_script(order: &str) -> String {
+    let mut script = String::from("SECTIONS\n{\n  .text.weftd_runs :\n  {\n");
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let pattern = match name.rsplit_once(".llvm.") {
+            Some((base, hash)) if hash.bytes().all(|b| b.is_ascii_digit()) => format!("{base}.llvm.*"),
+            _ => name.to_string(),
+        };
+        // `#[cold]` functions go to `.text.unlikely.<symbol>`.
+        script.push_str(&format!("    *(.text.{pattern} .text.unlikely.{pattern})\n"));
+    }
+    script.push_str("  }\n}\nINSERT BEFORE .text;\n");
+    script
 }
