@@ -1,6 +1,6 @@
 //! Two link options that keep weftd's resident code small (docs/benchmarks.md, "Resident code").
 //!
-//! The code a converged daemon runs goes in one block at the start of `.text`.
+//! The code a converged daemon runs goes in one block placed before the rest of `.text`.
 //! The kernel maps a binary's code into a process 64 KiB at a time (fault-around), so one called function maps
 //! the 15 pages beside it as well: with the functions weftd runs spread over 9 MiB of code, 6 MiB of it stayed
 //! resident. `src/bin/weftd.order` names those functions (written by `scripts/weftd-order`, which records what a
